@@ -1,0 +1,15 @@
+//! ws-ckpt engine: a declarative reconciler that turns a TOML config into btrfs-backed
+//! workspaces with instant checkpoints and rollbacks.
+//!
+//! Layers: [`config`] (desired state) and [`state`] (persisted state) are pure data;
+//! [`observe`] reads the live system through [`sys::Sys`]; [`plan`] is a pure function of the
+//! three; [`execute`] is the only code that changes the system. [`engine`] ties them together
+//! for the CLI and the daemon.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod copy;
+pub mod ids;
+pub mod state;
+pub mod sys;
+pub mod time;

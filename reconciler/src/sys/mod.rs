@@ -1,0 +1,195 @@
+//! The narrow system boundary: every btrfs, loop-device and mount side effect goes through
+//! [`Sys`]. The Linux implementation ([`linux::LinuxSys`]) is thin and makes no decisions; the
+//! in-memory fake ([`fake::FakeSys`]) backs executor unit tests.
+//!
+//! This module must not decide anything (which backend, what to create): that is the planner's.
+//! Plain file operations on workspace trees (rename, symlink, copy) are not here; they are done
+//! with `std::fs` by the executor, which works identically over the fake because the fake keeps
+//! "subvolumes" as real directories under a temporary root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod fake;
+pub mod linux;
+pub mod mountinfo;
+
+/// Error from a system call or an external program, always naming what it acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum SysError {
+    /// A system call failed on a path.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// Operation (e.g. "create subvolume").
+        op: &'static str,
+        /// The path it acted on.
+        path: PathBuf,
+        /// Underlying OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external program failed.
+    #[error("`{command}` exited with {status}: {stderr}")]
+    Command {
+        /// Full command line.
+        command: String,
+        /// Exit status as text.
+        status: String,
+        /// Captured standard error (trimmed).
+        stderr: String,
+    },
+    /// A required external program is not installed.
+    #[error("{program} not found (looked in {searched}); install btrfs-progs")]
+    ProgramMissing {
+        /// Program name.
+        program: &'static str,
+        /// Directories searched, comma separated.
+        searched: String,
+    },
+    /// Anything else, with a full message.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl SysError {
+    /// Build an [`SysError::Io`] from an errno-style error.
+    pub fn io(op: &'static str, path: &Path, source: impl Into<std::io::Error>) -> Self {
+        SysError::Io {
+            op,
+            path: path.to_path_buf(),
+            source: source.into(),
+        }
+    }
+
+    /// The raw OS error number, when this is an I/O error.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SysError::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type SysResult<T> = Result<T, SysError>;
+
+/// One line of `/proc/self/mountinfo`, decoded (octal escapes resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Mount ID (field 1).
+    pub mount_id: u32,
+    /// `major:minor` of the filesystem (field 3).
+    pub dev: String,
+    /// Root of the mount within the filesystem (field 4), e.g. `/` or `/@home`.
+    pub root: PathBuf,
+    /// Mount point (field 5).
+    pub mount_point: PathBuf,
+    /// Per-mount options (field 6), e.g. `rw,relatime`.
+    pub mount_options: String,
+    /// Filesystem type, e.g. `btrfs`.
+    pub fs_type: String,
+    /// Mount source, e.g. `/dev/loop3`.
+    pub source: String,
+    /// Super options, e.g. `rw,space_cache=v2,subvolid=5,subvol=/`.
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// True when mounted read-write.
+    pub fn is_writable(&self) -> bool {
+        self.mount_options.split(',').any(|o| o == "rw")
+    }
+}
+
+/// An attached loop device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub device: PathBuf,
+    /// Backing file path as the kernel reports it (may end in ` (deleted)`).
+    pub backing_file: PathBuf,
+    /// Backing file's device number (st_dev).
+    pub backing_dev: u64,
+    /// Backing file's inode number.
+    pub backing_inode: u64,
+    /// Whether direct I/O is on.
+    pub direct_io: bool,
+    /// Whether autoclear is set.
+    pub autoclear: bool,
+}
+
+/// Result of mounting an image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedImage {
+    /// Loop device used.
+    pub device: PathBuf,
+    /// True when direct I/O could be enabled.
+    pub direct_io: bool,
+    /// True when an already attached loop device of this image was reused.
+    pub reused_loop: bool,
+}
+
+/// Filesystem usage from `statvfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsUsage {
+    /// Total size in bytes.
+    pub total: u64,
+    /// Free bytes (including reserved).
+    pub free: u64,
+    /// Bytes available to unprivileged users.
+    pub avail: u64,
+}
+
+impl FsUsage {
+    /// Used fraction in percent (0-100).
+    pub fn used_percent(&self) -> u32 {
+        if self.total == 0 {
+            return 0;
+        }
+        (((self.total - self.free.min(self.total)) as u128 * 100) / self.total as u128) as u32
+    }
+}
+
+/// Every side effect on btrfs, loop devices and mounts.
+///
+/// Paths are absolute. Implementations do exactly what the method says and nothing else.
+pub trait Sys: Send + Sync {
+    /// Create an empty subvolume at `path` (parent must exist, `path` must not).
+    fn create_subvolume(&self, path: &Path) -> SysResult<()>;
+    /// Snapshot subvolume `source` to `dest` (must not exist), read-only if asked.
+    fn snapshot(&self, source: &Path, dest: &Path, readonly: bool) -> SysResult<()>;
+    /// Delete the subvolume at `path` (it may be read-only; no recursion into nested ones).
+    fn delete_subvolume(&self, path: &Path) -> SysResult<()>;
+    /// True when `path` exists and is the root of a subvolume.
+    fn is_subvolume(&self, path: &Path) -> SysResult<bool>;
+    /// True when the subvolume at `path` is read-only.
+    fn is_readonly(&self, path: &Path) -> SysResult<bool>;
+    /// Names of the direct entries of `dir` that are subvolume roots (sorted). A missing `dir`
+    /// is an empty list.
+    fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>>;
+    /// Commit the filesystem containing `path` and wait (at most `timeout`) until deleted
+    /// subvolumes have been cleaned so their space is free again.
+    fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()>;
+    /// Grow the (single-device) btrfs filesystem mounted at `mount` to its device's size.
+    fn resize_max(&self, mount: &Path) -> SysResult<()>;
+    /// statvfs of the filesystem containing `path`.
+    fn fs_usage(&self, path: &Path) -> SysResult<FsUsage>;
+    /// All attached loop devices.
+    fn list_loops(&self) -> SysResult<Vec<LoopDevice>>;
+    /// Mount the btrfs image file `image` at `target`: reuse an attached loop device whose
+    /// backing inode is the image's, else attach a new one with autoclear and direct I/O
+    /// (buffered when direct I/O is refused), then mount it.
+    fn mount_image(&self, image: &Path, target: &Path) -> SysResult<MountedImage>;
+    /// Tell the loop device to re-read its backing file's size.
+    fn refresh_loop_capacity(&self, device: &Path) -> SysResult<()>;
+    /// Detach a loop device (only ever called for devices backed by our own image).
+    fn detach_loop(&self, device: &Path) -> SysResult<()>;
+    /// Mount an existing btrfs block device at `target`.
+    fn mount_btrfs(&self, device: &Path, target: &Path) -> SysResult<()>;
+    /// Unmount `target`.
+    fn umount(&self, target: &Path) -> SysResult<()>;
+    /// Parsed `/proc/self/mountinfo`.
+    fn mounts(&self) -> SysResult<Vec<MountEntry>>;
+    /// Create a sparse file of `size` bytes at `image` and format it with `mkfs.btrfs`.
+    fn create_image(&self, image: &Path, size: u64) -> SysResult<()>;
+}
