@@ -1,1 +1,136 @@
-//! Identifiers.
+//! Identifiers: workspace IDs derived from paths, snapshot ID validation and generation.
+//!
+//! Pure functions; IDs are validated here before any path is built from them.
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Maximum length of a snapshot ID.
+pub const MAX_SNAPSHOT_ID_LEN: usize = 128;
+
+/// `ws-` + the first 6 hex digits of SHA-256 of the absolute path.
+pub fn derive_ws_id(path: &Path) -> String {
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
+    format!("ws-{hex}")
+}
+
+/// The derived ID for `path`, with `-2`, `-3`… appended while `taken(id)` says it is used by
+/// another workspace.
+pub fn allocate_ws_id(path: &Path, taken: impl Fn(&str) -> bool) -> String {
+    let base = derive_ws_id(path);
+    if !taken(&base) {
+        return base;
+    }
+    (2u32..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|id| !taken(id))
+        .unwrap_or(base)
+}
+
+/// True for a valid snapshot ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub fn is_valid_snapshot_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_SNAPSHOT_ID_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// True for a valid workspace ID (same alphabet as snapshot IDs, at most 64 characters, and not
+/// a name ws-ckpt uses itself inside data_root).
+pub fn is_valid_ws_id(id: &str) -> bool {
+    id.len() <= 64 && is_valid_snapshot_id(id) && id != "snapshots" && !id.starts_with(".")
+}
+
+/// A generated, sortable, time-based snapshot ID: `YYYYMMDD-HHMMSS-mmm` in UTC, with `-N`
+/// appended while `taken(id)` is true.
+pub fn generate_snapshot_id(now: SystemTime, taken: impl Fn(&str) -> bool) -> String {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, mo, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let base = format!(
+        "{y:04}{mo:02}{day:02}-{:02}{:02}{:02}-{:03}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+    if !taken(&base) {
+        return base;
+    }
+    (2u32..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|id| !taken(id))
+        .unwrap_or(base)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ws_id_is_stable_and_short() {
+        let id = derive_ws_id(Path::new("/tmp/perf/wsA"));
+        assert!(id.starts_with("ws-") && id.len() == 9, "{id}");
+        assert_eq!(id, derive_ws_id(Path::new("/tmp/perf/wsA")));
+        assert_ne!(id, derive_ws_id(Path::new("/tmp/perf/wsB")));
+        assert!(id[3..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn ws_id_collisions_get_suffixes() {
+        let p = Path::new("/x");
+        let base = derive_ws_id(p);
+        let second = format!("{base}-2");
+        assert_eq!(allocate_ws_id(p, |id| id == base), second);
+        assert_eq!(
+            allocate_ws_id(p, |id| id == base || id == second),
+            format!("{base}-3")
+        );
+    }
+
+    #[test]
+    fn snapshot_id_rules() {
+        for ok in ["a", "c1", "2026.11.24_x-y", &"a".repeat(128)] {
+            assert!(is_valid_snapshot_id(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "../../x", "a/b", "a b", &"a".repeat(129), "é"] {
+            assert!(!is_valid_snapshot_id(bad), "{bad}");
+        }
+        assert!(!is_valid_ws_id("snapshots"));
+    }
+
+    #[test]
+    fn generated_ids_sort_by_time_and_avoid_collisions() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
+        let a = generate_snapshot_id(t, |_| false);
+        assert_eq!(a.len(), 19, "{a}");
+        assert!(a.ends_with("-123"), "{a}");
+        assert!(is_valid_snapshot_id(&a));
+        let b = generate_snapshot_id(t + Duration::from_secs(1), |_| false);
+        assert!(b > a);
+        assert_eq!(generate_snapshot_id(t, |id| id == a), format!("{a}-2"));
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_416), (2025, 11, 24));
+    }
+}

@@ -37,7 +37,7 @@ mod tests {
         assert_eq!(parse_rfc3339(&s), Some(t));
         let tn = t + Duration::from_nanos(123_456_789);
         assert_eq!(parse_rfc3339(&format_rfc3339_nanos(tn)), Some(tn));
-        assert_eq!(parse_rfc3339("2026-11-24T15:07:42Z").is_some(), true);
+        assert!(parse_rfc3339("2026-11-24T15:07:42Z").is_some());
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

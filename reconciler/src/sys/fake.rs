@@ -1,1 +1,649 @@
-//! placeholder, being written.
+//! An in-memory [`Sys`] for executor unit tests. "Subvolumes" are real directories (so the
+//! executor's own `std::fs` calls work on them) recorded in a set; loop devices and mounts are
+//! in-memory lists; image files are real sparse files remembered as formatted.
+//!
+//! This module must not touch anything outside the paths it is given, and must not be used
+//! outside tests and dry-run tooling: it only imitates the kernel's answers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{FsUsage, LoopDevice, MountEntry, MountedImage, Sys, SysError, SysResult};
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// In-memory fake of [`Sys`]; see the module documentation.
+#[derive(Debug)]
+pub struct FakeSys {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    subvolumes: BTreeSet<PathBuf>,
+    readonly: BTreeSet<PathBuf>,
+    formatted: BTreeSet<PathBuf>,
+    mounts: Vec<MountEntry>,
+    loops: Vec<LoopDevice>,
+    usage: FsUsage,
+    failures: HashMap<String, i32>,
+    calls: Vec<String>,
+    next_mount_id: u32,
+    next_loop: u32,
+}
+
+impl Default for FakeSys {
+    fn default() -> Self {
+        FakeSys::new()
+    }
+}
+
+impl FakeSys {
+    /// An empty fake: no subvolumes, mounts or loops; usage 10 GiB total, 9 GiB free.
+    pub fn new() -> FakeSys {
+        FakeSys {
+            state: Mutex::new(State {
+                subvolumes: BTreeSet::new(),
+                readonly: BTreeSet::new(),
+                formatted: BTreeSet::new(),
+                mounts: Vec::new(),
+                loops: Vec::new(),
+                usage: FsUsage {
+                    total: 10 * GIB,
+                    free: 9 * GIB,
+                    avail: 9 * GIB,
+                },
+                failures: HashMap::new(),
+                calls: Vec::new(),
+                next_mount_id: 1000,
+                next_loop: 0,
+            }),
+        }
+    }
+
+    /// Value returned by every later [`Sys::fs_usage`] call.
+    pub fn set_usage(&self, usage: FsUsage) {
+        self.lock().usage = usage;
+    }
+
+    /// Make the next call of trait method `op` (e.g. `"snapshot"`) fail with `errno`.
+    pub fn fail_next(&self, op: &str, errno: i32) {
+        self.lock().failures.insert(op.to_owned(), errno);
+    }
+
+    /// Every trait call so far, e.g. `"create_subvolume /x/y"`, in order (failed ones too).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Add a mount entry as if something else had mounted it.
+    pub fn add_mount(&self, entry: MountEntry) {
+        self.lock().mounts.push(entry);
+    }
+
+    /// Add an attached loop device as if something else had attached it.
+    pub fn add_loop(&self, device: LoopDevice) {
+        self.lock().loops.push(device);
+    }
+
+    /// Record an existing directory as a subvolume (test setup; not logged as a call).
+    pub fn add_subvolume(&self, path: &Path, readonly: bool) {
+        let mut st = self.lock();
+        st.subvolumes.insert(path.to_path_buf());
+        if readonly {
+            st.readonly.insert(path.to_path_buf());
+        }
+    }
+
+    /// The current mount table.
+    pub fn mounts_now(&self) -> Vec<MountEntry> {
+        self.lock().mounts.clone()
+    }
+
+    /// The currently attached loop devices.
+    pub fn loops_now(&self) -> Vec<LoopDevice> {
+        self.lock().loops.clone()
+    }
+
+    /// Every recorded subvolume (existing on disk or not).
+    pub fn subvolumes_now(&self) -> Vec<PathBuf> {
+        self.lock().subvolumes.iter().cloned().collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not poison every later assertion.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Log the call and consume an injected failure for `op`.
+    fn enter(
+        &self,
+        op: &'static str,
+        args: &[&dyn std::fmt::Display],
+        path: &Path,
+    ) -> SysResult<MutexGuard<'_, State>> {
+        let mut st = self.lock();
+        let mut line = String::from(op);
+        for a in args {
+            line.push(' ');
+            line.push_str(&a.to_string());
+        }
+        st.calls.push(line);
+        if let Some(errno) = st.failures.remove(op) {
+            return Err(err(op, path, errno));
+        }
+        Ok(st)
+    }
+}
+
+fn err(op: &'static str, path: &Path, errno: i32) -> SysError {
+    SysError::io(op, path, std::io::Error::from_raw_os_error(errno))
+}
+
+fn exists_no_follow(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+fn is_real_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+fn parent_is_dir(op: &'static str, path: &Path) -> SysResult<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() && p.is_dir() => Ok(()),
+        Some(p) if !p.as_os_str().is_empty() => Err(err(op, path, libc::ENOENT)),
+        _ => Err(err(op, path, libc::EINVAL)),
+    }
+}
+
+/// Copy a tree like a snapshot does: files, directories and symlinks (verbatim); nested
+/// subvolumes become empty directories.
+fn copy_tree(src: &Path, dst: &Path, nested: &BTreeSet<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    std::fs::create_dir(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type()?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if ft.is_dir() {
+            if nested.contains(&from) {
+                std::fs::create_dir(&to)?;
+            } else {
+                copy_tree(&from, &to, nested)?;
+            }
+        } else {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    Ok(())
+}
+
+fn display(p: &Path) -> std::path::Display<'_> {
+    p.display()
+}
+
+impl Sys for FakeSys {
+    fn create_subvolume(&self, path: &Path) -> SysResult<()> {
+        const OP: &str = "create_subvolume";
+        let mut st = self.enter(OP, &[&display(path)], path)?;
+        parent_is_dir(OP, path)?;
+        if exists_no_follow(path) {
+            return Err(err(OP, path, libc::EEXIST));
+        }
+        std::fs::create_dir(path).map_err(|e| SysError::io(OP, path, e))?;
+        st.subvolumes.insert(path.to_path_buf());
+        Ok(())
+    }
+
+    fn snapshot(&self, source: &Path, dest: &Path, readonly: bool) -> SysResult<()> {
+        const OP: &str = "snapshot";
+        let mode = if readonly { "ro" } else { "rw" };
+        let mut st = self.enter(OP, &[&display(source), &display(dest), &mode], dest)?;
+        if !is_real_dir(source) {
+            return Err(err(OP, source, libc::ENOENT));
+        }
+        if !st.subvolumes.contains(source) {
+            return Err(err(OP, source, libc::EINVAL));
+        }
+        parent_is_dir(OP, dest)?;
+        if exists_no_follow(dest) {
+            return Err(err(OP, dest, libc::EEXIST));
+        }
+        let nested: BTreeSet<PathBuf> = st
+            .subvolumes
+            .iter()
+            .filter(|p| p.starts_with(source) && p.as_path() != source)
+            .cloned()
+            .collect();
+        if let Err(e) = copy_tree(source, dest, &nested) {
+            let _ = std::fs::remove_dir_all(dest);
+            return Err(SysError::io(OP, dest, e));
+        }
+        st.subvolumes.insert(dest.to_path_buf());
+        if readonly {
+            st.readonly.insert(dest.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn delete_subvolume(&self, path: &Path) -> SysResult<()> {
+        const OP: &str = "delete_subvolume";
+        let mut st = self.enter(OP, &[&display(path)], path)?;
+        if !exists_no_follow(path) {
+            return Err(err(OP, path, libc::ENOENT));
+        }
+        if !st.subvolumes.contains(path) || !is_real_dir(path) {
+            return Err(err(OP, path, libc::EINVAL));
+        }
+        let has_nested = st
+            .subvolumes
+            .iter()
+            .any(|p| p.starts_with(path) && p.as_path() != path && is_real_dir(p));
+        if has_nested {
+            return Err(err(OP, path, libc::ENOTEMPTY));
+        }
+        std::fs::remove_dir_all(path).map_err(|e| SysError::io(OP, path, e))?;
+        st.subvolumes.remove(path);
+        st.readonly.remove(path);
+        Ok(())
+    }
+
+    fn is_subvolume(&self, path: &Path) -> SysResult<bool> {
+        const OP: &str = "is_subvolume";
+        let st = self.enter(OP, &[&display(path)], path)?;
+        Ok(st.subvolumes.contains(path) && is_real_dir(path))
+    }
+
+    fn is_readonly(&self, path: &Path) -> SysResult<bool> {
+        const OP: &str = "is_readonly";
+        let st = self.enter(OP, &[&display(path)], path)?;
+        if !path.exists() {
+            return Err(err(OP, path, libc::ENOENT));
+        }
+        if !st.subvolumes.contains(path) {
+            return Err(err(OP, path, libc::EINVAL));
+        }
+        Ok(st.readonly.contains(path))
+    }
+
+    fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>> {
+        const OP: &str = "list_subvolumes";
+        let st = self.enter(OP, &[&display(dir)], dir)?;
+        let mut names: Vec<String> = st
+            .subvolumes
+            .iter()
+            .filter(|p| p.parent() == Some(dir) && is_real_dir(p))
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .filter_map(|n| n.into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn sync_and_wait_cleaner(&self, path: &Path, _timeout: Duration) -> SysResult<()> {
+        self.enter("sync_and_wait_cleaner", &[&display(path)], path)
+            .map(drop)
+    }
+
+    fn resize_max(&self, mount: &Path) -> SysResult<()> {
+        const OP: &str = "resize_max";
+        let st = self.enter(OP, &[&display(mount)], mount)?;
+        if !st
+            .mounts
+            .iter()
+            .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
+        {
+            return Err(err(OP, mount, libc::ENOTTY));
+        }
+        Ok(())
+    }
+
+    fn fs_usage(&self, path: &Path) -> SysResult<FsUsage> {
+        let st = self.enter("fs_usage", &[&display(path)], path)?;
+        Ok(st.usage)
+    }
+
+    fn list_loops(&self) -> SysResult<Vec<LoopDevice>> {
+        let st = self.enter("list_loops", &[], Path::new("/dev"))?;
+        Ok(st.loops.clone())
+    }
+
+    fn mount_image(&self, image: &Path, target: &Path) -> SysResult<MountedImage> {
+        const OP: &str = "mount_image";
+        let mut st = self.enter(OP, &[&display(image), &display(target)], target)?;
+        let meta = std::fs::metadata(image).map_err(|e| SysError::io(OP, image, e))?;
+        if !target.is_dir() {
+            return Err(err(OP, target, libc::ENOENT));
+        }
+        let existing = st
+            .loops
+            .iter()
+            .find(|l| l.backing_dev == meta.dev() && l.backing_inode == meta.ino())
+            .cloned();
+        let (device, direct_io, reused_loop) = match existing {
+            Some(l) => (l.device, l.direct_io, true),
+            None => {
+                if !st.formatted.contains(image) {
+                    return Err(err(OP, target, libc::EINVAL));
+                }
+                let device = PathBuf::from(format!("/dev/loop{}", st.next_loop));
+                st.next_loop += 1;
+                st.loops.push(LoopDevice {
+                    device: device.clone(),
+                    backing_file: image.to_path_buf(),
+                    backing_dev: meta.dev(),
+                    backing_inode: meta.ino(),
+                    direct_io: true,
+                    autoclear: true,
+                });
+                (device, true, false)
+            }
+        };
+        let mount_id = st.next_mount_id;
+        st.next_mount_id += 1;
+        st.mounts.push(MountEntry {
+            mount_id,
+            dev: format!("0:{}", 100 + mount_id),
+            root: PathBuf::from("/"),
+            mount_point: target.to_path_buf(),
+            mount_options: "rw,relatime".to_owned(),
+            fs_type: "btrfs".to_owned(),
+            source: device.display().to_string(),
+            super_options: "rw,space_cache=v2,subvolid=5,subvol=/".to_owned(),
+        });
+        Ok(MountedImage {
+            device,
+            direct_io,
+            reused_loop,
+        })
+    }
+
+    fn refresh_loop_capacity(&self, device: &Path) -> SysResult<()> {
+        const OP: &str = "refresh_loop_capacity";
+        let st = self.enter(OP, &[&display(device)], device)?;
+        if !st.loops.iter().any(|l| l.device == device) {
+            return Err(err(OP, device, libc::ENXIO));
+        }
+        Ok(())
+    }
+
+    fn detach_loop(&self, device: &Path) -> SysResult<()> {
+        const OP: &str = "detach_loop";
+        let mut st = self.enter(OP, &[&display(device)], device)?;
+        let Some(i) = st.loops.iter().position(|l| l.device == device) else {
+            return Err(err(OP, device, libc::ENXIO));
+        };
+        let source = device.display().to_string();
+        if st.mounts.iter().any(|m| m.source == source) {
+            // Like the kernel: detached when its last user goes away.
+            st.loops[i].autoclear = true;
+        } else {
+            st.loops.remove(i);
+        }
+        Ok(())
+    }
+
+    fn mount_btrfs(&self, device: &Path, target: &Path) -> SysResult<()> {
+        const OP: &str = "mount_btrfs";
+        let mut st = self.enter(OP, &[&display(device), &display(target)], target)?;
+        if !target.is_dir() {
+            return Err(err(OP, target, libc::ENOENT));
+        }
+        let mount_id = st.next_mount_id;
+        st.next_mount_id += 1;
+        st.mounts.push(MountEntry {
+            mount_id,
+            dev: format!("0:{}", 100 + mount_id),
+            root: PathBuf::from("/"),
+            mount_point: target.to_path_buf(),
+            mount_options: "rw,relatime".to_owned(),
+            fs_type: "btrfs".to_owned(),
+            source: device.display().to_string(),
+            super_options: "rw,space_cache=v2,subvolid=5,subvol=/".to_owned(),
+        });
+        Ok(())
+    }
+
+    fn umount(&self, target: &Path) -> SysResult<()> {
+        const OP: &str = "umount";
+        let mut st = self.enter(OP, &[&display(target)], target)?;
+        let Some(i) = st.mounts.iter().rposition(|m| m.mount_point == target) else {
+            return Err(err(OP, target, libc::EINVAL));
+        };
+        let gone = st.mounts.remove(i);
+        let still_used = st.mounts.iter().any(|m| m.source == gone.source);
+        if !still_used {
+            st.loops
+                .retain(|l| !(l.autoclear && l.device.display().to_string() == gone.source));
+        }
+        Ok(())
+    }
+
+    fn mounts(&self) -> SysResult<Vec<MountEntry>> {
+        let st = self.enter("mounts", &[], Path::new("/proc/self/mountinfo"))?;
+        Ok(st.mounts.clone())
+    }
+
+    fn create_image(&self, image: &Path, size: u64) -> SysResult<()> {
+        const OP: &str = "create_image";
+        let mut st = self.enter(OP, &[&display(image), &size], image)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(image)
+            .map_err(|e| SysError::io(OP, image, e))?;
+        if let Err(e) = file.set_len(size) {
+            let _ = std::fs::remove_file(image);
+            return Err(SysError::io(OP, image, e));
+        }
+        st.formatted.insert(image.to_path_buf());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    fn setup() -> (TempDir, FakeSys) {
+        (TempDir::new().expect("tempdir"), FakeSys::new())
+    }
+
+    #[test]
+    fn subvolumes_are_real_directories() {
+        let (dir, sys) = setup();
+        let ws = dir.path().join("ws");
+        sys.create_subvolume(&ws).expect("create");
+        assert!(ws.is_dir());
+        assert!(sys.is_subvolume(&ws).expect("is"));
+        assert_eq!(
+            sys.create_subvolume(&ws).expect_err("exists").errno(),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            sys.create_subvolume(&dir.path().join("no/parent"))
+                .expect_err("parent")
+                .errno(),
+            Some(libc::ENOENT)
+        );
+        std::fs::create_dir(dir.path().join("plain")).expect("mkdir");
+        assert!(!sys.is_subvolume(&dir.path().join("plain")).expect("plain"));
+        assert_eq!(sys.list_subvolumes(dir.path()).expect("list"), vec!["ws"]);
+        assert!(sys
+            .list_subvolumes(&dir.path().join("missing"))
+            .expect("list")
+            .is_empty());
+
+        // Removed by hand: gone for the fake as well.
+        std::fs::remove_dir(&ws).expect("rmdir");
+        assert!(!sys.is_subvolume(&ws).expect("gone"));
+        assert!(sys.list_subvolumes(dir.path()).expect("list").is_empty());
+    }
+
+    #[test]
+    fn snapshot_copies_tree_and_tracks_readonly() {
+        let (dir, sys) = setup();
+        let ws = dir.path().join("ws");
+        sys.create_subvolume(&ws).expect("create");
+        std::fs::create_dir(ws.join("d")).expect("mkdir");
+        std::fs::write(ws.join("d/f"), b"data").expect("write");
+        std::os::unix::fs::symlink("/abs/target", ws.join("abs")).expect("symlink");
+        sys.create_subvolume(&ws.join("nested")).expect("nested");
+        std::fs::write(ws.join("nested/inner"), b"x").expect("write");
+
+        let snaps = dir.path().join("snaps");
+        std::fs::create_dir(&snaps).expect("mkdir");
+        let s1 = snaps.join("s1");
+        sys.snapshot(&ws, &s1, true).expect("snapshot");
+        assert_eq!(std::fs::read(s1.join("d/f")).expect("read"), b"data");
+        assert_eq!(
+            std::fs::read_link(s1.join("abs")).expect("link"),
+            Path::new("/abs/target")
+        );
+        assert!(s1.join("nested").is_dir());
+        assert!(
+            !s1.join("nested/inner").exists(),
+            "nested subvolume becomes empty dir"
+        );
+        assert!(sys.is_readonly(&s1).expect("ro"));
+        assert!(!sys.is_readonly(&ws).expect("rw"));
+        assert_eq!(
+            sys.is_readonly(&ws.join("d"))
+                .expect_err("not subvol")
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            sys.snapshot(&ws, &s1, false).expect_err("exists").errno(),
+            Some(libc::EEXIST)
+        );
+        assert_eq!(
+            sys.snapshot(&ws.join("d"), &snaps.join("s2"), false)
+                .expect_err("not subvol")
+                .errno(),
+            Some(libc::EINVAL)
+        );
+
+        assert_eq!(
+            sys.delete_subvolume(&ws).expect_err("nested").errno(),
+            Some(libc::ENOTEMPTY)
+        );
+        assert_eq!(
+            sys.delete_subvolume(&ws.join("d"))
+                .expect_err("plain dir")
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        sys.delete_subvolume(&s1).expect("delete ro");
+        assert!(!s1.exists());
+        assert_eq!(
+            sys.delete_subvolume(&s1).expect_err("missing").errno(),
+            Some(libc::ENOENT)
+        );
+    }
+
+    #[test]
+    fn images_loops_and_mounts() {
+        let (dir, sys) = setup();
+        let img = dir.path().join("img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        sys.create_image(&img, 1 << 30).expect("create");
+        assert_eq!(std::fs::metadata(&img).expect("stat").len(), 1 << 30);
+
+        let m = sys.mount_image(&img, &mnt).expect("mount");
+        assert!(!m.reused_loop && m.direct_io);
+        let loops = sys.list_loops().expect("loops");
+        assert_eq!(loops.len(), 1);
+        assert_eq!(loops[0].device, m.device);
+        assert_eq!(
+            loops[0].backing_inode,
+            std::fs::metadata(&img).expect("stat").ino()
+        );
+        let mounts = sys.mounts().expect("mounts");
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_point, mnt);
+        assert_eq!(mounts[0].source, m.device.display().to_string());
+        sys.resize_max(&mnt).expect("resize");
+        sys.refresh_loop_capacity(&m.device).expect("capacity");
+
+        let mnt2 = dir.path().join("mnt2");
+        std::fs::create_dir(&mnt2).expect("mkdir");
+        assert!(sys.mount_image(&img, &mnt2).expect("second").reused_loop);
+        sys.umount(&mnt2).expect("umount 2");
+        assert_eq!(sys.loops_now().len(), 1, "still used by mnt");
+        sys.umount(&mnt).expect("umount");
+        assert!(sys.mounts_now().is_empty());
+        assert!(sys.loops_now().is_empty(), "autoclear");
+        assert_eq!(
+            sys.umount(&mnt).expect_err("not mounted").errno(),
+            Some(libc::EINVAL)
+        );
+
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, b"").expect("write");
+        assert_eq!(
+            sys.mount_image(&raw, &mnt)
+                .expect_err("unformatted")
+                .errno(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            sys.create_image(&img, 1).expect_err("exists").errno(),
+            Some(libc::EEXIST)
+        );
+    }
+
+    #[test]
+    fn injected_failures_usage_and_call_log() {
+        let (dir, sys) = setup();
+        let ws = dir.path().join("ws");
+        sys.fail_next("create_subvolume", libc::ENOSPC);
+        let e = sys.create_subvolume(&ws).expect_err("injected");
+        assert_eq!(e.errno(), Some(libc::ENOSPC));
+        assert!(e.to_string().contains(&ws.display().to_string()), "{e}");
+        assert!(!ws.exists());
+        sys.create_subvolume(&ws).expect("only the next call fails");
+
+        assert_eq!(sys.fs_usage(&ws).expect("usage").total, 10 * GIB);
+        let u = FsUsage {
+            total: 100,
+            free: 5,
+            avail: 5,
+        };
+        sys.set_usage(u);
+        assert_eq!(sys.fs_usage(&ws).expect("usage"), u);
+
+        let snap = dir.path().join("s");
+        sys.snapshot(&ws, &snap, true).expect("snap");
+        let calls = sys.calls();
+        assert_eq!(calls[0], format!("create_subvolume {}", ws.display()));
+        assert_eq!(calls[1], calls[0]);
+        assert_eq!(
+            calls.last().expect("last"),
+            &format!("snapshot {} {} ro", ws.display(), snap.display())
+        );
+
+        let entry = MountEntry {
+            mount_id: 1,
+            dev: "0:50".into(),
+            root: "/".into(),
+            mount_point: "/data".into(),
+            mount_options: "rw".into(),
+            fs_type: "btrfs".into(),
+            source: "/dev/sda2".into(),
+            super_options: "rw".into(),
+        };
+        sys.add_mount(entry.clone());
+        assert_eq!(sys.mounts().expect("mounts"), vec![entry]);
+    }
+}

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod fake;
+mod ioctl;
 pub mod linux;
+mod loopdev;
 pub mod mountinfo;
 
 /// Error from a system call or an external program, always naming what it acted on.

@@ -1,0 +1,906 @@
+//! Programmatic, comment-preserving edits of config files (`ws-ckpt init`, `release`,
+//! `apply --prune`, the 0.2/0.3 upgrade), done with `toml_edit`.
+//!
+//! Every edit re-validates the file it produces before writing it, and every write is atomic
+//! (temporary file in the same directory, fsync, rename, fsync of the directory). Edits are
+//! idempotent: repeating one reports `changed = false` and leaves the file untouched. This
+//! module must not decide *whether* to edit (that is the caller's job), and it only ever
+//! touches the single file it is asked to edit.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
+
+use super::{is_valid_workspace_id, line_col, normalize_abs_path, Config, ConfigError, DeclState};
+
+/// File name (inside the drop-in directory) of the upgrade declarations.
+pub const MIGRATED_FILE_NAME: &str = "40-migrated.toml";
+
+/// Why a config edit failed. Every variant names the file or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The existing file could not be read.
+    #[error("cannot read {}: {error}; check that it exists and is readable", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// The file or its directory could not be written.
+    #[error("cannot write {}: {error}; check that the directory exists and is writable by root", file.display())]
+    Write {
+        /// The file or directory.
+        file: PathBuf,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// The file to edit does not validate as it stands; it is left untouched.
+    #[error("{0}; fix this file before ws-ckpt edits it")]
+    Invalid(Box<ConfigError>),
+    /// The edited text would not validate; nothing was written.
+    #[error("refusing to write {}: the edited file would not validate: {error}", file.display())]
+    WouldBeInvalid {
+        /// The file that was to be written.
+        file: PathBuf,
+        /// The validation error of the edited text.
+        error: Box<ConfigError>,
+    },
+    /// The file has no `[[workspace]]` table for the path.
+    #[error("{} has no [[workspace]] table with path = \"{}\"; run `ws-ckpt config show` to find the file that declares it", file.display(), path.display())]
+    NotDeclared {
+        /// The file searched.
+        file: PathBuf,
+        /// The workspace path.
+        path: PathBuf,
+    },
+    /// A workspace ID is not valid (and would not be a safe file name).
+    #[error("invalid workspace id \"{id}\": it must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")]
+    InvalidId {
+        /// The rejected ID.
+        id: String,
+    },
+    /// A workspace path is not absolute, contains `..` or is not UTF-8.
+    #[error("invalid workspace path \"{}\": {reason}", path.display())]
+    InvalidPath {
+        /// The rejected path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `ws-ckpt init`: declare `path` in `<dropin_dir>/50-<ws_id>.toml` (creating the directory
+/// and file, with a header comment saying who wrote it and when), or, if that file already
+/// declares the path with `state = "absent"`, remove the `state` key. A file that exists but
+/// does not declare the path gets a `[[workspace]]` table appended. Returns the file and
+/// whether anything changed. Declarations in other files are the caller's concern.
+pub fn declare_workspace(
+    dropin_dir: &Path,
+    ws_id: &str,
+    path: &Path,
+) -> Result<(PathBuf, bool), EditError> {
+    if !is_valid_workspace_id(ws_id) {
+        return Err(EditError::InvalidId {
+            id: ws_id.to_string(),
+        });
+    }
+    let path = checked_path(path)?;
+    let file = dropin_dir.join(format!("50-{ws_id}.toml"));
+    let Some(mut doc) = load_doc(&file)? else {
+        let text = format!(
+            "# Declared by `ws-ckpt init` on {}. Edit freely; `ws-ckpt release` sets state = \"absent\".\n\n[[workspace]]\npath = {}\n",
+            crate::time::now_rfc3339(),
+            toml_str(&path)
+        );
+        create_dir(dropin_dir)?;
+        save_text(&file, &text)?;
+        return Ok((file, true));
+    };
+    let mut entries = workspace_entries_mut(&mut doc, &path);
+    if entries.is_empty() {
+        drop(entries);
+        append_workspace(&mut doc, &path, None);
+        save_doc(&file, &doc)?;
+        return Ok((file, true));
+    }
+    let mut changed = false;
+    for entry in entries.iter_mut() {
+        if entry.get("state").and_then(Item::as_str) == Some("absent") {
+            entry.remove("state");
+            changed = true;
+        }
+    }
+    drop(entries);
+    if changed {
+        save_doc(&file, &doc)?;
+    }
+    Ok((file, changed))
+}
+
+/// Set `state` of the `[[workspace]]` whose path is `path` in `file` (`Absent` →
+/// `state = "absent"`, `Present` → remove the key), preserving all comments and formatting.
+/// Every table in the file with that path is updated. Returns whether the file changed; an
+/// error if the file has no such table.
+pub fn set_workspace_state(file: &Path, path: &Path, state: DeclState) -> Result<bool, EditError> {
+    let path = checked_path(path)?;
+    let mut doc = load_doc(file)?.ok_or_else(|| EditError::NotDeclared {
+        file: file.to_path_buf(),
+        path: path.clone(),
+    })?;
+    let mut entries = workspace_entries_mut(&mut doc, &path);
+    if entries.is_empty() {
+        return Err(EditError::NotDeclared {
+            file: file.to_path_buf(),
+            path,
+        });
+    }
+    let mut changed = false;
+    for entry in entries.iter_mut() {
+        let current = entry
+            .get("state")
+            .and_then(Item::as_str)
+            .map(str::to_string);
+        match state {
+            DeclState::Absent if current.as_deref() == Some("absent") => {}
+            DeclState::Absent => {
+                match entry.get_mut("state").and_then(Item::as_value_mut) {
+                    Some(existing) => {
+                        let decor = existing.decor().clone();
+                        *existing = Value::from("absent");
+                        *existing.decor_mut() = decor;
+                    }
+                    None => {
+                        entry.insert("state", toml_edit::value("absent"));
+                    }
+                }
+                changed = true;
+            }
+            DeclState::Present if current.as_deref() == Some("absent") => {
+                entry.remove("state");
+                changed = true;
+            }
+            DeclState::Present => {}
+        }
+    }
+    drop(entries);
+    if changed {
+        save_doc(file, &doc)?;
+    }
+    Ok(changed)
+}
+
+/// Remove every `[[workspace]]` table for `path` from `file` (used by `apply --prune` and
+/// after a release). Comments separated from the removed table by a blank line are kept. A
+/// generated `50-*.toml` left without any table or key is deleted. A missing file or a file
+/// without the path is not an error: nothing changes. Returns whether anything changed.
+pub fn remove_workspace(file: &Path, path: &Path) -> Result<bool, EditError> {
+    let path = checked_path(path)?;
+    let Some(mut doc) = load_doc(file)? else {
+        return Ok(false);
+    };
+    // (position, comments to keep) of each removed table, last table first.
+    let mut kept: Vec<(Option<isize>, String)> = Vec::new();
+    let now_empty = match doc.get_mut("workspace") {
+        Some(Item::ArrayOfTables(array)) => {
+            let matching: Vec<usize> = (0..array.len())
+                .filter(|&i| array.get(i).is_some_and(|t| declares(t, &path)))
+                .collect();
+            if matching.is_empty() {
+                return Ok(false);
+            }
+            for &i in matching.iter().rev() {
+                if let Some(t) = array.get(i) {
+                    let prefix = t.decor().prefix().and_then(|p| p.as_str()).unwrap_or("");
+                    kept.push((t.position(), leading_block(prefix).to_string()));
+                }
+                array.remove(i);
+            }
+            array.is_empty()
+        }
+        Some(Item::Value(Value::Array(array))) => {
+            let before = array.len();
+            array.retain(|v| !v.as_inline_table().is_some_and(|t| declares(t, &path)));
+            if array.len() == before {
+                return Ok(false);
+            }
+            array.is_empty()
+        }
+        _ => return Ok(false),
+    };
+    if now_empty {
+        doc.remove("workspace");
+    }
+    // Last removed first, so comments of adjacent removed tables keep their order.
+    for (position, comments) in kept {
+        if !comments.is_empty() {
+            reattach_comments(&mut doc, position, &comments);
+        }
+    }
+    let generated = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("50-") && n.ends_with(".toml"));
+    if generated && doc.as_table().is_empty() {
+        fs::remove_file(file).map_err(|error| EditError::Write {
+            file: file.to_path_buf(),
+            error,
+        })?;
+        sync_dir(parent_dir(file)).map_err(|error| EditError::Write {
+            file: parent_dir(file).to_path_buf(),
+            error,
+        })?;
+        return Ok(true);
+    }
+    save_doc(file, &doc)?;
+    Ok(true)
+}
+
+/// Upgrade: write or extend `<dropin_dir>/40-migrated.toml`, declaring each `(ws_id, path)`
+/// that the file does not declare yet (matched by path), with `id = "<ws_id>"` and a comment
+/// explaining why the file exists. Returns the file and whether anything changed.
+pub fn write_migrated(
+    dropin_dir: &Path,
+    entries: &[(String, PathBuf)],
+) -> Result<(PathBuf, bool), EditError> {
+    let mut wanted: Vec<(String, PathBuf)> = Vec::new();
+    for (id, path) in entries {
+        if !is_valid_workspace_id(id) {
+            return Err(EditError::InvalidId { id: id.clone() });
+        }
+        let path = checked_path(path)?;
+        if !wanted.iter().any(|(_, p)| *p == path) {
+            wanted.push((id.clone(), path));
+        }
+    }
+    let file = dropin_dir.join(MIGRATED_FILE_NAME);
+    let Some(mut doc) = load_doc(&file)? else {
+        if wanted.is_empty() {
+            return Ok((file, false));
+        }
+        let mut text = format!(
+            "# Generated by ws-ckpt on {} when it found workspaces recorded by ws-ckpt 0.2/0.3\n\
+             # (state.json or index files) that no config file declared. They are declared here so\n\
+             # that the upgrade leaves nothing undeclared and the config stays the single source of\n\
+             # truth. Edit freely: change settings, move tables to other files, or set\n\
+             # state = \"absent\" to release a workspace.\n",
+            crate::time::now_rfc3339()
+        );
+        for (id, path) in &wanted {
+            text.push_str(&format!(
+                "\n[[workspace]]\npath = {}\nid = {}\n",
+                toml_str(path),
+                Value::from(id.as_str())
+            ));
+        }
+        create_dir(dropin_dir)?;
+        save_text(&file, &text)?;
+        return Ok((file, true));
+    };
+    let mut changed = false;
+    for (id, path) in &wanted {
+        if workspace_entries_mut(&mut doc, path).is_empty() {
+            append_workspace(&mut doc, path, Some(id));
+            changed = true;
+        }
+    }
+    if changed {
+        save_doc(&file, &doc)?;
+    }
+    Ok((file, changed))
+}
+
+/// Normalize and check a workspace path given by a caller.
+fn checked_path(path: &Path) -> Result<PathBuf, EditError> {
+    let text = path.to_str().ok_or_else(|| EditError::InvalidPath {
+        path: path.to_path_buf(),
+        reason: "it is not valid UTF-8, which a TOML config cannot hold".into(),
+    })?;
+    normalize_abs_path(text).map_err(|reason| EditError::InvalidPath {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+fn toml_str(path: &Path) -> String {
+    Value::from(path.to_string_lossy().as_ref()).to_string()
+}
+
+fn toml_error(file: &Path, text: &str, e: &toml_edit::TomlError) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(s) => {
+            let (l, c) = line_col(text, s.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: None,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Validate `text` as one complete config file named `file`.
+fn validate(file: &Path, text: &str) -> Result<(), ConfigError> {
+    Config::from_sources(file, &[(file.to_path_buf(), text.to_string())]).map(|_| ())
+}
+
+/// Read and validate `file`; `None` when it does not exist.
+fn load_doc(file: &Path) -> Result<Option<DocumentMut>, EditError> {
+    let text = match fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(EditError::Read {
+                file: file.to_path_buf(),
+                error,
+            })
+        }
+    };
+    validate(file, &text).map_err(|e| EditError::Invalid(Box::new(e)))?;
+    text.parse::<DocumentMut>()
+        .map(Some)
+        .map_err(|e| EditError::Invalid(Box::new(toml_error(file, &text, &e))))
+}
+
+fn save_doc(file: &Path, doc: &DocumentMut) -> Result<(), EditError> {
+    save_text(file, &doc.to_string())
+}
+
+fn save_text(file: &Path, text: &str) -> Result<(), EditError> {
+    validate(file, text).map_err(|error| EditError::WouldBeInvalid {
+        file: file.to_path_buf(),
+        error: Box::new(error),
+    })?;
+    write_atomic(file, text.as_bytes()).map_err(|error| EditError::Write {
+        file: file.to_path_buf(),
+        error,
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), EditError> {
+    fs::create_dir_all(dir).map_err(|error| EditError::Write {
+        file: dir.to_path_buf(),
+        error,
+    })
+}
+
+/// Whether a workspace table declares `path` (compared after normalization).
+fn declares(table: &dyn TableLike, path: &Path) -> bool {
+    table
+        .get("path")
+        .and_then(Item::as_str)
+        .and_then(|s| normalize_abs_path(s).ok())
+        .is_some_and(|p| p == path)
+}
+
+/// Every `[[workspace]]` table (or inline table of a `workspace = [...]` array) declaring
+/// `path`.
+fn workspace_entries_mut<'a>(doc: &'a mut DocumentMut, path: &Path) -> Vec<&'a mut dyn TableLike> {
+    match doc.get_mut("workspace") {
+        Some(Item::ArrayOfTables(array)) => array
+            .iter_mut()
+            .filter(|t| declares(*t, path))
+            .map(|t| t as &mut dyn TableLike)
+            .collect(),
+        Some(Item::Value(Value::Array(array))) => array
+            .iter_mut()
+            .filter_map(Value::as_inline_table_mut)
+            .filter(|t| declares(*t, path))
+            .map(|t| t as &mut dyn TableLike)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Append a declaration of `path` (with `id` when given) in the file's existing style.
+fn append_workspace(doc: &mut DocumentMut, path: &Path, id: Option<&str>) {
+    let path_text = path.to_string_lossy().to_string();
+    match doc.get_mut("workspace") {
+        Some(Item::Value(Value::Array(array))) => {
+            let mut t = toml_edit::InlineTable::new();
+            t.insert("path", Value::from(path_text));
+            if let Some(id) = id {
+                t.insert("id", Value::from(id));
+            }
+            array.push(t);
+        }
+        _ => {
+            let mut t = Table::new();
+            t.insert("path", toml_edit::value(path_text));
+            if let Some(id) = id {
+                t.insert("id", toml_edit::value(id));
+            }
+            if !matches!(doc.get("workspace"), Some(Item::ArrayOfTables(_))) {
+                doc.insert("workspace", Item::ArrayOfTables(ArrayOfTables::new()));
+            }
+            if let Some(Item::ArrayOfTables(array)) = doc.get_mut("workspace") {
+                if !array.is_empty() {
+                    t.decor_mut().set_prefix("\n");
+                }
+                array.push(t);
+            }
+        }
+    }
+}
+
+/// The part of a removed table's leading whitespace/comments that belongs to what came
+/// before it: everything before the last blank line (ending with one newline).
+fn leading_block(prefix: &str) -> &str {
+    match prefix.rfind("\n\n") {
+        Some(i) if prefix[..i].contains('#') => &prefix[..i + 1],
+        _ => "",
+    }
+}
+
+/// Put comments kept from a removed table in front of the table that followed it, or at the
+/// end of the document when it was the last one, so they stay where they were in the text.
+fn reattach_comments(doc: &mut DocumentMut, after: Option<isize>, comments: &str) {
+    let mut next: Option<isize> = None;
+    if let Some(after) = after {
+        visit_tables(doc.as_table(), &mut |t| {
+            if let Some(p) = t.position() {
+                if p > after && !matches!(next, Some(n) if n <= p) {
+                    next = Some(p);
+                }
+            }
+        });
+    }
+    if let Some(target) = next {
+        let mut done = false;
+        visit_tables_mut(doc.as_table_mut(), &mut |t| {
+            if !done && t.position() == Some(target) {
+                let old = t
+                    .decor()
+                    .prefix()
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                t.decor_mut().set_prefix(format!("{comments}{old}"));
+                done = true;
+            }
+        });
+        if done {
+            return;
+        }
+    }
+    let trailing = doc.trailing().as_str().unwrap_or("").to_string();
+    doc.set_trailing(format!("{comments}{trailing}"));
+}
+
+fn visit_tables(table: &Table, f: &mut dyn FnMut(&Table)) {
+    for (_, item) in table.iter() {
+        match item {
+            Item::Table(t) => {
+                f(t);
+                visit_tables(t, f);
+            }
+            Item::ArrayOfTables(a) => {
+                for t in a.iter() {
+                    f(t);
+                    visit_tables(t, f);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn visit_tables_mut(table: &mut Table, f: &mut dyn FnMut(&mut Table)) {
+    for (_, item) in table.iter_mut() {
+        match item {
+            Item::Table(t) => {
+                f(t);
+                visit_tables_mut(t, f);
+            }
+            Item::ArrayOfTables(a) => {
+                for t in a.iter_mut() {
+                    f(t);
+                    visit_tables_mut(t, f);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Atomically replace `path` with `bytes`: write a hidden temporary file in the same
+/// directory (keeping an existing file's permission bits, else 0644), fsync it, rename it
+/// over `path`, then fsync the directory. The temporary name never ends in `.toml`, so a
+/// crash cannot leave a half-written drop-in that gets loaded.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    /// Load the config whose drop-in dir is `dropin` (main file next to it).
+    fn load(dropin: &Path) -> Config {
+        let main = dropin.parent().unwrap().join("config.toml");
+        Config::load(&main).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn no_temp_files_left(dir: &Path) {
+        for e in fs::read_dir(dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!name.contains(".tmp-"), "leftover temp file {name}");
+        }
+    }
+
+    #[test]
+    fn declare_release_redeclare_remove_cycle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dropin = tmp.path().join("config.d");
+        let ws = Path::new("/srv/project/");
+
+        let (file, changed) = declare_workspace(&dropin, "ws-4612d8", ws).unwrap();
+        assert!(changed);
+        assert_eq!(file, dropin.join("50-ws-4612d8.toml"));
+        let text = read(&file);
+        assert!(
+            text.starts_with("# Declared by `ws-ckpt init` on "),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("Edit freely; `ws-ckpt release` sets state = \"absent\"."),
+            "{text}"
+        );
+        assert!(
+            text.contains("[[workspace]]\npath = \"/srv/project\"\n"),
+            "{text}"
+        );
+        let c = load(&dropin);
+        let decl = c.workspace(Path::new("/srv/project")).unwrap();
+        assert_eq!(decl.state, DeclState::Present);
+        assert_eq!(decl.source, file);
+
+        // Idempotent.
+        assert_eq!(
+            declare_workspace(&dropin, "ws-4612d8", ws).unwrap(),
+            (file.clone(), false)
+        );
+        assert_eq!(read(&file), text);
+
+        // Release: state = "absent", everything else preserved.
+        assert!(set_workspace_state(&file, ws, DeclState::Absent).unwrap());
+        let released = read(&file);
+        assert_eq!(released, format!("{text}state = \"absent\"\n"));
+        assert_eq!(load(&dropin).workspaces[0].state, DeclState::Absent);
+        assert!(!set_workspace_state(&file, ws, DeclState::Absent).unwrap());
+
+        // init again removes the state key.
+        assert_eq!(
+            declare_workspace(&dropin, "ws-4612d8", ws).unwrap(),
+            (file.clone(), true)
+        );
+        assert_eq!(read(&file), text);
+
+        // Remove: the generated file disappears; a second removal changes nothing.
+        assert!(remove_workspace(&file, ws).unwrap());
+        assert!(!file.exists());
+        assert!(!remove_workspace(&file, ws).unwrap());
+        assert!(load(&dropin).workspaces.is_empty());
+        no_temp_files_left(&dropin);
+    }
+
+    #[test]
+    fn set_state_preserves_comments_and_formatting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.toml");
+        let original = "\
+# Main config, maintained by hand.
+[daemon]
+log_level = \"debug\"   # noisy on purpose
+
+# The team project.
+[[workspace]]
+path = \"/srv/team\"    # shared
+keep   =  50
+
+# Alice's sandbox.
+[[workspace]]
+path = \"/home/alice/sandbox\"
+state = \"present\"  # flip me
+allow_users = [ \"bob\" ]   # pair programming
+";
+        fs::write(&file, original).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+
+        assert!(
+            set_workspace_state(&file, Path::new("/home/alice/sandbox"), DeclState::Absent)
+                .unwrap()
+        );
+        let expected = original.replace(
+            "state = \"present\"  # flip me",
+            "state = \"absent\"  # flip me",
+        );
+        assert_eq!(read(&file), expected);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+
+        assert!(set_workspace_state(&file, Path::new("/srv/team"), DeclState::Absent).unwrap());
+        let expected2 = expected.replace("keep   =  50\n", "keep   =  50\nstate = \"absent\"\n");
+        assert_eq!(read(&file), expected2);
+
+        // Present removes the key again; the table for /srv/team is back to the original.
+        assert!(set_workspace_state(&file, Path::new("/srv/team"), DeclState::Present).unwrap());
+        assert_eq!(read(&file), expected);
+        assert!(!set_workspace_state(&file, Path::new("/srv/team"), DeclState::Present).unwrap());
+
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.workspaces[1].state, DeclState::Absent);
+
+        let err = set_workspace_state(&file, Path::new("/nope"), DeclState::Absent).unwrap_err();
+        assert!(matches!(err, EditError::NotDeclared { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+        let err = set_workspace_state(
+            &tmp.path().join("missing.toml"),
+            Path::new("/a"),
+            DeclState::Absent,
+        )
+        .unwrap_err();
+        assert!(matches!(err, EditError::NotDeclared { .. }), "{err}");
+        no_temp_files_left(tmp.path());
+    }
+
+    #[test]
+    fn inline_workspace_arrays_are_edited_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("inline.toml");
+        fs::write(
+            &file,
+            "workspace = [{ path = \"/a\" }, { path = \"/b\", state = \"absent\" }]\n",
+        )
+        .unwrap();
+        assert!(set_workspace_state(&file, Path::new("/a"), DeclState::Absent).unwrap());
+        assert!(set_workspace_state(&file, Path::new("/b"), DeclState::Present).unwrap());
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.workspaces[0].state, DeclState::Absent);
+        assert_eq!(c.workspaces[1].state, DeclState::Present);
+        assert!(remove_workspace(&file, Path::new("/a")).unwrap());
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.workspaces.len(), 1);
+        assert_eq!(c.workspaces[0].path, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn remove_keeps_other_tables_and_unrelated_comments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("10-team.toml");
+        let original = "\
+# Team workspaces. Ask #infra before editing.
+
+# first
+[[workspace]]
+path = \"/w/one\"
+
+# second
+[[workspace]]
+path = \"/w/two\"
+
+[retention]
+keep = 5
+";
+        fs::write(&file, original).unwrap();
+        assert!(remove_workspace(&file, Path::new("/w/one/")).unwrap());
+        assert_eq!(
+            read(&file),
+            "# Team workspaces. Ask #infra before editing.\n\n# second\n[[workspace]]\npath = \"/w/two\"\n\n[retention]\nkeep = 5\n"
+        );
+        assert!(remove_workspace(&file, Path::new("/w/two")).unwrap());
+        let text = read(&file);
+        assert!(
+            text.starts_with("# Team workspaces. Ask #infra before editing.\n"),
+            "{text}"
+        );
+        assert!(!text.contains("[[workspace]]"), "{text}");
+        assert!(text.contains("\n[retention]\nkeep = 5\n"), "{text}");
+        assert!(file.exists(), "not a generated 50-* file: kept");
+        let c = Config::load(&file).unwrap();
+        assert!(c.workspaces.is_empty());
+        assert_eq!(c.retention.keep, crate::config::Keep::Count(5));
+        assert!(!remove_workspace(&file, Path::new("/w/two")).unwrap());
+    }
+
+    #[test]
+    fn declare_appends_to_existing_file_and_keeps_generated_file_with_other_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dropin = tmp.path().join("config.d");
+        fs::create_dir(&dropin).unwrap();
+        let file = dropin.join("50-ws-aaaaaa.toml");
+        fs::write(&file, "# mine\n[[workspace]]\npath = \"/x\"\nkeep = 2\n").unwrap();
+        assert!(
+            declare_workspace(&dropin, "ws-aaaaaa", Path::new("/y"))
+                .unwrap()
+                .1
+        );
+        let text = read(&file);
+        assert!(
+            text.starts_with("# mine\n[[workspace]]\npath = \"/x\"\nkeep = 2\n"),
+            "{text}"
+        );
+        let c = load(&dropin);
+        assert_eq!(c.workspaces.len(), 2);
+        assert_eq!(c.workspaces[1].path, PathBuf::from("/y"));
+        // Removing one of two keeps the file.
+        assert!(remove_workspace(&file, Path::new("/x")).unwrap());
+        assert!(file.exists());
+        assert_eq!(load(&dropin).workspaces.len(), 1);
+    }
+
+    #[test]
+    fn write_migrated_creates_extends_and_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dropin = tmp.path().join("config.d");
+        let entries = vec![
+            ("ws-4612d8".to_string(), PathBuf::from("/tmp/perf/wsA")),
+            ("ws-77aa01".to_string(), PathBuf::from("/tmp/perf/wsB/")),
+            ("ws-77aa01".to_string(), PathBuf::from("/tmp/perf/wsB")),
+        ];
+        let (file, changed) = write_migrated(&dropin, &entries).unwrap();
+        assert!(changed);
+        assert_eq!(file, dropin.join("40-migrated.toml"));
+        let text = read(&file);
+        assert!(text.starts_with("# Generated by ws-ckpt on "), "{text}");
+        assert!(text.contains("ws-ckpt 0.2/0.3"), "{text}");
+        assert!(text.contains("single source of\n# truth"), "{text}");
+        let c = load(&dropin);
+        assert_eq!(c.workspaces.len(), 2);
+        assert_eq!(c.workspaces[0].id.as_deref(), Some("ws-4612d8"));
+        assert_eq!(c.workspaces[1].path, PathBuf::from("/tmp/perf/wsB"));
+
+        assert_eq!(
+            write_migrated(&dropin, &entries).unwrap(),
+            (file.clone(), false)
+        );
+        assert_eq!(read(&file), text);
+
+        // A user comment added later survives an extension.
+        let edited = text.replace(
+            "[[workspace]]\npath = \"/tmp/perf/wsA\"",
+            "# keep this one\n[[workspace]]\npath = \"/tmp/perf/wsA\"",
+        );
+        fs::write(&file, &edited).unwrap();
+        let more = vec![("ws-0000ff".to_string(), PathBuf::from("/srv/c"))];
+        assert!(write_migrated(&dropin, &more).unwrap().1);
+        let text = read(&file);
+        assert!(text.starts_with(&edited), "{text}");
+        assert!(
+            text.ends_with("\n[[workspace]]\npath = \"/srv/c\"\nid = \"ws-0000ff\"\n"),
+            "{text}"
+        );
+        assert_eq!(load(&dropin).workspaces.len(), 3);
+
+        // Nothing to write: no file is created.
+        let other = tmp.path().join("other.d");
+        assert_eq!(
+            write_migrated(&other, &[]).unwrap(),
+            (other.join(MIGRATED_FILE_NAME), false)
+        );
+        assert!(!other.exists());
+        no_temp_files_left(&dropin);
+    }
+
+    #[test]
+    fn rejects_bad_arguments_and_invalid_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dropin = tmp.path().join("config.d");
+        assert!(matches!(
+            declare_workspace(&dropin, "../../etc/x", Path::new("/a")),
+            Err(EditError::InvalidId { .. })
+        ));
+        assert!(matches!(
+            declare_workspace(&dropin, "ws-1", Path::new("rel/dir")),
+            Err(EditError::InvalidPath { .. })
+        ));
+        assert!(matches!(
+            write_migrated(&dropin, &[("ws-1".into(), PathBuf::from("/a/../b"))]),
+            Err(EditError::InvalidPath { .. })
+        ));
+        assert!(!dropin.exists(), "nothing created for rejected arguments");
+
+        // An existing file that does not validate is never rewritten.
+        fs::create_dir(&dropin).unwrap();
+        let file = dropin.join("50-ws-1.toml");
+        let bad = "[[workspace]]\npath = \"/a\"\nbogus = 1\n";
+        fs::write(&file, bad).unwrap();
+        let err = declare_workspace(&dropin, "ws-1", Path::new("/a")).unwrap_err();
+        match &err {
+            EditError::Invalid(e) => {
+                assert_eq!(e.file, file);
+                assert_eq!(e.line, Some(3));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("fix this file"), "{err}");
+        assert_eq!(read(&file), bad);
+        assert!(matches!(
+            remove_workspace(&file, Path::new("/a")),
+            Err(EditError::Invalid(_))
+        ));
+
+        // Migrating an id already used by another path in the same file would not validate.
+        fs::write(&file, "[[workspace]]\npath = \"/a\"\n").unwrap();
+        let mig = dropin.join(MIGRATED_FILE_NAME);
+        fs::write(&mig, "[[workspace]]\npath = \"/m\"\nid = \"ws-9\"\n").unwrap();
+        let err = write_migrated(&dropin, &[("ws-9".into(), PathBuf::from("/n"))]).unwrap_err();
+        assert!(matches!(err, EditError::WouldBeInvalid { .. }), "{err}");
+        assert_eq!(read(&mig), "[[workspace]]\npath = \"/m\"\nid = \"ws-9\"\n");
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_cleans_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a.toml");
+        write_atomic(&file, b"one").unwrap();
+        assert_eq!(read(&file), "one");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        write_atomic(&file, b"two").unwrap();
+        assert_eq!(read(&file), "two");
+        assert!(write_atomic(&tmp.path().join("missing-dir/a.toml"), b"x").is_err());
+        no_temp_files_left(tmp.path());
+    }
+}

@@ -1,0 +1,194 @@
+//! In-memory model shared by observe, plan and execute: what is persisted (state.json plus
+//! the indexes, decoded) and the multi-step operations in flight.
+//!
+//! Data only. No I/O here.
+
+use crate::state::{StateFile, WorkspaceIndex};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Something wrong with the persisted state file itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateProblem {
+    /// state.json was unreadable and has been moved aside; the state is being rebuilt.
+    Corrupt {
+        /// Where the damaged file now is.
+        moved_to: PathBuf,
+        /// Parse error.
+        error: String,
+    },
+    /// state.json was written by a newer ws-ckpt; it is left alone and nothing may change.
+    NewerVersion {
+        /// Version found.
+        version: u32,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Persisted state: state.json (if any) and every workspace index.
+#[derive(Debug, Clone, Default)]
+pub struct Persisted {
+    /// Path of state.json.
+    pub state_path: PathBuf,
+    /// Decoded state.json; `None` when there is none (fresh host, or moved aside).
+    pub state: Option<StateFile>,
+    /// A problem found while loading it.
+    pub problem: Option<StateProblem>,
+    /// ws_id → index (from `<state_dir>/indexes`).
+    pub indexes: BTreeMap<String, WorkspaceIndex>,
+    /// Indexes that were corrupt and moved aside: ws_id → moved-to path.
+    pub corrupt_indexes: BTreeMap<String, PathBuf>,
+}
+
+impl Persisted {
+    /// Pending operations recorded in state.json, decoded (undecodable ones are skipped).
+    pub fn pending(&self) -> Vec<PendingOp> {
+        self.state
+            .as_ref()
+            .map(|s| {
+                s.pending
+                    .iter()
+                    .filter_map(|v| serde_json::from_value(v.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A multi-step operation whose phase is recorded durably before its first irreversible step
+/// (SPEC §5.6). Stored as JSON in `state.json` → `pending`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOp {
+    /// Unique operation ID (also part of every temporary name it uses).
+    pub op_id: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// What it is and how far it got.
+    #[serde(flatten)]
+    pub kind: PendingKind,
+}
+
+/// The operations that can be interrupted, each with the exact names it uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "operation", rename_all = "kebab-case")]
+pub enum PendingKind {
+    /// Directory → workspace.
+    Init {
+        /// Workspace ID.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+        /// The new workspace subvolume.
+        subvol: PathBuf,
+        /// Sibling name used for the swap: a symlink before it, the original directory after.
+        tmp: PathBuf,
+        /// How far it got.
+        phase: InitPhase,
+    },
+    /// Workspace → plain directory.
+    Release {
+        /// Workspace ID.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+        /// The workspace subvolume.
+        subvol: PathBuf,
+        /// Sibling name: the copy before the swap, the old symlink after.
+        tmp: PathBuf,
+        /// How far it got.
+        phase: ReleasePhase,
+    },
+    /// Move of a pre-FHS image to its new path.
+    MigrateImage {
+        /// Old image path.
+        from: PathBuf,
+        /// New image path.
+        to: PathBuf,
+        /// Temporary file next to `to` used when copying across filesystems.
+        tmp: PathBuf,
+    },
+    /// Online growth of the loop image.
+    GrowImage {
+        /// Image file.
+        image: PathBuf,
+        /// Target size.
+        to_bytes: u64,
+    },
+    /// Rollback of a workspace to a snapshot.
+    Rollback {
+        /// Workspace ID.
+        ws_id: String,
+        /// Target snapshot ID.
+        snapshot: String,
+        /// The workspace subvolume (`<data_root>/<ws_id>`).
+        subvol: PathBuf,
+        /// Writable snapshot of the target, created beside the workspace subvolume.
+        tmp: PathBuf,
+        /// How far it got.
+        phase: RollbackPhase,
+    },
+    /// Deletion of snapshots (delete, cleanup, retention).
+    DeleteSnapshots {
+        /// Workspace ID.
+        ws_id: String,
+        /// Snapshot IDs being deleted.
+        snapshots: Vec<String>,
+    },
+}
+
+/// Phases of an init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitPhase {
+    /// Subvolume being created and filled; the original is untouched.
+    Copying,
+    /// Copy verified; the swap may have happened.
+    Verified,
+}
+
+/// Phases of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleasePhase {
+    /// Copy being made; the workspace is untouched.
+    Copying,
+    /// Copy verified; the swap may have happened.
+    Verified,
+}
+
+/// Phases of a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackPhase {
+    /// Writable snapshot of the target being made; the workspace is untouched.
+    Snapshotting,
+    /// The writable snapshot is complete; the exchange may have happened.
+    Ready,
+}
+
+impl PendingKind {
+    /// Workspace this operation belongs to.
+    pub fn ws_id(&self) -> Option<&str> {
+        match self {
+            PendingKind::Init { ws_id, .. }
+            | PendingKind::Release { ws_id, .. }
+            | PendingKind::Rollback { ws_id, .. }
+            | PendingKind::DeleteSnapshots { ws_id, .. } => Some(ws_id),
+            PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => None,
+        }
+    }
+
+    /// Operation name as shown to users.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PendingKind::Init { .. } => "init",
+            PendingKind::Release { .. } => "release",
+            PendingKind::MigrateImage { .. } => "migrate-image-path",
+            PendingKind::GrowImage { .. } => "grow-image",
+            PendingKind::Rollback { .. } => "rollback",
+            PendingKind::DeleteSnapshots { .. } => "delete",
+        }
+    }
+}

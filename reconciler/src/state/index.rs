@@ -1,0 +1,1062 @@
+//! Per-workspace snapshot indexes: `<state_dir>/indexes/<ws_id>/index.json` (the JSON format of
+//! ws-ckpt 0.3 and of the v0 in-btrfs index) plus an append-only journal, so that recording one
+//! checkpoint costs the same with 10 or 10 000 snapshots.
+//!
+//! Layout of one workspace directory:
+//! - `index.json` — the full index, always written atomically;
+//! - `journal.jsonl` — a header line `{"journal":1,"base_sha256":…,"base_ino":…,"base_len":…}`
+//!   naming the exact `index.json` it applies to, then one [`IndexOp`] per line, appended with
+//!   `O_APPEND` + `fdatasync`. A journal whose base is not the current `index.json` has already
+//!   been folded into it (a crash between the two steps of a compaction) and is dropped; this
+//!   makes every crash point resolve to the state before or after the last change, without
+//!   relying on replays being idempotent.
+//!
+//! Callers must serialize changes to one workspace (the daemon does). This module must not
+//! decide what goes into an index (that is the planner's and executor's job) and must never
+//! delete an index it cannot read: unreadable files are moved aside.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::atomic::{fsync_dir, move_aside, write_atomic_mode};
+use super::StateError;
+
+/// File name of the full index.
+pub const INDEX_FILE: &str = "index.json";
+/// File name of the journal.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// A journal is compacted into `index.json` once it is larger than both this and `index.json`
+/// (about 500 lines of a typical checkpoint), which keeps appends amortised O(1).
+pub const COMPACT_MIN_JOURNAL_BYTES: u64 = 64 * 1024;
+/// Version of the journal header.
+const JOURNAL_VERSION: u32 = 1;
+/// Mode of index files.
+const INDEX_FILE_MODE: u32 = 0o644;
+/// Upper bound on the header line we read.
+const MAX_HEADER_BYTES: u64 = 4096;
+
+/// One snapshot of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// The checkpoint message (`-m`).
+    pub message: Option<String>,
+    /// Caller-supplied JSON metadata (`--metadata`).
+    pub metadata: Option<Value>,
+    /// Pinned snapshots are never removed by retention.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// The snapshot subvolume was found gone (shown as MISSING).
+    #[serde(default)]
+    pub missing: bool,
+    /// Fields this version does not know; written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl SnapshotEntry {
+    /// An unpinned entry without message or metadata.
+    pub fn new(created_at: String) -> Self {
+        SnapshotEntry {
+            message: None,
+            metadata: None,
+            pinned: false,
+            created_at,
+            missing: false,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// The index of one workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceIndex {
+    /// The user path of the workspace.
+    pub workspace_path: PathBuf,
+    /// Snapshots by ID, in insertion (= creation) order.
+    #[serde(default)]
+    pub snapshots: IndexMap<String, SnapshotEntry>,
+    /// Fields this version does not know; written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One change to an index, as stored in the journal (`{"op":"put",…}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum IndexOp {
+    /// Insert or replace a snapshot entry (a replaced entry keeps its position).
+    Put {
+        /// Snapshot ID.
+        id: String,
+        /// The entry.
+        entry: SnapshotEntry,
+    },
+    /// Remove a snapshot entry (no-op when absent); the others keep their order.
+    Remove {
+        /// Snapshot ID.
+        id: String,
+    },
+    /// Change the recorded user path.
+    SetWorkspacePath {
+        /// The new path.
+        path: PathBuf,
+    },
+}
+
+impl WorkspaceIndex {
+    /// An empty index for the workspace at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        WorkspaceIndex {
+            workspace_path: path,
+            snapshots: IndexMap::new(),
+            extra: Map::new(),
+        }
+    }
+
+    /// Apply one change in memory.
+    pub fn apply(&mut self, op: &IndexOp) {
+        match op {
+            IndexOp::Put { id, entry } => {
+                self.snapshots.insert(id.clone(), entry.clone());
+            }
+            IndexOp::Remove { id } => {
+                self.snapshots.shift_remove(id);
+            }
+            IndexOp::SetWorkspacePath { path } => self.workspace_path = path.clone(),
+        }
+    }
+}
+
+/// Parse an `index.json` (ours, ws-ckpt 0.3's, or a v0 in-btrfs index).
+pub fn parse_index(bytes: &[u8]) -> Result<WorkspaceIndex, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Result of [`IndexStore::load`].
+#[derive(Debug)]
+pub enum IndexLoad {
+    /// No index for this workspace.
+    Missing,
+    /// The index with its journal replayed.
+    Loaded(WorkspaceIndex),
+    /// The index or its journal did not parse; both were moved aside (never deleted) and the index
+    /// must be rebuilt from the snapshot subvolumes, with a loud warning.
+    Corrupt {
+        /// Where the unreadable `index.json` (or, without one, the journal) now is.
+        moved_to: PathBuf,
+        /// What was wrong.
+        error: String,
+    },
+}
+
+/// First line of `journal.jsonl`: the `index.json` the following operations apply to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct JournalHeader {
+    /// Header format version.
+    journal: u32,
+    /// SHA-256 of the base `index.json` bytes: the authority at load time.
+    base_sha256: String,
+    /// Inode of the base `index.json`: a cheap staleness check at append time.
+    base_ino: u64,
+    /// Size of the base `index.json`.
+    base_len: u64,
+}
+
+/// Stores indexes under `<state_dir>/indexes`.
+#[derive(Debug, Clone)]
+pub struct IndexStore {
+    root: PathBuf,
+}
+
+impl IndexStore {
+    /// A store rooted at `<state_dir>/indexes` (nothing is created until the first write).
+    pub fn new(state_dir: &Path) -> Self {
+        IndexStore {
+            root: state_dir.join("indexes"),
+        }
+    }
+
+    /// `<state_dir>/indexes`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<ws_id>` (not validated; the other methods validate the ID first).
+    pub fn dir(&self, ws_id: &str) -> PathBuf {
+        self.root.join(ws_id)
+    }
+
+    fn checked_dir(&self, ws_id: &str) -> Result<PathBuf, StateError> {
+        if valid_ws_id(ws_id) {
+            Ok(self.dir(ws_id))
+        } else {
+            Err(StateError::InvalidWsId {
+                ws_id: ws_id.to_string(),
+            })
+        }
+    }
+
+    /// Read `index.json`, then replay `journal.jsonl`. A torn last line (crash mid-append) is
+    /// ignored with a warning; any other bad line, a bad header or an unparsable `index.json`
+    /// moves both files aside (`<name>.corrupt-<time>`) and returns `Corrupt`. A journal left
+    /// over from an interrupted compaction is removed.
+    pub fn load(&self, ws_id: &str, now: SystemTime) -> Result<IndexLoad, StateError> {
+        let dir = self.checked_dir(ws_id)?;
+        let index_path = dir.join(INDEX_FILE);
+        let journal_path = dir.join(JOURNAL_FILE);
+        let index_bytes = read_optional(&index_path)?;
+        let journal = read_optional(&journal_path)?.filter(|b| !b.is_empty());
+        let Some(index_bytes) = index_bytes else {
+            if journal.is_none() {
+                return Ok(IndexLoad::Missing);
+            }
+            return corrupt(
+                &dir,
+                now,
+                format!("{JOURNAL_FILE} exists without {INDEX_FILE}"),
+            );
+        };
+        let mut index = match parse_index(&index_bytes) {
+            Ok(i) => i,
+            Err(e) => return corrupt(&dir, now, format!("{INDEX_FILE}: {e}")),
+        };
+        let Some(journal) = journal else {
+            return Ok(IndexLoad::Loaded(index));
+        };
+        let (header, mut rest) = match parse_header(&journal) {
+            Ok(h) => h,
+            Err(e) => return corrupt(&dir, now, e),
+        };
+        if header.base_sha256 != sha256_hex(&index_bytes) {
+            // The compaction that produced this index.json was interrupted before it removed the
+            // journal: every operation in it is already part of index.json.
+            tracing::warn!(
+                journal = %journal_path.display(),
+                "dropping a journal already folded into index.json (interrupted compaction)"
+            );
+            remove_optional(&journal_path)?;
+            fsync_dir(&dir).map_err(|e| StateError::io(&dir, e))?;
+            return Ok(IndexLoad::Loaded(index));
+        }
+        let mut line_no = 1usize;
+        while !rest.is_empty() {
+            line_no += 1;
+            let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+                tracing::warn!(
+                    journal = %journal_path.display(),
+                    line = line_no,
+                    "ignoring a torn last journal line (interrupted append)"
+                );
+                break;
+            };
+            match serde_json::from_slice::<IndexOp>(&rest[..end]) {
+                Ok(op) => index.apply(&op),
+                Err(e) => return corrupt(&dir, now, format!("{JOURNAL_FILE} line {line_no}: {e}")),
+            }
+            rest = &rest[end + 1..];
+        }
+        Ok(IndexLoad::Loaded(index))
+    }
+
+    /// Append one op as one line with `O_APPEND` + `fdatasync`; O(1) in the number of snapshots.
+    /// `after` is the index with the op applied: once the journal is larger than both
+    /// [`COMPACT_MIN_JOURNAL_BYTES`] and `index.json`, `index.json` is rewritten from `after`
+    /// and the journal dropped (amortised O(1)). Without an `index.json`, writes it from `after`.
+    /// Creates directories as needed.
+    pub fn append(
+        &self,
+        ws_id: &str,
+        op: &IndexOp,
+        after: &WorkspaceIndex,
+    ) -> Result<(), StateError> {
+        let dir = self.checked_dir(ws_id)?;
+        let index_path = dir.join(INDEX_FILE);
+        let journal_path = dir.join(JOURNAL_FILE);
+        let index_meta = match fs::metadata(&index_path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.write_full(ws_id, after);
+            }
+            Err(e) => return Err(StateError::io(&index_path, e)),
+        };
+        self.ensure_journal(&dir, &index_meta)?;
+
+        let mut file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&journal_path)
+            .map_err(|e| StateError::io(&journal_path, e))?;
+        let len = drop_torn_tail(&file, &journal_path)?;
+        let mut line = serde_json::to_vec(op).map_err(|e| StateError::Encode {
+            path: journal_path.clone(),
+            source: e,
+        })?;
+        line.push(b'\n');
+        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            // Leave the journal as it was; a partial line would be ignored anyway.
+            let _ = file.set_len(len);
+            return Err(StateError::io(&journal_path, e));
+        }
+        drop(file);
+        tracing::debug!(ws_id, journal = %journal_path.display(), "appended index op");
+
+        let journal_len = len + line.len() as u64;
+        if journal_len > COMPACT_MIN_JOURNAL_BYTES.max(index_meta.len()) {
+            // The op is durable already; a failed compaction is retried by the next append.
+            if let Err(e) = install(&dir, after) {
+                tracing::warn!(ws_id, error = %e, "index compaction failed; will retry");
+            } else {
+                tracing::debug!(ws_id, journal_len, "compacted index journal");
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `index.json` atomically from `index` and remove the journal (creating directories
+    /// as needed). Crash-safe: the result is either the old or the new index.
+    pub fn write_full(&self, ws_id: &str, index: &WorkspaceIndex) -> Result<(), StateError> {
+        let dir = self.checked_dir(ws_id)?;
+        fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
+        install(&dir, index)
+    }
+
+    /// Remove the workspace's index directory; `Ok` when absent. Atomic: the directory is first
+    /// renamed to a hidden name that [`IndexStore::list`] ignores.
+    pub fn remove(&self, ws_id: &str) -> Result<(), StateError> {
+        let dir = self.checked_dir(ws_id)?;
+        let tomb = self.root.join(format!(".{ws_id}.removing"));
+        remove_dir_optional(&tomb)?;
+        match fs::rename(&dir, &tomb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StateError::io(&dir, e)),
+        }
+        fsync_dir(&self.root).map_err(|e| StateError::io(&self.root, e))?;
+        remove_dir_optional(&tomb)?;
+        tracing::debug!(ws_id, "removed index");
+        Ok(())
+    }
+
+    /// The workspace IDs that have an index directory, sorted.
+    pub fn list(&self) -> Result<Vec<String>, StateError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StateError::io(&self.root, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StateError::io(&self.root, e))?;
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| StateError::io(&entry.path(), e))?
+                .is_dir();
+            if let Some(name) = entry.file_name().to_str() {
+                if is_dir && valid_ws_id(name) {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Make sure `journal.jsonl` exists with a header naming the current `index.json`.
+    /// O(1) unless the journal must be (re)started.
+    fn ensure_journal(&self, dir: &Path, index_meta: &fs::Metadata) -> Result<(), StateError> {
+        let journal_path = dir.join(JOURNAL_FILE);
+        let header = match read_header(&journal_path)? {
+            None => return start_journal(dir),
+            Some(Err(error)) => {
+                return Err(StateError::CorruptJournal {
+                    path: journal_path,
+                    error,
+                })
+            }
+            Some(Ok(h)) => h,
+        };
+        if header.base_ino == index_meta.ino() && header.base_len == index_meta.len() {
+            return Ok(());
+        }
+        // index.json was replaced: either by a compaction whose last step did not happen (the
+        // journal is stale) or by hand with the same content (the journal still applies).
+        let index_path = dir.join(INDEX_FILE);
+        let index_bytes = fs::read(&index_path).map_err(|e| StateError::io(&index_path, e))?;
+        if sha256_hex(&index_bytes) != header.base_sha256 {
+            tracing::warn!(journal = %journal_path.display(), "restarting a stale index journal");
+            return start_journal(dir);
+        }
+        let journal = fs::read(&journal_path).map_err(|e| StateError::io(&journal_path, e))?;
+        let rest = parse_header(&journal)
+            .map_err(|error| StateError::CorruptJournal {
+                path: journal_path.clone(),
+                error,
+            })?
+            .1;
+        let (ino, len) = stat_identity(&index_path)?;
+        let mut bytes = header_line(&JournalHeader {
+            base_ino: ino,
+            base_len: len,
+            ..header
+        })?;
+        bytes.extend_from_slice(rest);
+        write_atomic_mode(&journal_path, &bytes, INDEX_FILE_MODE)
+            .map_err(|e| StateError::io(&journal_path, e))
+    }
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: safe as one path component.
+fn valid_ws_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 128
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::io(path, e)),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<bool, StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StateError::io(path, e)),
+    }
+}
+
+fn remove_dir_optional(path: &Path) -> Result<(), StateError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StateError::io(path, e)),
+    }
+}
+
+/// Split a journal into its header and the operation lines that follow.
+fn parse_header(journal: &[u8]) -> Result<(JournalHeader, &[u8]), String> {
+    let end = journal
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| format!("{JOURNAL_FILE}: header line is incomplete"))?;
+    let header: JournalHeader = serde_json::from_slice(&journal[..end])
+        .map_err(|e| format!("{JOURNAL_FILE} header: {e}"))?;
+    if header.journal != JOURNAL_VERSION {
+        return Err(format!(
+            "{JOURNAL_FILE} header: unsupported journal version {}",
+            header.journal
+        ));
+    }
+    Ok((header, &journal[end + 1..]))
+}
+
+/// The journal header: `None` when there is no (or an empty) journal; `Some(Err)` when it is
+/// unreadable. Reads only the first line.
+fn read_header(journal_path: &Path) -> Result<Option<Result<JournalHeader, String>>, StateError> {
+    let file = match File::open(journal_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StateError::io(journal_path, e)),
+    };
+    let mut buf = Vec::new();
+    file.take(MAX_HEADER_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(|e| StateError::io(journal_path, e))?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parse_header(&buf).map(|(h, _)| h)))
+}
+
+fn stat_identity(path: &Path) -> Result<(u64, u64), StateError> {
+    let m = fs::metadata(path).map_err(|e| StateError::io(path, e))?;
+    Ok((m.ino(), m.len()))
+}
+
+fn header_line(header: &JournalHeader) -> Result<Vec<u8>, StateError> {
+    let mut bytes = serde_json::to_vec(header).map_err(|e| StateError::Encode {
+        path: PathBuf::from(JOURNAL_FILE),
+        source: e,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// (Re)create `journal.jsonl` with only a header naming the current `index.json`.
+fn start_journal(dir: &Path) -> Result<(), StateError> {
+    let index_path = dir.join(INDEX_FILE);
+    let journal_path = dir.join(JOURNAL_FILE);
+    let mut file = File::open(&index_path).map_err(|e| StateError::io(&index_path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StateError::io(&index_path, e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| StateError::io(&index_path, e))?;
+    let line = header_line(&JournalHeader {
+        journal: JOURNAL_VERSION,
+        base_sha256: sha256_hex(&bytes),
+        base_ino: meta.ino(),
+        base_len: bytes.len() as u64,
+    })?;
+    write_atomic_mode(&journal_path, &line, INDEX_FILE_MODE)
+        .map_err(|e| StateError::io(&journal_path, e))
+}
+
+/// Cut an unterminated last line (left by a crash mid-append) so that the next line starts
+/// clean. Returns the journal length afterwards. O(length of the last line).
+fn drop_torn_tail(file: &File, path: &Path) -> Result<u64, StateError> {
+    let io_err = |e| StateError::io(path, e);
+    let len = file.metadata().map_err(io_err)?.len();
+    let mut last = [0u8; 1];
+    if len == 0 {
+        return Ok(0);
+    }
+    file.read_exact_at(&mut last, len - 1).map_err(io_err)?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    let mut end = len;
+    let mut keep = 0u64;
+    let mut chunk = vec![0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(buf, start).map_err(io_err)?;
+        if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    file.set_len(keep).map_err(io_err)?;
+    file.sync_data().map_err(io_err)?;
+    tracing::warn!(journal = %path.display(), dropped = len - keep, "dropped a torn journal line");
+    Ok(keep)
+}
+
+/// Write `index.json` from `index` and drop the journal, so that a crash at any point leaves
+/// either the old state (old index + journal) or the new one.
+fn install(dir: &Path, index: &WorkspaceIndex) -> Result<(), StateError> {
+    let index_path = dir.join(INDEX_FILE);
+    let journal_path = dir.join(JOURNAL_FILE);
+    let mut bytes = serde_json::to_vec_pretty(index).map_err(|e| StateError::Encode {
+        path: index_path.clone(),
+        source: e,
+    })?;
+    bytes.push(b'\n');
+    let new_hash = sha256_hex(&bytes);
+    let journal_base = read_header(&journal_path)?
+        .and_then(Result::ok)
+        .map(|h| h.base_sha256);
+    let write_index = || {
+        write_atomic_mode(&index_path, &bytes, INDEX_FILE_MODE)
+            .map_err(|e| StateError::io(&index_path, e))
+    };
+    let drop_journal = || -> Result<(), StateError> {
+        if remove_optional(&journal_path)? {
+            fsync_dir(dir).map_err(|e| StateError::io(dir, e))?;
+        }
+        Ok(())
+    };
+    if journal_base.as_deref() == Some(new_hash.as_str()) {
+        // The journal's base has exactly the new bytes: the new index.json would not tell the
+        // journal is stale, so drop the journal first (the index on disk already has these bytes
+        // unless the journal was stale anyway).
+        drop_journal()?;
+        write_index()
+    } else {
+        write_index()?;
+        drop_journal()
+    }
+}
+
+/// Move `index.json` and the journal aside and report `Corrupt`.
+fn corrupt(dir: &Path, now: SystemTime, error: String) -> Result<IndexLoad, StateError> {
+    let mut moved = Vec::new();
+    for name in [INDEX_FILE, JOURNAL_FILE] {
+        let path = dir.join(name);
+        if fs::symlink_metadata(&path).is_ok() {
+            moved.push(move_aside(&path, "corrupt", now).map_err(|e| StateError::io(&path, e))?);
+        }
+    }
+    let moved_to = moved
+        .first()
+        .cloned()
+        .unwrap_or_else(|| dir.join(INDEX_FILE));
+    tracing::warn!(
+        dir = %dir.display(),
+        moved_to = %moved_to.display(),
+        %error,
+        "index is corrupt; moved aside, it will be rebuilt from the snapshot subvolumes"
+    );
+    Ok(IndexLoad::Corrupt { moved_to, error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_000_000)
+    }
+
+    fn entry(i: usize) -> SnapshotEntry {
+        let mut e =
+            SnapshotEntry::new(format!("2026-11-24T15:{:02}:{:02}Z", (i / 60) % 60, i % 60));
+        if matches!(i % 3, 0) {
+            e.message = Some(format!("checkpoint {i}"));
+        }
+        e
+    }
+
+    fn put(id: &str, i: usize) -> IndexOp {
+        IndexOp::Put {
+            id: id.to_string(),
+            entry: entry(i),
+        }
+    }
+
+    fn load_ok(store: &IndexStore, ws: &str) -> WorkspaceIndex {
+        match store.load(ws, now()).unwrap() {
+            IndexLoad::Loaded(i) => i,
+            other => panic!("expected Loaded, got {other:?}"),
+        }
+    }
+
+    /// Apply `op` in memory and append it, like the executor does.
+    fn record(store: &IndexStore, ws: &str, index: &mut WorkspaceIndex, op: IndexOp) {
+        index.apply(&op);
+        store.append(ws, &op, index).unwrap();
+    }
+
+    fn journal_lines(store: &IndexStore, ws: &str) -> usize {
+        match fs::read(store.dir(ws).join(JOURNAL_FILE)) {
+            Ok(b) => b.iter().filter(|c| **c == b'\n').count(),
+            Err(_) => 0,
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn spec_format_parses_and_round_trips() {
+        let text = r#"{"workspace_path": "/tmp/perf/wsA", "snapshots": {
+            "c1": {"message": null, "metadata": null, "pinned": false, "created_at": "2026-11-24T15:07:42Z", "missing": false},
+            "b0": {"message": "m", "metadata": {"k": [1]}, "pinned": true, "created_at": "2026-11-24T15:08:00Z", "missing": true,
+                   "future": 1},
+            "a9": {"message": null, "metadata": null, "created_at": "2026-11-24T15:09:00Z"}},
+            "future_top": "kept"}"#;
+        let idx = parse_index(text.as_bytes()).unwrap();
+        assert_eq!(idx.workspace_path, Path::new("/tmp/perf/wsA"));
+        let ids: Vec<&str> = idx.snapshots.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["c1", "b0", "a9"], "file order, not sorted");
+        assert!(idx.snapshots["b0"].pinned && idx.snapshots["b0"].missing);
+        assert_eq!(idx.snapshots["b0"].metadata, Some(json!({"k": [1]})));
+        assert!(!idx.snapshots["a9"].pinned && !idx.snapshots["a9"].missing);
+
+        let out: Value = serde_json::to_value(&idx).unwrap();
+        assert_eq!(out["future_top"], json!("kept"));
+        assert_eq!(out["snapshots"]["b0"]["future"], json!(1));
+        assert_eq!(
+            out["snapshots"]["c1"],
+            json!({"message": null, "metadata": null, "pinned": false,
+                   "created_at": "2026-11-24T15:07:42Z", "missing": false})
+        );
+        let keys: Vec<&String> = out["snapshots"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["c1", "b0", "a9"]);
+        assert_eq!(
+            parse_index(&serde_json::to_vec(&idx).unwrap()).unwrap(),
+            idx
+        );
+        assert!(
+            parse_index(br#"{"snapshots": {}}"#).is_err(),
+            "workspace_path is required"
+        );
+    }
+
+    #[test]
+    fn ops_have_the_documented_json_form() {
+        assert_eq!(
+            serde_json::to_value(IndexOp::Remove { id: "c1".into() }).unwrap(),
+            json!({"op": "remove", "id": "c1"})
+        );
+        assert_eq!(
+            serde_json::to_value(IndexOp::SetWorkspacePath { path: "/w".into() }).unwrap(),
+            json!({"op": "set-workspace-path", "path": "/w"})
+        );
+        let v = serde_json::to_value(put("c1", 1)).unwrap();
+        assert_eq!(v["op"], json!("put"));
+        assert_eq!(v["entry"]["pinned"], json!(false));
+    }
+
+    #[test]
+    fn apply_keeps_creation_order() {
+        let mut idx = WorkspaceIndex::new("/w".into());
+        for id in ["z", "a", "m", "b"] {
+            idx.apply(&put(id, 0));
+        }
+        idx.apply(&IndexOp::Remove { id: "a".into() });
+        idx.apply(&IndexOp::Remove {
+            id: "absent".into(),
+        });
+        let mut pinned = entry(1);
+        pinned.pinned = true;
+        idx.apply(&IndexOp::Put {
+            id: "z".into(),
+            entry: pinned,
+        });
+        idx.apply(&IndexOp::SetWorkspacePath { path: "/v".into() });
+        let ids: Vec<&str> = idx.snapshots.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["z", "m", "b"]);
+        assert!(idx.snapshots["z"].pinned, "replaced in place");
+        assert_eq!(idx.workspace_path, Path::new("/v"));
+    }
+
+    #[test]
+    fn append_load_write_full_remove_list() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        assert_eq!(store.dir("ws-1"), td.path().join("indexes/ws-1"));
+        assert!(store.list().unwrap().is_empty());
+        assert!(matches!(
+            store.load("ws-1", now()).unwrap(),
+            IndexLoad::Missing
+        ));
+
+        let mut idx = WorkspaceIndex::new("/w1".into());
+        record(&store, "ws-1", &mut idx, put("c1", 1));
+        // The first append writes index.json directly.
+        assert_eq!(names(&store.dir("ws-1")), [INDEX_FILE]);
+        for i in 2..=5 {
+            record(&store, "ws-1", &mut idx, put(&format!("c{i}"), i));
+        }
+        record(
+            &store,
+            "ws-1",
+            &mut idx,
+            IndexOp::Remove { id: "c3".into() },
+        );
+        assert_eq!(journal_lines(&store, "ws-1"), 1 + 5, "header + 5 ops");
+        assert_eq!(load_ok(&store, "ws-1"), idx);
+
+        store.write_full("ws-1", &idx).unwrap();
+        assert_eq!(names(&store.dir("ws-1")), [INDEX_FILE]);
+        assert_eq!(load_ok(&store, "ws-1"), idx);
+        record(&store, "ws-1", &mut idx, put("c6", 6));
+        assert_eq!(load_ok(&store, "ws-1"), idx);
+
+        store
+            .write_full("ws-2", &WorkspaceIndex::new("/w2".into()))
+            .unwrap();
+        fs::create_dir_all(store.root().join("not an id")).unwrap();
+        fs::write(store.root().join("ws-file"), b"").unwrap();
+        assert_eq!(store.list().unwrap(), ["ws-1", "ws-2"]);
+        store.remove("ws-1").unwrap();
+        store.remove("ws-1").unwrap();
+        assert!(matches!(
+            store.load("ws-1", now()).unwrap(),
+            IndexLoad::Missing
+        ));
+        assert_eq!(store.list().unwrap(), ["ws-2"]);
+        assert_eq!(names(store.root()), ["not an id", "ws-2", "ws-file"]);
+    }
+
+    #[test]
+    fn ids_are_validated_before_paths_are_built() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let idx = WorkspaceIndex::new("/w".into());
+        for bad in ["", "..", ".", "../../etc", "a/b", "-x", &"a".repeat(129)] {
+            assert!(
+                matches!(store.load(bad, now()), Err(StateError::InvalidWsId { .. })),
+                "{bad}"
+            );
+            assert!(store.append(bad, &put("c", 0), &idx).is_err(), "{bad}");
+            assert!(store.write_full(bad, &idx).is_err(), "{bad}");
+            assert!(store.remove(bad).is_err(), "{bad}");
+        }
+        assert!(!store.root().exists());
+    }
+
+    #[test]
+    fn ten_thousand_appends_compact_and_stay_bounded() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-4612d8";
+        let mut idx = WorkspaceIndex::new("/tmp/perf/wsA".into());
+        let mut max_journal = 0u64;
+        let mut compactions = 0usize;
+        let mut last_lines = 0usize;
+        for i in 0..10_000 {
+            record(&store, ws, &mut idx, put(&format!("c{i:05}"), i));
+            let lines = journal_lines_cheap(&store, ws, i);
+            if let Some(lines) = lines {
+                if lines < last_lines {
+                    compactions += 1;
+                }
+                last_lines = lines;
+            }
+            let j = fs::metadata(store.dir(ws).join(JOURNAL_FILE)).map_or(0, |m| m.len());
+            let x = fs::metadata(store.dir(ws).join(INDEX_FILE)).unwrap().len();
+            // The journal never outgrows max(threshold, index.json) by more than one line.
+            assert!(
+                j <= COMPACT_MIN_JOURNAL_BYTES.max(x) + 512,
+                "i={i} journal={j} index={x}"
+            );
+            max_journal = max_journal.max(j);
+        }
+        assert!(compactions >= 3, "compactions: {compactions}");
+        // The journal holds at most about as many ops as index.json holds entries (or the
+        // minimum threshold's worth): replaying it is never worse than reading index.json.
+        let ops = journal_lines(&store, ws).saturating_sub(1);
+        let compacted = parse_index(&fs::read(store.dir(ws).join(INDEX_FILE)).unwrap()).unwrap();
+        let in_index = compacted.snapshots.len();
+        assert_eq!(in_index + ops, 10_000);
+        assert!(
+            ops <= in_index * 3 / 2 + 600,
+            "journal ops {ops}, index entries {in_index}"
+        );
+        assert!(in_index >= 4_000, "index.json holds {in_index}");
+        let loaded = load_ok(&store, ws);
+        assert_eq!(loaded, idx);
+        let ids: Vec<String> = loaded.snapshots.keys().cloned().collect();
+        let expected: Vec<String> = (0..10_000).map(|i| format!("c{i:05}")).collect();
+        assert_eq!(ids, expected, "creation order preserved");
+        // Deletes go through the journal too.
+        for i in (0..10_000).step_by(7) {
+            record(
+                &store,
+                ws,
+                &mut idx,
+                IndexOp::Remove {
+                    id: format!("c{i:05}"),
+                },
+            );
+        }
+        assert_eq!(load_ok(&store, ws), idx);
+        assert!(max_journal > 0);
+    }
+
+    /// Count journal lines every 50 appends (counting each time would be quadratic).
+    fn journal_lines_cheap(store: &IndexStore, ws: &str, i: usize) -> Option<usize> {
+        matches!(i % 50, 0).then(|| journal_lines(store, ws))
+    }
+
+    #[test]
+    fn every_prefix_of_an_append_loads_as_before_or_after() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let mut idx = WorkspaceIndex::new("/w".into());
+        for i in 0..3 {
+            record(&store, ws, &mut idx, put(&format!("c{i}"), i));
+        }
+        let before = idx.clone();
+        let journal_path = store.dir(ws).join(JOURNAL_FILE);
+        let base = fs::read(&journal_path).unwrap();
+        let op = put("c3", 3);
+        let mut line = serde_json::to_vec(&op).unwrap();
+        line.push(b'\n');
+        let mut after = before.clone();
+        after.apply(&op);
+        for k in 0..=line.len() {
+            let mut torn = base.clone();
+            torn.extend_from_slice(&line[..k]);
+            fs::write(&journal_path, &torn).unwrap();
+            let expected = if k == line.len() { &after } else { &before };
+            assert_eq!(&load_ok(&store, ws), expected, "prefix {k}");
+        }
+        // After a torn tail, the next append starts on a clean line.
+        let mut torn = base.clone();
+        torn.extend_from_slice(&line[..line.len() / 2]);
+        fs::write(&journal_path, &torn).unwrap();
+        let mut idx = before.clone();
+        record(&store, ws, &mut idx, put("c9", 9));
+        assert_eq!(load_ok(&store, ws), idx);
+        assert!(!idx.snapshots.contains_key("c3"));
+    }
+
+    #[test]
+    fn interrupted_compaction_loads_the_compacted_state() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let mut idx = WorkspaceIndex::new("/w".into());
+        record(&store, ws, &mut idx, put("a", 0));
+        // Remove then re-put "a": replaying this over the compacted index would reorder it, so
+        // a naive "replay is idempotent" design would load a different order.
+        record(&store, ws, &mut idx, IndexOp::Remove { id: "a".into() });
+        record(&store, ws, &mut idx, put("a", 1));
+        record(&store, ws, &mut idx, put("n", 2));
+        let journal_path = store.dir(ws).join(JOURNAL_FILE);
+        let old_journal = fs::read(&journal_path).unwrap();
+        assert_eq!(load_ok(&store, ws), idx);
+
+        // Crash after index.json was rewritten but before the journal went away.
+        store.write_full(ws, &idx).unwrap();
+        fs::write(&journal_path, &old_journal).unwrap();
+        assert_eq!(load_ok(&store, ws), idx);
+        let ids: Vec<&str> = idx.snapshots.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["a", "n"]);
+        // load dropped the stale journal.
+        assert_eq!(names(&store.dir(ws)), [INDEX_FILE]);
+
+        // Same crash, but the next call is an append without a load in between: the stale
+        // journal is detected cheaply and restarted, so the new op is not lost.
+        store.write_full(ws, &idx).unwrap();
+        fs::write(&journal_path, &old_journal).unwrap();
+        record(&store, ws, &mut idx, put("z", 3));
+        assert_eq!(load_ok(&store, ws), idx);
+
+        // Replaying Put/Remove over an index that already contains them changes nothing.
+        let mut twice = idx.clone();
+        for op in [
+            put("z", 3),
+            IndexOp::Remove { id: "gone".into() },
+            put("n", 2),
+        ] {
+            twice.apply(&op);
+        }
+        assert_eq!(twice, idx);
+    }
+
+    #[test]
+    fn index_rewritten_by_hand_with_same_bytes_keeps_the_journal() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let mut idx = WorkspaceIndex::new("/w".into());
+        record(&store, ws, &mut idx, put("a", 0));
+        record(&store, ws, &mut idx, put("b", 1));
+        // Same content, new inode (e.g. restored from a copy).
+        let index_path = store.dir(ws).join(INDEX_FILE);
+        let bytes = fs::read(&index_path).unwrap();
+        fs::remove_file(&index_path).unwrap();
+        fs::write(store.dir(ws).join("other"), b"take the old inode").unwrap();
+        fs::write(&index_path, &bytes).unwrap();
+        record(&store, ws, &mut idx, put("c", 2));
+        assert_eq!(load_ok(&store, ws), idx);
+        assert_eq!(idx.snapshots.len(), 3);
+    }
+
+    #[test]
+    fn write_full_back_to_the_journal_base_is_atomic() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let mut idx = WorkspaceIndex::new("/w".into());
+        record(&store, ws, &mut idx, put("a", 0));
+        let base = idx.clone();
+        record(&store, ws, &mut idx, put("b", 1));
+        // Writing exactly the journal's base must not let the journal re-apply "b".
+        store.write_full(ws, &base).unwrap();
+        assert_eq!(load_ok(&store, ws), base);
+    }
+
+    #[test]
+    fn corrupt_index_or_journal_is_moved_aside() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let dir = store.dir(ws);
+        let stamp = crate::time::format_rfc3339(now()).replace(['-', ':'], "");
+
+        // Unparsable index.json.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(INDEX_FILE), b"{\"workspace_path\": ").unwrap();
+        match store.load(ws, now()).unwrap() {
+            IndexLoad::Corrupt { moved_to, error } => {
+                assert_eq!(moved_to, dir.join(format!("index.json.corrupt-{stamp}")));
+                assert_eq!(fs::read(&moved_to).unwrap(), b"{\"workspace_path\": ");
+                assert!(error.contains(INDEX_FILE), "{error}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert!(matches!(store.load(ws, now()).unwrap(), IndexLoad::Missing));
+
+        // A bad line in the middle of the journal.
+        let mut idx = WorkspaceIndex::new("/w".into());
+        for i in 0..4 {
+            record(&store, ws, &mut idx, put(&format!("c{i}"), i));
+        }
+        let journal_path = dir.join(JOURNAL_FILE);
+        let good = fs::read(&journal_path).unwrap();
+        let text = String::from_utf8(good.clone()).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(2, "{\"op\": \"explode\"}");
+        let bad = lines.join("\n") + "\n";
+        fs::write(&journal_path, &bad).unwrap();
+        let index_bytes = fs::read(dir.join(INDEX_FILE)).unwrap();
+        match store.load(ws, now()).unwrap() {
+            IndexLoad::Corrupt { moved_to, error } => {
+                assert!(error.contains("line 3"), "{error}");
+                assert_eq!(fs::read(&moved_to).unwrap(), index_bytes);
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            fs::read(dir.join(format!("journal.jsonl.corrupt-{stamp}"))).unwrap(),
+            bad.as_bytes()
+        );
+        assert!(matches!(store.load(ws, now()).unwrap(), IndexLoad::Missing));
+
+        // A journal without index.json.
+        fs::write(&journal_path, &good).unwrap();
+        assert!(matches!(
+            store.load(ws, now()).unwrap(),
+            IndexLoad::Corrupt { .. }
+        ));
+        assert!(!journal_path.exists());
+
+        // A garbage header: load moves it aside, append refuses rather than losing the op.
+        store.write_full(ws, &idx).unwrap();
+        fs::write(&journal_path, b"garbage\n").unwrap();
+        let err = store.append(ws, &put("x", 1), &idx).unwrap_err();
+        assert!(matches!(err, StateError::CorruptJournal { .. }), "{err}");
+        assert!(matches!(
+            store.load(ws, now()).unwrap(),
+            IndexLoad::Corrupt { .. }
+        ));
+        // Every moved file is still there.
+        let kept = names(&dir)
+            .iter()
+            .filter(|n| n.contains(".corrupt-"))
+            .count();
+        assert_eq!(kept, 6);
+    }
+}

@@ -1,0 +1,263 @@
+//! `status`: backend, daemon and per-workspace health derived from one observation and plan.
+//!
+//! Read-only. The JSON shape of [`StatusReport`] is part of the CLI contract.
+
+use crate::engine::Engine;
+use crate::observe::PathState;
+use crate::plan::{Finding, FindingKind, PlanOptions, Severity};
+use crate::state::{BackendType, SelectionMethod};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// Overall health (exit codes 0 / 3 / 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Everything ready.
+    Healthy,
+    /// Something needs attention; unaffected workspaces work.
+    Degraded,
+    /// Nothing can change until fixed (backend conflict, newer state).
+    Error,
+}
+
+/// Per-workspace condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// Usable.
+    Ready,
+    /// Some snapshots are MISSING.
+    MissingSnapshots,
+    /// Storage gone.
+    StorageUnavailable,
+    /// The path no longer resolves to the subvolume.
+    Detached,
+    /// Declared nowhere.
+    Undeclared,
+    /// An operation on it was interrupted and awaits recovery.
+    Interrupted,
+}
+
+/// Filesystem usage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// Available bytes.
+    pub available_bytes: u64,
+    /// Used percent.
+    pub used_percent: u32,
+}
+
+/// Backend section.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    /// Type.
+    pub backend_type: BackendType,
+    /// Selection method.
+    pub selection_method: SelectionMethod,
+    /// Mount point.
+    pub mount: PathBuf,
+    /// Whether it is mounted.
+    pub mounted: bool,
+    /// Device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Image file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    /// Image size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size_bytes: Option<u64>,
+    /// Loop device uses direct I/O (false = buffered, with a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_io: Option<bool>,
+    /// Usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Daemon section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DaemonStatus {
+    /// A daemon is serving.
+    pub running: bool,
+    /// Its pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Seconds since it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
+    /// Last reconcile pass (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<String>,
+    /// Last unclean shutdown detected (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_unclean_shutdown: Option<String>,
+    /// Last clean stop (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_clean_stop: Option<String>,
+}
+
+/// One workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkspaceStatus {
+    /// ID.
+    pub ws_id: String,
+    /// Path.
+    pub path: PathBuf,
+    /// Condition.
+    pub condition: Condition,
+    /// Snapshots recorded.
+    pub snapshots: usize,
+    /// Of which MISSING.
+    pub missing: usize,
+    /// Of which pinned.
+    pub pinned: usize,
+    /// Declared in config.
+    pub declared: bool,
+    /// Owner uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+    /// Explanation when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Overall health.
+    pub health: Health,
+    /// Backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendStatus>,
+    /// Daemon.
+    pub daemon: DaemonStatus,
+    /// Workspaces.
+    pub workspaces: Vec<WorkspaceStatus>,
+    /// Findings.
+    pub findings: Vec<Finding>,
+    /// Actions `apply` would take now.
+    pub pending_actions: usize,
+}
+
+impl StatusReport {
+    /// Exit code: 0 healthy, 3 degraded, 1 error.
+    pub fn exit_code(&self) -> i32 {
+        match self.health {
+            Health::Healthy => 0,
+            Health::Degraded => 3,
+            Health::Error => 1,
+        }
+    }
+}
+
+/// Build the report.
+pub fn build(engine: &Engine) -> StatusReport {
+    let obs = engine.observe();
+    let p = crate::plan::plan(&engine.config, &engine.store.p, &obs, PlanOptions::default(), SystemTime::now());
+    let state = engine.store.p.state.as_ref();
+    let backend = p.backend.as_ref().map(|res| {
+        let mounted = obs.storage.is_some();
+        let device = obs.storage.as_ref().map(|s| s.device.clone());
+        let direct_io = device.as_ref().and_then(|d| {
+            obs.loops
+                .iter()
+                .find(|l| l.device.as_os_str() == d.as_str())
+                .map(|l| l.direct_io)
+        });
+        BackendStatus {
+            backend_type: res.backend_type,
+            selection_method: state.map(|s| s.backend.selection_method).unwrap_or(res.selection_method),
+            mount: res.mount.clone(),
+            mounted,
+            device,
+            image: res.image.clone(),
+            image_size_bytes: obs.image.map(|i| i.size),
+            direct_io,
+            usage: obs.storage.as_ref().map(|s| Usage {
+                total_bytes: s.usage.total,
+                used_bytes: s.usage.total.saturating_sub(s.usage.free),
+                available_bytes: s.usage.avail,
+                used_percent: s.usage.used_percent(),
+            }),
+        }
+    });
+    let pending_ws: Vec<String> = engine
+        .store
+        .p
+        .pending()
+        .iter()
+        .filter_map(|o| o.kind.ws_id().map(str::to_string))
+        .collect();
+    let mut workspaces = Vec::new();
+    if let Some(s) = state {
+        for w in &s.workspaces {
+            let idx = engine.store.p.indexes.get(&w.ws_id);
+            let snapshots = idx.map(|i| i.snapshots.len()).unwrap_or(0);
+            let missing = idx.map(|i| i.snapshots.values().filter(|e| e.missing).count()).unwrap_or(0);
+            let pinned = idx.map(|i| i.snapshots.values().filter(|e| e.pinned).count()).unwrap_or(0);
+            let declared = engine.config.workspace(&w.workspace_path).is_some();
+            let finding = |k: FindingKind| {
+                p.findings
+                    .iter()
+                    .find(|f| f.kind == k && f.ws_id.as_deref() == Some(w.ws_id.as_str()))
+            };
+            let (condition, detail) = if let Some(f) = finding(FindingKind::StorageUnavailable) {
+                (Condition::StorageUnavailable, Some(f.message.clone()))
+            } else if let Some(f) = finding(FindingKind::PathOccupied) {
+                (Condition::Detached, Some(f.message.clone()))
+            } else if pending_ws.contains(&w.ws_id) {
+                (Condition::Interrupted, Some("an interrupted operation awaits recovery; run `ws-ckpt apply`".to_string()))
+            } else if p.backend.as_ref().is_some_and(|_| obs.storage.is_none()) {
+                (Condition::StorageUnavailable, Some("the backend filesystem is not mounted; run `ws-ckpt apply`".to_string()))
+            } else if missing > 0 || p.actions.iter().any(|a| matches!(a, crate::plan::Action::MarkMissing { ws_id, .. } if *ws_id == w.ws_id)) {
+                let n = missing.max(1);
+                (Condition::MissingSnapshots, Some(format!("{n} snapshot(s) MISSING; `ws-ckpt list -w {}` shows them", w.ws_id)))
+            } else if !matches!(obs.path(&w.workspace_path), PathState::Symlink { .. }) {
+                (Condition::Detached, Some(format!("{} is not the workspace symlink; run `ws-ckpt apply`", w.workspace_path.display())))
+            } else if !declared {
+                (Condition::Undeclared, Some("declared in no config file".to_string()))
+            } else {
+                (Condition::Ready, None)
+            };
+            workspaces.push(WorkspaceStatus {
+                ws_id: w.ws_id.clone(),
+                path: w.workspace_path.clone(),
+                condition,
+                snapshots,
+                missing,
+                pinned,
+                declared,
+                owner_uid: w.owner_uid,
+                detail,
+            });
+        }
+    }
+    let health = if p.blocked() {
+        Health::Error
+    } else if workspaces.iter().any(|w| w.condition != Condition::Ready)
+        || p.findings.iter().any(|f| f.severity >= Severity::Warning)
+    {
+        Health::Degraded
+    } else {
+        Health::Healthy
+    };
+    StatusReport {
+        health,
+        backend,
+        daemon: DaemonStatus {
+            last_unclean_shutdown: state.and_then(|s| s.last_unclean_shutdown.clone()),
+            last_clean_stop: state.and_then(|s| s.last_clean_stop.clone()),
+            ..Default::default()
+        },
+        workspaces,
+        findings: p.findings,
+        pending_actions: p.actions.len(),
+    }
+}
