@@ -1,7 +1,7 @@
 //! Command-line definitions (clap derive). Completions and the man page are generated from
 //! these, so every help text here is user documentation.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Output format.
@@ -25,10 +25,20 @@ pub enum Format {
 ///   ws-ckpt rollback -w ~/project -s <ID>
 ///   ws-ckpt status
 #[derive(Debug, Parser)]
-#[command(name = "ws-ckpt", version, propagate_version = true, verbatim_doc_comment)]
+#[command(
+    name = "ws-ckpt",
+    version,
+    propagate_version = true,
+    verbatim_doc_comment
+)]
 pub struct Cli {
     /// Config file (drop-ins are read from <its dir>/config.d).
-    #[arg(long, global = true, env = "WS_CKPT_CONFIG", default_value = "/etc/ws-ckpt/config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "WS_CKPT_CONFIG",
+        default_value = "/etc/ws-ckpt/config.toml"
+    )]
     pub config: PathBuf,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
@@ -84,6 +94,98 @@ pub enum Command {
         /// The workspace path.
         path: PathBuf,
     },
+    /// Take a read-only snapshot of a workspace (a plain directory is initialized first).
+    ///
+    /// Prints the snapshot ID. IDs: 1-128 of [A-Za-z0-9._-], starting alphanumeric;
+    /// generated from the time when omitted.
+    Checkpoint {
+        /// Workspace: its path or ws_id.
+        #[arg(short = 'w', long = "workspace")]
+        workspace: String,
+        /// Snapshot ID (default: generated, sortable by time).
+        #[arg(
+            short = 's',
+            long = "snapshot",
+            visible_alias = "id",
+            short_alias = 'i'
+        )]
+        snapshot: Option<String>,
+        /// Message stored with the snapshot.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+        /// JSON metadata stored with the snapshot, e.g. '{"tool":"edit"}'.
+        #[arg(long)]
+        metadata: Option<String>,
+        /// Pin it: retention and cleanup never delete it.
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Roll a workspace back to a snapshot (atomic; the path never disappears).
+    ///
+    /// Refuses while a process has its working directory inside the workspace, unless --force.
+    Rollback {
+        /// Workspace: its path or ws_id.
+        #[arg(short = 'w', long = "workspace")]
+        workspace: String,
+        /// Snapshot to roll back to.
+        #[arg(short = 's', long = "snapshot", short_alias = 'i', alias = "id")]
+        snapshot: String,
+        /// Roll back even if processes are using the workspace.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List snapshots (all workspaces when -w is omitted), newest last.
+    List {
+        /// Workspace: its path or ws_id.
+        #[arg(short = 'w', long = "workspace")]
+        workspace: Option<String>,
+    },
+    /// Delete a snapshot. Pinned or MISSING snapshots need --force.
+    Delete {
+        /// Workspace (optional when the snapshot ID is unique).
+        #[arg(short = 'w', long = "workspace")]
+        workspace: Option<String>,
+        /// Snapshot ID.
+        #[arg(short = 's', long = "snapshot", short_alias = 'i', alias = "id")]
+        snapshot: String,
+        /// Delete even if pinned or MISSING.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete old snapshots now: never pinned ones, never the newest.
+    Cleanup {
+        /// Workspace: its path or ws_id.
+        #[arg(short = 'w', long = "workspace")]
+        workspace: String,
+        /// Keep the N newest unpinned (e.g. 20), or delete those older than an age (e.g. 30d).
+        /// Default: the workspace's retention setting.
+        #[arg(long)]
+        keep: Option<String>,
+    },
+    /// Show what changed between two snapshots, or since a snapshot (live workspace).
+    ///
+    /// `+` added, `-` deleted, `M` modified, `R` renamed (old → new).
+    Diff {
+        /// Workspace: its path or ws_id.
+        #[arg(short = 'w', long = "workspace")]
+        workspace: String,
+        /// Older snapshot.
+        #[arg(short = 'f', long = "from")]
+        from: String,
+        /// Newer snapshot (default: the live workspace).
+        #[arg(short = 't', long = "to")]
+        to: Option<String>,
+    },
+    /// Ask the daemon to re-read the config and reconcile now (root).
+    Reload,
+    /// Run the daemon: watch the config and the system, reconcile, serve the socket.
+    ///
+    /// With --check: run one planning pass and exit non-zero on blocking findings.
+    Daemon {
+        /// Plan once and exit: 0 ok, 1 blocking findings.
+        #[arg(long)]
+        check: bool,
+    },
     /// Show or validate the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -106,12 +208,4 @@ pub enum ConfigCommand {
         /// File to validate (default: --config).
         path: Option<PathBuf>,
     },
-}
-
-/// Shared workspace selector.
-#[derive(Debug, Args)]
-pub struct WsArg {
-    /// Workspace: its path or ws_id.
-    #[arg(short = 'w', long = "workspace")]
-    pub workspace: String,
 }

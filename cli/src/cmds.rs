@@ -57,11 +57,9 @@ fn progress_printer() -> impl FnMut(&str, &Progress) {
         if label != last_label {
             last_label = label.to_string();
         }
-        let pct = if p.bytes_total > 0 {
-            p.bytes_done * 100 / p.bytes_total
-        } else {
-            100
-        };
+        let pct = (p.bytes_done * 100)
+            .checked_div(p.bytes_total)
+            .unwrap_or(100);
         eprint!(
             "\r{label}: {pct:>3}% ({} of {}, {}/{} entries)\x1b[K",
             ws_ckpt::plan::human_bytes(p.bytes_done),
@@ -192,6 +190,14 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
             clap_complete::generate(*shell, &mut cmd, "ws-ckpt", &mut std::io::stdout());
             Ok(0)
         }
+        Command::Checkpoint { .. }
+        | Command::Rollback { .. }
+        | Command::List { .. }
+        | Command::Delete { .. }
+        | Command::Cleanup { .. }
+        | Command::Diff { .. }
+        | Command::Reload
+        | Command::Daemon { .. } => Err(Error::new(ErrorCode::InvalidArgument, "not wired yet")),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)
@@ -281,7 +287,11 @@ fn print_status(st: &StatusReport, json: bool) {
             b.backend_type,
             b.selection_method,
             b.mount.display(),
-            if b.mounted { "(mounted)" } else { "(NOT mounted)" }
+            if b.mounted {
+                "(mounted)"
+            } else {
+                "(NOT mounted)"
+            }
         );
         if let Some(img) = &b.image {
             println!(
@@ -336,7 +346,10 @@ fn print_status(st: &StatusReport, json: bool) {
                 ]
             })
             .collect();
-        output::table(&["WS_ID", "CONDITION", "SNAPSHOTS", "MISSING", "PATH"], &rows);
+        output::table(
+            &["WS_ID", "CONDITION", "SNAPSHOTS", "MISSING", "PATH"],
+            &rows,
+        );
         for w in &st.workspaces {
             if let Some(d) = &w.detail {
                 println!("  {}: {d}", w.ws_id);
@@ -344,7 +357,10 @@ fn print_status(st: &StatusReport, json: bool) {
         }
     }
     if st.pending_actions > 0 {
-        println!("{} action(s) pending: run `ws-ckpt apply`", st.pending_actions);
+        println!(
+            "{} action(s) pending: run `ws-ckpt apply`",
+            st.pending_actions
+        );
     }
     print_findings(&st.findings);
 }

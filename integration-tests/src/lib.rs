@@ -633,12 +633,19 @@ impl TestEnv {
              image = {}\n\
              mount = {}\n\
              img_size = 1\n\
-             img_max_percent = 100\n",
+             img_max_percent = 100\n\
+             legacy_image = {}\n",
             toml_path(&self.state_dir),
             toml_path(&self.runtime_dir),
             toml_path(&self.image),
             toml_path(&self.mount),
+            toml_path(&self.legacy_image()),
         )
+    }
+
+    /// Where this environment's pre-FHS (ws-ckpt ≤ 0.2) image path points: `<root>/data/ws-ckpt/btrfs-data.img`.
+    pub fn legacy_image(&self) -> PathBuf {
+        self.root.join("data/ws-ckpt/btrfs-data.img")
     }
 
     /// Rewrite the config file with [`TestEnv::base_config`] plus `extra` appended verbatim.

@@ -118,11 +118,21 @@ impl Engine {
 
     /// Plan against a fresh observation.
     pub fn plan(&self, opts: PlanOptions) -> Plan {
-        plan(&self.config, &self.store.p, &self.observe(), opts, SystemTime::now())
+        plan(
+            &self.config,
+            &self.store.p,
+            &self.observe(),
+            opts,
+            SystemTime::now(),
+        )
     }
 
     /// Converge: repeat observe → plan → execute until nothing is left to do (bounded).
-    pub fn apply(&mut self, opts: ApplyOptions, progress: &mut dyn FnMut(&str, &crate::copy::Progress)) -> ApplyReport {
+    pub fn apply(
+        &mut self,
+        opts: ApplyOptions,
+        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+    ) -> ApplyReport {
         let mut report = ApplyReport {
             changed: false,
             actions: Vec::new(),
@@ -152,7 +162,10 @@ impl Engine {
             let mut failed = false;
             let mut config_touched = false;
             for action in p.actions {
-                config_touched |= matches!(action, Action::DeclareMigrated { .. } | Action::MigrateV0Indexes { .. });
+                config_touched |= matches!(
+                    action,
+                    Action::DeclareMigrated { .. } | Action::MigrateV0Indexes { .. }
+                );
                 let result = Executor {
                     sys: self.sys.as_ref(),
                     config: &self.config,
@@ -164,12 +177,20 @@ impl Engine {
                 let outcome = match result {
                     Ok(()) => {
                         report.changed = true;
-                        ActionOutcome { action, result: "done", error: None }
+                        ActionOutcome {
+                            action,
+                            result: "done",
+                            error: None,
+                        }
                     }
                     Err(e) => {
                         failed = true;
                         tracing::error!(action = action.name(), error = %e, "action failed");
-                        ActionOutcome { action, result: "failed", error: Some(e) }
+                        ActionOutcome {
+                            action,
+                            result: "failed",
+                            error: Some(e),
+                        }
                     }
                 };
                 report.actions.push(outcome);
@@ -197,17 +218,36 @@ impl Engine {
         if let Some(f) = p.findings.iter().find(|f| f.is_blocking()) {
             return Err(Error::new(ErrorCode::Blocked, f.message.clone()).hint(f.hint.clone()));
         }
-        p.backend.ok_or_else(|| Error::new(ErrorCode::StorageUnavailable, "no backend could be resolved"))
+        p.backend.ok_or_else(|| {
+            Error::new(
+                ErrorCode::StorageUnavailable,
+                "no backend could be resolved",
+            )
+        })
     }
 
     /// `ws-ckpt init PATH`: declare in a drop-in, then apply; report the workspace.
-    pub fn init(&mut self, path: &Path, progress: &mut dyn FnMut(&str, &crate::copy::Progress)) -> Result<InitReport> {
+    pub fn init(
+        &mut self,
+        path: &Path,
+        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+    ) -> Result<InitReport> {
         let path = absolute_user_path(path)?;
         if let Some(w) = self.workspace_by_path(&path) {
             let w = w.clone();
-            if self.config.workspace(&path).is_none_or(|d| d.state == DeclState::Present) {
+            if self
+                .config
+                .workspace(&path)
+                .is_none_or(|d| d.state == DeclState::Present)
+            {
                 let declared_in = self.config.workspace(&path).map(|d| d.source.clone());
-                return Ok(InitReport { ws_id: w.ws_id, path, changed: false, declared_in, apply: None });
+                return Ok(InitReport {
+                    ws_id: w.ws_id,
+                    path,
+                    changed: false,
+                    declared_in,
+                    apply: None,
+                });
             }
         }
         let decl_file = match self.config.workspace(&path) {
@@ -218,10 +258,19 @@ impl Engine {
             }
             None => {
                 if let Some(why) = self.quick_guard(&path) {
-                    return Err(Error::new(ErrorCode::InvalidPath, format!("cannot make a workspace of {}: {why}", path.display()))
-                        .hint("choose a project directory of your own"));
+                    return Err(Error::new(
+                        ErrorCode::InvalidPath,
+                        format!("cannot make a workspace of {}: {why}", path.display()),
+                    )
+                    .hint("choose a project directory of your own"));
                 }
-                let taken = |id: &str| self.store.p.state.as_ref().is_some_and(|s| s.workspace(id).is_some());
+                let taken = |id: &str| {
+                    self.store
+                        .p
+                        .state
+                        .as_ref()
+                        .is_some_and(|s| s.workspace(id).is_some())
+                };
                 let ws_id = crate::ids::allocate_ws_id(&path, taken);
                 edit::declare_workspace(&self.config.dropin_dir, &ws_id, &path)?.0
             }
@@ -229,7 +278,13 @@ impl Engine {
         self.reload_config()?;
         let report = self.apply(ApplyOptions::default(), progress);
         match self.workspace_by_path(&path) {
-            Some(w) => Ok(InitReport { ws_id: w.ws_id.clone(), path, changed: report.changed, declared_in: Some(decl_file), apply: Some(report) }),
+            Some(w) => Ok(InitReport {
+                ws_id: w.ws_id.clone(),
+                path,
+                changed: report.changed,
+                declared_in: Some(decl_file),
+                apply: Some(report),
+            }),
             None => Err(self.why_not_ready(&path, &report)),
         }
     }
@@ -242,7 +297,13 @@ impl Engine {
             .state
             .iter()
             .flat_map(|s| s.workspaces.iter().map(|w| w.workspace_path.clone()))
-            .chain(self.config.workspaces.iter().filter(|w| w.state == DeclState::Present).map(|w| w.path.clone()))
+            .chain(
+                self.config
+                    .workspaces
+                    .iter()
+                    .filter(|w| w.state == DeclState::Present)
+                    .map(|w| w.path.clone()),
+            )
             .collect();
         let refs: Vec<&Path> = others.iter().map(PathBuf::as_path).collect();
         crate::plan::init_guard(path, &res, &self.config.daemon.state_dir, &refs).or_else(|| {
@@ -264,28 +325,45 @@ impl Engine {
             .findings
             .iter()
             .find(|f| f.path.as_deref() == Some(path) || f.is_blocking())
-            .or_else(|| report.findings.iter().find(|f| f.severity == Severity::Error));
+            .or_else(|| {
+                report
+                    .findings
+                    .iter()
+                    .find(|f| f.severity == Severity::Error)
+            });
         match f {
             Some(f) => {
                 let code = match f.kind {
-                    FindingKind::BackendConflict | FindingKind::NewerStateVersion => ErrorCode::Blocked,
+                    FindingKind::BackendConflict | FindingKind::NewerStateVersion => {
+                        ErrorCode::Blocked
+                    }
                     FindingKind::StorageUnavailable => ErrorCode::StorageUnavailable,
                     FindingKind::PathOccupied => ErrorCode::WorkspaceDetached,
                     _ => ErrorCode::InvalidPath,
                 };
                 Error::new(code, f.message.clone()).hint(f.hint.clone())
             }
-            None => Error::new(ErrorCode::OperationFailed, format!("{} did not become a workspace", path.display())),
+            None => Error::new(
+                ErrorCode::OperationFailed,
+                format!("{} did not become a workspace", path.display()),
+            ),
         }
     }
 
     /// `ws-ckpt release PATH`: set `state = "absent"` where it is declared (or declare it so),
     /// then apply; the workspace is gone on success.
-    pub fn release(&mut self, path: &Path, progress: &mut dyn FnMut(&str, &crate::copy::Progress)) -> Result<ReleaseReport> {
+    pub fn release(
+        &mut self,
+        path: &Path,
+        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+    ) -> Result<ReleaseReport> {
         let path = absolute_user_path(path)?;
         let Some(ws) = self.workspace_by_path(&path).cloned() else {
-            return Err(Error::new(ErrorCode::WorkspaceNotFound, format!("{} is not a workspace", path.display()))
-                .hint("`ws-ckpt list` shows the workspaces"));
+            return Err(Error::new(
+                ErrorCode::WorkspaceNotFound,
+                format!("{} is not a workspace", path.display()),
+            )
+            .hint("`ws-ckpt list` shows the workspaces"));
         };
         match self.config.workspace(&path) {
             Some(d) => {
@@ -301,7 +379,11 @@ impl Engine {
         if self.workspace_by_path(&path).is_some() {
             return Err(self.why_not_ready(&path, &report));
         }
-        Ok(ReleaseReport { ws_id: ws.ws_id, path, apply: report })
+        Ok(ReleaseReport {
+            ws_id: ws.ws_id,
+            path,
+            apply: report,
+        })
     }
 
     /// Recorded workspace at this path.

@@ -80,8 +80,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl From<crate::sys::SysError> for Error {
     fn from(e: crate::sys::SysError) -> Self {
-        let hint = matches!(e, crate::sys::SysError::ProgramMissing { .. })
-            .then(|| "install btrfs-progs (apt-get install btrfs-progs / dnf install btrfs-progs)".to_string());
+        let hint = matches!(e, crate::sys::SysError::ProgramMissing { .. }).then(|| {
+            "install btrfs-progs (apt-get install btrfs-progs / dnf install btrfs-progs)"
+                .to_string()
+        });
         Error {
             code: ErrorCode::Io,
             message: e.to_string(),

@@ -12,8 +12,8 @@ use crate::model::{InitPhase, PendingKind, PendingOp, ReleasePhase};
 use crate::observe::{path_state, PathState};
 use crate::plan::{Action, MigratedWorkspace, Resolution, DECLARED_MARKER, IMG_TARGET_KEY};
 use crate::state::{
-    BackendIdentity, BackendPaths, LoopImage, SnapshotEntry, StateFile,
-    WorkspaceEntry, STATE_VERSION,
+    BackendIdentity, BackendPaths, LoopImage, SnapshotEntry, StateFile, WorkspaceEntry,
+    STATE_VERSION,
 };
 use crate::store::Store;
 use crate::sys::Sys;
@@ -146,8 +146,9 @@ impl Executor<'_> {
                 Ok(())
             }
             Action::RepairSymlink { path, target, .. } => match path_state(path) {
-                PathState::Missing => std::os::unix::fs::symlink(target, path)
-                    .map_err(io_err("create symlink", path)),
+                PathState::Missing => {
+                    std::os::unix::fs::symlink(target, path).map_err(io_err("create symlink", path))
+                }
                 PathState::Symlink {
                     target_exists: false,
                     ..
@@ -198,7 +199,10 @@ impl Executor<'_> {
             if image.exists() {
                 return Err(Error::new(
                     ErrorCode::OperationFailed,
-                    format!("{} appeared while planning; not overwriting it", image.display()),
+                    format!(
+                        "{} appeared while planning; not overwriting it",
+                        image.display()
+                    ),
                 ));
             }
             let dir = image.parent().unwrap_or(Path::new("/"));
@@ -212,7 +216,8 @@ impl Executor<'_> {
         }
         let mut device = None;
         if mount_needed {
-            std::fs::create_dir_all(&res.mount).map_err(io_err("create mount point", &res.mount))?;
+            std::fs::create_dir_all(&res.mount)
+                .map_err(io_err("create mount point", &res.mount))?;
             match &res.image {
                 Some(image) => {
                     let m = self.sys.mount_image(image, &res.mount)?;
@@ -353,7 +358,10 @@ impl Executor<'_> {
             .ok_or_else(|| {
                 Error::new(
                     ErrorCode::StorageUnavailable,
-                    format!("{} is not mounted; cannot grow it online", self.res.mount.display()),
+                    format!(
+                        "{} is not mounted; cannot grow it online",
+                        self.res.mount.display()
+                    ),
                 )
             })?;
         self.sys.refresh_loop_capacity(&device)?;
@@ -463,7 +471,8 @@ impl Executor<'_> {
                 // Nothing to move: an empty workspace. A crash in between leaves an unrecorded
                 // subvolume that the next pass adopts.
                 self.sys.create_subvolume(&subvol)?;
-                std::os::unix::fs::symlink(&subvol, path).map_err(io_err("create symlink", path))?;
+                std::os::unix::fs::symlink(&subvol, path)
+                    .map_err(io_err("create symlink", path))?;
                 return self.record_workspace(ws_id, path, &subvol);
             }
             PathState::Dir { .. } => {}
@@ -489,18 +498,20 @@ impl Executor<'_> {
         fault::point("init:after-subvol");
         let label = format!("copying {}", path.display());
         let progress = &mut *self.progress;
-        let copied = copy::copy_tree(path, &subvol, &mut |p| progress(&label, p))
-            .and_then(|_| {
-                fault::point("init:after-copy");
-                copy::verify_tree(path, &subvol)
-            });
+        let copied = copy::copy_tree(path, &subvol, &mut |p| progress(&label, p)).and_then(|_| {
+            fault::point("init:after-copy");
+            copy::verify_tree(path, &subvol)
+        });
         if let Err(e) = copied {
             // Nothing irreversible happened: the original is untouched. Undo and report.
             let _ = self.sys.delete_subvolume(&subvol);
             self.store.end(&op)?;
             return Err(Error::new(
                 ErrorCode::OperationFailed,
-                format!("could not copy {} into a workspace: {e}; the directory is unchanged", path.display()),
+                format!(
+                    "could not copy {} into a workspace: {e}; the directory is unchanged",
+                    path.display()
+                ),
             ));
         }
         if let PendingKind::Init { phase, .. } = &mut kind {
@@ -516,7 +527,14 @@ impl Executor<'_> {
         self.finish_init(&op, ws_id, path, &subvol, &tmp)
     }
 
-    fn finish_init(&mut self, op: &str, ws_id: &str, path: &Path, subvol: &Path, tmp: &Path) -> Result<()> {
+    fn finish_init(
+        &mut self,
+        op: &str,
+        ws_id: &str,
+        path: &Path,
+        subvol: &Path,
+        tmp: &Path,
+    ) -> Result<()> {
         if let PathState::Dir { .. } = path_state(tmp) {
             copy::remove_tree(tmp)?;
         } else if let PathState::Symlink { .. } = path_state(tmp) {
@@ -538,9 +556,16 @@ impl Executor<'_> {
             other => {
                 return Err(Error::new(
                     ErrorCode::WorkspaceDetached,
-                    format!("{} is {other:?}, not the workspace symlink; refusing to overwrite it", path.display()),
+                    format!(
+                        "{} is {other:?}, not the workspace symlink; refusing to overwrite it",
+                        path.display()
+                    ),
                 )
-                .hint(format!("move {} aside first; the data stays in {}", path.display(), subvol.display())))
+                .hint(format!(
+                    "move {} aside first; the data stays in {}",
+                    path.display(),
+                    subvol.display()
+                )))
             }
         }
         let op_id = crate::store::new_op_id();
@@ -570,9 +595,15 @@ impl Executor<'_> {
             self.store.end(&op)?;
             return Err(Error::new(
                 ErrorCode::OperationFailed,
-                format!("release of {} stopped before anything was deleted: {}", path.display(), e.message),
+                format!(
+                    "release of {} stopped before anything was deleted: {}",
+                    path.display(),
+                    e.message
+                ),
             )
-            .hint("the workspace is unchanged and usable; fix the cause (e.g. free space) and retry"));
+            .hint(
+                "the workspace is unchanged and usable; fix the cause (e.g. free space) and retry",
+            ));
         }
         if let PendingKind::Release { phase, .. } = &mut kind {
             *phase = ReleasePhase::Verified;
@@ -603,7 +634,9 @@ impl Executor<'_> {
         }
         self.store.remove_workspace(ws_id)?;
         self.store.end(op)?;
-        let _ = self.sys.sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT);
+        let _ = self
+            .sys
+            .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT);
         Ok(())
     }
 
@@ -639,7 +672,8 @@ impl Executor<'_> {
             }
         }
         self.store.end(op)?;
-        self.sys.sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT)?;
+        self.sys
+            .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT)?;
         Ok(())
     }
 
@@ -665,7 +699,10 @@ impl Executor<'_> {
                     if !matches!(path_state(&path), PathState::Dir { .. }) {
                         return Err(Error::new(
                             ErrorCode::OperationFailed,
-                            format!("{} is no longer the original directory; not reverting", path.display()),
+                            format!(
+                                "{} is no longer the original directory; not reverting",
+                                path.display()
+                            ),
                         ));
                     }
                     if self.sys.is_subvolume(&subvol)? {
@@ -675,15 +712,23 @@ impl Executor<'_> {
                 }
             }
             PendingKind::Release {
-                ws_id, path, subvol, tmp, ..
+                ws_id,
+                path,
+                subvol,
+                tmp,
+                ..
             } => {
                 if finish {
                     self.finish_release(op_id, &ws_id, &tmp)
                 } else {
-                    if !matches!(path_state(&path), PathState::Symlink { target, .. } if target == subvol) {
+                    if !matches!(path_state(&path), PathState::Symlink { target, .. } if target == subvol)
+                    {
                         return Err(Error::new(
                             ErrorCode::OperationFailed,
-                            format!("{} is no longer the workspace symlink; not reverting", path.display()),
+                            format!(
+                                "{} is no longer the workspace symlink; not reverting",
+                                path.display()
+                            ),
                         ));
                     }
                     if let PathState::Dir { .. } = path_state(&tmp) {
@@ -770,12 +815,15 @@ pub fn copy_sparse_file(from: &Path, to: &Path) -> Result<()> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
         let end = if hole < 0 { len as i64 } else { hole };
-        src.seek(SeekFrom::Start(data as u64)).map_err(io_err("seek", from))?;
-        dst.seek(SeekFrom::Start(data as u64)).map_err(io_err("seek", to))?;
+        src.seek(SeekFrom::Start(data as u64))
+            .map_err(io_err("seek", from))?;
+        dst.seek(SeekFrom::Start(data as u64))
+            .map_err(io_err("seek", to))?;
         let mut left = (end - data) as u64;
         while left > 0 {
             let n = buf.len().min(left as usize);
-            src.read_exact(&mut buf[..n]).map_err(io_err("read", from))?;
+            src.read_exact(&mut buf[..n])
+                .map_err(io_err("read", from))?;
             dst.write_all(&buf[..n]).map_err(io_err("write", to))?;
             left -= n as u64;
         }

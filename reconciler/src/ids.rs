@@ -114,7 +114,16 @@ mod tests {
         for ok in ["a", "c1", "2026.11.24_x-y", &"a".repeat(128)] {
             assert!(is_valid_snapshot_id(ok), "{ok}");
         }
-        for bad in ["", "-a", ".a", "../../x", "a/b", "a b", &"a".repeat(129), "é"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "../../x",
+            "a/b",
+            "a b",
+            &"a".repeat(129),
+            "é",
+        ] {
             assert!(!is_valid_snapshot_id(bad), "{bad}");
         }
         assert!(!is_valid_ws_id("snapshots"));

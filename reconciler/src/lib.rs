@@ -9,18 +9,21 @@
 
 pub mod config;
 pub mod copy;
-pub mod ids;
-pub mod state;
-pub mod sys;
-pub mod time;
+pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod execute;
 pub mod fault;
+pub mod ids;
 pub mod lock;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod state;
 pub mod status;
 pub mod store;
-pub mod diff;
+pub mod sys;
+pub mod time;
+// pub mod api;
+// pub mod audit;
+// pub mod auth;

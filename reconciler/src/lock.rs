@@ -189,6 +189,9 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(100));
         l.release();
-        assert!(!t.join().unwrap(), "a clean release must not look like a crash");
+        assert!(
+            !t.join().unwrap(),
+            "a clean release must not look like a crash"
+        );
     }
 }

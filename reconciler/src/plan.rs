@@ -6,7 +6,9 @@
 
 use crate::config::{BackendKind, Config, DeclState, Keep, WorkspaceDecl};
 use crate::ids;
-use crate::model::{InitPhase, PendingKind, PendingOp, Persisted, ReleasePhase, RollbackPhase, StateProblem};
+use crate::model::{
+    InitPhase, PendingKind, PendingOp, Persisted, ReleasePhase, RollbackPhase, StateProblem,
+};
 use crate::observe::{Observed, PathState, StorageView};
 use crate::state::{BackendType, SelectionMethod, WorkspaceIndex};
 use crate::sys::FsUsage;
@@ -355,7 +357,14 @@ impl Action {
             Action::MigrateV0Indexes { workspaces } | Action::DeclareMigrated { workspaces } => {
                 workspaces
                     .iter()
-                    .map(|w| format!("{} {} ({} snapshots)", w.ws_id, w.path.display(), w.snapshots))
+                    .map(|w| {
+                        format!(
+                            "{} {} ({} snapshots)",
+                            w.ws_id,
+                            w.path.display(),
+                            w.snapshots
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ")
             }
@@ -487,7 +496,8 @@ pub fn resolve_backend(config: &Config, persisted: &Persisted, obs: &Observed) -
         (BackendKind::Auto, None) => {
             let t = if obs.image.is_some() || obs.legacy_image.is_some() {
                 BackendType::BtrfsLoop
-            } else if config.backend.btrfs_base.btrfs_mount.is_some() || obs.base_candidate.is_some()
+            } else if config.backend.btrfs_base.btrfs_mount.is_some()
+                || obs.base_candidate.is_some()
             {
                 BackendType::BtrfsBase
             } else {
@@ -630,9 +640,30 @@ pub fn image_creation_bytes(config: &Config, host: Option<&FsUsage>) -> u64 {
 
 /// System directories that may never become workspaces (the directory itself).
 const SYSTEM_DIRS: &[&str] = &[
-    "/", "/etc", "/usr", "/var", "/boot", "/proc", "/sys", "/dev", "/run", "/home", "/root",
-    "/bin", "/sbin", "/lib", "/lib64", "/opt", "/srv", "/tmp", "/var/tmp", "/mnt", "/media",
-    "/usr/local", "/var/lib", "/var/log",
+    "/",
+    "/etc",
+    "/usr",
+    "/var",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/home",
+    "/root",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/opt",
+    "/srv",
+    "/tmp",
+    "/var/tmp",
+    "/mnt",
+    "/media",
+    "/usr/local",
+    "/var/lib",
+    "/var/log",
 ];
 /// Trees nothing inside of which may become a workspace.
 const SYSTEM_TREES: &[&str] = &["/proc", "/sys", "/dev", "/boot", "/etc", "/usr", "/run"];
@@ -651,11 +682,15 @@ pub fn init_guard(
         return Some(format!("{} is a system directory", path.display()));
     }
     if let Some(t) = SYSTEM_TREES.iter().find(|t| path.starts_with(t)) {
-        return Some(format!("{} is inside the system directory {t}", path.display()));
+        return Some(format!(
+            "{} is inside the system directory {t}",
+            path.display()
+        ));
     }
     for (what, root) in [
+        // For a loop backend the mount is the data root; for a base backend the mount is the
+        // user's own filesystem, where workspaces may live (same-filesystem init).
         ("ws-ckpt's data root", &res.data_root),
-        ("ws-ckpt's mount", &res.mount),
         ("ws-ckpt's snapshots root", &res.snapshots_root),
         ("ws-ckpt's state directory", &state_dir.to_path_buf()),
     ] {
@@ -669,7 +704,11 @@ pub fn init_guard(
     }
     if let Some(image) = &res.image {
         if image.starts_with(path) {
-            return Some(format!("{} contains the loop image {}", path.display(), image.display()));
+            return Some(format!(
+                "{} contains the loop image {}",
+                path.display(),
+                image.display()
+            ));
         }
     }
     for other in others {
@@ -677,17 +716,29 @@ pub fn init_guard(
             continue;
         }
         if path.starts_with(other) {
-            return Some(format!("{} is inside the workspace {}", path.display(), other.display()));
+            return Some(format!(
+                "{} is inside the workspace {}",
+                path.display(),
+                other.display()
+            ));
         }
         if other.starts_with(path) {
-            return Some(format!("{} contains the workspace {}", path.display(), other.display()));
+            return Some(format!(
+                "{} contains the workspace {}",
+                path.display(),
+                other.display()
+            ));
         }
     }
     None
 }
 
 /// Snapshots the retention policy deletes: never pinned, never missing, never the newest.
-pub fn retention_deletions(index: &WorkspaceIndex, keep: Keep, now: SystemTime) -> Vec<RetentionDelete> {
+pub fn retention_deletions(
+    index: &WorkspaceIndex,
+    keep: Keep,
+    now: SystemTime,
+) -> Vec<RetentionDelete> {
     let newest = index.snapshots.keys().last().cloned();
     let candidates: Vec<(&String, Option<SystemTime>)> = index
         .snapshots
@@ -737,7 +788,10 @@ pub fn plan(
         p.findings.push(Finding::new(
             FindingKind::NewerStateVersion,
             Severity::Error,
-            format!("{} has version {version}, written by a newer ws-ckpt; it is left untouched", path.display()),
+            format!(
+                "{} has version {version}, written by a newer ws-ckpt; it is left untouched",
+                path.display()
+            ),
             "upgrade ws-ckpt to the version that wrote it".to_string(),
         ));
         return p;
@@ -929,7 +983,8 @@ impl Planner<'_> {
                     image.display(),
                     human_bytes(current)
                 ),
-                "raise img_size/img_max_percent again, or leave it: the image keeps its size".to_string(),
+                "raise img_size/img_max_percent again, or leave it: the image keeps its size"
+                    .to_string(),
             ));
         }
     }
@@ -987,23 +1042,46 @@ impl Planner<'_> {
                 let to_s = self.obs.path(to);
                 let tmp_s = self.obs.path(tmp);
                 match (from_s, to_s) {
-                    (PathState::Missing, PathState::Other) => (true, format!("image already at {}; forget the move", to.display())),
+                    (PathState::Missing, PathState::Other) => (
+                        true,
+                        format!("image already at {}; forget the move", to.display()),
+                    ),
                     (PathState::Other, PathState::Missing) => (
                         false,
                         format!(
                             "image still at {}; remove the partial copy {}{}",
                             from.display(),
                             tmp.display(),
-                            if *tmp_s == PathState::Missing { " (absent)" } else { "" }
+                            if *tmp_s == PathState::Missing {
+                                " (absent)"
+                            } else {
+                                ""
+                            }
                         ),
                     ),
-                    (PathState::Other, PathState::Other) => (true, format!("copy complete at {}; remove the old {}", to.display(), from.display())),
+                    (PathState::Other, PathState::Other) => (
+                        true,
+                        format!(
+                            "copy complete at {}; remove the old {}",
+                            to.display(),
+                            from.display()
+                        ),
+                    ),
                     _ => {
                         self.find(Finding::new(
                             FindingKind::Ambiguous,
                             Severity::Error,
-                            format!("interrupted image move {}: neither {} nor {} holds the image", op.op_id, from.display(), to.display()),
-                            format!("look for the image (partial copy: {}) and put it back at {}", tmp.display(), to.display()),
+                            format!(
+                                "interrupted image move {}: neither {} nor {} holds the image",
+                                op.op_id,
+                                from.display(),
+                                to.display()
+                            ),
+                            format!(
+                                "look for the image (partial copy: {}) and put it back at {}",
+                                tmp.display(),
+                                to.display()
+                            ),
                         ));
                         return;
                     }
@@ -1011,7 +1089,11 @@ impl Planner<'_> {
             }
             PendingKind::GrowImage { image, to_bytes } => (
                 true,
-                format!("finish growing {} to {}", image.display(), human_bytes(*to_bytes)),
+                format!(
+                    "finish growing {} to {}",
+                    image.display(),
+                    human_bytes(*to_bytes)
+                ),
             ),
             _ => return,
         };
@@ -1073,19 +1155,36 @@ impl Planner<'_> {
                 let tmp_state = self.obs.path(tmp).clone();
                 let subvol_ok = self.obs.is_subvol(subvol);
                 match (path_is_dir, path_is_link, phase) {
-                    (true, _, _) if !matches!(tmp_state, PathState::Dir { .. }) => self.interrupted(
-                        op,
-                        false,
-                        format!("{} is still the original directory; delete the partial subvolume {}", path.display(), subvol.display()),
-                    ),
+                    (true, _, _) if !matches!(tmp_state, PathState::Dir { .. }) => self
+                        .interrupted(
+                            op,
+                            false,
+                            format!(
+                            "{} is still the original directory; delete the partial subvolume {}",
+                            path.display(),
+                            subvol.display()
+                        ),
+                        ),
                     (false, true, InitPhase::Verified) if subvol_ok => self.interrupted(
                         op,
                         true,
-                        format!("{} already points to {}; remove the original copy left at {}", path.display(), subvol.display(), tmp.display()),
+                        format!(
+                            "{} already points to {}; remove the original copy left at {}",
+                            path.display(),
+                            subvol.display(),
+                            tmp.display()
+                        ),
                     ),
                     _ => self.ambiguous(
                         op,
-                        format!("{} is {:?}, {} is {:?}, subvolume {} present: {subvol_ok}", path.display(), self.obs.path(path), tmp.display(), tmp_state, subvol.display()),
+                        format!(
+                            "{} is {:?}, {} is {:?}, subvolume {} present: {subvol_ok}",
+                            path.display(),
+                            self.obs.path(path),
+                            tmp.display(),
+                            tmp_state,
+                            subvol.display()
+                        ),
                     ),
                 }
             }
@@ -1159,7 +1258,9 @@ impl Planner<'_> {
         let v0: Vec<MigratedWorkspace> = view
             .v0_indexes
             .iter()
-            .filter(|(id, _)| !recorded.contains(id.as_str()) && !self.persisted.indexes.contains_key(*id))
+            .filter(|(id, _)| {
+                !recorded.contains(id.as_str()) && !self.persisted.indexes.contains_key(*id)
+            })
             .filter(|(id, _)| ids::is_valid_ws_id(id))
             .map(|(id, idx)| MigratedWorkspace {
                 ws_id: id.clone(),
@@ -1181,10 +1282,17 @@ impl Planner<'_> {
                     .map(|w| MigratedWorkspace {
                         ws_id: w.ws_id.clone(),
                         path: w.workspace_path.clone(),
-                        snapshots: self.persisted.indexes.get(&w.ws_id).map(|i| i.snapshots.len()).unwrap_or(0),
+                        snapshots: self
+                            .persisted
+                            .indexes
+                            .get(&w.ws_id)
+                            .map(|i| i.snapshots.len())
+                            .unwrap_or(0),
                     })
                     .collect();
-                self.act(Action::DeclareMigrated { workspaces: undeclared });
+                self.act(Action::DeclareMigrated {
+                    workspaces: undeclared,
+                });
                 return true;
             }
         }
@@ -1242,7 +1350,9 @@ impl Planner<'_> {
                     detached = true;
                     let what = match other {
                         PathState::Dir { .. } => "a real directory".to_string(),
-                        PathState::Symlink { target, .. } => format!("a symlink to {}", target.display()),
+                        PathState::Symlink { target, .. } => {
+                            format!("a symlink to {}", target.display())
+                        }
                         _ => "a file".to_string(),
                     };
                     let f = Finding::new(
@@ -1299,7 +1409,8 @@ impl Planner<'_> {
                     FindingKind::AdvisorySnapshotCount,
                     Severity::Info,
                     format!("workspace {ws_id} has {} snapshots", index.snapshots.len()),
-                    "enable retention (`auto_cleanup = true`, `keep = N`) or run `ws-ckpt cleanup`".to_string(),
+                    "enable retention (`auto_cleanup = true`, `keep = N`) or run `ws-ckpt cleanup`"
+                        .to_string(),
                 )
                 .ws(ws_id, path);
                 self.find(f);
@@ -1370,7 +1481,12 @@ impl Planner<'_> {
         );
         // Unrecorded workspaces known from the indexes (state.json lost or rebuilt).
         let mut candidates: Vec<(Option<&WorkspaceDecl>, PathBuf, Option<String>)> = Vec::new();
-        for d in self.config.workspaces.iter().filter(|d| d.state == DeclState::Present) {
+        for d in self
+            .config
+            .workspaces
+            .iter()
+            .filter(|d| d.state == DeclState::Present)
+        {
             candidates.push((Some(d), d.path.clone(), d.id.clone()));
         }
         for (id, idx) in &self.persisted.indexes {
@@ -1399,7 +1515,11 @@ impl Planner<'_> {
                     Finding::new(
                         FindingKind::InvalidPath,
                         Severity::Error,
-                        format!("id {ws_id} declared for {} is already used by {}", path.display(), taken[&ws_id].display()),
+                        format!(
+                            "id {ws_id} declared for {} is already used by {}",
+                            path.display(),
+                            taken[&ws_id].display()
+                        ),
                         "choose another `id` or remove it to derive one from the path".to_string(),
                     )
                     .ws(&ws_id, &path),
@@ -1469,7 +1589,10 @@ impl Planner<'_> {
             self.find(Finding::new(
                 FindingKind::AdvisoryFsUsage,
                 Severity::Warning,
-                format!("the filesystem at {} is {pct}% full", self.res.mount.display()),
+                format!(
+                    "the filesystem at {} is {pct}% full",
+                    self.res.mount.display()
+                ),
                 "delete old snapshots (`ws-ckpt cleanup`) or raise img_size".to_string(),
             ));
         }

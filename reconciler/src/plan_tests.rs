@@ -148,13 +148,17 @@ fn kinds(p: &Plan) -> Vec<FindingKind> {
 fn healthy() -> (Config, Persisted, Observed) {
     let cfg = config(&ws_decl("/home/a"));
     let mut per = persisted(Some(state_json("BtrfsLoop", &[("ws-aaaaaa", "/home/a")])));
-    per.indexes
-        .insert("ws-aaaaaa".into(), index("/home/a", &[("c1", 100), ("c2", 200)]));
+    per.indexes.insert(
+        "ws-aaaaaa".into(),
+        index("/home/a", &[("c1", 100), ("c2", 200)]),
+    );
     let mut obs = mounted();
     let view = obs.storage.as_mut().unwrap();
     view.workspace_subvols.insert("ws-aaaaaa".into());
-    view.snapshots
-        .insert("ws-aaaaaa".into(), ["c1", "c2"].iter().map(|s| s.to_string()).collect());
+    view.snapshots.insert(
+        "ws-aaaaaa".into(),
+        ["c1", "c2"].iter().map(|s| s.to_string()).collect(),
+    );
     obs.paths
         .insert("/home/a".into(), link_to(&format!("{MNT}/ws-aaaaaa")));
     (cfg, per, obs)
@@ -192,7 +196,11 @@ fn fresh_host_bootstraps_with_new_image_and_inits_declared_dirs() {
             mount_needed,
             ..
         } => {
-            assert_eq!(*create_image_bytes, Some(2 << 30), "min(img_size, 40% of host)");
+            assert_eq!(
+                *create_image_bytes,
+                Some(2 << 30),
+                "min(img_size, 40% of host)"
+            );
             assert!(*mount_needed);
         }
         other => panic!("{other:?}"),
@@ -214,7 +222,10 @@ fn image_size_rule_caps_by_percent_and_free_space() {
         avail: 1 << 30,
     };
     // target = min(2 GiB, 10 GiB) = 2 GiB > 1 GiB free → free × 10 %.
-    assert_eq!(image_creation_bytes(&cfg, Some(&tight)), ((1u64 << 30) / 10) & !4095);
+    assert_eq!(
+        image_creation_bytes(&cfg, Some(&tight)),
+        ((1u64 << 30) / 10) & !4095
+    );
 }
 
 #[test]
@@ -274,26 +285,35 @@ fn auto_keeps_persisted_backend() {
 fn auto_without_state_detects_once() {
     let mut cfg = config("");
     cfg.backend.kind = BackendKind::Auto;
-    let mut obs = Observed::default();
-    obs.base_candidate = Some("/data".into());
-    obs.mounts = vec![MountEntry {
-        mount_id: 1,
-        dev: "0:5".into(),
-        root: "/".into(),
-        mount_point: "/data".into(),
-        mount_options: "rw".into(),
-        fs_type: "btrfs".into(),
-        source: "/dev/sdb".into(),
-        super_options: "rw".into(),
-    }];
+    let obs = Observed {
+        base_candidate: Some("/data".into()),
+        mounts: vec![MountEntry {
+            mount_id: 1,
+            dev: "0:5".into(),
+            root: "/".into(),
+            mount_point: "/data".into(),
+            mount_options: "rw".into(),
+            fs_type: "btrfs".into(),
+            source: "/dev/sdb".into(),
+            super_options: "rw".into(),
+        }],
+        ..Default::default()
+    };
     let p = plan(&cfg, &persisted(None), &obs, PlanOptions::default(), now());
     let b = p.backend.unwrap();
-    assert_eq!((b.backend_type, b.selection_method), (BackendType::BtrfsBase, SelectionMethod::AutoDetect));
+    assert_eq!(
+        (b.backend_type, b.selection_method),
+        (BackendType::BtrfsBase, SelectionMethod::AutoDetect)
+    );
     assert_eq!(b.data_root, Path::new("/data/ws-ckpt-data"));
     assert_eq!(b.snapshots_root, Path::new("/data/ws-ckpt-data/snapshots"));
     // With an image present, auto means loop.
     let mut obs2 = obs.clone();
-    obs2.image = Some(FileInfo { size: 1, dev: 1, ino: 1 });
+    obs2.image = Some(FileInfo {
+        size: 1,
+        dev: 1,
+        ino: 1,
+    });
     let p2 = plan(&cfg, &persisted(None), &obs2, PlanOptions::default(), now());
     assert_eq!(p2.backend.unwrap().backend_type, BackendType::BtrfsLoop);
 }
@@ -316,7 +336,10 @@ fn detection_ignores_loop_backed_and_subvolume_mounts() {
         m("/dev/sdc", "/", "/ro", "ro"),
         m("/dev/sdb", "/", "/data", "rw,relatime"),
     ];
-    assert_eq!(crate::observe::detect_base(&mounts), Some(PathBuf::from("/data")));
+    assert_eq!(
+        crate::observe::detect_base(&mounts),
+        Some(PathBuf::from("/data"))
+    );
 }
 
 #[test]
@@ -330,7 +353,11 @@ fn config_switch_with_workspaces_is_a_backend_conflict_and_plans_nothing() {
     assert!(p.blocked());
     let f = &p.findings[0];
     assert_eq!(f.kind, FindingKind::BackendConflict);
-    assert!(f.hint.contains("btrfs-loop") && f.hint.contains("/t/etc/config.toml"), "{}", f.hint);
+    assert!(
+        f.hint.contains("btrfs-loop") && f.hint.contains("/t/etc/config.toml"),
+        "{}",
+        f.hint
+    );
     assert!(f.hint.contains("/t/state/state.json"), "{}", f.hint);
 }
 
@@ -353,27 +380,52 @@ fn base_backend_without_filesystem() {
     let mut cfg = config("");
     cfg.backend.kind = BackendKind::BtrfsBase;
     cfg.backend.btrfs_base.btrfs_mount = Some("/data".into());
-    let p = plan(&cfg, &persisted(None), &Observed::default(), PlanOptions::default(), now());
+    let p = plan(
+        &cfg,
+        &persisted(None),
+        &Observed::default(),
+        PlanOptions::default(),
+        now(),
+    );
     assert!(p.actions.is_empty());
     assert_eq!(kinds(&p), [FindingKind::StorageUnavailable]);
     // With workspaces recorded on it, it is a conflict.
     let mut st = state_json("BtrfsBase", &[("ws-aaaaaa", "/home/a")]);
     st.paths.mount_path = "/data".into();
-    let p = plan(&cfg, &persisted(Some(st)), &Observed::default(), PlanOptions::default(), now());
+    let p = plan(
+        &cfg,
+        &persisted(Some(st)),
+        &Observed::default(),
+        PlanOptions::default(),
+        now(),
+    );
     assert!(p.blocked());
 }
 
 #[test]
 fn legacy_image_is_migrated_first() {
     let cfg = config("legacy_image = \"/t/data/btrfs-data.img\"\n");
-    let mut obs = Observed::default();
-    obs.legacy_image = Some(FileInfo { size: 1, dev: 1, ino: 9 });
+    let obs = Observed {
+        legacy_image: Some(FileInfo {
+            size: 1,
+            dev: 1,
+            ino: 9,
+        }),
+        ..Default::default()
+    };
     let p = plan(&cfg, &persisted(None), &obs, PlanOptions::default(), now());
     assert_eq!(names(&p)[0], "migrate-image-path");
-    assert!(!matches!(
-        p.actions.get(1),
-        Some(Action::BootstrapBackend { create_image_bytes: Some(_), .. })
-    ), "never a fresh image while a legacy one exists: {:?}", p.actions);
+    assert!(
+        !matches!(
+            p.actions.get(1),
+            Some(Action::BootstrapBackend {
+                create_image_bytes: Some(_),
+                ..
+            })
+        ),
+        "never a fresh image while a legacy one exists: {:?}",
+        p.actions
+    );
 }
 
 #[test]
@@ -429,7 +481,9 @@ fn missing_snapshot_is_marked_and_cleared_when_back() {
     );
     // Once marked, nothing more to do while it stays gone.
     per.indexes.get_mut("ws-aaaaaa").unwrap().snapshots["c1"].missing = true;
-    assert!(plan(&cfg, &per, &obs, PlanOptions::default(), now()).actions.is_empty());
+    assert!(plan(&cfg, &per, &obs, PlanOptions::default(), now())
+        .actions
+        .is_empty());
     // Back on disk → clear.
     obs.storage
         .as_mut()
@@ -546,19 +600,41 @@ fn init_guards_reject_system_dirs_nesting_and_our_own_trees() {
     let cfg = config("");
     let res = resolve_backend(&cfg, &persisted(None), &obs);
     let sd = Path::new("/t/state");
-    for bad in ["/", "/etc", "/usr/share/x", "/home", "/proc/1", "/t/mnt/x", "/t/state/x", "/t"] {
-        assert!(init_guard(Path::new(bad), &res, sd, &[]).is_some(), "{bad} must be refused");
+    for bad in [
+        "/",
+        "/etc",
+        "/usr/share/x",
+        "/home",
+        "/proc/1",
+        "/t/mnt/x",
+        "/t/state/x",
+        "/t",
+    ] {
+        assert!(
+            init_guard(Path::new(bad), &res, sd, &[]).is_some(),
+            "{bad} must be refused"
+        );
     }
     assert!(init_guard(Path::new("/home/a/sub"), &res, sd, &[Path::new("/home/a")]).is_some());
     assert!(init_guard(Path::new("/home"), &res, sd, &[Path::new("/home/a")]).is_some());
     assert!(init_guard(Path::new("/home/a"), &res, sd, &[Path::new("/home/b")]).is_none());
+    // Base backend: the filesystem's mount is fine, only data_root is off limits.
+    let mut base = res.clone();
+    base.mount = "/data".into();
+    base.data_root = "/data/ws-ckpt-data".into();
+    base.snapshots_root = "/data/ws-ckpt-data/snapshots".into();
+    base.image = None;
+    assert!(init_guard(Path::new("/data/projects/p"), &base, sd, &[]).is_none());
+    assert!(init_guard(Path::new("/data/ws-ckpt-data/x"), &base, sd, &[]).is_some());
+    assert!(init_guard(Path::new("/data"), &base, sd, &[]).is_some());
 }
 
 #[test]
 fn guarded_declaration_becomes_a_finding() {
     let (_, per, mut obs) = healthy();
     let mut cfg = config(&ws_decl("/home/a"));
-    cfg.workspaces.extend(config(&ws_decl("/home/a/inner")).workspaces);
+    cfg.workspaces
+        .extend(config(&ws_decl("/home/a/inner")).workspaces);
     obs.paths.insert(
         "/home/a/inner".into(),
         PathState::Dir {
@@ -573,24 +649,36 @@ fn guarded_declaration_becomes_a_finding() {
 
 #[test]
 fn retention_never_deletes_pinned_or_newest() {
-    let mut idx = index("/home/a", &[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]);
+    let mut idx = index(
+        "/home/a",
+        &[("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)],
+    );
     idx.snapshots["a"].pinned = true;
     let del = retention_deletions(&idx, Keep::Count(2), now());
     let ids: Vec<&str> = del.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["b", "c"]);
     assert_eq!(del[0].reason, "beyond keep = 2");
     let del = retention_deletions(&idx, Keep::Count(0), now());
-    assert_eq!(del.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "c", "d"], "newest e kept");
+    assert_eq!(
+        del.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["b", "c", "d"],
+        "newest e kept"
+    );
     // Age: everything is ancient, but the newest stays.
     let del = retention_deletions(&idx, Keep::Age(Duration::from_secs(86_400)), now());
-    assert_eq!(del.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "c", "d"]);
+    assert_eq!(
+        del.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["b", "c", "d"]
+    );
 }
 
 #[test]
 fn retention_is_planned_only_with_auto_cleanup() {
     let (_, mut per, obs) = healthy();
-    per.indexes
-        .insert("ws-aaaaaa".into(), index("/home/a", &[("c1", 100), ("c2", 200)]));
+    per.indexes.insert(
+        "ws-aaaaaa".into(),
+        index("/home/a", &[("c1", 100), ("c2", 200)]),
+    );
     let cfg = config("[[workspace]]\npath = \"/home/a\"\nauto_cleanup = true\nkeep = 1\n");
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(
@@ -604,7 +692,9 @@ fn retention_is_planned_only_with_auto_cleanup() {
         }]
     );
     let cfg = config("[[workspace]]\npath = \"/home/a\"\nkeep = 1\n");
-    assert!(plan(&cfg, &per, &obs, PlanOptions::default(), now()).actions.is_empty());
+    assert!(plan(&cfg, &per, &obs, PlanOptions::default(), now())
+        .actions
+        .is_empty());
 }
 
 #[test]
@@ -614,8 +704,10 @@ fn v0_indexes_are_migrated_before_anything_else() {
     let mut obs = mounted();
     let view = obs.storage.as_mut().unwrap();
     view.workspace_subvols.insert("ws-bbbbbb".into());
-    view.v0_indexes
-        .insert("ws-bbbbbb".into(), index("/home/b", &[("s1", 1), ("s2", 2)]));
+    view.v0_indexes.insert(
+        "ws-bbbbbb".into(),
+        index("/home/b", &[("s1", 1), ("s2", 2)]),
+    );
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(
         p.actions,
@@ -640,8 +732,11 @@ fn state_from_0_3_gets_its_workspaces_declared() {
 #[test]
 fn growth_only_when_config_rises_and_never_shrinks() {
     let (_, per, obs) = healthy();
-    let bigger = config(&format!("{}\n", ws_decl("/home/a")).replace("img_size = 2", "img_size = 2"));
-    assert!(plan(&bigger, &per, &obs, PlanOptions::default(), now()).actions.is_empty());
+    let bigger =
+        config(&format!("{}\n", ws_decl("/home/a")).replace("img_size = 2", "img_size = 2"));
+    assert!(plan(&bigger, &per, &obs, PlanOptions::default(), now())
+        .actions
+        .is_empty());
     let mut cfg = config(&ws_decl("/home/a"));
     cfg.backend.btrfs_loop.img_size_gib = 4;
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
@@ -699,16 +794,30 @@ fn init_op(phase: InitPhase) -> PendingKind {
 fn interrupted_init_before_swap_is_reverted() {
     let (cfg, mut per, mut obs) = healthy();
     with_pending(&mut per, init_op(InitPhase::Copying));
-    obs.paths.insert("/home/c".into(), PathState::Dir { uid: 0, empty: false });
+    obs.paths.insert(
+        "/home/c".into(),
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
+    );
     obs.subvols.insert(format!("{MNT}/ws-cccccc").into(), true);
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(names(&p), ["revert-interrupted"]);
     // Verified but swap not done (tmp is only our symlink): still revert.
     let (cfg, mut per, mut obs) = healthy();
     with_pending(&mut per, init_op(InitPhase::Verified));
-    obs.paths.insert("/home/c".into(), PathState::Dir { uid: 0, empty: false });
-    obs.paths
-        .insert("/home/.c.ws-ckpt-init-op1".into(), link_to(&format!("{MNT}/ws-cccccc")));
+    obs.paths.insert(
+        "/home/c".into(),
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
+    );
+    obs.paths.insert(
+        "/home/.c.ws-ckpt-init-op1".into(),
+        link_to(&format!("{MNT}/ws-cccccc")),
+    );
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(names(&p), ["revert-interrupted"]);
 }
@@ -721,7 +830,10 @@ fn interrupted_init_after_swap_is_finished() {
         .insert("/home/c".into(), link_to(&format!("{MNT}/ws-cccccc")));
     obs.paths.insert(
         "/home/.c.ws-ckpt-init-op1".into(),
-        PathState::Dir { uid: 0, empty: false },
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
     );
     obs.subvols.insert(format!("{MNT}/ws-cccccc").into(), true);
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
@@ -737,7 +849,10 @@ fn unprovable_init_state_keeps_both_and_reports() {
         .insert("/home/c".into(), link_to(&format!("{MNT}/ws-cccccc")));
     obs.paths.insert(
         "/home/.c.ws-ckpt-init-op1".into(),
-        PathState::Dir { uid: 0, empty: false },
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
     );
     obs.subvols.insert(format!("{MNT}/ws-cccccc").into(), true);
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());

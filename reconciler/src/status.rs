@@ -160,7 +160,13 @@ impl StatusReport {
 /// Build the report.
 pub fn build(engine: &Engine) -> StatusReport {
     let obs = engine.observe();
-    let p = crate::plan::plan(&engine.config, &engine.store.p, &obs, PlanOptions::default(), SystemTime::now());
+    let p = crate::plan::plan(
+        &engine.config,
+        &engine.store.p,
+        &obs,
+        PlanOptions::default(),
+        SystemTime::now(),
+    );
     let state = engine.store.p.state.as_ref();
     let backend = p.backend.as_ref().map(|res| {
         let mounted = obs.storage.is_some();
@@ -173,7 +179,9 @@ pub fn build(engine: &Engine) -> StatusReport {
         });
         BackendStatus {
             backend_type: res.backend_type,
-            selection_method: state.map(|s| s.backend.selection_method).unwrap_or(res.selection_method),
+            selection_method: state
+                .map(|s| s.backend.selection_method)
+                .unwrap_or(res.selection_method),
             mount: res.mount.clone(),
             mounted,
             device,
@@ -200,8 +208,12 @@ pub fn build(engine: &Engine) -> StatusReport {
         for w in &s.workspaces {
             let idx = engine.store.p.indexes.get(&w.ws_id);
             let snapshots = idx.map(|i| i.snapshots.len()).unwrap_or(0);
-            let missing = idx.map(|i| i.snapshots.values().filter(|e| e.missing).count()).unwrap_or(0);
-            let pinned = idx.map(|i| i.snapshots.values().filter(|e| e.pinned).count()).unwrap_or(0);
+            let missing = idx
+                .map(|i| i.snapshots.values().filter(|e| e.missing).count())
+                .unwrap_or(0);
+            let pinned = idx
+                .map(|i| i.snapshots.values().filter(|e| e.pinned).count())
+                .unwrap_or(0);
             let declared = engine.config.workspace(&w.workspace_path).is_some();
             let finding = |k: FindingKind| {
                 p.findings

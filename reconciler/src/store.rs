@@ -92,9 +92,8 @@ impl Store {
             started_at: crate::time::now_rfc3339(),
             kind,
         };
-        let v = serde_json::to_value(&op).map_err(|e| {
-            crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string())
-        })?;
+        let v = serde_json::to_value(&op)
+            .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string()))?;
         self.state_mut()?.pending.push(v);
         self.save()?;
         Ok(op_id)
@@ -111,7 +110,9 @@ impl Store {
                     started_at: String::new(),
                     kind: kind.clone(),
                 })
-                .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string()))?;
+                .map_err(|e| {
+                    crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string())
+                })?;
                 if let (Some(s), Some(o)) = (started, nv.as_object_mut()) {
                     o.insert("started_at".into(), s);
                 }
