@@ -789,3 +789,107 @@ fn invalid_config_names_file_line_and_key() {
     let r = env.run(&["config", "validate"]);
     assert_eq!(r.code(), Some(1));
 }
+
+#[test]
+fn init_command_declares_converts_and_is_idempotent() {
+    let Some(env) = TestEnv::new("init_cmd") else {
+        return;
+    };
+    env.write_config("");
+    let p = env.home.join("proj");
+    TestEnv::make_sample_tree(&p);
+    let before = TestEnv::tree_digest(&p);
+    let r = env
+        .run(&["--format", "json", "init", p.to_str().unwrap()])
+        .ok()
+        .json();
+    let id = r["ws_id"].as_str().unwrap().to_string();
+    assert_eq!(r["changed"], true);
+    let dropin = env.dropin_dir.join(format!("50-{id}.toml"));
+    let text = std::fs::read_to_string(&dropin).unwrap();
+    assert!(
+        text.contains(p.to_str().unwrap()) && text.starts_with('#'),
+        "{text}"
+    );
+    assert_eq!(TestEnv::tree_digest(&p), before);
+    let again = env
+        .run(&["--format", "json", "init", p.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(
+        (again["changed"].clone(), again["ws_id"].clone()),
+        (Value::from(false), Value::from(id.as_str()))
+    );
+    assert_eq!(
+        env.run(&["--format", "json", "apply"]).ok().json()["changed"],
+        false
+    );
+    // Relative paths are resolved against the caller's directory.
+    let q = env.home.join("rel");
+    std::fs::create_dir(&q).unwrap();
+    let out = env.run_command(
+        {
+            let mut c = env.command(&["init", "rel"]);
+            c.current_dir(&env.home);
+            c
+        },
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.describe());
+    assert!(is_symlink_to_subvol(&q, &env));
+}
+
+#[test]
+fn init_refuses_system_paths_nesting_and_withdraws_failed_declarations() {
+    let Some(env) = TestEnv::new("init_guards") else {
+        return;
+    };
+    env.write_config("");
+    env.run(&["apply"]).ok();
+    for bad in ["/etc", "/", "/usr/share"] {
+        let r = env.run(&["init", bad]);
+        assert_eq!(r.code(), Some(1), "{bad}: {}", r.describe());
+        assert!(r.stderr.contains("system directory"), "{bad}: {}", r.stderr);
+    }
+    let inside = env.mount.join("x");
+    let r = env.run(&["init", inside.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1));
+    let outer = env.home.join("outer");
+    std::fs::create_dir_all(outer.join("inner")).unwrap();
+    env.run(&["init", outer.join("inner").to_str().unwrap()])
+        .ok();
+    let r = env.run(&["init", outer.to_str().unwrap()]);
+    assert_eq!(
+        r.code(),
+        Some(1),
+        "a directory containing a workspace: {}",
+        r.describe()
+    );
+    assert!(r.stderr.contains("contains the workspace"), "{}", r.stderr);
+    // A copy that cannot succeed (a mount point inside the directory) leaves the directory
+    // untouched and no declaration behind.
+    let m = env.home.join("with-mount");
+    std::fs::create_dir_all(m.join("mnt")).unwrap();
+    std::fs::write(m.join("keep"), b"data").unwrap();
+    sh(
+        "mount",
+        &["-t", "tmpfs", "tmpfs", m.join("mnt").to_str().unwrap()],
+    );
+    let r = env.run(&["init", m.to_str().unwrap()]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(std::fs::symlink_metadata(&m).unwrap().is_dir());
+    assert_eq!(std::fs::read(m.join("keep")).unwrap(), b"data");
+    let declared: String = std::fs::read_dir(&env.dropin_dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        !declared.contains(m.to_str().unwrap()),
+        "declaration withdrawn: {declared}"
+    );
+    assert_eq!(
+        env.run(&["--format", "json", "apply"]).ok().json()["changed"],
+        false
+    );
+    sh("umount", &[m.join("mnt").to_str().unwrap()]);
+}

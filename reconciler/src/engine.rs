@@ -31,7 +31,7 @@ pub struct ApplyOptions {
 }
 
 /// Result of `apply` (JSON: `{"changed", "actions", "findings"}`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ApplyReport {
     /// True when anything was changed.
     pub changed: bool,
@@ -151,7 +151,7 @@ impl Engine {
                     .into_iter()
                     .map(|action| ActionOutcome {
                         action,
-                        result: "planned",
+                        result: "planned".into(),
                         error: None,
                     })
                     .collect();
@@ -179,7 +179,7 @@ impl Engine {
                         report.changed = true;
                         ActionOutcome {
                             action,
-                            result: "done",
+                            result: "done".into(),
                             error: None,
                         }
                     }
@@ -188,7 +188,7 @@ impl Engine {
                         tracing::error!(action = action.name(), error = %e, "action failed");
                         ActionOutcome {
                             action,
-                            result: "failed",
+                            result: "failed".into(),
                             error: Some(e),
                         }
                     }
@@ -250,6 +250,7 @@ impl Engine {
                 });
             }
         }
+        let mut newly_declared = false;
         let decl_file = match self.config.workspace(&path) {
             Some(d) if d.state == DeclState::Present => d.source.clone(),
             Some(d) => {
@@ -257,6 +258,7 @@ impl Engine {
                 d.source.clone()
             }
             None => {
+                newly_declared = true;
                 if let Some(why) = self.quick_guard(&path) {
                     return Err(Error::new(
                         ErrorCode::InvalidPath,
@@ -285,7 +287,21 @@ impl Engine {
                 declared_in: Some(decl_file),
                 apply: Some(report),
             }),
-            None => Err(self.why_not_ready(&path, &report)),
+            None => {
+                let err = self.why_not_ready(&path, &report);
+                let interrupted = self.store.p.pending().iter().any(
+                    |o| matches!(&o.kind, crate::model::PendingKind::Init { path: p, .. } if *p == path),
+                );
+                if newly_declared && !interrupted {
+                    // Nothing was converted: take the declaration back so the config does not
+                    // keep asking for a workspace that cannot be made.
+                    if let Err(e) = edit::remove_workspace(&decl_file, &path) {
+                        tracing::warn!(file = %decl_file.display(), error = %e, "could not withdraw the declaration");
+                    }
+                    let _ = self.reload_config();
+                }
+                Err(err)
+            }
         }
     }
 
@@ -403,7 +419,7 @@ impl Engine {
 }
 
 /// Result of `init`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct InitReport {
     /// Workspace ID.
     pub ws_id: String,
@@ -412,15 +428,15 @@ pub struct InitReport {
     /// False when it already was a workspace.
     pub changed: bool,
     /// Config file declaring it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declared_in: Option<PathBuf>,
     /// The apply that did it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<ApplyReport>,
 }
 
 /// Result of `release`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ReleaseReport {
     /// Workspace ID it had.
     pub ws_id: String,

@@ -3,10 +3,10 @@
 //!
 //! Module-level errors (config, state, sys, copy, lock) convert into it with their context.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Stable error codes (documented; part of the JSON and IPC contract).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
     /// Bad argument (ID syntax, path, flag combination).
     InvalidArgument,
@@ -43,7 +43,7 @@ pub enum ErrorCode {
 }
 
 /// An error from an engine operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     /// Stable code.
@@ -51,7 +51,7 @@ pub struct Error {
     /// What failed, naming the path or ID.
     pub message: String,
     /// How to fix it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
 }
 

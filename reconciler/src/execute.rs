@@ -26,15 +26,15 @@ use std::time::{Duration, SystemTime};
 pub const CLEANER_WAIT: Duration = Duration::from_secs(30);
 
 /// What happened to one action.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ActionOutcome {
     /// The action.
     #[serde(flatten)]
     pub action: Action,
     /// `done`, `failed` or `planned` (check mode).
-    pub result: &'static str,
+    pub result: String,
     /// Error, when failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Error>,
 }
 

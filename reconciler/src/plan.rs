@@ -12,7 +12,7 @@ use crate::model::{
 use crate::observe::{Observed, PathState, StorageView};
 use crate::state::{BackendType, SelectionMethod, WorkspaceIndex};
 use crate::sys::FsUsage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -27,7 +27,7 @@ pub const DECLARED_MARKER: &str = "config_declared";
 pub const IMG_TARGET_KEY: &str = "img_target_bytes";
 
 /// The effective backend and its paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
     /// Effective backend type.
     pub backend_type: BackendType,
@@ -62,7 +62,7 @@ impl Resolution {
 }
 
 /// Severity of a finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Informational.
@@ -74,7 +74,7 @@ pub enum Severity {
 }
 
 /// Kinds of findings (SPEC §4), as shown by the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FindingKind {
     /// The effective backend cannot be realized while workspaces are recorded on it.
@@ -104,17 +104,17 @@ pub enum FindingKind {
 }
 
 /// Something the operator should know; no automatic action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// Kind.
     pub kind: FindingKind,
     /// Severity.
     pub severity: Severity,
     /// Workspace it is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws_id: Option<String>,
     /// Path it is about.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// What is wrong.
     pub message: String,
@@ -148,7 +148,7 @@ impl Finding {
 }
 
 /// A snapshot the retention pass would delete, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionDelete {
     /// Snapshot ID.
     pub id: String,
@@ -157,7 +157,7 @@ pub struct RetentionDelete {
 }
 
 /// A workspace found in legacy data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigratedWorkspace {
     /// Workspace ID.
     pub ws_id: String,
@@ -168,7 +168,7 @@ pub struct MigratedWorkspace {
 }
 
 /// An idempotent step towards the desired state. Names are the CLI's (SPEC §4).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Move the pre-FHS image to the configured path.
@@ -201,13 +201,13 @@ pub enum Action {
         /// snapshots_root.
         snapshots_root: PathBuf,
         /// Image (loop only).
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<PathBuf>,
         /// Create a new image of this many bytes first.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         create_image_bytes: Option<u64>,
         /// Size target to record for the image.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         image_target_bytes: Option<u64>,
         /// Whether the filesystem must be mounted.
         mount_needed: bool,
@@ -274,7 +274,7 @@ pub enum Action {
         /// Operation name.
         operation: String,
         /// Workspace.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
         /// What will be done.
         detail: String,
@@ -286,7 +286,7 @@ pub enum Action {
         /// Operation name.
         operation: String,
         /// Workspace.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
         /// What will be done.
         detail: String,
@@ -439,10 +439,10 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// The planner's answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Effective backend (absent when it could not be resolved).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Resolution>,
     /// Ordered actions.
     pub actions: Vec<Action>,

@@ -6,12 +6,12 @@ use crate::engine::Engine;
 use crate::observe::PathState;
 use crate::plan::{Finding, FindingKind, PlanOptions, Severity};
 use crate::state::{BackendType, SelectionMethod};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 /// Overall health (exit codes 0 / 3 / 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Everything ready.
@@ -23,7 +23,7 @@ pub enum Health {
 }
 
 /// Per-workspace condition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Condition {
     /// Usable.
@@ -41,7 +41,7 @@ pub enum Condition {
 }
 
 /// Filesystem usage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
     /// Total bytes.
     pub total_bytes: u64,
@@ -54,7 +54,7 @@ pub struct Usage {
 }
 
 /// Backend section.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStatus {
     /// Type.
     pub backend_type: BackendType,
@@ -65,46 +65,46 @@ pub struct BackendStatus {
     /// Whether it is mounted.
     pub mounted: bool,
     /// Device.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
     /// Image file.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<PathBuf>,
     /// Image size.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size_bytes: Option<u64>,
     /// Loop device uses direct I/O (false = buffered, with a warning).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_io: Option<bool>,
     /// Usage.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
 
 /// Daemon section.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// A daemon is serving.
     pub running: bool,
     /// Its pid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// Seconds since it started.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_secs: Option<u64>,
     /// Last reconcile pass (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_pass: Option<String>,
     /// Last unclean shutdown detected (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_unclean_shutdown: Option<String>,
     /// Last clean stop (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_clean_stop: Option<String>,
 }
 
 /// One workspace.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceStatus {
     /// ID.
     pub ws_id: String,
@@ -121,20 +121,20 @@ pub struct WorkspaceStatus {
     /// Declared in config.
     pub declared: bool,
     /// Owner uid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uid: Option<u32>,
     /// Explanation when not ready.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 /// The whole report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     /// Overall health.
     pub health: Health,
     /// Backend.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendStatus>,
     /// Daemon.
     pub daemon: DaemonStatus,
