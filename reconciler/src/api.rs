@@ -140,7 +140,10 @@ impl Request {
     pub fn is_mutating(&self) -> bool {
         !matches!(
             self,
-            Request::List { .. } | Request::Status { .. } | Request::Plan { .. } | Request::Diff { .. }
+            Request::List { .. }
+                | Request::Status { .. }
+                | Request::Plan { .. }
+                | Request::Diff { .. }
         )
     }
 }
@@ -190,7 +193,8 @@ pub struct CheckpointArgs {
 pub type Progress<'a> = &'a mut dyn FnMut(&str, &crate::copy::Progress);
 
 fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(v).map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
+    serde_json::to_value(v)
+        .map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
 }
 
 impl Engine {
@@ -202,41 +206,84 @@ impl Engine {
             return Ok(w.clone());
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
-            return Err(Error::new(ErrorCode::WorkspaceNotFound, format!("no workspace with ID {spec}"))
-                .hint("`ws-ckpt list` shows the workspaces and their IDs"));
+            return Err(Error::new(
+                ErrorCode::WorkspaceNotFound,
+                format!("no workspace with ID {spec}"),
+            )
+            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
         }
         let path = absolute_user_path(std::path::Path::new(spec))?;
         state
             .and_then(|s| s.workspace_by_path(&path))
             .cloned()
             .ok_or_else(|| {
-                Error::new(ErrorCode::WorkspaceNotFound, format!("{} is not a workspace", path.display()))
-                    .hint(format!("`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces", path.display()))
+                Error::new(
+                    ErrorCode::WorkspaceNotFound,
+                    format!("{} is not a workspace", path.display()),
+                )
+                .hint(format!(
+                    "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
+                    path.display()
+                ))
             })
     }
 
     /// Authorize and run one request. Mutating requests are refused while a blocking finding
     /// (backend conflict, newer state version) stands.
-    pub fn handle(&mut self, caller: &Caller, req: Request, progress: Progress<'_>) -> Result<serde_json::Value> {
+    pub fn handle(
+        &mut self,
+        caller: &Caller,
+        req: Request,
+        progress: Progress<'_>,
+    ) -> Result<serde_json::Value> {
         crate::auth::authorize(self, caller, &req)?;
         let result = self.dispatch(caller, req.clone(), progress);
         crate::audit::record(&self.config.daemon.state_dir, caller, &req, &result);
         result
     }
 
-    fn dispatch(&mut self, caller: &Caller, req: Request, progress: Progress<'_>) -> Result<serde_json::Value> {
+    fn dispatch(
+        &mut self,
+        caller: &Caller,
+        req: Request,
+        progress: Progress<'_>,
+    ) -> Result<serde_json::Value> {
         match req {
-            Request::Checkpoint { workspace, snapshot, message, metadata, pin } => {
-                let args = CheckpointArgs { workspace, snapshot, message, metadata, pin };
+            Request::Checkpoint {
+                workspace,
+                snapshot,
+                message,
+                metadata,
+                pin,
+            } => {
+                let args = CheckpointArgs {
+                    workspace,
+                    snapshot,
+                    message,
+                    metadata,
+                    pin,
+                };
                 to_value(&self.checkpoint(caller, args, progress)?)
             }
-            Request::Rollback { workspace, snapshot, force } => to_value(&self.rollback(&workspace, &snapshot, force)?),
+            Request::Rollback {
+                workspace,
+                snapshot,
+                force,
+            } => to_value(&self.rollback(&workspace, &snapshot, force)?),
             Request::List { workspace } => to_value(&self.list(caller, workspace.as_deref())?),
-            Request::Delete { workspace, snapshot, force } => {
-                to_value(&self.delete(caller, workspace.as_deref(), &snapshot, force)?)
+            Request::Delete {
+                workspace,
+                snapshot,
+                force,
+            } => to_value(&self.delete(caller, workspace.as_deref(), &snapshot, force)?),
+            Request::Cleanup { workspace, keep } => {
+                to_value(&self.cleanup(&workspace, keep.as_deref())?)
             }
-            Request::Cleanup { workspace, keep } => to_value(&self.cleanup(&workspace, keep.as_deref())?),
-            Request::Diff { workspace, from, to } => to_value(&self.diff(&workspace, &from, to.as_deref())?),
+            Request::Diff {
+                workspace,
+                from,
+                to,
+            } => to_value(&self.diff(&workspace, &from, to.as_deref())?),
             Request::Init { path } => to_value(&self.init(&path, progress)?),
             Request::Release { path } => to_value(&self.release(&path, progress)?),
             Request::Status { workspace } => {
@@ -249,7 +296,9 @@ impl Engine {
                 to_value(&st)
             }
             Request::Plan { prune } => to_value(&self.plan(PlanOptions { prune })),
-            Request::Apply { check, prune } => to_value(&self.apply(ApplyOptions { check, prune }, progress)),
+            Request::Apply { check, prune } => {
+                to_value(&self.apply(ApplyOptions { check, prune }, progress))
+            }
             Request::Reload => {
                 self.reload_config()?;
                 to_value(&self.apply(ApplyOptions::default(), progress))

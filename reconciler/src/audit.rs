@@ -10,16 +10,35 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Append the audit line for `req` (mutating requests only).
-pub fn record(state_dir: &Path, caller: &Caller, req: &Request, result: &Result<serde_json::Value>) {
+pub fn record(
+    state_dir: &Path,
+    caller: &Caller,
+    req: &Request,
+    result: &Result<serde_json::Value>,
+) {
     if !req.is_mutating() {
         return;
     }
     let (workspace, snapshot) = match req {
-        Request::Checkpoint { workspace, snapshot, .. } => (Some(workspace.clone()), snapshot.clone()),
-        Request::Rollback { workspace, snapshot, .. } => (Some(workspace.clone()), Some(snapshot.clone())),
-        Request::Delete { workspace, snapshot, .. } => (workspace.clone(), Some(snapshot.clone())),
+        Request::Checkpoint {
+            workspace,
+            snapshot,
+            ..
+        } => (Some(workspace.clone()), snapshot.clone()),
+        Request::Rollback {
+            workspace,
+            snapshot,
+            ..
+        } => (Some(workspace.clone()), Some(snapshot.clone())),
+        Request::Delete {
+            workspace,
+            snapshot,
+            ..
+        } => (workspace.clone(), Some(snapshot.clone())),
         Request::Cleanup { workspace, .. } => (Some(workspace.clone()), None),
-        Request::Init { path } | Request::Release { path } => (Some(path.display().to_string()), None),
+        Request::Init { path } | Request::Release { path } => {
+            (Some(path.display().to_string()), None)
+        }
         _ => (None, None),
     };
     // The generated snapshot ID is only known from the result.

@@ -41,7 +41,10 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// Every group of a uid (primary + supplementary), by name.
 pub fn group_names(uid: u32, primary_gid: u32) -> Vec<String> {
     let mut gids = vec![nix::unistd::Gid::from_raw(primary_gid)];
-    if let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten() {
+    if let Some(user) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+    {
         if let Ok(name) = std::ffi::CString::new(user.name) {
             if let Ok(all) = nix::unistd::getgrouplist(&name, user.gid) {
                 gids.extend(all);
@@ -49,7 +52,12 @@ pub fn group_names(uid: u32, primary_gid: u32) -> Vec<String> {
         }
     }
     gids.iter()
-        .filter_map(|g| nix::unistd::Group::from_gid(*g).ok().flatten().map(|g| g.name))
+        .filter_map(|g| {
+            nix::unistd::Group::from_gid(*g)
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
         .collect()
 }
 
@@ -63,7 +71,11 @@ pub fn may_use(engine: &Engine, caller: &Caller, w: &WorkspaceEntry) -> bool {
     };
     if !decl.allow_users.is_empty() {
         if let Some(name) = user_name(caller.uid) {
-            if decl.allow_users.iter().any(|u| *u == name || *u == caller.uid.to_string()) {
+            if decl
+                .allow_users
+                .iter()
+                .any(|u| *u == name || *u == caller.uid.to_string())
+            {
                 return true;
             }
         }
@@ -100,13 +112,18 @@ fn init_access(engine: &Engine, caller: &Caller, path: &Path) -> Result<()> {
         return Ok(());
     }
     if !engine.config.access.user_init {
-        return Err(denied("only root may create workspaces on this host ([access] user_init = false)".into()));
+        return Err(denied(
+            "only root may create workspaces on this host ([access] user_init = false)".into(),
+        ));
     }
     let abs = absolute_user_path(path)?;
     let meta = std::fs::symlink_metadata(&abs)
         .map_err(|e| Error::new(ErrorCode::InvalidPath, format!("{}: {e}", abs.display())))?;
     if !meta.is_dir() {
-        return Err(Error::new(ErrorCode::InvalidPath, format!("{} is not a directory", abs.display())));
+        return Err(Error::new(
+            ErrorCode::InvalidPath,
+            format!("{} is not a directory", abs.display()),
+        ));
     }
     if meta.uid() != caller.uid {
         return Err(denied(format!(
@@ -122,9 +139,11 @@ fn init_access(engine: &Engine, caller: &Caller, path: &Path) -> Result<()> {
 /// Refuse `req` for `caller` unless it is allowed. Validates every ID first.
 pub fn authorize(engine: &Engine, caller: &Caller, req: &Request) -> Result<()> {
     match req {
-        Request::Checkpoint { snapshot: Some(s), .. } | Request::Rollback { snapshot: s, .. } | Request::Delete { snapshot: s, .. } => {
-            check_snapshot_id(s)?
+        Request::Checkpoint {
+            snapshot: Some(s), ..
         }
+        | Request::Rollback { snapshot: s, .. }
+        | Request::Delete { snapshot: s, .. } => check_snapshot_id(s)?,
         Request::Diff { from, to, .. } => {
             check_snapshot_id(from)?;
             if let Some(t) = to {
@@ -151,13 +170,19 @@ pub fn authorize(engine: &Engine, caller: &Caller, req: &Request) -> Result<()> 
         Request::Release { path } => workspace_access(engine, caller, &path.to_string_lossy()),
         Request::Checkpoint { workspace, .. } => match engine.resolve_workspace(workspace) {
             Ok(_) => workspace_access(engine, caller, workspace),
-            Err(e) if e.code == ErrorCode::WorkspaceNotFound => init_access(engine, caller, Path::new(workspace)),
+            Err(e) if e.code == ErrorCode::WorkspaceNotFound => {
+                init_access(engine, caller, Path::new(workspace))
+            }
             Err(e) => Err(e),
         },
-        Request::Rollback { workspace, .. } | Request::Cleanup { workspace, .. } | Request::Diff { workspace, .. } => {
-            workspace_access(engine, caller, workspace)
-        }
-        Request::Delete { workspace, snapshot, .. } => match workspace {
+        Request::Rollback { workspace, .. }
+        | Request::Cleanup { workspace, .. }
+        | Request::Diff { workspace, .. } => workspace_access(engine, caller, workspace),
+        Request::Delete {
+            workspace,
+            snapshot,
+            ..
+        } => match workspace {
             Some(w) => workspace_access(engine, caller, w),
             None => {
                 // The operation finds the workspace by the (unique) ID; check every workspace

@@ -89,13 +89,26 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Clean stop: compact the indexes and remove the lock file.
+    /// Clean stop: remove the lock file. (Index journals compact themselves when they grow,
+    /// so a stop costs nothing per snapshot.)
     pub fn close(mut self) {
-        if let Err(e) = self.store.compact_all() {
-            tracing::warn!(error = %e, "could not compact indexes");
-        }
         if let Some(lock) = self.lock.take() {
             lock.release();
+        }
+    }
+
+    /// An executor over this engine's system handle, config and store.
+    pub fn executor<'a>(
+        &'a mut self,
+        res: &'a Resolution,
+        progress: crate::execute::ProgressFn<'a>,
+    ) -> Executor<'a> {
+        Executor {
+            sys: self.sys.as_ref(),
+            config: &self.config,
+            store: &mut self.store,
+            res,
+            progress,
         }
     }
 

@@ -672,8 +672,12 @@ impl Executor<'_> {
             }
         }
         self.store.end(op)?;
-        self.sys
-            .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT)?;
+        if let Err(e) = self
+            .sys
+            .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT)
+        {
+            tracing::warn!(mount = %self.res.mount.display(), error = %e, "could not wait for the btrfs cleaner; space may return later");
+        }
         Ok(())
     }
 

@@ -7,23 +7,26 @@
 //! for the CLI and the daemon.
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod copy;
+pub mod daemon;
 pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod execute;
 pub mod fault;
 pub mod ids;
+pub mod ipc;
 pub mod lock;
 pub mod model;
 pub mod observe;
+pub mod ops;
 pub mod plan;
 pub mod state;
 pub mod status;
 pub mod store;
 pub mod sys;
 pub mod time;
-// pub mod api;
-// pub mod audit;
-// pub mod auth;

@@ -1,0 +1,292 @@
+//! The daemon's socket: binding `<runtime_dir>/ws-ckpt.sock` (mode 0666), the accept
+//! thread, one thread per connection (bounded), and the caller's identity from
+//! `SO_PEERCRED`.
+//!
+//! It moves requests between the wire ([`crate::ipc`]) and a handler; it must not decide
+//! what a request may do (that is `auth`, via `Engine::handle`).
+
+use crate::api::{Caller, Request};
+use crate::error::{Error, ErrorCode};
+use crate::ipc;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most connections served at once; more get a "busy" error and are closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Errors setting up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The runtime directory or socket could not be created.
+    #[error(
+        "cannot {what} {path}: {source}; check that the runtime directory is writable by root"
+    )]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something that is not a socket sits where the socket goes.
+    #[error("{path} exists and is not a socket; remove it or set [daemon] runtime_dir elsewhere")]
+    NotASocket {
+        /// Path.
+        path: PathBuf,
+    },
+    /// Another process answers on the socket.
+    #[error("another process already serves {path}; stop it first")]
+    InUse {
+        /// Path.
+        path: PathBuf,
+    },
+}
+
+/// Create `runtime_dir` (0755) when missing, remove a stale socket (only when nobody answers
+/// on it), bind, and make the socket mode 0666 (authorization is by `SO_PEERCRED`).
+pub fn bind(runtime_dir: &Path) -> Result<(UnixListener, PathBuf), ServerError> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::Io { what, path, source }
+    };
+    if !runtime_dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(runtime_dir)
+            .map_err(io("create the runtime directory", runtime_dir))?;
+    }
+    let path = runtime_dir.join(ipc::SOCKET_NAME);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if ipc::daemon_running(&path) {
+                return Err(ServerError::InUse { path });
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket");
+            std::fs::remove_file(&path).map_err(io("remove the stale socket", &path))?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspect", &path)(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(io("bind the socket", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io("chmod", &path))?;
+    Ok((listener, path))
+}
+
+/// The caller's uid, gid and pid from `SO_PEERCRED`.
+pub fn peer_caller(stream: &UnixStream) -> Result<Caller, Error> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Io,
+                format!("cannot read the caller's credentials (SO_PEERCRED): {e}"),
+            )
+        })?;
+    Ok(Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    })
+}
+
+/// Handles one decoded request for one caller.
+pub type Handler = dyn Fn(&Caller, Request) -> Result<serde_json::Value, Error> + Send + Sync;
+
+/// Counts a live connection while it exists.
+struct ConnGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accept connections until `stopping` is set (wake the thread with a connection after
+/// setting it). Each connection gets its own thread; beyond [`MAX_CONNECTIONS`] a
+/// connection gets a `Busy` error and is closed.
+pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: Arc<Handler>) {
+    let live = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors and similar: do not spin.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if live.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            live.fetch_sub(1, Ordering::SeqCst);
+            refuse_busy(stream);
+            continue;
+        }
+        let guard = ConnGuard(Arc::clone(&live));
+        let handler = Arc::clone(&handler);
+        let spawned = std::thread::Builder::new()
+            .name("ws-ckpt-conn".into())
+            .spawn(move || {
+                let _guard = guard;
+                serve(stream, handler.as_ref());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a connection thread");
+        }
+    }
+    tracing::debug!("no longer accepting connections");
+}
+
+fn serve(stream: UnixStream, handler: &Handler) {
+    let caller = match peer_caller(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "refusing a connection");
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = std::io::Write::write_all(
+                &mut &stream,
+                format!("{}\n", ipc::encode_response(&Err(e))).as_bytes(),
+            );
+            return;
+        }
+    };
+    tracing::debug!(uid = caller.uid, pid = caller.pid, "connection");
+    ipc::serve_connection(stream, ipc::IDLE_TIMEOUT, ipc::WRITE_TIMEOUT, &mut |req| {
+        let op = req.op();
+        let r = handler(&caller, req);
+        match &r {
+            Ok(_) => tracing::debug!(uid = caller.uid, pid = caller.pid, op, "request done"),
+            Err(e) => {
+                tracing::debug!(uid = caller.uid, pid = caller.pid, op, code = ?e.code, error = %e.message, "request refused or failed")
+            }
+        }
+        r
+    });
+}
+
+fn refuse_busy(stream: UnixStream) {
+    tracing::warn!(max = MAX_CONNECTIONS, "too many connections; refusing one");
+    let e = Error::new(
+        ErrorCode::Busy,
+        format!("the ws-ckpt daemon is serving {MAX_CONNECTIONS} connections already"),
+    )
+    .hint("retry in a moment; close idle connections");
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = std::io::Write::write_all(
+        &mut &stream,
+        format!("{}\n", ipc::encode_response(&Err(e))).as_bytes(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[test]
+    fn bind_creates_dir_socket_mode_and_replaces_only_stale_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = dir.path().join("run/ws");
+        let (l, path) = bind(&rt).unwrap();
+        assert_eq!(path, rt.join(ipc::SOCKET_NAME));
+        assert_eq!(
+            std::fs::metadata(&rt).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o666
+        );
+        // Somebody answers: refuse (the accept backlog answers connect() while `l` lives).
+        assert!(matches!(bind(&rt), Err(ServerError::InUse { .. })));
+        drop(l);
+        // Stale socket file: replaced.
+        let (_l2, _) = bind(&rt).unwrap();
+        // Not a socket: never removed.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join(ipc::SOCKET_NAME), "data").unwrap();
+        assert!(matches!(bind(&other), Err(ServerError::NotASocket { .. })));
+        assert_eq!(
+            std::fs::read_to_string(other.join(ipc::SOCKET_NAME)).unwrap(),
+            "data"
+        );
+    }
+
+    #[test]
+    fn peer_credentials_are_ours() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let c = peer_caller(&a).unwrap();
+        assert_eq!(c, Caller::this_process());
+    }
+
+    #[test]
+    fn accept_loop_serves_callers_with_their_credentials_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, path) = bind(dir.path()).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(|caller: &Caller, req: Request| {
+            Ok(serde_json::json!({"uid": caller.uid, "pid": caller.pid, "op": req.op()}))
+        });
+        let s2 = Arc::clone(&stopping);
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(
+            format!(
+                "{}\n",
+                ipc::encode_request(&Request::Status { workspace: None })
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["result"]["uid"], Caller::this_process().uid);
+        assert_eq!(v["result"]["pid"], std::process::id());
+        assert_eq!(v["result"]["op"], "status");
+        stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&path);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn too_many_connections_get_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, path) = bind(dir.path()).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(|_: &Caller, _: Request| Ok(serde_json::Value::Null));
+        let s2 = Arc::clone(&stopping);
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        // Idle connections occupy every slot (the server waits for their first line).
+        let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let extra = UnixStream::connect(&path).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&extra).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], "Busy", "{line}");
+        drop(idle);
+        stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&path);
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,686 @@
+//! The daemon's socket protocol (SPEC §7.2): newline-delimited JSON over a Unix stream
+//! socket, one request per line (`{"v":1,"op":"checkpoint",...}`), one response line per
+//! request (`{"ok":true,"result":…}` or `{"ok":false,"error":{"code","message","hint"}}`).
+//!
+//! This module holds the wire codec, the bounded line reader, the server side of one
+//! connection ([`serve_connection`], generic over the request handler) and the client
+//! ([`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
+//! decide what a request does: the daemon passes a handler in.
+
+use crate::api::{Request, PROTOCOL_VERSION};
+use crate::error::{Error, ErrorCode};
+use serde_json::{Map, Value};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// File name of the socket inside the runtime directory: `<runtime_dir>/ws-ckpt.sock`.
+pub const SOCKET_NAME: &str = "ws-ckpt.sock";
+
+/// Largest accepted request line (without its newline). Longer lines are refused and the
+/// connection is closed.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Largest response line a client accepts (a `list` of many snapshots can be large).
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// How long the server waits for the next request on an idle connection.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the server waits for a client to accept a response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every error code, to map the wire name back to [`ErrorCode`].
+const ALL_CODES: [ErrorCode; 16] = [
+    ErrorCode::InvalidArgument,
+    ErrorCode::ConfigInvalid,
+    ErrorCode::WorkspaceNotFound,
+    ErrorCode::SnapshotNotFound,
+    ErrorCode::SnapshotAlreadyExists,
+    ErrorCode::SnapshotMissing,
+    ErrorCode::SnapshotPinned,
+    ErrorCode::WorkspaceDetached,
+    ErrorCode::StorageUnavailable,
+    ErrorCode::Blocked,
+    ErrorCode::Busy,
+    ErrorCode::Locked,
+    ErrorCode::PermissionDenied,
+    ErrorCode::InvalidPath,
+    ErrorCode::OperationFailed,
+    ErrorCode::Io,
+];
+
+/// Errors of the wire layer itself (before a request reaches the engine, or after the
+/// engine answered). They become [`Error`]s with a code at the API boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// The line is longer than the limit.
+    #[error("request longer than {limit} bytes without a newline; split it or send less data")]
+    TooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The line is not UTF-8.
+    #[error("request is not valid UTF-8; send JSON text")]
+    NotUtf8,
+    /// The line is not a JSON object.
+    #[error(
+        "malformed request: {0}; send one JSON object per line like {{\"v\":1,\"op\":\"status\"}}"
+    )]
+    Malformed(String),
+    /// `v` is missing or not the supported version.
+    #[error("unsupported protocol version {found} (this daemon speaks version {PROTOCOL_VERSION}); use a ws-ckpt client of the same version")]
+    Version {
+        /// What the request carried (`missing` when absent).
+        found: String,
+    },
+    /// The object does not describe a known request.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A response line that is not `{"ok":…}`.
+    #[error("malformed response from the daemon at {socket}: {why}; is the daemon the same version as this client?")]
+    BadResponse {
+        /// Socket path.
+        socket: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Socket I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the socket.
+        what: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<IpcError> for Error {
+    fn from(e: IpcError) -> Self {
+        let code = match e {
+            IpcError::TooLong { .. }
+            | IpcError::NotUtf8
+            | IpcError::Malformed(_)
+            | IpcError::Version { .. }
+            | IpcError::Invalid(_) => ErrorCode::InvalidArgument,
+            IpcError::BadResponse { .. } | IpcError::Io { .. } => ErrorCode::Io,
+        };
+        Error::new(code, e.to_string())
+    }
+}
+
+/// The wire name of an error code (`"SnapshotMissing"`).
+pub fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+/// The error code with this wire name; unknown names (a newer daemon) map to `Io`.
+pub fn parse_code(name: &str) -> ErrorCode {
+    ALL_CODES
+        .iter()
+        .copied()
+        .find(|c| code_name(*c) == name)
+        .unwrap_or(ErrorCode::Io)
+}
+
+/// One request line (without the newline): `{"v":1,"op":…,…}`.
+pub fn encode_request(req: &Request) -> String {
+    let mut obj = Map::new();
+    obj.insert("v".into(), Value::from(PROTOCOL_VERSION));
+    // A Request always serializes to an object tagged by "op".
+    if let Ok(Value::Object(fields)) = serde_json::to_value(req) {
+        obj.extend(fields);
+    }
+    Value::Object(obj).to_string()
+}
+
+/// Decode one request line (without the newline). Checks UTF-8, JSON, the version, then the
+/// request itself; unknown ops and fields are refused.
+pub fn decode_request(line: &[u8]) -> Result<Request, IpcError> {
+    let text = std::str::from_utf8(line).map_err(|_| IpcError::NotUtf8)?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| IpcError::Malformed(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(IpcError::Malformed("not a JSON object".into()));
+    };
+    match obj.remove("v") {
+        Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(v) => {
+            return Err(IpcError::Version {
+                found: v.to_string(),
+            })
+        }
+        None => {
+            return Err(IpcError::Version {
+                found: "missing".into(),
+            })
+        }
+    }
+    serde_json::from_value(Value::Object(obj)).map_err(|e| IpcError::Invalid(e.to_string()))
+}
+
+/// One response line (without the newline).
+pub fn encode_response(result: &Result<Value, Error>) -> String {
+    let v = match result {
+        Ok(r) => serde_json::json!({"ok": true, "result": r}),
+        Err(e) => {
+            let mut err = Map::new();
+            err.insert("code".into(), Value::from(code_name(e.code)));
+            err.insert("message".into(), Value::from(e.message.clone()));
+            if let Some(h) = &e.hint {
+                err.insert("hint".into(), Value::from(h.clone()));
+            }
+            serde_json::json!({"ok": false, "error": err})
+        }
+    };
+    v.to_string()
+}
+
+/// Decode one response line into the result or the daemon's error.
+pub fn decode_response(line: &[u8], socket: &Path) -> Result<Value, Error> {
+    let bad = |why: String| -> Error {
+        IpcError::BadResponse {
+            socket: socket.display().to_string(),
+            why,
+        }
+        .into()
+    };
+    let v: Value = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+    match v.get("ok").and_then(Value::as_bool) {
+        Some(true) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+        Some(false) => {
+            let e = v
+                .get("error")
+                .ok_or_else(|| bad("\"ok\":false without \"error\"".into()))?;
+            let field = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
+            let code = parse_code(&field("code").unwrap_or_default());
+            let mut err = Error::new(
+                code,
+                field("message")
+                    .unwrap_or_else(|| "the daemon reported an error without a message".into()),
+            );
+            err.hint = field("hint");
+            Err(err)
+        }
+        None => Err(bad("no boolean \"ok\" field".into())),
+    }
+}
+
+/// Outcome of reading one line.
+#[derive(Debug)]
+pub enum Line {
+    /// A complete line (newline stripped). A final line without newline before EOF counts.
+    Data(Vec<u8>),
+    /// The peer closed the connection at a line boundary.
+    Eof,
+}
+
+/// Read one `\n`-terminated line of at most `limit` bytes (newline excluded). A longer line
+/// is [`IpcError::TooLong`] (the rest is not read); I/O errors, including read timeouts,
+/// are [`IpcError::Io`].
+pub fn read_line_bounded<R: BufRead>(r: &mut R, limit: usize) -> Result<Line, IpcError> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(IpcError::Io {
+                    what: "reading from the socket".into(),
+                    source,
+                })
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Data(buf)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > limit {
+            return Err(IpcError::TooLong { limit });
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Line::Data(buf));
+        }
+    }
+}
+
+fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+/// Serve one connection: read request lines until EOF, answer each with `handler`. A line
+/// that cannot be decoded (oversized, not UTF-8, malformed, wrong version, unknown op) gets
+/// an error response and the connection is closed. Empty lines are ignored. Returns the
+/// number of requests handled. `handler` is never called for undecodable input.
+pub fn serve_connection(
+    stream: UnixStream,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    handler: &mut dyn FnMut(Request) -> Result<Value, Error>,
+) -> usize {
+    let (Ok(()), Ok(())) = (
+        stream.set_read_timeout(Some(idle_timeout).filter(|d| !d.is_zero())),
+        stream.set_write_timeout(Some(write_timeout).filter(|d| !d.is_zero())),
+    ) else {
+        return 0;
+    };
+    let Ok(mut writer) = stream.try_clone() else {
+        return 0;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut handled = 0;
+    loop {
+        let line = match read_line_bounded(&mut reader, MAX_REQUEST_BYTES) {
+            Ok(Line::Eof) => break,
+            Ok(Line::Data(l)) => l,
+            Err(IpcError::Io { source, .. }) => {
+                tracing::debug!(error = %source, "connection closed: read failed or idle timeout");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refusing a request");
+                let _ = write_line(&mut writer, &encode_response(&Err(e.into())));
+                break;
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match decode_request(&line) {
+            Ok(req) => {
+                let result = handler(req);
+                handled += 1;
+                if let Err(e) = write_line(&mut writer, &encode_response(&result)) {
+                    tracing::debug!(error = %e, "cannot send the response; client gone");
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refusing a request");
+                let _ = write_line(&mut writer, &encode_response(&Err(e.into())));
+                break;
+            }
+        }
+    }
+    let _ = writer.shutdown(std::net::Shutdown::Both);
+    handled
+}
+
+fn not_running(socket: &Path, e: &std::io::Error) -> Error {
+    Error::new(
+        ErrorCode::Io,
+        format!("the ws-ckpt daemon is not running (cannot connect to {}: {e})", socket.display()),
+    )
+    .hint("start it (systemctl start ws-ckpt, or `ws-ckpt daemon`), or run the command as root to work without it")
+}
+
+/// Client: connect to `socket`, send one request line `{"v":1, ...Request}`, read one
+/// response line. `Ok(result)` or the daemon's `Err(Error)`. No socket or connection refused
+/// → an `Io` error saying the daemon is not running. `timeout` bounds each read and write
+/// (zero = wait indefinitely, for long operations such as a large init).
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Error> {
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            return Err(not_running(socket, &e))
+        }
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            return Err(Error::new(ErrorCode::PermissionDenied, format!("cannot connect to the ws-ckpt daemon at {}: {e}", socket.display()))
+                .hint("the socket should be mode 0666 and its directory world-searchable; check the runtime_dir permissions"))
+        }
+        Err(e) => return Err(Error::io("cannot connect to the ws-ckpt daemon at", socket, e)),
+    };
+    let t = Some(timeout).filter(|d| !d.is_zero());
+    let io = |what: &str, e: std::io::Error| -> Error {
+        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            Error::new(
+                ErrorCode::Io,
+                format!("no answer from the ws-ckpt daemon at {} within {}", socket.display(), humantime::format_duration(timeout)),
+            )
+            .hint("the daemon may be busy with a long operation; check `journalctl -u ws-ckpt` and retry")
+        } else {
+            Error::io(what, socket, e)
+        }
+    };
+    stream
+        .set_read_timeout(t)
+        .map_err(|e| io("cannot configure", e))?;
+    stream
+        .set_write_timeout(t)
+        .map_err(|e| io("cannot configure", e))?;
+    let mut writer = stream.try_clone().map_err(|e| io("cannot use", e))?;
+    write_line(&mut writer, &encode_request(req))
+        .map_err(|e| io("cannot send the request to", e))?;
+    let mut reader = BufReader::new(stream.take(MAX_RESPONSE_BYTES as u64 + 1));
+    match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
+        Ok(Line::Data(line)) => decode_response(&line, socket),
+        Ok(Line::Eof) => Err(Error::new(
+            ErrorCode::Io,
+            format!(
+                "the ws-ckpt daemon at {} closed the connection without answering",
+                socket.display()
+            ),
+        )
+        .hint("it may be shutting down; retry, and check `journalctl -u ws-ckpt`")),
+        Err(IpcError::Io { source, .. }) => Err(io("cannot read the answer from", source)),
+        Err(e) => Err(IpcError::BadResponse {
+            socket: socket.display().to_string(),
+            why: e.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// True when a daemon answers on `socket` (a connection succeeds).
+pub fn daemon_running(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+/// `<runtime_dir>/ws-ckpt.sock` of a config.
+pub fn socket_path(config: &crate::config::Config) -> std::path::PathBuf {
+    config.daemon.runtime_dir.join(SOCKET_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn status_req() -> Request {
+        Request::Status { workspace: None }
+    }
+
+    #[test]
+    fn request_round_trips_with_version_first() {
+        let req = Request::Checkpoint {
+            workspace: "/home/a/p".into(),
+            snapshot: Some("c1".into()),
+            message: Some("m".into()),
+            metadata: Some(serde_json::json!({"k": [1, 2]})),
+            pin: true,
+        };
+        let line = encode_request(&req);
+        assert!(line.starts_with("{\"v\":1,\"op\":\"checkpoint\""), "{line}");
+        assert!(!line.contains('\n'));
+        assert_eq!(decode_request(line.as_bytes()).unwrap(), req);
+        assert_eq!(
+            decode_request(encode_request(&Request::Reload).as_bytes()).unwrap(),
+            Request::Reload
+        );
+    }
+
+    #[test]
+    fn minimal_request_uses_defaults() {
+        let req =
+            decode_request(br#"{"v":1,"op":"rollback","workspace":"ws-123456","snapshot":"c1"}"#)
+                .unwrap();
+        assert_eq!(
+            req,
+            Request::Rollback {
+                workspace: "ws-123456".into(),
+                snapshot: "c1".into(),
+                force: false
+            }
+        );
+    }
+
+    #[test]
+    fn version_is_required_and_checked() {
+        for line in [
+            &br#"{"op":"status"}"#[..],
+            br#"{"v":2,"op":"status"}"#,
+            br#"{"v":"1","op":"status"}"#,
+            br#"{"v":0,"op":"status"}"#,
+        ] {
+            let e = decode_request(line).unwrap_err();
+            assert!(matches!(e, IpcError::Version { .. }), "{e}");
+            assert_eq!(Error::from(e).code, ErrorCode::InvalidArgument);
+        }
+    }
+
+    #[test]
+    fn malformed_inputs_are_refused_with_invalid_argument() {
+        let cases: [&[u8]; 7] = [
+            b"not json",
+            b"[1,2,3]",
+            b"{\"v\":1}",
+            b"{\"v\":1,\"op\":\"format-disk\"}",
+            b"{\"v\":1,\"op\":\"status\",\"evil\":true}",
+            b"{\"v\":1,\"op\":\"rollback\",\"workspace\":\"w\"}",
+            b"\xff\xfe{\"v\":1}",
+        ];
+        for c in cases {
+            let e = decode_request(c).unwrap_err();
+            let err = Error::from(e);
+            assert_eq!(
+                err.code,
+                ErrorCode::InvalidArgument,
+                "{:?}: {}",
+                String::from_utf8_lossy(c),
+                err.message
+            );
+        }
+        assert!(matches!(
+            decode_request(b"\xff").unwrap_err(),
+            IpcError::NotUtf8
+        ));
+    }
+
+    #[test]
+    fn bounded_reader_splits_lines_and_refuses_long_ones() {
+        let mut r = Cursor::new(b"abc\n\nlast".to_vec());
+        assert!(matches!(read_line_bounded(&mut r, 10).unwrap(), Line::Data(l) if l == b"abc"));
+        assert!(matches!(read_line_bounded(&mut r, 10).unwrap(), Line::Data(l) if l.is_empty()));
+        assert!(matches!(read_line_bounded(&mut r, 10).unwrap(), Line::Data(l) if l == b"last"));
+        assert!(matches!(read_line_bounded(&mut r, 10).unwrap(), Line::Eof));
+        // Exactly at the limit is fine; one byte more is not, even across buffer refills.
+        let mut r = BufReader::with_capacity(3, Cursor::new(b"0123456789\n01234567890\n".to_vec()));
+        assert!(matches!(read_line_bounded(&mut r, 10).unwrap(), Line::Data(l) if l.len() == 10));
+        assert!(matches!(
+            read_line_bounded(&mut r, 10).unwrap_err(),
+            IpcError::TooLong { limit: 10 }
+        ));
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let p = Path::new("/run/x.sock");
+        let ok = encode_response(&Ok(serde_json::json!({"a": 1})));
+        assert_eq!(ok, r#"{"ok":true,"result":{"a":1}}"#);
+        assert_eq!(decode_response(ok.as_bytes(), p).unwrap()["a"], 1);
+        let e = Error::new(ErrorCode::SnapshotMissing, "snapshot c2 of ws-1 is MISSING")
+            .hint("delete --force");
+        let line = encode_response(&Err(e.clone()));
+        assert!(line.contains(r#""code":"SnapshotMissing""#), "{line}");
+        assert_eq!(decode_response(line.as_bytes(), p).unwrap_err(), e);
+        let no_hint = encode_response(&Err(Error::new(ErrorCode::Busy, "busy")));
+        assert!(!no_hint.contains("hint"));
+        assert_eq!(decode_response(b"{}", p).unwrap_err().code, ErrorCode::Io);
+        assert_eq!(
+            decode_response(b"garbage", p).unwrap_err().code,
+            ErrorCode::Io
+        );
+    }
+
+    #[test]
+    fn every_code_maps_back() {
+        for c in ALL_CODES {
+            assert_eq!(parse_code(&code_name(c)), c);
+        }
+        assert_eq!(parse_code("SomethingNew"), ErrorCode::Io);
+    }
+
+    fn serve_in_thread(server: UnixStream) -> std::thread::JoinHandle<(usize, Vec<Request>)> {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let n = serve_connection(
+                server,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                &mut |req| {
+                    seen.push(req.clone());
+                    Ok(Value::from(req.op()))
+                },
+            );
+            (n, seen)
+        })
+    }
+
+    fn read_response(r: &mut impl BufRead) -> Value {
+        match read_line_bounded(r, MAX_RESPONSE_BYTES).unwrap() {
+            Line::Data(l) => serde_json::from_slice(&l).unwrap(),
+            Line::Eof => panic!("connection closed without a response"),
+        }
+    }
+
+    #[test]
+    fn server_answers_several_requests_then_closes_on_garbage() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = serve_in_thread(server);
+        let mut w = client.try_clone().unwrap();
+        let mut r = BufReader::new(client);
+        w.write_all(
+            format!(
+                "{}\n\n{}\n",
+                encode_request(&status_req()),
+                encode_request(&Request::Reload)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            read_response(&mut r),
+            serde_json::json!({"ok": true, "result": "status"})
+        );
+        assert_eq!(
+            read_response(&mut r),
+            serde_json::json!({"ok": true, "result": "reload"})
+        );
+        w.write_all(b"{\"v\":1,\"op\":\"nope\"}\n").unwrap();
+        let resp = read_response(&mut r);
+        assert_eq!(resp["ok"], false);
+        assert_eq!(resp["error"]["code"], "InvalidArgument");
+        assert!(matches!(read_line_bounded(&mut r, 100).unwrap(), Line::Eof));
+        let (n, seen) = t.join().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(seen, vec![status_req(), Request::Reload]);
+    }
+
+    #[test]
+    fn server_refuses_oversized_line_without_reading_it_all() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = serve_in_thread(server);
+        let mut w = client.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            // Keep writing past the limit; the server stops reading and closes.
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < MAX_REQUEST_BYTES * 2 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        });
+        let mut r = BufReader::new(client);
+        let resp = read_response(&mut r);
+        assert_eq!(resp["error"]["code"], "InvalidArgument");
+        assert!(resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than"));
+        writer.join().unwrap();
+        let (n, seen) = t.join().unwrap();
+        assert_eq!((n, seen.len()), (0, 0));
+    }
+
+    #[test]
+    fn server_closes_idle_connection_after_timeout() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            serve_connection(
+                server,
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                &mut |_| Ok(Value::Null),
+            )
+        });
+        let mut r = BufReader::new(client);
+        assert!(matches!(read_line_bounded(&mut r, 100).unwrap(), Line::Eof));
+        assert_eq!(t.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn client_reports_daemon_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join(SOCKET_NAME);
+        assert!(!daemon_running(&sock));
+        let e = call(&sock, &status_req(), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Io);
+        assert!(e.message.contains("not running"), "{}", e.message);
+        // A stale socket file nobody listens on: connection refused, same answer.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        let e = call(&sock, &status_req(), Duration::from_secs(1)).unwrap_err();
+        assert!(e.message.contains("not running"), "{}", e.message);
+    }
+
+    #[test]
+    fn client_talks_to_a_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join(SOCKET_NAME);
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let (s, _) = listener.accept().unwrap();
+                serve_connection(
+                    s,
+                    Duration::from_secs(5),
+                    Duration::from_secs(5),
+                    &mut |req| match req {
+                        Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
+                        _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
+                    },
+                );
+            }
+        });
+        assert!(daemon_running(&sock));
+        let v = call(&sock, &status_req(), Duration::from_secs(5)).unwrap();
+        assert_eq!(v["health"], "healthy");
+        let e = call(&sock, &Request::Reload, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str(), e.hint.as_deref()),
+            (ErrorCode::PermissionDenied, "no", Some("ask root"))
+        );
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn client_times_out_on_a_silent_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join(SOCKET_NAME);
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let start = std::time::Instant::now();
+        let e = call(&sock, &status_req(), Duration::from_millis(200)).unwrap_err();
+        assert!(e.message.contains("no answer"), "{}", e.message);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,770 @@
+//! Unit tests of the snapshot operations against [`FakeSys`] in a temporary directory: the
+//! rules (IDs, duplicates, pinned/MISSING refusals, unique-ID delete, detached and unavailable
+//! workspaces, retention) and the crash-recovery of every rollback step.
+
+use super::*;
+use crate::api::{Caller, CheckpointArgs};
+use crate::config::Config;
+use crate::engine::ApplyOptions;
+use crate::model::PendingKind;
+use crate::sys::fake::FakeSys;
+use crate::sys::Sys;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const ROOT: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
+
+struct Env {
+    _t: TempDir,
+    root: PathBuf,
+    sys: Arc<FakeSys>,
+    engine: Engine,
+}
+
+fn config_text(root: &Path, workspaces: &[&str], extra: &str) -> String {
+    let mut s = format!(
+        "[daemon]\nstate_dir = \"{r}/state\"\nruntime_dir = \"{r}/run\"\n\n[backend]\ntype = \"btrfs-loop\"\n\n\
+         [backend.btrfs-loop]\nimage = \"{r}/img/btrfs.img\"\nmount = \"{r}/mnt\"\nlegacy_image = \"{r}/legacy.img\"\nimg_size = 1\n{extra}\n",
+        r = root.display()
+    );
+    for w in workspaces {
+        s.push_str(&format!(
+            "[[workspace]]\npath = \"{}/home/{w}\"\n",
+            root.display()
+        ));
+    }
+    s
+}
+
+/// A bootstrapped fake backend with the named workspaces (directories under `home/`, each
+/// holding `file.txt` = its name) initialized.
+fn setup(workspaces: &[&str]) -> Env {
+    setup_with(workspaces, "")
+}
+
+fn setup_with(workspaces: &[&str], extra: &str) -> Env {
+    let t = TempDir::new().expect("tempdir");
+    let root = t.path().canonicalize().expect("canonical");
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    for w in workspaces {
+        let d = root.join("home").join(w);
+        std::fs::create_dir_all(&d).expect("ws dir");
+        std::fs::write(d.join("file.txt"), w.as_bytes()).expect("write");
+    }
+    std::fs::create_dir_all(root.join("home")).expect("home");
+    let cfg = root.join("etc/config.toml");
+    std::fs::write(&cfg, config_text(&root, workspaces, extra)).expect("config");
+    let config = Config::load(&cfg).expect("config loads");
+    let sys = Arc::new(FakeSys::new());
+    // The fake remembers formatted images by path, and the executor formats under a temporary
+    // name; pre-create the image so the fake can "mount" it.
+    std::fs::create_dir_all(root.join("img")).expect("img dir");
+    sys.create_image(&root.join("img/btrfs.img"), 1 << 30)
+        .expect("image");
+    let mut engine = Engine::open(config, sys.clone(), "cli", Duration::ZERO).expect("open");
+    let report = engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    Env {
+        _t: t,
+        root,
+        sys,
+        engine,
+    }
+}
+
+impl Env {
+    fn ws(&self, name: &str) -> PathBuf {
+        self.root.join("home").join(name)
+    }
+    fn ws_str(&self, name: &str) -> String {
+        self.ws(name).display().to_string()
+    }
+    fn ws_id(&self, name: &str) -> String {
+        self.engine
+            .resolve_workspace(&self.ws_str(name))
+            .expect("workspace")
+            .ws_id
+    }
+    fn checkpoint(&mut self, name: &str, id: Option<&str>) -> Result<CheckpointResult> {
+        let args = CheckpointArgs {
+            workspace: self.ws_str(name),
+            snapshot: id.map(str::to_string),
+            message: None,
+            metadata: None,
+            pin: false,
+        };
+        self.engine.checkpoint(&ROOT, args, &mut |_, _| {})
+    }
+    fn pin(&mut self, name: &str, id: &str) {
+        let args = CheckpointArgs {
+            workspace: self.ws_str(name),
+            snapshot: Some(id.to_string()),
+            message: Some("keep me".into()),
+            metadata: Some(serde_json::json!({"tool": "x", "n": 1})),
+            pin: true,
+        };
+        let r = self
+            .engine
+            .checkpoint(&ROOT, args, &mut |_, _| {})
+            .expect("pinned checkpoint");
+        assert!(r.pinned);
+    }
+    fn res(&self) -> Resolution {
+        self.engine.light_resolution().expect("resolution")
+    }
+    fn ids(&self, name: &str) -> Vec<String> {
+        let id = self.ws_id(name);
+        self.engine.store.p.indexes[&id]
+            .snapshots
+            .keys()
+            .cloned()
+            .collect()
+    }
+    fn content(&self, name: &str) -> String {
+        std::fs::read_to_string(self.ws(name).join("file.txt")).unwrap_or_default()
+    }
+    fn reopen(self) -> Env {
+        let Env {
+            _t,
+            root,
+            sys,
+            engine,
+        } = self;
+        drop(engine);
+        let config = Config::load(&root.join("etc/config.toml")).expect("config");
+        let engine = Engine::open(config, sys.clone(), "cli", Duration::ZERO).expect("reopen");
+        Env {
+            _t,
+            root,
+            sys,
+            engine,
+        }
+    }
+}
+
+fn code(r: Result<impl std::fmt::Debug>) -> ErrorCode {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            e.code
+        }
+    }
+}
+
+#[test]
+fn checkpoint_records_snapshot_and_refuses_duplicates() {
+    let mut env = setup(&["a"]);
+    let r = env.checkpoint("a", Some("c1")).expect("checkpoint");
+    assert_eq!(r.snapshot, "c1");
+    assert!(!r.empty && !r.initialized && !r.pinned);
+    assert_eq!(r.workspace, env.ws("a"));
+    let snap = env.res().snapshot_path(&r.ws_id, "c1");
+    assert!(env.sys.is_subvolume(&snap).unwrap());
+    assert!(env.sys.is_readonly(&snap).unwrap());
+    assert_eq!(std::fs::read_to_string(snap.join("file.txt")).unwrap(), "a");
+    assert_eq!(env.ids("a"), ["c1"]);
+
+    // Same ID again: refused, nothing new.
+    assert_eq!(
+        code(env.checkpoint("a", Some("c1"))),
+        ErrorCode::SnapshotAlreadyExists
+    );
+    // A subvolume on disk that the index does not know yet also counts.
+    let res = env.res();
+    env.sys
+        .snapshot(
+            &res.ws_subvol(&r.ws_id),
+            &res.snapshot_path(&r.ws_id, "stray"),
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        code(env.checkpoint("a", Some("stray"))),
+        ErrorCode::SnapshotAlreadyExists
+    );
+    assert_eq!(env.ids("a"), ["c1"]);
+
+    // Survives a restart (journal).
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["c1"]);
+}
+
+#[test]
+fn invalid_ids_are_refused_before_anything_is_created() {
+    let mut env = setup(&["a"]);
+    let before = env.sys.subvolumes_now();
+    for bad in ["../../x", "a/b", ".hidden", "", "-x", &"y".repeat(129)] {
+        assert_eq!(
+            code(env.checkpoint("a", Some(bad))),
+            ErrorCode::InvalidArgument,
+            "{bad}"
+        );
+        assert_eq!(
+            code(env.engine.rollback(&env.ws_str("a"), bad, true)),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(env.engine.delete(&ROOT, None, bad, true)),
+            ErrorCode::InvalidArgument
+        );
+    }
+    assert_eq!(env.sys.subvolumes_now(), before);
+    assert!(!env.root.join("x").exists());
+}
+
+#[test]
+fn generated_ids_are_valid_unique_and_sorted() {
+    let mut env = setup(&["a"]);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(env.checkpoint("a", None).expect("checkpoint").snapshot);
+    }
+    for id in &got {
+        assert!(ids::is_valid_snapshot_id(id), "{id}");
+    }
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 5, "{got:?}");
+    let listed: Vec<String> = env
+        .engine
+        .list(&ROOT, Some(&env.ws_str("a")))
+        .unwrap()
+        .workspaces[0]
+        .snapshots
+        .iter()
+        .map(|s| s.id.clone())
+        .collect();
+    assert_eq!(listed, got, "newest last");
+}
+
+#[test]
+fn checkpoint_initializes_a_plain_directory_and_reports_empty() {
+    let mut env = setup(&[]);
+    let dir = env.ws("fresh");
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = env.checkpoint("fresh", Some("first")).expect("checkpoint");
+    assert!(r.initialized && r.empty, "{r:?}");
+    assert!(matches!(path_state(&dir), PathState::Symlink { .. }));
+    // Declared in a drop-in, so the config remains the source of truth.
+    assert!(env.engine.config.workspace(&dir).is_some());
+    let again = env.checkpoint("fresh", None).expect("second");
+    assert!(!again.initialized);
+    // A path that is neither a workspace nor a directory stays an error.
+    assert_eq!(
+        code(env.checkpoint("nothing-here", None)),
+        ErrorCode::WorkspaceNotFound
+    );
+    assert!(!env.ws("nothing-here").exists());
+}
+
+#[test]
+fn detached_workspace_fails_loudly() {
+    let mut env = setup(&["a"]);
+    let path = env.ws("a");
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert_eq!(e.code, ErrorCode::WorkspaceDetached);
+    assert!(
+        e.message.contains("real directory") && e.message.contains(&path.display().to_string()),
+        "{e:?}"
+    );
+    assert!(e.hint.as_deref().unwrap_or("").contains("move"), "{e:?}");
+    // The detached check comes before the snapshot lookup.
+    assert_eq!(
+        code(env.engine.rollback(&env.ws_str("a"), "x", true)),
+        ErrorCode::WorkspaceDetached
+    );
+
+    std::fs::remove_dir(&path).unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert_eq!(e.code, ErrorCode::WorkspaceDetached);
+    assert!(e.message.contains("missing") && e.hint.unwrap().contains("apply"));
+
+    std::os::unix::fs::symlink(env.root.join("home"), &path).unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert!(e.message.contains("a symlink to"), "{e:?}");
+    // Listing still works and says what is wrong.
+    let l = env.engine.list(&ROOT, None).unwrap();
+    assert!(l.workspaces[0]
+        .problem
+        .as_deref()
+        .unwrap_or("")
+        .contains("detached"));
+}
+
+#[test]
+fn unavailable_storage_names_the_workspace_and_counts() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    env.checkpoint("a", Some("c2")).unwrap();
+    let id = env.ws_id("a");
+    env.sys.umount(&env.root.join("mnt")).unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert_eq!(e.code, ErrorCode::StorageUnavailable);
+    for needle in [id.as_str(), "2 snapshot(s)", "btrfs.img", "not mounted"] {
+        assert!(e.message.contains(needle), "{needle} not in {e:?}");
+    }
+    assert_eq!(
+        code(env.engine.delete(&ROOT, None, "c1", true)),
+        ErrorCode::StorageUnavailable
+    );
+    assert_eq!(
+        code(env.engine.cleanup(&id, Some("1"))),
+        ErrorCode::StorageUnavailable
+    );
+    // The index is untouched and list still shows it, with the problem.
+    assert_eq!(env.ids("a"), ["c1", "c2"]);
+    let l = env.engine.list(&ROOT, None).unwrap();
+    assert!(l.workspaces[0]
+        .problem
+        .as_deref()
+        .unwrap()
+        .contains("unavailable"));
+    assert_eq!(l.workspaces[0].snapshots.len(), 2);
+    assert_eq!(
+        code(env.engine.list(&ROOT, Some(&id))),
+        ErrorCode::StorageUnavailable
+    );
+
+    std::fs::remove_file(env.root.join("img/btrfs.img")).unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert!(e.message.contains("is missing"), "{e:?}");
+}
+
+#[test]
+fn backend_conflict_blocks() {
+    let mut env = setup(&["a"]);
+    let cfg = env.root.join("etc/config.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("type = \"btrfs-loop\"", "type = \"btrfs-base\"");
+    std::fs::write(&cfg, text).unwrap();
+    env.engine.reload_config().unwrap();
+    let e = env.checkpoint("a", None).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Blocked, "{e:?}");
+    assert!(e.hint.is_some());
+}
+
+#[test]
+fn rollback_restores_and_leaves_nothing_behind() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    std::fs::write(env.ws("a").join("file.txt"), b"changed").unwrap();
+    std::fs::write(env.ws("a").join("new.txt"), b"new").unwrap();
+    let r = env
+        .engine
+        .rollback(&env.ws_str("a"), "c1", true)
+        .expect("rollback");
+    assert_eq!(r.snapshot, "c1");
+    assert_eq!(env.content("a"), "a");
+    assert!(!env.ws("a").join("new.txt").exists());
+    // The workspace is writable again (a writable snapshot, not the read-only one).
+    let res = env.res();
+    let id = env.ws_id("a");
+    assert!(!env.sys.is_readonly(&res.ws_subvol(&id)).unwrap());
+    std::fs::write(env.ws("a").join("after.txt"), b"x").unwrap();
+    // No temporary subvolume, no pending operation.
+    let names = env.sys.list_subvolumes(&res.data_root).unwrap();
+    assert_eq!(names, [id.as_str()], "{names:?}");
+    assert!(env.engine.store.p.pending().is_empty());
+    // The snapshot itself is unchanged.
+    assert_eq!(
+        std::fs::read_to_string(res.snapshot_path(&id, "c1").join("file.txt")).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        code(env.engine.rollback(&id, "nope", true)),
+        ErrorCode::SnapshotNotFound
+    );
+}
+
+#[test]
+fn rollback_refuses_busy_workspace_unless_forced() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .current_dir(env.ws("a"))
+        .spawn()
+        .expect("spawn sleep");
+    let e = env
+        .engine
+        .rollback(&env.ws_str("a"), "c1", false)
+        .unwrap_err();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(e.code, ErrorCode::Busy);
+    assert!(
+        e.message.contains(&child.id().to_string()) && e.message.contains("sleep"),
+        "{e:?}"
+    );
+    assert!(e.hint.unwrap().contains("--force"));
+    env.engine
+        .rollback(&env.ws_str("a"), "c1", true)
+        .expect("forced");
+}
+
+#[test]
+fn missing_snapshots_are_refused_with_the_hint() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    env.checkpoint("a", Some("c2")).unwrap();
+    let id = env.ws_id("a");
+    let res = env.res();
+    env.sys
+        .delete_subvolume(&res.snapshot_path(&id, "c1"))
+        .unwrap();
+
+    let l = env.engine.list(&ROOT, Some(&id)).unwrap();
+    let missing: Vec<bool> = l.workspaces[0]
+        .snapshots
+        .iter()
+        .map(|s| s.missing)
+        .collect();
+    assert_eq!(missing, [true, false]);
+
+    let e = env.engine.rollback(&id, "c1", true).unwrap_err();
+    assert_eq!(e.code, ErrorCode::SnapshotMissing);
+    assert!(e
+        .hint
+        .unwrap()
+        .contains(&format!("ws-ckpt delete -w {id} -s c1 --force")));
+    // Marked in the index now.
+    assert!(env.engine.store.p.indexes[&id].snapshots["c1"].missing);
+    assert_eq!(
+        code(env.engine.diff(&id, "c1", None)),
+        ErrorCode::SnapshotMissing
+    );
+    // Other snapshots unaffected.
+    env.engine
+        .rollback(&id, "c2", true)
+        .expect("rollback to c2");
+    // delete needs --force, then removes the entry.
+    assert_eq!(
+        code(env.engine.delete(&ROOT, Some(&id), "c1", false)),
+        ErrorCode::SnapshotMissing
+    );
+    let d = env.engine.delete(&ROOT, Some(&id), "c1", true).unwrap();
+    assert_eq!(d.deleted, ["c1"]);
+    assert_eq!(env.ids("a"), ["c2"]);
+}
+
+#[test]
+fn delete_pinned_needs_force_and_unique_id_finds_workspace() {
+    let mut env = setup(&["a", "b"]);
+    env.pin("a", "p1");
+    env.checkpoint("a", Some("only-a")).unwrap();
+    env.checkpoint("a", Some("both")).unwrap();
+    env.checkpoint("b", Some("both")).unwrap();
+    let a = env.ws_id("a");
+
+    let e = env.engine.delete(&ROOT, None, "p1", false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::SnapshotPinned);
+    assert!(e.hint.unwrap().contains("--force"));
+    env.engine.delete(&ROOT, None, "p1", true).expect("forced");
+
+    let d = env
+        .engine
+        .delete(&ROOT, None, "only-a", false)
+        .expect("unique");
+    assert_eq!(d.ws_id, a);
+    assert!(!env
+        .sys
+        .is_subvolume(&env.res().snapshot_path(&a, "only-a"))
+        .unwrap());
+
+    let e = env.engine.delete(&ROOT, None, "both", false).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(
+        e.message.contains(&a) && e.message.contains(&env.ws_id("b")),
+        "{e:?}"
+    );
+    assert_eq!(
+        code(env.engine.delete(&ROOT, None, "nowhere", false)),
+        ErrorCode::SnapshotNotFound
+    );
+    env.engine
+        .delete(&ROOT, Some(&env.ws_str("b")), "both", false)
+        .expect("with -w");
+    assert_eq!(env.ids("a"), ["both"]);
+    assert!(env.engine.store.p.pending().is_empty());
+}
+
+#[test]
+fn cleanup_keeps_pinned_and_newest() {
+    let mut env = setup(&["a"]);
+    env.pin("a", "p0");
+    for i in 1..=5 {
+        env.checkpoint("a", Some(&format!("c{i}"))).unwrap();
+    }
+    let id = env.ws_id("a");
+    assert_eq!(
+        code(env.engine.cleanup(&id, Some("0"))),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        code(env.engine.cleanup(&id, Some("soon"))),
+        ErrorCode::InvalidArgument
+    );
+    let r = env.engine.cleanup(&id, Some("2")).expect("cleanup");
+    let gone: Vec<&str> = r.deleted.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(gone, ["c1", "c2", "c3"]);
+    assert!(r.deleted[0].reason.contains("keep = 2"));
+    assert_eq!(r.keep, "2");
+    assert_eq!(env.ids("a"), ["p0", "c4", "c5"]);
+    let res = env.res();
+    for g in gone {
+        assert!(!env.sys.is_subvolume(&res.snapshot_path(&id, g)).unwrap());
+    }
+    // Nothing more to do.
+    assert!(env
+        .engine
+        .cleanup(&id, Some("2"))
+        .unwrap()
+        .deleted
+        .is_empty());
+}
+
+#[test]
+fn cleanup_defaults_to_the_workspace_policy() {
+    let mut env = setup_with(&["a"], "\n[retention]\nkeep = 1\n");
+    for i in 1..=3 {
+        env.checkpoint("a", Some(&format!("c{i}"))).unwrap();
+    }
+    let r = env.engine.cleanup(&env.ws_str("a"), None).expect("cleanup");
+    assert_eq!(r.keep, "1");
+    assert_eq!(env.ids("a"), ["c3"]);
+}
+
+#[test]
+fn list_shows_only_usable_workspaces_for_other_users() {
+    let mut env = setup(&["a", "b"]);
+    env.pin("a", "p");
+    let user = Caller {
+        uid: 4242,
+        gid: 4242,
+        pid: 1,
+    };
+    assert!(env.engine.list(&user, None).unwrap().workspaces.is_empty());
+    let all = env.engine.list(&ROOT, None).unwrap();
+    assert_eq!(all.workspaces.len(), 2);
+    let v = serde_json::to_value(&all).unwrap();
+    let s = &v["workspaces"][0]["snapshots"][0];
+    assert_eq!(s["id"], "p");
+    assert_eq!(s["pinned"], true);
+    assert_eq!(s["message"], "keep me");
+    assert_eq!(s["metadata"]["tool"], "x");
+    assert_eq!(s["missing"], false);
+    assert!(v["workspaces"][0].get("problem").is_none());
+}
+
+#[test]
+fn list_sorts_by_creation_time() {
+    let mut env = setup(&["a"]);
+    let id = env.ws_id("a");
+    // Recorded out of order (e.g. adopted later): list still shows newest last.
+    env.engine
+        .store
+        .put_snapshot(
+            &id,
+            "late",
+            new_entry(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000),
+                None,
+                None,
+                false,
+            ),
+        )
+        .unwrap();
+    env.engine
+        .store
+        .put_snapshot(
+            &id,
+            "early",
+            new_entry(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+                None,
+                None,
+                false,
+            ),
+        )
+        .unwrap();
+    let l = env.engine.list(&ROOT, Some(&id)).unwrap();
+    let ids: Vec<&str> = l.workspaces[0]
+        .snapshots
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(ids, ["early", "late"]);
+}
+
+/// Rebuild the situation a kill -9 leaves at each rollback step and check that the next pass
+/// converges: the workspace holds the old or the new content exactly, no temporary subvolume
+/// is left, and the pending record is gone.
+#[test]
+fn interrupted_rollback_recovers_at_every_step() {
+    // (phase recorded, copy made, exchanged, old deleted, expected content)
+    let cases = [
+        (
+            "after-begin",
+            RollbackPhase::Snapshotting,
+            false,
+            false,
+            false,
+            "live",
+        ),
+        (
+            "after-snapshot",
+            RollbackPhase::Snapshotting,
+            true,
+            false,
+            false,
+            "live",
+        ),
+        (
+            "after-ready",
+            RollbackPhase::Ready,
+            true,
+            false,
+            false,
+            "live",
+        ),
+        (
+            "after-exchange",
+            RollbackPhase::Ready,
+            true,
+            true,
+            false,
+            "a",
+        ),
+        (
+            "after-delete-old",
+            RollbackPhase::Ready,
+            true,
+            true,
+            true,
+            "a",
+        ),
+    ];
+    for (name, phase, copied, exchanged, deleted, want) in cases {
+        let mut env = setup(&["a"]);
+        env.checkpoint("a", Some("c1")).unwrap();
+        std::fs::write(env.ws("a").join("file.txt"), b"live").unwrap();
+        let id = env.ws_id("a");
+        let res = env.res();
+        let subvol = res.ws_subvol(&id);
+        let tmp = res.data_root.join(format!(".{id}.rollback-test"));
+        env.engine
+            .store
+            .begin(PendingKind::Rollback {
+                ws_id: id.clone(),
+                snapshot: "c1".into(),
+                subvol: subvol.clone(),
+                tmp: tmp.clone(),
+                phase,
+            })
+            .unwrap();
+        if copied {
+            env.sys
+                .snapshot(&res.snapshot_path(&id, "c1"), &tmp, false)
+                .unwrap();
+        }
+        if exchanged {
+            exchange(&tmp, &subvol).unwrap();
+        }
+        if deleted {
+            env.sys.delete_subvolume(&tmp).unwrap();
+        }
+        let mut env = env.reopen();
+        let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+        assert!(report.ok(), "{name}: {report:#?}");
+        assert_eq!(env.content("a"), want, "{name}");
+        assert!(env.engine.store.p.pending().is_empty(), "{name}");
+        assert_eq!(
+            env.sys.list_subvolumes(&res.data_root).unwrap(),
+            [id.as_str()],
+            "{name}"
+        );
+        // And the workspace works normally afterwards.
+        env.engine
+            .rollback(&id, "c1", true)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(env.content("a"), "a");
+    }
+}
+
+#[test]
+fn failed_rollback_snapshot_changes_nothing() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    std::fs::write(env.ws("a").join("file.txt"), b"live").unwrap();
+    env.sys.fail_next("snapshot", libc::ENOSPC);
+    let e = env
+        .engine
+        .rollback(&env.ws_str("a"), "c1", true)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::OperationFailed);
+    assert!(e.message.contains("before changing anything"), "{e:?}");
+    assert_eq!(env.content("a"), "live");
+    assert!(env.engine.store.p.pending().is_empty());
+}
+
+#[test]
+fn interrupted_delete_is_finished_by_the_next_pass() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    env.checkpoint("a", Some("c2")).unwrap();
+    let id = env.ws_id("a");
+    let res = env.res();
+    // As if killed after deleting the subvolume, before removing the entry.
+    env.engine
+        .store
+        .begin(PendingKind::DeleteSnapshots {
+            ws_id: id.clone(),
+            snapshots: vec!["c1".into()],
+        })
+        .unwrap();
+    env.sys
+        .delete_subvolume(&res.snapshot_path(&id, "c1"))
+        .unwrap();
+    let mut env = env.reopen();
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(env.ids("a"), ["c2"]);
+    assert!(env.engine.store.p.pending().is_empty());
+}
+
+#[test]
+fn light_resolution_matches_the_full_plan_and_skips_snapshot_dirs() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    let full = env.engine.resolution().unwrap();
+    let before = env.sys.calls().len();
+    let light = env.engine.light_resolution().unwrap();
+    assert_eq!(light, full);
+    let calls = env.sys.calls()[before..].to_vec();
+    assert!(
+        calls.iter().all(|c| !c.starts_with("list_subvolumes")),
+        "{calls:?}"
+    );
+    // A checkpoint lists no directory either.
+    let before = env.sys.calls().len();
+    env.checkpoint("a", None).unwrap();
+    let calls = env.sys.calls()[before..].to_vec();
+    assert!(
+        calls.iter().all(|c| !c.starts_with("list_subvolumes")),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("snapshot")).count(),
+        1
+    );
+}
