@@ -76,13 +76,33 @@ fn abs(p: &Path) -> Result<PathBuf, Error> {
     absolute_user_path(p)
 }
 
+/// The daemon's socket. When the config does not load (the daemon keeps running on its last
+/// good one), `[daemon] runtime_dir` is read from the main file alone, else the default.
+fn socket_path(cli: &Cli) -> (PathBuf, Result<Config, Error>) {
+    let config = load_config(&cli.config);
+    let runtime_dir = match &config {
+        Ok(c) => c.daemon.runtime_dir.clone(),
+        Err(_) => std::fs::read_to_string(&cli.config)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| {
+                t.get("daemon")?
+                    .get("runtime_dir")?
+                    .as_str()
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(ws_ckpt::config::DEFAULT_RUNTIME_DIR)),
+    };
+    (runtime_dir.join(ws_ckpt::ipc::SOCKET_NAME), config)
+}
+
 /// Send `req` to the daemon if one answers, else run it in-process (root only).
 fn call(cli: &Cli, req: Request, timeout: Duration) -> Result<Value, Error> {
-    let config = load_config(&cli.config)?;
-    let socket = config.daemon.runtime_dir.join(ws_ckpt::ipc::SOCKET_NAME);
+    let (socket, config) = socket_path(cli);
     if ws_ckpt::ipc::daemon_running(&socket) {
         return ws_ckpt::ipc::call(&socket, &req, timeout);
     }
+    let config = config?;
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::new(
             ErrorCode::PermissionDenied,
@@ -329,8 +349,7 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
             Ok(0)
         }
         Command::Reload => {
-            let config = load_config(&cli.config)?;
-            let socket = config.daemon.runtime_dir.join(ws_ckpt::ipc::SOCKET_NAME);
+            let (socket, _) = socket_path(cli);
             if !ws_ckpt::ipc::daemon_running(&socket) {
                 return Err(Error::new(ErrorCode::Io, format!("no ws-ckpt daemon answers on {}", socket.display()))
                     .hint("start it (systemctl start ws-ckpt); without a daemon, `ws-ckpt apply` converges directly"));
@@ -502,6 +521,9 @@ fn print_status(st: &StatusReport) {
             println!("daemon: running (pid {pid}{up}{pass})");
         }
         _ => println!("daemon: not running (commands run in-process)"),
+    }
+    if let Some(e) = &d.config_error {
+        println!("  CONFIG ERROR (running on the last good config): {e}");
     }
     if let Some(t) = &d.last_unclean_shutdown {
         println!("  last unclean shutdown: {t}");

@@ -893,3 +893,47 @@ fn init_refuses_system_paths_nesting_and_withdraws_failed_declarations() {
     );
     sh("umount", &[m.join("mnt").to_str().unwrap()]);
 }
+
+#[test]
+fn image_grows_online_when_img_size_rises_and_never_shrinks() {
+    let Some(env) = TestEnv::new("grow") else {
+        return;
+    };
+    let p = env.home.join("p");
+    TestEnv::make_sample_tree(&p);
+    env.write_config(&ws_table(&p));
+    env.run(&["apply"]).ok();
+    let before = TestEnv::tree_digest(&p);
+    let size = |env: &TestEnv| std::fs::metadata(&env.image).unwrap().len();
+    let fs_total = |env: &TestEnv| {
+        status(env)["backend"]["usage"]["total_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(size(&env), 1 << 30);
+    let total_before = fs_total(&env);
+    let bigger = env.base_config().replace("img_size = 1", "img_size = 2") + "\n" + &ws_table(&p);
+    std::fs::write(&env.config, &bigger).unwrap();
+    env.run(&["plan", "--detailed-exitcode"]).assert_code(2);
+    let r = env.run(&["--format", "json", "apply"]).ok().json();
+    assert_eq!(action_names(&r), ["grow-image"]);
+    assert_eq!(size(&env), 2 << 30);
+    assert!(
+        fs_total(&env) > total_before + (900 << 20),
+        "filesystem grew online"
+    );
+    assert_eq!(TestEnv::tree_digest(&p), before);
+    assert_eq!(
+        env.run(&["--format", "json", "apply"]).ok().json()["changed"],
+        false
+    );
+    // Back to 1 GiB: refused with a finding, the image keeps its size.
+    std::fs::write(&env.config, env.base_config() + "\n" + &ws_table(&p)).unwrap();
+    let r = env.run(&["--format", "json", "apply"]).ok().json();
+    assert!(action_names(&r).is_empty());
+    assert!(
+        finding_kinds(&r).contains(&"image-shrink-refused".to_string()),
+        "{r:#}"
+    );
+    assert_eq!(size(&env), 2 << 30);
+}

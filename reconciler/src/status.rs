@@ -86,6 +86,9 @@ pub struct BackendStatus {
 pub struct DaemonStatus {
     /// A daemon is serving.
     pub running: bool,
+    /// The daemon's config could not be loaded; it keeps running on the last good one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
     /// Its pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
