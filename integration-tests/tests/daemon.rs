@@ -792,3 +792,92 @@ fn socket_is_world_writable_and_removed_on_stop() {
     assert!(!env.socket_path().exists());
     assert!(!env.state_dir.join("daemon.lock").exists());
 }
+
+/// SPEC §11: 16 concurrent clients mixing checkpoints, rollbacks, lists and deletes on four
+/// workspaces: no lost index entries, no deadlock, no error other than documented conflicts.
+#[test]
+fn sixteen_concurrent_clients_lose_nothing() {
+    let Some(env) = TestEnv::new("daemon-concurrency") else {
+        return;
+    };
+    let d = start(&env);
+    let dirs: Vec<PathBuf> = (0..4).map(|i| plain_dir(&env, &format!("c{i}"))).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        ok(req(
+            &env,
+            json!({"op": "checkpoint", "workspace": dir, "snapshot": format!("base{i}")}),
+        ));
+    }
+    let per_client = 6;
+    let env = &env;
+    let dirs = &dirs;
+    std::thread::scope(|s| {
+        for client in 0..16 {
+            s.spawn(move || {
+                let ws = client % 4;
+                let dir = &dirs[ws];
+                for n in 0..per_client {
+                    let id = format!("k{client}-{n}");
+                    ok(req(
+                        env,
+                        json!({"op": "checkpoint", "workspace": dir, "snapshot": id, "message": "concurrent"}),
+                    ));
+                    match n % 3 {
+                        0 => {
+                            ok(req(env, json!({"op": "list", "workspace": dir})));
+                        }
+                        1 => {
+                            ok(req(
+                                env,
+                                json!({"op": "rollback", "workspace": dir, "snapshot": format!("base{ws}")}),
+                            ));
+                        }
+                        _ => {
+                            // Delete our own previous checkpoint: only we know its ID.
+                            ok(req(
+                                env,
+                                json!({"op": "delete", "workspace": dir, "snapshot": format!("k{client}-{}", n - 1)}),
+                            ));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let list = ok(req(env, json!({"op": "list"})));
+    let ids = snapshot_ids(&list);
+    let mut expected: Vec<String> = (0..4).map(|i| format!("base{i}")).collect();
+    for client in 0..16 {
+        for n in 0..per_client {
+            // Checkpoints n = 1 and 4 were deleted (by the n = 2 and 5 steps).
+            if n % 3 != 1 {
+                expected.push(format!("k{client}-{n}"));
+            }
+        }
+    }
+    let mut got = ids.clone();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "index entries lost or left behind");
+    // Index and disk agree: every listed snapshot has its subvolume, none is MISSING.
+    for id in &ids {
+        assert!(!snapshot_is_missing(&list, id), "{id} MISSING");
+    }
+    let subvols: usize = dirs
+        .iter()
+        .map(|dir| {
+            let ws = ws_id_of(env, dir);
+            fs::read_dir(env.mount.join("snapshots").join(ws))
+                .unwrap()
+                .count()
+        })
+        .sum();
+    assert_eq!(subvols, expected.len(), "one snapshot subvolume per entry");
+    let stray: Vec<String> = fs::read_dir(&env.mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "snapshots" && !n.starts_with("ws-"))
+        .collect();
+    assert!(stray.is_empty(), "temporary subvolumes left: {stray:?}");
+    stop(&d);
+}

@@ -112,6 +112,11 @@ impl Engine {
         }
     }
 
+    /// A shared handle to the system layer (for work done outside the engine lock).
+    pub fn sys_handle(&self) -> Arc<dyn Sys> {
+        Arc::clone(&self.sys)
+    }
+
     /// System handle.
     pub fn sys(&self) -> &dyn Sys {
         self.sys.as_ref()

@@ -19,6 +19,7 @@ use crate::ipc;
 use crate::plan::{PlanOptions, Severity};
 use crate::sys::linux::LinuxSys;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -87,6 +88,9 @@ struct Shared {
     /// Requests being handled right now.
     busy: AtomicUsize,
     tx: Mutex<Sender<Event>>,
+    /// One lock per workspace: operations on a workspace are serialized, different
+    /// workspaces proceed in parallel. Order: a workspace lock, then the engine lock.
+    ws_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,7 +123,85 @@ impl Shared {
             stopping: Arc::new(AtomicBool::new(false)),
             busy: AtomicUsize::new(0),
             tx: Mutex::new(tx),
+            ws_locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The workspace a request operates on, if it names a recorded one.
+    fn workspace_of(&self, req: &Request) -> Option<String> {
+        let spec = match req {
+            Request::Checkpoint { workspace, .. }
+            | Request::Rollback { workspace, .. }
+            | Request::Cleanup { workspace, .. }
+            | Request::Diff { workspace, .. } => workspace.clone(),
+            Request::Delete {
+                workspace: Some(w), ..
+            } => w.clone(),
+            Request::Release { path } => path.display().to_string(),
+            _ => return None,
+        };
+        let guard = lock(&self.engine);
+        guard
+            .as_ref()?
+            .resolve_workspace(&spec)
+            .ok()
+            .map(|w| w.ws_id)
+    }
+
+    fn ws_lock(&self, ws_id: &str) -> Arc<Mutex<()>> {
+        Arc::clone(lock(&self.ws_locks).entry(ws_id.to_string()).or_default())
+    }
+
+    /// A checkpoint of a recorded workspace: validated and recorded under the engine lock,
+    /// but the snapshot ioctl itself runs under the workspace lock only, so checkpoints of
+    /// different workspaces overlap.
+    fn checkpoint_in_parallel(&self, caller: &Caller, req: Request) -> Result<Value, Error> {
+        let Request::Checkpoint {
+            workspace,
+            snapshot,
+            message,
+            metadata,
+            pin,
+        } = req.clone()
+        else {
+            return Err(Error::new(ErrorCode::InvalidArgument, "not a checkpoint"));
+        };
+        let args = crate::api::CheckpointArgs {
+            workspace,
+            snapshot,
+            message,
+            metadata,
+            pin,
+        };
+        let (prepared, sys, state_dir) = {
+            let mut guard = lock(&self.engine);
+            let engine = guard.as_mut().ok_or_else(shutting_down)?;
+            let state_dir = engine.config.daemon.state_dir.clone();
+            let prepared = crate::auth::authorize(engine, caller, &req)
+                .and_then(|()| engine.checkpoint_prepare(caller, args, &mut |_, _| {}));
+            match prepared {
+                Ok(p) => (p, engine.sys_handle(), state_dir),
+                Err(e) => {
+                    let r = Err(e);
+                    crate::audit::record(&state_dir, caller, &req, &r);
+                    return r;
+                }
+            }
+        };
+        let taken = crate::ops::take_checkpoint_snapshot(sys.as_ref(), &prepared);
+        let mut guard = lock(&self.engine);
+        let result = match guard.as_mut() {
+            Some(engine) => taken
+                .and_then(|()| engine.checkpoint_commit(prepared))
+                .and_then(|r| {
+                    serde_json::to_value(r).map_err(|e| {
+                        Error::new(ErrorCode::Io, format!("cannot encode result: {e}"))
+                    })
+                }),
+            None => Err(shutting_down()),
+        };
+        crate::audit::record(&state_dir, caller, &req, &result);
+        result
     }
 
     fn tick(&self, why: &'static str) {
@@ -132,6 +214,11 @@ impl Shared {
         let _busy = BusyGuard(&self.busy);
         if self.stopping.load(Ordering::SeqCst) {
             return Err(shutting_down());
+        }
+        let ws_lock = self.workspace_of(&req).map(|ws| self.ws_lock(&ws));
+        let _ws_guard = ws_lock.as_ref().map(|l| lock(l));
+        if ws_lock.is_some() && matches!(req, Request::Checkpoint { .. }) {
+            return self.checkpoint_in_parallel(caller, req);
         }
         let is_status = matches!(req, Request::Status { .. });
         let is_reload = matches!(req, Request::Reload);

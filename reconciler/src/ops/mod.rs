@@ -55,6 +55,48 @@ pub struct CheckpointResult {
     pub initialized: bool,
 }
 
+/// A checkpoint validated under the engine lock, waiting for its snapshot ioctl.
+#[derive(Debug, Clone)]
+pub struct PreparedCheckpoint {
+    /// Workspace ID.
+    pub ws_id: String,
+    /// Workspace path.
+    pub workspace: PathBuf,
+    /// Snapshot ID.
+    pub id: String,
+    /// The workspace subvolume (snapshot source).
+    pub subvol: PathBuf,
+    /// The snapshot to create.
+    pub dest: PathBuf,
+    created: SystemTime,
+    message: Option<String>,
+    metadata: Option<serde_json::Value>,
+    pin: bool,
+    empty: bool,
+    initialized: bool,
+}
+
+/// The snapshot ioctl of a prepared checkpoint (no engine state touched: safe to run without
+/// the engine lock, under the workspace's own lock).
+pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
+    sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
+        if e.errno() == Some(libc::EEXIST) {
+            Error::new(
+                ErrorCode::SnapshotAlreadyExists,
+                format!(
+                    "workspace {} already has a snapshot {} ({} exists)",
+                    p.ws_id,
+                    p.id,
+                    p.dest.display()
+                ),
+            )
+            .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
+        } else {
+            Error::from(e)
+        }
+    })
+}
+
 /// Result of `rollback` (stable JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RollbackResult {
@@ -435,15 +477,31 @@ impl Engine {
         })
     }
 
-    /// `ws-ckpt checkpoint` (SPEC §5.2): a read-only snapshot via the ioctl, then one index
-    /// append. A plain directory is declared and initialized first (authorization happened
-    /// in [`crate::auth`]).
+    /// `ws-ckpt checkpoint` (SPEC §5.2): a read-only snapshot by ioctl, then one index-journal
+    /// append. A plain directory is initialized first. Equivalent to
+    /// [`Engine::checkpoint_prepare`] + [`take_checkpoint_snapshot`] +
+    /// [`Engine::checkpoint_commit`]; the daemon runs the middle step without the engine lock
+    /// so that checkpoints of different workspaces proceed in parallel.
     pub fn checkpoint(
         &mut self,
         caller: &Caller,
         args: CheckpointArgs,
         progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
+        let prepared = self.checkpoint_prepare(caller, args, progress)?;
+        take_checkpoint_snapshot(self.sys(), &prepared)?;
+        self.checkpoint_commit(prepared)
+    }
+
+    /// Everything a checkpoint does before its snapshot ioctl: resolve (initializing a plain
+    /// directory), check storage and attachment, validate or generate the ID, create the
+    /// workspace's snapshot directory.
+    pub fn checkpoint_prepare(
+        &mut self,
+        caller: &Caller,
+        args: CheckpointArgs,
+        progress: Progress<'_>,
+    ) -> Result<PreparedCheckpoint> {
         tracing::debug!(uid = caller.uid, workspace = %args.workspace, "checkpoint");
         if let Some(id) = &args.snapshot {
             check_snapshot_id(id)?;
@@ -486,33 +544,56 @@ impl Engine {
         std::fs::create_dir_all(&snap_dir)
             .map_err(|e| Error::io("create directory", &snap_dir, e))?;
         let dest = snap_dir.join(&id);
-        let empty = dir_is_empty(&subvol);
-        self.sys().snapshot(&subvol, &dest, true).map_err(|e| {
-            if e.errno() == Some(libc::EEXIST) {
-                Error::new(
-                    ErrorCode::SnapshotAlreadyExists,
-                    format!(
-                        "workspace {ws_id} already has a snapshot {id} ({} exists)",
-                        dest.display()
-                    ),
-                )
-                .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
-            } else {
-                Error::from(e)
-            }
-        })?;
-        let entry = new_entry(now, args.message, args.metadata, args.pin);
-        let created_at = entry.created_at.clone();
-        self.store.put_snapshot(&ws_id, &id, entry)?;
-        tracing::debug!(ws_id, snapshot = %id, empty, "checkpoint recorded");
-        Ok(CheckpointResult {
+        Ok(PreparedCheckpoint {
+            empty: dir_is_empty(&subvol),
             ws_id,
             workspace: ws.workspace_path,
-            snapshot: id,
-            created_at,
-            pinned: args.pin,
-            empty,
+            id,
+            subvol,
+            dest,
+            created: now,
+            message: args.message,
+            metadata: args.metadata,
+            pin: args.pin,
             initialized,
+        })
+    }
+
+    /// Record a checkpoint whose snapshot exists. Re-checks that the workspace is still
+    /// recorded (it may have been released meanwhile; then the stray snapshot is removed).
+    pub fn checkpoint_commit(&mut self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
+        let still = self
+            .store
+            .p
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(&p.ws_id))
+            .is_some_and(|w| w.workspace_path == p.workspace);
+        if !still {
+            if self.sys().is_subvolume(&p.dest).unwrap_or(false) {
+                let _ = self.sys().delete_subvolume(&p.dest);
+            }
+            return Err(Error::new(
+                ErrorCode::WorkspaceNotFound,
+                format!(
+                    "workspace {} ({}) was released while the checkpoint was taken",
+                    p.ws_id,
+                    p.workspace.display()
+                ),
+            ));
+        }
+        let entry = new_entry(p.created, p.message, p.metadata, p.pin);
+        let created_at = entry.created_at.clone();
+        self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
+        tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
+        Ok(CheckpointResult {
+            ws_id: p.ws_id,
+            workspace: p.workspace,
+            snapshot: p.id,
+            created_at,
+            pinned: p.pin,
+            empty: p.empty,
+            initialized: p.initialized,
         })
     }
 
