@@ -790,7 +790,7 @@ pub fn new_entry(
 
 /// fsync a directory (best effort; logged on failure).
 pub fn fsync_dir(dir: &Path) {
-    if let Err(e) = std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+    if let Err(e) = crate::state::fsync_dir(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "fsync of directory failed");
     }
 }

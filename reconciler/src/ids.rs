@@ -19,7 +19,11 @@ pub fn derive_ws_id(path: &Path) -> String {
 /// The derived ID for `path`, with `-2`, `-3`… appended while `taken(id)` says it is used by
 /// another workspace.
 pub fn allocate_ws_id(path: &Path, taken: impl Fn(&str) -> bool) -> String {
-    let base = derive_ws_id(path);
+    first_free(derive_ws_id(path), taken)
+}
+
+/// `base`, or `base-2`, `base-3`… — the first that `taken` does not claim.
+fn first_free(base: String, taken: impl Fn(&str) -> bool) -> String {
     if !taken(&base) {
         return base;
     }
@@ -60,13 +64,7 @@ pub fn generate_snapshot_id(now: SystemTime, taken: impl Fn(&str) -> bool) -> St
         rem % 60,
         d.subsec_millis()
     );
-    if !taken(&base) {
-        return base;
-    }
-    (2u32..)
-        .map(|n| format!("{base}-{n}"))
-        .find(|id| !taken(id))
-        .unwrap_or(base)
+    first_free(base, taken)
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.

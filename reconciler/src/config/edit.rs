@@ -8,10 +8,8 @@
 //! touches the single file it is asked to edit.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
 
@@ -359,7 +357,7 @@ fn save_text(file: &Path, text: &str) -> Result<(), EditError> {
         file: file.to_path_buf(),
         error: Box::new(error),
     })?;
-    write_atomic(file, text.as_bytes()).map_err(|error| EditError::Write {
+    crate::state::write_atomic(file, text.as_bytes()).map_err(|error| EditError::Write {
         file: file.to_path_buf(),
         error,
     })
@@ -522,45 +520,10 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Atomically replace `path` with `bytes`: write a hidden temporary file in the same
-/// directory (keeping an existing file's permission bits, else 0644), fsync it, rename it
-/// over `path`, then fsync the directory. The temporary name never ends in `.toml`, so a
-/// crash cannot leave a half-written drop-in that gets loaded.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn read(p: &Path) -> String {
         fs::read_to_string(p).unwrap()
@@ -889,7 +852,8 @@ keep = 5
     }
 
     #[test]
-    fn write_atomic_replaces_and_cleans_up() {
+    fn shared_write_atomic_replaces_and_cleans_up() {
+        use crate::state::write_atomic;
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("a.toml");
         write_atomic(&file, b"one").unwrap();
