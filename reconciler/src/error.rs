@@ -100,8 +100,12 @@ impl From<crate::state::StateError> for Error {
 
 impl From<crate::config::ConfigError> for Error {
     fn from(e: crate::config::ConfigError) -> Self {
-        Error::new(ErrorCode::ConfigInvalid, e.to_string())
-            .hint("fix the file at the position shown; `ws-ckpt config validate` checks it")
+        let hint = if e.line.is_some() {
+            "fix the file at the position shown; `ws-ckpt config validate` checks it"
+        } else {
+            "check that the file exists and is readable (`ws-ckpt --config PATH` or WS_CKPT_CONFIG picks another one)"
+        };
+        Error::new(ErrorCode::ConfigInvalid, e.to_string()).hint(hint)
     }
 }
 

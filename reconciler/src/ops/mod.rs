@@ -510,8 +510,16 @@ impl Engine {
             Ok(w) => (w, false),
             Err(e) if e.code == ErrorCode::WorkspaceNotFound => {
                 let path = absolute_user_path(Path::new(&args.workspace))?;
-                if !matches!(path_state(&path), PathState::Dir { .. }) {
-                    return Err(e);
+                match path_state(&path) {
+                    PathState::Dir { .. } => {}
+                    PathState::Missing => {
+                        return Err(Error::new(
+                            ErrorCode::InvalidPath,
+                            format!("{} does not exist", path.display()),
+                        )
+                        .hint("give the path of an existing directory or workspace, or a ws_id from `ws-ckpt list`"))
+                    }
+                    _ => return Err(e),
                 }
                 let report = self.init(&path, progress)?;
                 (self.resolve_workspace(&report.ws_id)?, report.changed)

@@ -256,10 +256,10 @@ fn checkpoint_initializes_a_plain_directory_and_reports_empty() {
     assert!(env.engine.config.workspace(&dir).is_some());
     let again = env.checkpoint("fresh", None).expect("second");
     assert!(!again.initialized);
-    // A path that is neither a workspace nor a directory stays an error.
+    // A path that does not exist is an error naming it, and nothing is created.
     assert_eq!(
         code(env.checkpoint("nothing-here", None)),
-        ErrorCode::WorkspaceNotFound
+        ErrorCode::InvalidPath
     );
     assert!(!env.ws("nothing-here").exists());
 }
