@@ -837,3 +837,63 @@ fn parallel_first_checkpoints_make_one_workspace() {
     let refs: Vec<&str> = snaps.iter().map(String::as_str).collect();
     assert_eq!(subvolumes(&env), expected_subvolumes(&ws_id, &refs));
 }
+
+/// Write incompressible data to `path` until `limit` bytes or ENOSPC; returns bytes written.
+fn fill(path: &Path, limit: u64) -> u64 {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ limit;
+    let mut written = 0u64;
+    while written < limit {
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        match f.write(&buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    let _ = f.sync_all();
+    written
+}
+
+/// SPEC §5.5 / issue 3: deleting snapshots on a 100 % full filesystem succeeds and the space
+/// really comes back.
+#[test]
+fn deleting_on_a_full_filesystem_gives_space_back() {
+    let Some(env) = setup("deleting_on_a_full_filesystem", &["a"], "") else {
+        return;
+    };
+    let p = env.home.join("a");
+    let total = {
+        let s = nix::sys::statvfs::statvfs(&env.mount).unwrap();
+        s.blocks() * s.fragment_size()
+    };
+    // Data held only by a snapshot: write, snapshot, remove it from the live workspace.
+    let held = fill(&p.join("held.bin"), total * 4 / 10);
+    assert!(held > 200 << 20, "only {held} bytes written");
+    checkpoint(&env, "a", "holder");
+    fs::remove_file(p.join("held.bin")).unwrap();
+    // Now fill the filesystem completely from the live side.
+    fill(&p.join("filler.bin"), u64::MAX);
+    let full = statvfs_free(&env.mount);
+    assert!(
+        fs::write(p.join("one-more"), vec![1u8; 8 << 20]).is_err()
+            || statvfs_free(&env.mount) < 16 << 20,
+        "filesystem is not full: {full} bytes free"
+    );
+    let v = ok(&env, &["delete", "-w", &ws(&env, "a"), "-s", "holder"]);
+    assert_eq!(v["deleted"][0], "holder");
+    let after = statvfs_free(&env.mount);
+    assert!(
+        after >= full + held * 7 / 10,
+        "space did not come back on a full filesystem: {full} free before, {after} after deleting a snapshot holding {held} bytes"
+    );
+    // The workspace is still usable.
+    fs::remove_file(p.join("filler.bin")).unwrap();
+    checkpoint(&env, "a", "after");
+}
