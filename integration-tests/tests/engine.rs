@@ -937,3 +937,46 @@ fn image_grows_online_when_img_size_rises_and_never_shrinks() {
     );
     assert_eq!(size(&env), 2 << 30);
 }
+
+#[test]
+fn nested_subvolume_inside_a_workspace_is_reported() {
+    let Some(env) = TestEnv::new("nested") else {
+        return;
+    };
+    let p = env.home.join("p");
+    TestEnv::make_sample_tree(&p);
+    env.write_config(&ws_table(&p));
+    env.run(&["apply"]).ok();
+    std::fs::create_dir_all(p.join("deep/er")).unwrap();
+    btrfs(&[
+        "subvolume",
+        "create",
+        p.join("deep/er/inner").to_str().unwrap(),
+    ]);
+    btrfs(&["subvolume", "create", p.join("top").to_str().unwrap()]);
+    let r = env.run(&["--format", "json", "apply"]).ok().json();
+    let f: Vec<&Value> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "nested-subvolume")
+        .collect();
+    assert_eq!(f.len(), 1, "{r:#}");
+    let msg = f[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("deep/er/inner") && msg.contains("top"),
+        "{msg}"
+    );
+    assert_eq!(
+        env.run(&["status"]).code(),
+        Some(3),
+        "degraded while nested subvolumes exist"
+    );
+    btrfs(&[
+        "subvolume",
+        "delete",
+        p.join("deep/er/inner").to_str().unwrap(),
+    ]);
+    btrfs(&["subvolume", "delete", p.join("top").to_str().unwrap()]);
+    assert!(finding_kinds(&env.run(&["--format", "json", "apply"]).ok().json()).is_empty());
+}

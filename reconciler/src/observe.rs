@@ -66,6 +66,8 @@ pub struct StorageView {
     pub v0_indexes: BTreeMap<String, WorkspaceIndex>,
     /// Loop device size when the backend is a loop image.
     pub loop_device: Option<PathBuf>,
+    /// ws_id → subvolumes nested inside that workspace (relative paths), recorded ones only.
+    pub nested: BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// Everything the planner knows about the live system.
@@ -192,7 +194,21 @@ pub fn observe(sys: &dyn Sys, config: &Config, persisted: &Persisted) -> Observe
     observe_paths(&mut obs, config, persisted);
     fill_subvols(sys, &mut obs);
     if res.conflict.is_none() && storage_mounted(&obs, &res) {
-        obs.storage = Some(observe_storage(sys, &obs, &res));
+        let mut view = observe_storage(sys, &obs, &res);
+        for w in persisted.state.iter().flat_map(|s| s.workspaces.iter()) {
+            if view.workspace_subvols.contains(&w.ws_id) {
+                match sys.nested_subvolumes(&res.ws_subvol(&w.ws_id)) {
+                    Ok(n) if !n.is_empty() => {
+                        view.nested.insert(w.ws_id.clone(), n);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(ws_id = %w.ws_id, error = %e, "cannot list nested subvolumes")
+                    }
+                }
+            }
+        }
+        obs.storage = Some(view);
     }
     obs
 }

@@ -1404,6 +1404,21 @@ impl Planner<'_> {
                     }
                 }
             }
+            if let Some(nested) = view.nested.get(ws_id) {
+                let list: Vec<String> = nested.iter().map(|p| p.display().to_string()).collect();
+                let f = Finding::new(
+                    FindingKind::NestedSubvolume,
+                    Severity::Warning,
+                    format!(
+                        "workspace {ws_id} ({}) contains the subvolume(s) {}: snapshots and rollbacks do not include their contents",
+                        path.display(),
+                        list.join(", ")
+                    ),
+                    "turn them into plain directories (copy the data out, `btrfs subvolume delete`, copy back) if they should be checkpointed".to_string(),
+                )
+                .ws(ws_id, path);
+                self.find(f);
+            }
             if index.snapshots.len() > ADVISORY_SNAPSHOT_COUNT {
                 let f = Finding::new(
                     FindingKind::AdvisorySnapshotCount,

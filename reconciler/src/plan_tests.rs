@@ -867,3 +867,18 @@ fn planning_is_deterministic() {
     let b = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(a, b);
 }
+
+#[test]
+fn nested_subvolume_is_a_warning() {
+    let (cfg, per, mut obs) = healthy();
+    obs.storage
+        .as_mut()
+        .unwrap()
+        .nested
+        .insert("ws-aaaaaa".into(), vec!["build/cache".into()]);
+    let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
+    assert!(p.actions.is_empty());
+    assert_eq!(kinds(&p), [FindingKind::NestedSubvolume]);
+    assert!(p.findings[0].message.contains("build/cache"));
+    assert_eq!(p.findings[0].severity, Severity::Warning);
+}

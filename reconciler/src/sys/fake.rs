@@ -288,6 +288,24 @@ impl Sys for FakeSys {
         Ok(names)
     }
 
+    fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>> {
+        const OP: &str = "nested_subvolumes";
+        let st = self.enter(OP, &[&display(subvol)], subvol)?;
+        let inside: Vec<&PathBuf> = st
+            .subvolumes
+            .iter()
+            .filter(|p| p.starts_with(subvol) && p.as_path() != subvol && is_real_dir(p))
+            .collect();
+        // Directly nested: no other nested subvolume between `subvol` and it.
+        let mut out: Vec<PathBuf> = inside
+            .iter()
+            .filter(|p| !inside.iter().any(|q| q != *p && p.starts_with(q)))
+            .filter_map(|p| p.strip_prefix(subvol).ok().map(Path::to_path_buf))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn sync_and_wait_cleaner(&self, path: &Path, _timeout: Duration) -> SysResult<()> {
         self.enter("sync_and_wait_cleaner", &[&display(path)], path)
             .map(drop)

@@ -197,6 +197,41 @@ const _: () = assert!(std::mem::size_of::<BtrfsVolArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<BtrfsVolArgsV2>() == 4096);
 const _: () = assert!(std::mem::size_of::<BtrfsSearchKey>() == 104);
 const _: () = assert!(std::mem::size_of::<BtrfsSearchArgs>() == 4096);
+/// `BTRFS_ROOT_REF_KEY`: in the root tree, (parent subvolume id, ROOT_REF, child id).
+pub const BTRFS_ROOT_REF_KEY: u32 = 156;
+/// Size of the path buffer of `btrfs_ioctl_ino_lookup_args`.
+pub const BTRFS_INO_LOOKUP_PATH_MAX: usize = 4080;
+
+/// `struct btrfs_ioctl_ino_lookup_args`: with `treeid` 0 and `objectid` 256 it returns the
+/// subvolume id of the fd in `treeid`; otherwise the path of inode `objectid` in tree `treeid`.
+#[repr(C)]
+pub struct BtrfsInoLookupArgs {
+    /// Tree (subvolume) id; 0 = the fd's own.
+    pub treeid: u64,
+    /// Inode number.
+    pub objectid: u64,
+    /// Path of the inode relative to the subvolume root, with a trailing '/'.
+    pub name: [u8; BTRFS_INO_LOOKUP_PATH_MAX],
+}
+
+/// `struct btrfs_ioctl_search_header` preceding each item in a tree-search buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BtrfsSearchHeader {
+    /// Transaction id.
+    pub transid: u64,
+    /// Key objectid.
+    pub objectid: u64,
+    /// Key offset.
+    pub offset: u64,
+    /// Key type.
+    pub item_type: u32,
+    /// Length of the item data that follows.
+    pub len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BtrfsInoLookupArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<BtrfsSearchHeader>() == 32);
 const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
 const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
 
@@ -233,6 +268,13 @@ nix::ioctl_readwrite!(
     BTRFS_IOCTL_MAGIC,
     17,
     BtrfsSearchArgs
+);
+nix::ioctl_readwrite!(
+    /// `BTRFS_IOC_INO_LOOKUP`.
+    btrfs_ino_lookup,
+    BTRFS_IOCTL_MAGIC,
+    18,
+    BtrfsInoLookupArgs
 );
 nix::ioctl_write_ptr!(
     /// `BTRFS_IOC_SNAP_CREATE_V2` on the destination's parent directory.

@@ -19,9 +19,10 @@ use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
 use nix::sys::statvfs::statvfs;
 
 use super::ioctl::{
-    self, BtrfsSearchArgs, BtrfsSearchKey, BtrfsVolArgs, BtrfsVolArgsV2, BTRFS_FIRST_FREE_OBJECTID,
-    BTRFS_ORPHAN_ITEM_KEY, BTRFS_ORPHAN_OBJECTID, BTRFS_ROOT_TREE_OBJECTID,
-    BTRFS_SEARCH_ARGS_BUFSIZE, BTRFS_SUBVOL_RDONLY,
+    self, BtrfsInoLookupArgs, BtrfsSearchArgs, BtrfsSearchHeader, BtrfsSearchKey, BtrfsVolArgs,
+    BtrfsVolArgsV2, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INO_LOOKUP_PATH_MAX, BTRFS_ORPHAN_ITEM_KEY,
+    BTRFS_ORPHAN_OBJECTID, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_TREE_OBJECTID, BTRFS_SEARCH_ARGS_BUFSIZE,
+    BTRFS_SUBVOL_RDONLY,
 };
 use super::loopdev;
 use super::mountinfo;
@@ -201,6 +202,85 @@ impl Sys for LinuxSys {
         names.sort();
         tracing::debug!(dir = %dir.display(), count = names.len(), "listed subvolumes");
         Ok(names)
+    }
+
+    fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>> {
+        const OP: &str = "find nested subvolumes in";
+        let dir = open_dir(OP, subvol)?;
+        let root_id = ino_lookup(&dir, 0, BTRFS_FIRST_FREE_OBJECTID)
+            .map_err(|e| SysError::io(OP, subvol, e))?
+            .0;
+        let mut found = Vec::new();
+        let mut min_offset = 0u64;
+        loop {
+            let mut args = Box::new(BtrfsSearchArgs {
+                key: BtrfsSearchKey {
+                    tree_id: BTRFS_ROOT_TREE_OBJECTID,
+                    min_objectid: root_id,
+                    max_objectid: root_id,
+                    min_type: BTRFS_ROOT_REF_KEY,
+                    max_type: BTRFS_ROOT_REF_KEY,
+                    min_offset,
+                    max_offset: u64::MAX,
+                    min_transid: 0,
+                    max_transid: u64::MAX,
+                    nr_items: 256,
+                    ..BtrfsSearchKey::default()
+                },
+                buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
+            });
+            // SAFETY: `args` is a fully initialised `btrfs_ioctl_search_args` the kernel may
+            // write to; the fd is open on the filesystem.
+            unsafe { ioctl::btrfs_tree_search(dir.as_raw_fd(), &mut *args) }
+                .map_err(|e| SysError::io(OP, subvol, e))?;
+            let n = args.key.nr_items;
+            if n == 0 {
+                break;
+            }
+            let mut pos = 0usize;
+            let hdr_len = std::mem::size_of::<BtrfsSearchHeader>();
+            for _ in 0..n {
+                if pos + hdr_len > args.buf.len() {
+                    break;
+                }
+                // SAFETY: the kernel wrote `nr_items` (header, data) pairs into `buf`; the
+                // bounds are checked above and below; read_unaligned copes with alignment.
+                let hdr: BtrfsSearchHeader =
+                    unsafe { std::ptr::read_unaligned(args.buf[pos..].as_ptr().cast()) };
+                pos += hdr_len;
+                let end = pos + hdr.len as usize;
+                if end > args.buf.len() {
+                    break;
+                }
+                let item = &args.buf[pos..end];
+                pos = end;
+                min_offset = hdr.offset.saturating_add(1);
+                // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
+                if hdr.item_type != BTRFS_ROOT_REF_KEY || item.len() < 18 {
+                    continue;
+                }
+                let dirid = u64::from_le_bytes(item[0..8].try_into().unwrap_or([0; 8]));
+                let name_len = u16::from_le_bytes([item[16], item[17]]) as usize;
+                let Some(name) = item.get(18..18 + name_len) else {
+                    continue;
+                };
+                let mut rel = if dirid == BTRFS_FIRST_FREE_OBJECTID {
+                    PathBuf::new()
+                } else {
+                    ino_lookup(&dir, root_id, dirid)
+                        .map(|(_, p)| p)
+                        .map_err(|e| SysError::io(OP, subvol, e))?
+                };
+                rel.push(OsStr::from_bytes(name));
+                found.push(rel);
+            }
+            if min_offset == 0 {
+                break;
+            }
+        }
+        found.sort();
+        tracing::debug!(subvol = %subvol.display(), count = found.len(), "nested subvolumes");
+        Ok(found)
     }
 
     fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()> {
@@ -491,6 +571,24 @@ fn wait_free_space_stable(file: &File, path: &Path, deadline: Instant) -> SysRes
         }
         std::thread::sleep(CLEANER_POLL.min(deadline - now));
     }
+}
+
+/// `BTRFS_IOC_INO_LOOKUP`: (tree id, path of `objectid` in `treeid` relative to its root).
+fn ino_lookup(dir: &File, treeid: u64, objectid: u64) -> Result<(u64, PathBuf), Errno> {
+    let mut args = Box::new(BtrfsInoLookupArgs {
+        treeid,
+        objectid,
+        name: [0; BTRFS_INO_LOOKUP_PATH_MAX],
+    });
+    // SAFETY: `args` is a fully initialised `btrfs_ioctl_ino_lookup_args`; the fd is open.
+    unsafe { ioctl::btrfs_ino_lookup(dir.as_raw_fd(), &mut *args) }?;
+    let len = args
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(args.name.len());
+    let path = PathBuf::from(OsStr::from_bytes(&args.name[..len]));
+    Ok((args.treeid, path))
 }
 
 /// Split `path` into its parent directory and final name.

@@ -169,6 +169,9 @@ pub trait Sys: Send + Sync {
     /// Names of the direct entries of `dir` that are subvolume roots (sorted). A missing `dir`
     /// is an empty list.
     fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>>;
+    /// Subvolumes directly nested inside the subvolume `subvol` (anywhere in its tree), as
+    /// paths relative to `subvol`. Snapshots of `subvol` do not include their contents.
+    fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>>;
     /// Commit the filesystem containing `path` and wait (at most `timeout`) until deleted
     /// subvolumes have been cleaned so their space is free again.
     fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()>;
