@@ -103,12 +103,7 @@ pub enum Command {
         #[arg(short = 'w', long = "workspace")]
         workspace: String,
         /// Snapshot ID (default: generated, sortable by time).
-        #[arg(
-            short = 's',
-            long = "snapshot",
-            visible_alias = "id",
-            short_alias = 'i'
-        )]
+        #[arg(short = 's', long = "snapshot", alias = "id", short_alias = 'i')]
         snapshot: Option<String>,
         /// Message stored with the snapshot.
         #[arg(short = 'm', long = "message")]
