@@ -381,7 +381,12 @@ fn detached_workspace_fails_loudly() {
     let Some(env) = setup("detached_workspace_fails", &["a"], "") else {
         return;
     };
-    checkpoint(&env, "a", "c1");
+    let ws_id = checkpoint(&env, "a", "c1")["ws_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    checkpoint(&env, "a", "c2");
+    checkpoint(&env, "a", "c3");
     let path = env.home.join("a");
     fs::remove_file(&path).unwrap();
     fs::create_dir(&path).unwrap();
@@ -390,6 +395,9 @@ fn detached_workspace_fails_loudly() {
         vec!["checkpoint", "-w", path.to_str().unwrap()],
         vec!["rollback", "-w", path.to_str().unwrap(), "-s", "c1"],
         vec!["diff", "-w", path.to_str().unwrap(), "-f", "c1"],
+        vec!["diff", "-w", path.to_str().unwrap(), "-f", "c1", "-t", "c2"],
+        vec!["delete", "-w", path.to_str().unwrap(), "-s", "c1"],
+        vec!["cleanup", "-w", path.to_str().unwrap(), "--keep", "1"],
     ] {
         let e = fails(&env, &args);
         assert_eq!(e["code"], "WorkspaceDetached", "{args:?}: {e}");
@@ -399,8 +407,19 @@ fn detached_workspace_fails_loudly() {
         );
         assert!(e["hint"].as_str().unwrap().contains("apply"), "{e}");
     }
-    // Nothing was done to the directory.
+    // Nothing was done to the directory, and no snapshot was deleted.
     assert_eq!(fs::read(path.join("new")).unwrap(), b"x");
+    assert_eq!(
+        ok(&env, &["list", "-w", &ws_id])["workspaces"][0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // By ws_id the snapshots stay manageable while detached.
+    ok(&env, &["diff", "-w", &ws_id, "-f", "c1", "-t", "c2"]);
+    ok(&env, &["delete", "-w", &ws_id, "-s", "c1"]);
+    ok(&env, &["cleanup", "-w", &ws_id, "--keep", "1"]);
 }
 
 /// Seed scenario 6: a snapshot subvolume deleted by hand.

@@ -341,6 +341,26 @@ impl Engine {
 
     /// SPEC §4 rule 5: the workspace path must be the symlink to `<data_root>/<ws_id>`, and
     /// that subvolume must exist. Returns the subvolume.
+    /// SPEC §4 rule 5: an operation that names the workspace by its path fails loudly when
+    /// that path no longer leads to the workspace. By ws_id, snapshots stay manageable.
+    fn check_path_addressed(
+        &self,
+        spec: &str,
+        ws: &WorkspaceEntry,
+        res: &Resolution,
+    ) -> Result<()> {
+        if spec == ws.ws_id {
+            return Ok(());
+        }
+        self.attached_subvol(ws, res).map(drop).map_err(|e| {
+            let hint = e.hint.clone().unwrap_or_default();
+            e.hint(format!(
+                "{hint}; its snapshots can still be managed by ID (`-w {}`)",
+                ws.ws_id
+            ))
+        })
+    }
+
     fn attached_subvol(&self, ws: &WorkspaceEntry, res: &Resolution) -> Result<PathBuf> {
         let subvol = res.ws_subvol(&ws.ws_id);
         if !self.sys().is_subvolume(&subvol)? {
@@ -820,6 +840,9 @@ impl Engine {
             None => self.unique_holder(caller, snapshot)?,
         };
         let res = self.storage_for(Some(&ws))?;
+        if let Some(spec) = workspace {
+            self.check_path_addressed(spec, &ws, &res)?;
+        }
         let entry = self.index_entry(&ws, snapshot)?;
         let path = res.snapshot_path(&ws.ws_id, snapshot);
         if entry.pinned && !force {
@@ -917,6 +940,7 @@ impl Engine {
                 .unwrap_or(self.config.retention.keep),
         };
         let res = self.storage_for(Some(&ws))?;
+        self.check_path_addressed(workspace, &ws, &res)?;
         let deleted = self
             .store
             .p
@@ -951,6 +975,7 @@ impl Engine {
         }
         let ws = self.resolve_workspace(workspace)?;
         let res = self.storage_for(Some(&ws))?;
+        self.check_path_addressed(workspace, &ws, &res)?;
         let from_path = self.usable_snapshot(&ws, &res, from)?;
         let diff_err = |e: crate::diff::DiffError| {
             Error::new(
