@@ -881,3 +881,52 @@ fn sixteen_concurrent_clients_lose_nothing() {
     assert!(stray.is_empty(), "temporary subvolumes left: {stray:?}");
     stop(&d);
 }
+
+/// Issue 4: the CLI prints the same thing whether it runs in-process or through the daemon.
+#[test]
+fn cli_output_is_the_same_in_process_and_through_the_daemon() {
+    let Some(env) = TestEnv::new("daemon-same-output") else {
+        return;
+    };
+    let a = plain_dir(&env, "a");
+    let w = a.to_str().unwrap();
+    env.run(&["checkpoint", "-w", w, "-s", "one", "-m", "first"])
+        .ok();
+    env.run(&["checkpoint", "-w", w, "-s", "two", "--pin"]).ok();
+    let commands: [&[&str]; 4] = [
+        &["list"],
+        &["list", "-w", w],
+        &["diff", "-w", w, "-f", "one", "-t", "two"],
+        &["plan"],
+    ];
+    let capture = |env: &TestEnv| -> Vec<(String, String)> {
+        commands
+            .iter()
+            .flat_map(|c| {
+                let table = env.run(c);
+                table.ok();
+                let mut j = vec!["--format", "json"];
+                j.extend_from_slice(c);
+                let json = env.run(&j);
+                json.ok();
+                [
+                    (table.stdout.clone(), table.stderr.clone()),
+                    (json.stdout.clone(), String::new()),
+                ]
+            })
+            .collect()
+    };
+    let in_process = capture(&env);
+    let d = start(&env);
+    let via_daemon = capture(&env);
+    assert_eq!(in_process, via_daemon);
+    // A refusal is reported the same way too.
+    let e1 = env.run(&["--format", "json", "rollback", "-w", w, "-s", "nope"]);
+    stop(&d);
+    let e2 = env.run(&["--format", "json", "rollback", "-w", w, "-s", "nope"]);
+    assert_eq!(
+        (e1.code(), e1.stdout.clone()),
+        (e2.code(), e2.stdout.clone())
+    );
+    assert_eq!(e1.code(), Some(1));
+}
