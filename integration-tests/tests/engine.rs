@@ -980,3 +980,51 @@ fn nested_subvolume_inside_a_workspace_is_reported() {
     btrfs(&["subvolume", "delete", p.join("top").to_str().unwrap()]);
     assert!(finding_kinds(&env.run(&["--format", "json", "apply"]).ok().json()).is_empty());
 }
+
+/// A write that lands in the original directory between the copy's verification and the
+/// swap is never lost: the original is kept and reported instead of deleted.
+#[test]
+fn late_write_into_the_original_keeps_both_copies() {
+    let Some(env) = TestEnv::new("late_write") else {
+        return;
+    };
+    env.write_config("");
+    env.run(&["apply"]).ok();
+    let p = env.home.join("busy");
+    TestEnv::make_sample_tree(&p);
+    env.write_config(&ws_table(&p));
+    let r = env.run_env(&["apply"], &[("WS_CKPT_FAULT", "init:after-exchange")]);
+    assert_eq!(r.code(), None, "{}", r.describe());
+    let originals = leftovers_beside(&p);
+    assert_eq!(originals.len(), 1, "{originals:?}");
+    let original = p.parent().unwrap().join(&originals[0]);
+    std::fs::write(
+        original.join("late.txt"),
+        b"written by a program during init",
+    )
+    .unwrap();
+    let r = env.run(&["--format", "json", "apply"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    let report = r.json();
+    let failed = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["result"] == "failed")
+        .expect("a failed action");
+    let msg = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(original.to_str().unwrap()) && msg.contains("changed"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(original.join("late.txt")).unwrap(),
+        b"written by a program during init"
+    );
+    assert!(is_symlink_to_subvol(&p, &env), "the workspace exists");
+    assert_eq!(
+        env.run(&["--format", "json", "apply"]).ok().json()["changed"],
+        false,
+        "no retry loop"
+    );
+}

@@ -790,6 +790,17 @@ impl LinkLeaders {
 /// [`CopyError::Mismatch`] with the path relative to the roots. Never follows symlinks or crosses
 /// mount points. Returns what `a` contains (with `reflinked_files` = 0).
 pub fn verify_tree(a: &Path, b: &Path) -> Result<CopyStats, CopyError> {
+    verify(a, b, true)
+}
+
+/// [`verify_tree`] without reading file contents: names, types, sizes, modes, owners,
+/// mtimes, symlink targets, xattrs and hardlink grouping only. Cheap; used to notice that a
+/// tree changed after it was fully verified (any write updates size or mtime).
+pub fn verify_tree_metadata(a: &Path, b: &Path) -> Result<CopyStats, CopyError> {
+    verify(a, b, false)
+}
+
+fn verify(a: &Path, b: &Path, content: bool) -> Result<CopyStats, CopyError> {
     let ma = lstat(a)?;
     let mb = lstat(b)?;
     let root = Path::new("");
@@ -801,6 +812,7 @@ pub fn verify_tree(a: &Path, b: &Path) -> Result<CopyStats, CopyError> {
         });
     }
     let mut v = Verifier {
+        content,
         stats: CopyStats::default(),
         leaders_a: LinkLeaders::default(),
         leaders_b: LinkLeaders::default(),
@@ -863,6 +875,8 @@ pub fn verify_tree(a: &Path, b: &Path) -> Result<CopyStats, CopyError> {
 }
 
 struct Verifier {
+    /// Compare file contents too (else metadata only).
+    content: bool,
     stats: CopyStats,
     leaders_a: LinkLeaders,
     leaders_b: LinkLeaders,
@@ -957,7 +971,9 @@ impl Verifier {
                     format!("size differs: {} vs {} in the copy", ma.size(), mb.size()),
                 ));
             }
-            self.compare_content(pa, pb, rel)?;
+            if self.content {
+                self.compare_content(pa, pb, rel)?;
+            }
         }
         let xa = read_xattrs(pa).map_err(io_err(pa, "read xattrs of"))?;
         let xb = read_xattrs(pb).map_err(io_err(pb, "read xattrs of"))?;
@@ -1376,6 +1392,26 @@ mod tests {
         copy_tree(&src, &dst, &mut no_progress()).unwrap();
         verify_tree(&src, &dst).unwrap();
         (tmp, src, dst)
+    }
+
+    #[test]
+    fn metadata_verify_skips_content_but_sees_writes() {
+        let (_tmp, src, dst) = copied_tree();
+        verify_tree_metadata(&src, &dst).unwrap();
+        let p = dst.join("a/b/c/deep.txt");
+        // Same size and mtime, other bytes: only a full verify sees it.
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(b"D", 0).unwrap();
+        drop(f);
+        set_mtime(&p, NSEC_MTIME.0, NSEC_MTIME.1);
+        verify_tree_metadata(&src, &dst).unwrap();
+        assert!(verify_tree(&src, &dst).is_err());
+        // An ordinary write (mtime moves) is seen, and so is a new file.
+        fs::write(src.join("a/b/c/deep.txt"), b"written later\n").unwrap();
+        let (path, _) = mismatch_of(verify_tree_metadata(&src, &dst).unwrap_err());
+        assert_eq!(path, Path::new("a/b/c/deep.txt"));
+        make_writable(&src);
+        make_writable(&dst);
     }
 
     #[test]

@@ -536,6 +536,24 @@ impl Executor<'_> {
         tmp: &Path,
     ) -> Result<()> {
         if let PathState::Dir { .. } = path_state(tmp) {
+            // The original is deleted only if it still matches the verified copy: a write
+            // that landed between the verification and the swap must not be lost.
+            if let Err(e) = copy::verify_tree_metadata(tmp, subvol) {
+                self.record_workspace(ws_id, path, subvol)?;
+                self.store.end(op)?;
+                return Err(Error::new(
+                    ErrorCode::OperationFailed,
+                    format!(
+                        "{} is now workspace {ws_id}, but the directory changed while it was being copied ({e}); the original is kept at {}",
+                        path.display(),
+                        tmp.display()
+                    ),
+                )
+                .hint(format!(
+                    "compare {} with the workspace, copy over what is missing, then delete it; stop programs writing into a directory before turning it into a workspace",
+                    tmp.display()
+                )));
+            }
             copy::remove_tree(tmp)?;
         } else if let PathState::Symlink { .. } = path_state(tmp) {
             std::fs::remove_file(tmp).map_err(io_err("remove", tmp))?;
