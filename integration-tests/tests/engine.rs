@@ -1028,3 +1028,43 @@ fn late_write_into_the_original_keeps_both_copies() {
         "no retry loop"
     );
 }
+
+/// A write into the workspace between release's verification and its swap undoes the
+/// release instead of deleting the workspace (and the write with it).
+#[test]
+fn late_write_into_the_workspace_undoes_the_release() {
+    let Some(env) = TestEnv::new("late_write_release") else {
+        return;
+    };
+    let p = env.home.join("rel");
+    TestEnv::make_sample_tree(&p);
+    env.write_config(&ws_table(&p));
+    env.run(&["apply"]).ok();
+    let id = ws_id(&env, &p);
+    let r = env.run_env(
+        &["release", p.to_str().unwrap()],
+        &[("WS_CKPT_FAULT", "release:after-exchange")],
+    );
+    assert_eq!(r.code(), None, "{}", r.describe());
+    // The path is already the plain copy; a program writes into the workspace itself.
+    let subvol = env.mount.join(&id);
+    std::fs::write(subvol.join("late.txt"), b"late").unwrap();
+    let r = env.run(&["--format", "json", "apply"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(is_symlink_to_subvol(&p, &env), "the release was undone");
+    assert_eq!(std::fs::read(p.join("late.txt")).unwrap(), b"late");
+    assert!(
+        leftovers_beside(&p).is_empty(),
+        "{:?}",
+        leftovers_beside(&p)
+    );
+    // With the writer gone, the declarative retry completes the release.
+    let r = env.run(&["--format", "json", "apply"]).ok().json();
+    assert!(
+        action_names(&r).contains(&"release-workspace".to_string()),
+        "{r:#}"
+    );
+    let meta = std::fs::symlink_metadata(&p).unwrap();
+    assert!(meta.is_dir() && !meta.file_type().is_symlink());
+    assert_eq!(std::fs::read(p.join("late.txt")).unwrap(), b"late");
+}

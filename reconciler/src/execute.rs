@@ -631,11 +631,29 @@ impl Executor<'_> {
         exchange(&tmp, path)?;
         fsync_dir(path.parent().unwrap_or(Path::new("/")));
         fault::point("release:after-exchange");
-        self.finish_release(&op, ws_id, &tmp)
+        self.finish_release(&op, ws_id, path, &tmp)
     }
 
-    fn finish_release(&mut self, op: &str, ws_id: &str, tmp: &Path) -> Result<()> {
+    fn finish_release(&mut self, op: &str, ws_id: &str, path: &Path, tmp: &Path) -> Result<()> {
+        let subvol = self.res.ws_subvol(ws_id);
         if let PathState::Symlink { .. } = path_state(tmp) {
+            // While the old symlink still exists the swap can be undone. Nothing is deleted
+            // unless the plain directory still matches the workspace: a write into the
+            // workspace after the verification must not be lost.
+            if let Err(e) = copy::verify_tree_metadata(&subvol, path) {
+                exchange(tmp, path)?;
+                fsync_dir(path.parent().unwrap_or(Path::new("/")));
+                copy::remove_tree(tmp)?;
+                self.store.end(op)?;
+                return Err(Error::new(
+                    ErrorCode::OperationFailed,
+                    format!(
+                        "release of {} undone: the workspace changed while it was being copied ({e}); it is unchanged and still workspace {ws_id}",
+                        path.display()
+                    ),
+                )
+                .hint("stop programs writing into the workspace, then retry (`ws-ckpt apply` retries by itself)"));
+            }
             std::fs::remove_file(tmp).map_err(io_err("remove", tmp))?;
         }
         let snap_dir = self.res.snap_dir(ws_id);
@@ -646,7 +664,6 @@ impl Executor<'_> {
         if snap_dir.exists() {
             copy::remove_tree(&snap_dir)?;
         }
-        let subvol = self.res.ws_subvol(ws_id);
         if self.sys.is_subvolume(&subvol)? {
             self.sys.delete_subvolume(&subvol)?;
         }
@@ -741,7 +758,7 @@ impl Executor<'_> {
                 ..
             } => {
                 if finish {
-                    self.finish_release(op_id, &ws_id, &tmp)
+                    self.finish_release(op_id, &ws_id, &path, &tmp)
                 } else {
                     if !matches!(path_state(&path), PathState::Symlink { target, .. } if target == subvol)
                     {
