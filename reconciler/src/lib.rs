@@ -30,3 +30,6 @@ pub mod status;
 pub mod store;
 pub mod sys;
 pub mod time;
+
+#[cfg(test)]
+mod fuzz_tests;
