@@ -1,0 +1,619 @@
+//! The measurements of SPEC §10, in the order they run. Each pairs what ws-ckpt does with the
+//! raw kernel operation it cannot avoid, measured in the same run on the same filesystem,
+//! interleaved where possible so that drift (page cache, btrfs background work) hits both.
+//!
+//! Two installations are used: `main` (single-operation costs, 8 clients, dirty data and the
+//! growth to 10 000 snapshots in one workspace) and `fleet` (many workspaces × many snapshots:
+//! daemon start, no-op pass, peak RSS). This module must not print results (only progress on
+//! stderr) or leave a daemon running when it returns.
+
+use crate::instance::{Instance, QUICK, SLOW};
+use crate::raw::{self, Raw};
+use crate::report::{Metric, Unit};
+use crate::scratch::check_interrupted;
+use crate::stats::{ratio, Summary};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+use ws_ckpt::api::Request;
+use ws_ckpt::sys::Sys;
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// `--quick`.
+    pub quick: bool,
+    /// Repetitions of the single-operation measurements.
+    pub reps: usize,
+    /// Concurrent clients (and raw threads).
+    pub clients: usize,
+    /// Checkpoints per client per round.
+    pub per_client: usize,
+    /// Rounds of the concurrent measurement.
+    pub conc_rounds: usize,
+    /// Snapshot counts at which one workspace's checkpoint cost is measured.
+    pub levels: Vec<usize>,
+    /// Repetitions per level.
+    pub level_reps: usize,
+    /// Rounds of the dirty-data measurement.
+    pub dirty_rounds: usize,
+    /// Files written before each dirty checkpoint.
+    pub dirty_files: usize,
+    /// Bytes written before each dirty checkpoint.
+    pub dirty_bytes: usize,
+    /// Workspaces of the fleet.
+    pub fleet_workspaces: usize,
+    /// Snapshots per fleet workspace.
+    pub fleet_snapshots: usize,
+    /// Daemon restarts and no-op passes measured on the fleet.
+    pub fleet_reps: usize,
+    /// Threads creating bulk snapshots.
+    pub bulk_threads: usize,
+    /// Image size cap of `main`, GiB (sparse).
+    pub main_gib: u64,
+    /// Image size cap of `fleet`, GiB (sparse).
+    pub fleet_gib: u64,
+}
+
+impl Params {
+    /// The full run (about 10 minutes on 2 cores) or `--quick` (about 2).
+    pub fn new(quick: bool) -> Params {
+        if quick {
+            Params {
+                quick,
+                reps: 20,
+                clients: 8,
+                per_client: 8,
+                conc_rounds: 2,
+                levels: vec![10, 1000],
+                level_reps: 20,
+                dirty_rounds: 3,
+                dirty_files: 1000,
+                dirty_bytes: 64 << 20,
+                fleet_workspaces: 20,
+                fleet_snapshots: 100,
+                fleet_reps: 3,
+                bulk_threads: 4,
+                main_gib: 4,
+                fleet_gib: 4,
+            }
+        } else {
+            Params {
+                quick,
+                reps: 40,
+                clients: 8,
+                per_client: 20,
+                conc_rounds: 3,
+                levels: vec![10, 1000, 10_000],
+                level_reps: 30,
+                dirty_rounds: 5,
+                dirty_files: 1000,
+                dirty_bytes: 64 << 20,
+                fleet_workspaces: 100,
+                fleet_snapshots: 1000,
+                fleet_reps: 3,
+                bulk_threads: 4,
+                main_gib: 8,
+                fleet_gib: 16,
+            }
+        }
+    }
+
+    /// The sizes as JSON (for the report's context).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "quick": self.quick,
+            "reps": self.reps,
+            "clients": self.clients,
+            "checkpoints_per_client": self.per_client,
+            "concurrent_rounds": self.conc_rounds,
+            "snapshot_levels": self.levels,
+            "reps_per_level": self.level_reps,
+            "dirty_rounds": self.dirty_rounds,
+            "dirty_files": self.dirty_files,
+            "dirty_bytes": self.dirty_bytes,
+            "fleet_workspaces": self.fleet_workspaces,
+            "fleet_snapshots_per_workspace": self.fleet_snapshots,
+            "fleet_reps": self.fleet_reps,
+        })
+    }
+}
+
+/// Collected results: rows for the table, plus context for the JSON.
+#[derive(Default)]
+pub struct Results {
+    /// The rows, in order.
+    pub metrics: Vec<Metric>,
+    /// Extra facts (setup timings, counts).
+    pub context: Map<String, Value>,
+}
+
+fn progress(msg: &str) {
+    eprintln!("[ws-ckpt-bench] {msg}");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary(samples: &[Duration]) -> Result<Summary> {
+    Summary::of_millis(samples).ok_or_else(|| anyhow!("no samples"))
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Run everything; rows are appended to `out` as they are measured, so that an error or
+/// Ctrl-C still leaves what was measured so far.
+pub fn run_all(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
+    main_phases(scratch, bin, p, out)?;
+    check_interrupted()?;
+    fleet_phase(scratch, bin, p, out)
+}
+
+/// Workspaces of the `main` installation, with their raw twins.
+struct Pair {
+    ws: PathBuf,
+    src: PathBuf,
+}
+
+fn main_phases(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
+    let mut inst = Instance::create(scratch, "main", bin, p.main_gib)?;
+    progress("starting the daemon on a fresh loop image (mkfs included)");
+    let first = inst.start_daemon()?;
+    out.context
+        .insert("first_start_with_mkfs_ms".into(), json!(ms(first)));
+    let raw = Raw::new(&inst.mount)?;
+    progress(&format!(
+        "creating {} workspaces with `ws-ckpt init`",
+        p.clients
+    ));
+    let mut pairs = Vec::new();
+    let mut inits = Vec::new();
+    for i in 0..p.clients {
+        let ws = inst.home.join(format!("ws{i}"));
+        std::fs::create_dir_all(&ws).with_context(|| format!("cannot create {}", ws.display()))?;
+        raw::write_sample_tree(&ws)?;
+        inits.push(inst.cli(&["init", &path_str(&ws)])?);
+        let src = raw.source(&i.to_string())?;
+        pairs.push(Pair { ws, src });
+    }
+    out.metrics.push(Metric::new(
+        "init of a small directory (CLI)",
+        Unit::Millis,
+        summary(&inits)?,
+        None,
+        "`ws-ckpt init DIR` process start to exit, 81 files (no raw counterpart)",
+    ));
+    raw::syncfs(&inst.mount)?;
+
+    single_operations(&inst, &raw, &pairs[0], p, out)?;
+    concurrent(&inst, &raw, &pairs, p, out)?;
+    dirty(&inst, &raw, &pairs[0], p, out)?;
+    growth(&inst, &raw, p, out)?;
+    inst.stop_daemon()?;
+    Ok(())
+}
+
+/// Checkpoint and rollback, end to end (CLI) and through the socket, vs one raw snapshot.
+fn single_operations(
+    inst: &Instance,
+    raw: &Raw,
+    pair: &Pair,
+    p: &Params,
+    out: &mut Results,
+) -> Result<()> {
+    let ws = path_str(&pair.ws);
+    progress(&format!(
+        "checkpoint: {} × (CLI, socket, raw ioctl)",
+        p.reps
+    ));
+    let (mut cli, mut sock, mut rawt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..p.reps {
+        check_interrupted()?;
+        cli.push(inst.cli(&["checkpoint", "-w", &ws])?);
+        let t = Instant::now();
+        inst.checkpoint(&pair.ws)?;
+        sock.push(t.elapsed());
+        rawt.push(raw.timed_snapshot(&pair.src, "ckpt", true)?);
+    }
+    let raw_ckpt = summary(&rawt)?;
+    out.metrics.push(Metric::new(
+        "checkpoint, end to end (CLI)",
+        Unit::Millis,
+        summary(&cli)?,
+        Some(raw_ckpt),
+        "spawn `ws-ckpt checkpoint -w WS` → exit (daemon running) vs one raw read-only BTRFS_IOC_SNAP_CREATE_V2 of a subvolume with the same files",
+    ));
+    out.metrics.push(Metric::new(
+        "checkpoint, socket only",
+        Unit::Millis,
+        summary(&sock)?,
+        Some(raw_ckpt),
+        "one `checkpoint` request on the daemon socket (ipc::call, no process start) vs the same raw snapshot",
+    ));
+
+    let target = inst.checkpoint(&pair.ws)?;
+    let raw_target = raw.dest("rb-target")?;
+    raw.sys().snapshot(&pair.src, &raw_target, true)?;
+    progress(&format!("rollback: {} × (CLI, socket, raw ioctl)", p.reps));
+    let (mut cli, mut sock, mut rawt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..p.reps {
+        check_interrupted()?;
+        cli.push(inst.cli(&["rollback", "-w", &ws, "-s", &target])?);
+        let t = Instant::now();
+        inst.call(
+            &Request::Rollback {
+                workspace: ws.clone(),
+                snapshot: target.clone(),
+                force: false,
+            },
+            QUICK,
+        )?;
+        sock.push(t.elapsed());
+        rawt.push(raw.timed_snapshot(&raw_target, "rb", false)?);
+    }
+    let raw_rb = summary(&rawt)?;
+    out.metrics.push(Metric::new(
+        "rollback, end to end (CLI)",
+        Unit::Millis,
+        summary(&cli)?,
+        Some(raw_rb),
+        "spawn `ws-ckpt rollback -w WS -s ID` → exit vs one raw writable snapshot of a read-only snapshot (ws-ckpt also exchanges the names and deletes the old subvolume)",
+    ));
+    out.metrics.push(Metric::new(
+        "rollback, socket only",
+        Unit::Millis,
+        summary(&sock)?,
+        Some(raw_rb),
+        "one `rollback` request on the socket vs the same raw writable snapshot",
+    ));
+    Ok(())
+}
+
+/// `clients` threads, each checkpointing its own workspace through the socket, vs as many
+/// threads each snapshotting its own raw subvolume.
+fn concurrent(
+    inst: &Instance,
+    raw: &Raw,
+    pairs: &[Pair],
+    p: &Params,
+    out: &mut Results,
+) -> Result<()> {
+    progress(&format!(
+        "{} clients × {} checkpoints, {} rounds (socket vs raw threads)",
+        p.clients, p.per_client, p.conc_rounds
+    ));
+    let (mut ours_rate, mut raw_rate, mut ours_lat, mut raw_lat) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..p.conc_rounds {
+        check_interrupted()?;
+        let (wall, lat) = in_threads(pairs, p.per_client, |pair| {
+            let t = Instant::now();
+            inst.checkpoint(&pair.ws)?;
+            Ok(t.elapsed())
+        })?;
+        ours_rate.push((pairs.len() * p.per_client) as f64 / wall.as_secs_f64());
+        ours_lat.extend(lat);
+        let (wall, lat) = in_threads(pairs, p.per_client, |pair| {
+            let name = pair
+                .src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let group = format!("conc-{}", name.unwrap_or_default());
+            raw.timed_snapshot(&pair.src, &group, true)
+        })?;
+        raw_rate.push((pairs.len() * p.per_client) as f64 / wall.as_secs_f64());
+        raw_lat.extend(lat);
+    }
+    let rate = |v: &[f64]| Summary::of(v).ok_or_else(|| anyhow!("no samples"));
+    out.metrics.push(Metric::new(
+        format!("{} clients: throughput", p.clients),
+        Unit::PerSecond,
+        rate(&ours_rate)?,
+        Some(rate(&raw_rate)?),
+        format!(
+            "checkpoints/s of {n} threads each sending `checkpoint` requests for its own workspace vs snapshots/s of {n} threads each snapshotting its own subvolume (median over rounds)",
+            n = p.clients
+        ),
+    ));
+    out.metrics.push(Metric::new(
+        format!("{} clients: latency", p.clients),
+        Unit::Millis,
+        summary(&ours_lat)?,
+        Some(summary(&raw_lat)?),
+        "per-request latency during the concurrent rounds vs per-ioctl latency of the raw threads",
+    ));
+    Ok(())
+}
+
+/// Run `op` `per` times in one thread per pair, all released together; returns the wall
+/// time until the last finished and every operation's own duration.
+fn in_threads<F>(pairs: &[Pair], per: usize, op: F) -> Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(&Pair) -> Result<Duration> + Sync,
+{
+    let barrier = Barrier::new(pairs.len() + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|pair| {
+                let (op, barrier) = (&op, &barrier);
+                s.spawn(move || -> Result<Vec<Duration>> {
+                    barrier.wait();
+                    (0..per).map(|_| op(pair)).collect()
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let mut all = Vec::new();
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(v)) => all.extend(v),
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => first_err = first_err.or(Some(anyhow!("a client thread panicked"))),
+            }
+        }
+        let wall = t.elapsed();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok((wall, all)),
+        }
+    })
+}
+
+/// Checkpoint right after writing files, vs the raw ioctl after the same writes.
+fn dirty(inst: &Instance, raw: &Raw, pair: &Pair, p: &Params, out: &mut Results) -> Result<()> {
+    progress(&format!(
+        "dirty data: {} rounds of {} files / {} MiB, then checkpoint (socket) vs raw",
+        p.dirty_rounds,
+        p.dirty_files,
+        p.dirty_bytes >> 20
+    ));
+    let (mut ours, mut rawt) = (Vec::new(), Vec::new());
+    for round in 0..p.dirty_rounds {
+        check_interrupted()?;
+        raw::syncfs(&inst.mount)?;
+        raw::write_dirty(&pair.ws, p.dirty_files, p.dirty_bytes, round)?;
+        let t = Instant::now();
+        inst.checkpoint(&pair.ws)?;
+        ours.push(t.elapsed());
+        raw::syncfs(&inst.mount)?;
+        raw::write_dirty(&pair.src, p.dirty_files, p.dirty_bytes, round)?;
+        rawt.push(raw.timed_snapshot(&pair.src, "dirty", true)?);
+    }
+    out.metrics.push(Metric::new(
+        "checkpoint after writing (dirty data)",
+        Unit::Millis,
+        summary(&ours)?,
+        Some(summary(&rawt)?),
+        format!(
+            "`checkpoint` request right after writing {} files / {} MiB into the workspace (unsynced) vs the raw snapshot right after the same writes into its subvolume; both flush the data",
+            p.dirty_files,
+            p.dirty_bytes >> 20
+        ),
+    ));
+    Ok(())
+}
+
+/// Snapshot IDs `bulk-<start>…` (valid, sortable).
+fn bulk_ids(start: usize, count: usize) -> Vec<String> {
+    (start..start + count)
+        .map(|i| format!("bulk-{i:06}"))
+        .collect()
+}
+
+/// Checkpoint cost in one workspace holding 10, 1 000 (and 10 000) snapshots.
+fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<()> {
+    let (ws, ws_id) = inst.init_workspace("growth")?;
+    let subvol = inst.mount.join(&ws_id);
+    let snap_dir = inst.mount.join("snapshots").join(&ws_id);
+    let src = raw.source("growth")?;
+    let mut have = 0usize;
+    let mut next_id = 0usize;
+    let mut rows: Vec<(usize, Summary, Summary)> = Vec::new();
+    for &level in &p.levels {
+        check_interrupted()?;
+        let need = level.saturating_sub(have);
+        if need > 0 {
+            progress(&format!(
+                "growth: {need} raw snapshots into the workspace, then `apply` adopts them"
+            ));
+            let ids = bulk_ids(next_id, need);
+            next_id += need;
+            let made = raw::bulk_snapshots(raw.sys(), &subvol, &snap_dir, &ids, p.bulk_threads)?;
+            let t = Instant::now();
+            inst.apply()?;
+            let adopt = t.elapsed();
+            have += need;
+            // The daemon may have adopted some already (a pass triggered meanwhile).
+            let n = inst.snapshot_count(Some(&ws))?;
+            if n != have {
+                bail!("the workspace lists {n} snapshots after apply, expected {have}");
+            }
+            out.context.insert(
+                format!("growth_bulk_{level}"),
+                json!({"raw_snapshots": need, "raw_ms": ms(made), "adopt_apply_ms": ms(adopt)}),
+            );
+        }
+        progress(&format!(
+            "growth: {} checkpoints at {have} snapshots (socket vs raw)",
+            p.level_reps
+        ));
+        raw::syncfs(&inst.mount)?;
+        let (mut ours, mut rawt) = (Vec::new(), Vec::new());
+        for _ in 0..p.level_reps {
+            check_interrupted()?;
+            let t = Instant::now();
+            inst.checkpoint(&ws)?;
+            ours.push(t.elapsed());
+            rawt.push(raw.timed_snapshot(&src, "growth", true)?);
+        }
+        let (o, r) = (summary(&ours)?, summary(&rawt)?);
+        out.metrics.push(Metric::new(
+            format!("checkpoint at {level} snapshots"),
+            Unit::Millis,
+            o,
+            Some(r),
+            format!("`checkpoint` request in a workspace already holding {have} snapshots vs a raw snapshot on the same filesystem (which holds as many subvolumes)"),
+        ));
+        rows.push((level, o, r));
+        have += p.level_reps;
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        let growth = ratio(last.1.median, first.1.median);
+        let raw_growth = ratio(last.2.median, first.2.median);
+        if let (Some(g), Some(rg)) = (growth, raw_growth) {
+            out.metrics.push(Metric::new(
+                format!("checkpoint growth {} → {} snapshots", first.0, last.0),
+                Unit::Factor,
+                Summary::single(g),
+                Some(Summary::single(rg)),
+                format!(
+                    "ours: our median at {} snapshots / our median at {} (must stay ~1); raw: the same for the raw snapshot (the kernel's own growth); ratio: ours / raw, the growth the kernel does not explain",
+                    last.0, first.0
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything a pass must at least read from the kernel: the mount table and the subvolume
+/// listings of data_root, snapshots_root and every workspace's snapshot directory.
+fn raw_observe(raw: &Raw, mount: &Path, ws_ids: &[String]) -> Result<Duration> {
+    let sys = raw.sys();
+    let t = Instant::now();
+    sys.mounts()?;
+    sys.list_subvolumes(mount)?;
+    let snaps = mount.join("snapshots");
+    sys.list_subvolumes(&snaps)?;
+    for id in ws_ids {
+        sys.list_subvolumes(&snaps.join(id))?;
+    }
+    Ok(t.elapsed())
+}
+
+/// Many workspaces × many snapshots: daemon start → ready, one no-op pass, peak RSS.
+fn fleet_phase(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
+    let (nw, ns) = (p.fleet_workspaces, p.fleet_snapshots);
+    let mut inst = Instance::create(scratch, "fleet", bin, p.fleet_gib)?;
+    progress(&format!(
+        "fleet: new installation, {nw} workspaces × {ns} snapshots"
+    ));
+    inst.start_daemon()?;
+    let raw = Raw::new(&inst.mount)?;
+    let t = Instant::now();
+    let mut ws_ids = Vec::new();
+    for i in 0..nw {
+        check_interrupted()?;
+        let (_, id) = inst.init_workspace(&format!("f{i:03}"))?;
+        ws_ids.push(id);
+    }
+    out.context
+        .insert("fleet_init_ms".into(), json!(ms(t.elapsed())));
+    // The bulk is made with the daemon stopped (no passes reacting to thousands of new
+    // subvolumes meanwhile); its next start adopts everything in its first pass.
+    inst.stop_daemon()?;
+    let t = Instant::now();
+    for (chunk_no, chunk) in ws_ids.chunks(10).enumerate() {
+        progress(&format!(
+            "fleet: raw snapshots for workspaces {}.. of {nw}",
+            chunk_no * 10
+        ));
+        for id in chunk {
+            let dir = inst.mount.join("snapshots").join(id);
+            raw::bulk_snapshots(
+                raw.sys(),
+                &inst.mount.join(id),
+                &dir,
+                &bulk_ids(0, ns),
+                p.bulk_threads,
+            )?;
+        }
+    }
+    out.context
+        .insert("fleet_raw_snapshots_ms".into(), json!(ms(t.elapsed())));
+    progress(&format!(
+        "fleet: daemon start adopts {} snapshots in its first pass",
+        nw * ns
+    ));
+    let adopt = inst.start_daemon()?;
+    out.context
+        .insert("fleet_start_adopting_all_ms".into(), json!(ms(adopt)));
+    let n = inst.snapshot_count(None)?;
+    if n != nw * ns {
+        bail!(
+            "the daemon lists {n} snapshots after its first pass, expected {}",
+            nw * ns
+        );
+    }
+    out.context.insert(
+        "fleet_rss_after_adopt_kib".into(),
+        json!(inst.daemon_peak_rss_kib()?),
+    );
+    raw::syncfs(&inst.mount)?;
+
+    progress(&format!("fleet: {} daemon restarts", p.fleet_reps));
+    let (mut starts, mut stops) = (Vec::new(), Vec::new());
+    for _ in 0..p.fleet_reps {
+        check_interrupted()?;
+        if let Some(d) = inst.stop_daemon()? {
+            stops.push(d);
+        }
+        starts.push(inst.start_daemon()?);
+    }
+    progress(&format!("fleet: {} no-op passes", p.fleet_reps));
+    let (mut passes, mut observe) = (Vec::new(), Vec::new());
+    for _ in 0..p.fleet_reps {
+        check_interrupted()?;
+        let t = Instant::now();
+        let reply = inst.call(
+            &Request::Apply {
+                check: false,
+                prune: false,
+            },
+            SLOW,
+        )?;
+        passes.push(t.elapsed());
+        if reply.get("changed").and_then(Value::as_bool) != Some(false) {
+            eprintln!("ws-ckpt-bench: WARNING: the no-op apply changed something: {reply}");
+        }
+        observe.push(raw_observe(&raw, &inst.mount, &ws_ids)?);
+    }
+    let rss = inst.daemon_peak_rss_kib()?;
+    let obs = summary(&observe)?;
+    let label = format!("{nw} ws × {ns} snapshots");
+    out.metrics.push(Metric::new(
+        format!("daemon start → ready ({label})"),
+        Unit::Millis,
+        summary(&starts)?,
+        Some(obs),
+        "spawn `ws-ckpt daemon` → its socket accepts a connection (after loading state and indexes and the first full pass) vs reading the mount table and listing every subvolume directory once (the kernel reads any pass needs)",
+    ));
+    out.metrics.push(Metric::new(
+        format!("no-op apply pass ({label})"),
+        Unit::Millis,
+        summary(&passes)?,
+        Some(obs),
+        "one `apply` request that changes nothing vs the same raw listing",
+    ));
+    out.metrics.push(Metric::new(
+        format!("daemon peak RSS ({label})"),
+        Unit::KiB,
+        Summary::single(rss as f64),
+        None,
+        "VmHWM of the daemon after its start and the no-op passes (no raw counterpart)",
+    ));
+    out.context.insert(
+        "fleet_clean_stop_ms".into(),
+        json!(summary(&stops).ok().map(|s| s.median)),
+    );
+    inst.stop_daemon()?;
+    Ok(())
+}
