@@ -305,9 +305,10 @@ pub fn find_tool(name: &str) -> PathBuf {
     );
 }
 
-/// Run a helper command to completion, panicking with its command line, status and stderr on
-/// failure. Returns stdout.
-fn run_tool(cmd: &mut Command) -> String {
+/// Run a helper command to completion, panicking with its command line, status, stdout and
+/// stderr on failure. Returns its output.
+#[track_caller]
+pub fn run_tool(cmd: &mut Command) -> std::process::Output {
     let line = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
@@ -315,12 +316,19 @@ fn run_tool(cmd: &mut Command) -> String {
         .unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
     if !out.status.success() {
         panic!(
-            "{line} failed with {}: {}",
+            "{line} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
+}
+
+/// Run `btrfs ARGS…` (btrfs-progs, tests only), panicking with its stderr on failure.
+#[track_caller]
+pub fn btrfs(args: &[&str]) {
+    run_tool(Command::new(find_tool("btrfs")).args(args));
 }
 
 /// `program` with [`SCRUBBED_ENV`] removed and stdin null.
@@ -817,6 +825,7 @@ impl TestEnv {
                 .args(["-f", "--show"])
                 .arg(&image),
         );
+        let dev = String::from_utf8_lossy(&dev.stdout);
         let dev = dev.trim();
         if !dev.starts_with("/dev/loop") {
             panic!(

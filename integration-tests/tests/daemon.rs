@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use ws_ckpt_integration_tests::{find_tool, wait_until, Spawned, TestEnv};
+use ws_ckpt_integration_tests::{btrfs, find_tool, wait_until, Spawned, TestEnv};
 
 /// First start creates and formats the image: allow for a slow machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -157,18 +157,6 @@ fn snapshot_is_missing(list: &Value, id: &str) -> bool {
         }
     }
     walk(list, id)
-}
-
-fn btrfs(args: &[&str]) {
-    let out = Command::new(find_tool("btrfs"))
-        .args(args)
-        .output()
-        .expect("run btrfs");
-    assert!(
-        out.status.success(),
-        "btrfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn plain_dir(env: &TestEnv, name: &str) -> PathBuf {

@@ -6,19 +6,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use ws_ckpt_integration_tests::{find_tool, loops_under, mounts_under, TestEnv};
-
-fn btrfs(args: &[&str]) {
-    let out = Command::new(find_tool("btrfs"))
-        .args(args)
-        .output()
-        .expect("run btrfs");
-    assert!(
-        out.status.success(),
-        "btrfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use ws_ckpt_integration_tests::{btrfs, loops_under, mounts_under, TestEnv};
 
 fn sh(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("run");

@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -60,23 +60,7 @@ fn skip(tool: &str, test: &str) {
     let _ = std::io::stderr().lock().write_all(msg.as_bytes());
 }
 
-#[track_caller]
-fn run(cmd: &mut Command) -> Output {
-    let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{line} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
+use ws_ckpt_integration_tests::run_tool as run;
 
 #[track_caller]
 fn stdout_of(cmd: &mut Command) -> String {

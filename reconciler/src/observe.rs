@@ -136,7 +136,8 @@ pub fn path_state(p: &Path) -> PathState {
     }
 }
 
-fn file_info(p: &Path) -> Option<FileInfo> {
+/// Size and identity of the regular file at `p` (following symlinks), if there is one.
+pub fn file_info(p: &Path) -> Option<FileInfo> {
     let m = std::fs::metadata(p).ok()?;
     m.is_file().then_some(FileInfo {
         size: m.len(),

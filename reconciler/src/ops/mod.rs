@@ -26,7 +26,7 @@ use crate::execute::{exchange, fsync_dir, new_entry};
 use crate::fault;
 use crate::ids;
 use crate::model::{PendingKind, RollbackPhase, StateProblem};
-use crate::observe::{detect_base, path_state, storage_mounted, FileInfo, Observed, PathState};
+use crate::observe::{detect_base, file_info, path_state, storage_mounted, Observed, PathState};
 use crate::plan::{resolve_backend, retention_deletions, FindingKind, Resolution, RetentionDelete};
 use crate::state::{SnapshotEntry, WorkspaceEntry};
 use crate::store::new_op_id;
@@ -192,15 +192,6 @@ fn check_snapshot_id(id: &str) -> Result<()> {
         )
         .hint("IDs are 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"))
     }
-}
-
-fn file_info(p: &Path) -> Option<FileInfo> {
-    let m = std::fs::metadata(p).ok()?;
-    m.is_file().then_some(FileInfo {
-        size: m.len(),
-        dev: m.dev(),
-        ino: m.ino(),
-    })
 }
 
 fn is_tmpfs(p: &Path) -> bool {
