@@ -7,7 +7,7 @@
 
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,16 +47,6 @@ pub struct DaemonLock {
     lock: Option<Flock<File>>,
     /// True when the file existed, unlocked, before we took it: the previous holder crashed.
     pub previous_unclean: bool,
-}
-
-/// Who holds the lock right now, read without taking it.
-pub fn holder_pid(state_dir: &Path) -> Option<u32> {
-    let mut s = String::new();
-    File::open(state_dir.join(LOCK_FILE))
-        .ok()?
-        .read_to_string(&mut s)
-        .ok()?;
-    s.split_whitespace().next()?.parse().ok()
 }
 
 impl DaemonLock {
@@ -153,7 +143,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = DaemonLock::acquire(dir.path(), Duration::ZERO, "cli").unwrap();
         assert!(!l.previous_unclean);
-        assert_eq!(holder_pid(dir.path()), Some(std::process::id()));
+        let content = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert_eq!(content, format!("{} cli\n", std::process::id()));
         l.release();
         assert!(!dir.path().join(LOCK_FILE).exists());
         let l = DaemonLock::acquire(dir.path(), Duration::ZERO, "cli").unwrap();

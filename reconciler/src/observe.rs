@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::model::Persisted;
 use crate::plan::{resolve_backend, Resolution};
 use crate::state::{parse_index, WorkspaceIndex};
-use crate::sys::{mountinfo, FsUsage, LoopDevice, MountEntry, Sys};
+use crate::sys::{FsUsage, LoopDevice, MountEntry, Sys};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -64,8 +64,6 @@ pub struct StorageView {
     pub snapshots: BTreeMap<String, BTreeSet<String>>,
     /// Legacy (v0) indexes found at `<snapshots_root>/<ws_id>/index.json`.
     pub v0_indexes: BTreeMap<String, WorkspaceIndex>,
-    /// Loop device size when the backend is a loop image.
-    pub loop_device: Option<PathBuf>,
     /// ws_id → subvolumes nested inside that workspace (relative paths), recorded ones only.
     pub nested: BTreeMap<String, Vec<PathBuf>>,
 }
@@ -289,9 +287,6 @@ fn observe_storage(sys: &dyn Sys, obs: &Observed, res: &Resolution) -> StorageVi
         snapshots_root_exists: res.snapshots_root.is_dir(),
         ..Default::default()
     };
-    if res.image.is_some() {
-        view.loop_device = Some(PathBuf::from(&view.device));
-    }
     view.workspace_subvols = sys
         .list_subvolumes(&res.data_root)
         .unwrap_or_default()
@@ -330,9 +325,4 @@ pub fn fill_subvols(sys: &dyn Sys, obs: &mut Observed) {
         let is = sys.is_subvolume(&k).unwrap_or(false);
         obs.subvols.insert(k, is);
     }
-}
-
-/// Find the mount containing `path` (re-exported for callers that only have mounts).
-pub fn mount_containing<'a>(mounts: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    mountinfo::find_mount_containing(mounts, path)
 }

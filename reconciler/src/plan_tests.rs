@@ -121,7 +121,6 @@ fn mounted() -> Observed {
             },
             data_root_exists: true,
             snapshots_root_exists: true,
-            loop_device: Some("/dev/loop1".into()),
             ..Default::default()
         }),
         ..Default::default()

@@ -9,7 +9,7 @@ use crate::state::{
     load_state, save_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
     WorkspaceEntry, WorkspaceIndex,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -58,11 +58,6 @@ impl Store {
             }
         }
         Ok(Store { p, indexes })
-    }
-
-    /// Path of state.json.
-    pub fn state_path(&self) -> &Path {
-        &self.p.state_path
     }
 
     /// Write state.json (no-op when there is no state yet).
@@ -206,19 +201,6 @@ impl Store {
         idx.apply(&op);
         self.indexes.append(ws_id, &op, idx)?;
         Ok(())
-    }
-
-    /// Rewrite index.json from memory and drop the journal (clean shutdown).
-    pub fn compact_all(&self) -> Result<()> {
-        for (ws_id, idx) in &self.p.indexes {
-            self.indexes.write_full(ws_id, idx)?;
-        }
-        Ok(())
-    }
-
-    /// Directory of the indexes.
-    pub fn index_dir(&self, ws_id: &str) -> PathBuf {
-        self.indexes.dir(ws_id)
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
 
-use super::{is_valid_workspace_id, line_col, normalize_abs_path, Config, ConfigError, DeclState};
+use super::{error_at, is_valid_workspace_id, normalize_abs_path, Config, ConfigError, DeclState};
 
 /// File name (inside the drop-in directory) of the upgrade declarations.
 pub const MIGRATED_FILE_NAME: &str = "40-migrated.toml";
@@ -309,20 +309,13 @@ fn toml_str(path: &Path) -> String {
 }
 
 fn toml_error(file: &Path, text: &str, e: &toml_edit::TomlError) -> ConfigError {
-    let (line, column) = match e.span() {
-        Some(s) => {
-            let (l, c) = line_col(text, s.start);
-            (Some(l), Some(c))
-        }
-        None => (None, None),
-    };
-    ConfigError {
-        file: file.to_path_buf(),
-        line,
-        column,
-        key: None,
-        message: e.message().trim().to_string(),
-    }
+    error_at(
+        file,
+        text,
+        e.span().as_ref(),
+        None,
+        e.message().trim().to_string(),
+    )
 }
 
 /// Validate `text` as one complete config file named `file`.

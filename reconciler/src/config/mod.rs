@@ -354,6 +354,27 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// A [`ConfigError`] in `file` at byte `span` of `text` (no position when `span` is `None`).
+pub(crate) fn error_at(
+    file: &Path,
+    text: &str,
+    span: Option<&Range<usize>>,
+    key: Option<String>,
+    message: String,
+) -> ConfigError {
+    let (line, column) = match span.map(|s| line_col(text, s.start)) {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
 /// One file being validated: its name and text, for positioned errors.
 struct Source<'a> {
     file: &'a Path,
@@ -367,20 +388,13 @@ impl Source<'_> {
         key: &str,
         message: impl Into<String>,
     ) -> ConfigError {
-        let (line, column) = match span {
-            Some(s) => {
-                let (l, c) = line_col(self.text, s.start);
-                (Some(l), Some(c))
-            }
-            None => (None, None),
-        };
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key: Some(key.to_string()),
-            message: message.into(),
-        }
+        error_at(
+            self.file,
+            self.text,
+            span.as_ref(),
+            Some(key.to_string()),
+            message.into(),
+        )
     }
 
     fn loc(&self, span: Range<usize>) -> Loc {
@@ -653,20 +667,7 @@ fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigError> {
     let src = Source { file, text };
     let raw = raw::parse(text).map_err(|e| {
         let key = e.span.as_ref().and_then(|s| raw::key_at(text, s.start));
-        let (line, column) = match &e.span {
-            Some(s) => {
-                let (l, c) = line_col(text, s.start);
-                (Some(l), Some(c))
-            }
-            None => (None, None),
-        };
-        ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key,
-            message: e.message,
-        }
+        error_at(file, text, e.span.as_ref(), key, e.message)
     })?;
 
     let mut layer = Layer::default();

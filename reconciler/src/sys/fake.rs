@@ -140,6 +140,22 @@ impl FakeSys {
     }
 }
 
+/// Record a btrfs mount of `device` at `target`, as the kernel would list it.
+fn push_btrfs_mount(st: &mut State, device: &Path, target: &Path) {
+    let mount_id = st.next_mount_id;
+    st.next_mount_id += 1;
+    st.mounts.push(MountEntry {
+        mount_id,
+        dev: format!("0:{}", 100 + mount_id),
+        root: PathBuf::from("/"),
+        mount_point: target.to_path_buf(),
+        mount_options: "rw,relatime".to_owned(),
+        fs_type: "btrfs".to_owned(),
+        source: device.display().to_string(),
+        super_options: "rw,space_cache=v2,subvolid=5,subvol=/".to_owned(),
+    });
+}
+
 fn err(op: &'static str, path: &Path, errno: i32) -> SysError {
     SysError::io(op, path, std::io::Error::from_raw_os_error(errno))
 }
@@ -365,18 +381,7 @@ impl Sys for FakeSys {
                 (device, true, false)
             }
         };
-        let mount_id = st.next_mount_id;
-        st.next_mount_id += 1;
-        st.mounts.push(MountEntry {
-            mount_id,
-            dev: format!("0:{}", 100 + mount_id),
-            root: PathBuf::from("/"),
-            mount_point: target.to_path_buf(),
-            mount_options: "rw,relatime".to_owned(),
-            fs_type: "btrfs".to_owned(),
-            source: device.display().to_string(),
-            super_options: "rw,space_cache=v2,subvolid=5,subvol=/".to_owned(),
-        });
+        push_btrfs_mount(&mut st, &device, target);
         Ok(MountedImage {
             device,
             direct_io,
@@ -415,18 +420,7 @@ impl Sys for FakeSys {
         if !target.is_dir() {
             return Err(err(OP, target, libc::ENOENT));
         }
-        let mount_id = st.next_mount_id;
-        st.next_mount_id += 1;
-        st.mounts.push(MountEntry {
-            mount_id,
-            dev: format!("0:{}", 100 + mount_id),
-            root: PathBuf::from("/"),
-            mount_point: target.to_path_buf(),
-            mount_options: "rw,relatime".to_owned(),
-            fs_type: "btrfs".to_owned(),
-            source: device.display().to_string(),
-            super_options: "rw,space_cache=v2,subvolid=5,subvol=/".to_owned(),
-        });
+        push_btrfs_mount(&mut st, device, target);
         Ok(())
     }
 
