@@ -8,6 +8,8 @@ mod output;
 use clap::Parser;
 
 fn main() {
+    // A tree worker started by the daemon (hidden argument) runs its job and exits here.
+    ws_ckpt::tree::worker::main_if_worker();
     let cli = args::Cli::parse();
     // WS_CKPT_LOG wins; the daemon otherwise logs at its config's log_level, commands at warn.
     let default_level = match &cli.command {

@@ -30,6 +30,7 @@ pub mod status;
 pub mod store;
 pub mod sys;
 pub mod time;
+pub mod tree;
 
 #[cfg(test)]
 mod fuzz_tests;
