@@ -26,8 +26,8 @@ use super::creds::Owner;
 use super::ctl::Ctl;
 use super::error::{Op, TreeError};
 use super::fd::{
-    fstat, io_err, open_beneath_path, open_child_path, os, proc_path, read_names, reopen, Dir,
-    Identity, Kind, Stat,
+    fstat, io_err, open_beneath_path, open_child_path, os, proc_path, read_names, reopen, under,
+    Dir, Identity, Kind, Stat,
 };
 use super::sparse::{Copied, DataCopier};
 use super::walk::{check_same_mount, enter_child, list, stat_child, walk, MAX_DEPTH};
@@ -200,8 +200,8 @@ pub(crate) fn copy(
         let Some(top) = stack.last_mut() else { break };
         if let Some((name, st)) = top.pending.pop() {
             let rel = top.rel.join(os(&name));
-            let src_path = c.src_label.join(&rel);
-            let dst_path = c.dst_label.join(&rel);
+            let src_path = under(&c.src_label, &rel);
+            let dst_path = under(&c.dst_label, &rel);
             if depth >= MAX_DEPTH {
                 return Err(TreeError::TooDeep {
                     path: src_path,
@@ -215,12 +215,12 @@ pub(crate) fn copy(
             stack.push(frame);
         } else if let Some(done) = stack.pop() {
             let xattrs = xattr::read_all(Target::Fd(done.src.as_fd()))
-                .map_err(io_err(Op::ListXattrs, &c.src_label.join(&done.rel)))?;
+                .map_err(io_err(Op::ListXattrs, &under(&c.src_label, &done.rel)))?;
             c.apply_meta(
                 Dest::Fd(done.dst.as_fd()),
                 &done.st,
                 &xattrs,
-                &c.dst_label.join(&done.rel),
+                &under(&c.dst_label, &done.rel),
             )?;
         }
     }
@@ -243,7 +243,7 @@ impl Copier<'_, '_> {
         st: Stat,
     ) -> Result<Frame, TreeError> {
         let mut pending = Vec::new();
-        for name in list(&src, &self.src_label.join(&rel))? {
+        for name in list(&src, &under(&self.src_label, &rel))? {
             let child = rel.join(os(&name));
             let src_path = self.src_label.join(&child);
             let cst = stat_child(&src, &name, &src_path)?;

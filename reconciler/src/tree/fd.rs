@@ -380,6 +380,15 @@ fn parse_dirents(mut buf: &[u8], names: &mut Vec<CString>) -> io::Result<()> {
     Ok(())
 }
 
+/// `label` joined with `rel`, without a trailing slash when `rel` is empty.
+pub(crate) fn under(label: &Path, rel: &Path) -> PathBuf {
+    if rel.as_os_str().is_empty() {
+        label.to_path_buf()
+    } else {
+        label.join(rel)
+    }
+}
+
 /// Make an error of operation `op` on `path`.
 pub(crate) fn io_err(op: Op, path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
     move |source| TreeError::Io {

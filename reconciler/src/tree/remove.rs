@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use super::ctl::Ctl;
 use super::error::{Op, TreeError};
 use super::fd::{
-    cstring, fstat, io_err, open_child_path, os, proc_path, reopen, statx_at, Dir, Identity, Kind,
-    Stat,
+    cstring, fstat, io_err, open_child_path, os, proc_path, reopen, statx_at, under, Dir, Identity,
+    Kind, Stat,
 };
 use super::walk::{check_same_mount, list, stat_child, MAX_DEPTH};
 
@@ -93,12 +93,12 @@ impl Remover<'_, '_> {
             if let Some((fd, rel)) = next.take() {
                 if stack.len() >= MAX_DEPTH {
                     return Err(TreeError::TooDeep {
-                        path: self.label.join(&rel),
+                        path: under(&self.label, &rel),
                         limit: MAX_DEPTH,
                     });
                 }
                 let mut pending = Vec::new();
-                for name in list(&fd, &self.label.join(&rel))? {
+                for name in list(&fd, &under(&self.label, &rel))? {
                     let path = self.label.join(rel.join(os(&name)));
                     let st = stat_child(&fd, &name, &path)?;
                     check_same_mount(&st, self.mnt, &path)?;
@@ -117,7 +117,7 @@ impl Remover<'_, '_> {
                 Some((name, st)) => {
                     let rel = rel.join(os(&name));
                     let child =
-                        enter_for_removal(fd, &name, &st, &self.label.join(&rel), self.root)?;
+                        enter_for_removal(fd, &name, &st, &under(&self.label, &rel), self.root)?;
                     next = Some((child, rel));
                 }
                 None => {
@@ -129,7 +129,7 @@ impl Remover<'_, '_> {
 
     /// Unlink the non-directories of `frame.fd` and queue its subdirectories.
     fn empty(&mut self, frame: &mut Frame) -> Result<(), TreeError> {
-        for name in list(&frame.fd, &self.label.join(&frame.rel))? {
+        for name in list(&frame.fd, &under(&self.label, &frame.rel))? {
             let path = self.label.join(frame.rel.join(os(&name)));
             let st = match statx_at(frame.fd.as_fd(), &name) {
                 Ok(st) => st,
@@ -171,7 +171,7 @@ impl Remover<'_, '_> {
     /// Remove directory `frame.name` from `parent`; `Ok(false)` when it gained entries and
     /// must be emptied again.
     fn rmdir(&mut self, parent: &OwnedFd, frame: &Frame) -> Result<bool, TreeError> {
-        let path = self.label.join(&frame.rel);
+        let path = under(&self.label, &frame.rel);
         // SAFETY: the name is NUL-terminated and the descriptor is live.
         let rc =
             unsafe { libc::unlinkat(parent.as_raw_fd(), frame.name.as_ptr(), libc::AT_REMOVEDIR) };
@@ -267,7 +267,7 @@ pub(crate) fn remove(
         if let Some(mut frame) = next.take() {
             if stack.len() >= MAX_DEPTH {
                 return Err(TreeError::TooDeep {
-                    path: r.label.join(&frame.rel),
+                    path: under(&r.label, &frame.rel),
                     limit: MAX_DEPTH,
                 });
             }
@@ -277,7 +277,7 @@ pub(crate) fn remove(
         let Some(top) = stack.last_mut() else { break };
         if let Some((name, st)) = top.pending.pop() {
             let rel = top.rel.join(os(&name));
-            let fd = enter_for_removal(&top.fd, &name, &st, &r.label.join(&rel), root)?;
+            let fd = enter_for_removal(&top.fd, &name, &st, &under(&r.label, &rel), root)?;
             next = Some(Frame {
                 fd,
                 rel,

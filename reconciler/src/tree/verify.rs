@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use super::copy::readlink;
 use super::ctl::Ctl;
 use super::error::{Op, TreeError};
-use super::fd::{fstat, io_err, open_child_path, os, reopen, Dir, Identity, Kind, Stat};
+use super::fd::{fstat, io_err, open_child_path, os, reopen, under, Dir, Identity, Kind, Stat};
 use super::sparse::{compare, CompareBufs, Difference};
 use super::walk::{check_same_mount, enter_child, list, stat_child, MAX_DEPTH};
 use super::xattr::{self, Target};
@@ -105,12 +105,12 @@ pub(crate) fn verify(
                 let rel = top.rel.join(os(&name));
                 if depth >= MAX_DEPTH {
                     return Err(TreeError::TooDeep {
-                        path: v.a_label.join(&rel),
+                        path: under(&v.a_label, &rel),
                         limit: MAX_DEPTH,
                     });
                 }
-                let da = enter_child(&top.a, &name, &ca, &v.a_label.join(&rel))?;
-                let db = enter_child(&top.b, &name, &cb, &v.b_label.join(&rel))?;
+                let da = enter_child(&top.a, &name, &ca, &under(&v.a_label, &rel))?;
+                let db = enter_child(&top.b, &name, &cb, &under(&v.b_label, &rel))?;
                 let frame = v.enter(da, db, rel, ca, cb)?;
                 stack.push(frame);
             }
@@ -166,8 +166,8 @@ impl Verifier<'_, '_> {
         sa: Stat,
         sb: Stat,
     ) -> Result<Frame, TreeError> {
-        let names_a = list(&a, &self.a_label.join(&rel))?;
-        let names_b = list(&b, &self.b_label.join(&rel))?;
+        let names_a = list(&a, &under(&self.a_label, &rel))?;
+        let names_b = list(&b, &under(&self.b_label, &rel))?;
         // Names first, so an extra or missing entry is reported by its own path rather than as
         // a changed mtime of its directory.
         let (mut i, mut j) = (0, 0);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::ctl::Ctl;
 use super::error::{Op, TreeError};
-use super::fd::{fstat, io_err, open_child_dir, os, read_names, statx_at, Dir, Kind, Stat};
+use super::fd::{fstat, io_err, open_child_dir, os, read_names, statx_at, under, Dir, Kind, Stat};
 
 /// Deepest directory level the engines walk (each level holds a descriptor or two).
 pub(crate) const MAX_DEPTH: usize = 2048;
@@ -81,12 +81,12 @@ pub(crate) fn walk(
         if let Some((fd, rel)) = next.take() {
             if stack.len() >= MAX_DEPTH {
                 return Err(TreeError::TooDeep {
-                    path: label.join(&rel),
+                    path: under(&label, &rel),
                     limit: MAX_DEPTH,
                 });
             }
             let mut pending = Vec::new();
-            for name in list(&fd, &label.join(&rel))? {
+            for name in list(&fd, &under(&label, &rel))? {
                 let child = rel.join(os(&name));
                 let path = label.join(&child);
                 let st = stat_child(&fd, &name, &path)?;
@@ -104,7 +104,7 @@ pub(crate) fn walk(
         match top.pending.pop() {
             Some((name, st)) => {
                 let rel = top.rel.join(os(&name));
-                let fd = enter_child(&top.fd, &name, &st, &label.join(&rel))?;
+                let fd = enter_child(&top.fd, &name, &st, &under(&label, &rel))?;
                 next = Some((fd, rel));
             }
             None => {
