@@ -459,3 +459,34 @@ fn tree_sparse_16gib_file_verifies_by_its_data_map() {
     );
     assert_eq!(lstat(&copy2.join("huge")).uid(), user.uid);
 }
+
+/// Issue 7 item 10: a directory whose name is 250 characters long can be initialized and
+/// released (temporary siblings are derived from the name, not appended to it).
+#[test]
+fn tree_regression_issue7_item10_long_names_init_and_release() {
+    let Some(env) = TestEnv::new("tree-long-name") else {
+        return;
+    };
+    env.write_config("");
+    let p = env.home.join("n".repeat(250));
+    TestEnv::make_sample_tree(&p);
+    let before = TestEnv::tree_digest(&p);
+    let r = env
+        .run(&["--format", "json", "init", p.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(r["changed"], true, "{r}");
+    assert!(fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+    assert_eq!(TestEnv::tree_digest(&p), before);
+    env.run(&["--format", "json", "release", p.to_str().unwrap()])
+        .ok();
+    let m = fs::symlink_metadata(&p).unwrap();
+    assert!(m.is_dir() && !m.file_type().is_symlink());
+    assert_eq!(TestEnv::tree_digest(&p), before);
+    let leftovers: Vec<_> = fs::read_dir(&env.home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.as_bytes().starts_with(b".ws-ckpt-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -77,13 +77,10 @@ pub fn exchange(a: &Path, b: &Path) -> Result<()> {
     })
 }
 
-/// A sibling name for `path`: `<parent>/.<name>.ws-ckpt-<tag>-<op>`.
+/// A sibling name for `path`, derived (never appended) so it fits NAME_MAX:
+/// [`crate::tree::names::temp_sibling`].
 pub fn sibling(path: &Path, tag: &str, op_id: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.ws-ckpt-{tag}-{op_id}"))
+    crate::tree::names::temp_sibling(path, tag, op_id)
 }
 
 /// Create-or-replace a symlink atomically (`tmp` + rename).

@@ -139,6 +139,10 @@ fn sanitize(p: Progress, prev: Progress) -> Progress {
     }
 }
 
+fn msg_flags_bad(flags: MsgFlags) -> bool {
+    flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
+}
+
 fn outcome_fits(job: &JobSpec, outcome: &Outcome) -> bool {
     matches!(
         (job, outcome),
@@ -190,8 +194,15 @@ pub(crate) fn run(
             .collect(),
     };
     let raw: Vec<RawFd> = dirs.iter().map(|d| d.as_fd().as_raw_fd()).collect();
-    send(ours.as_fd(), &encode(&request).map_err(worker_err)?, &raw)
-        .map_err(|e| worker_err(format!("cannot send the job to the worker: {e}")))?;
+    match send(ours.as_fd(), &encode(&request).map_err(worker_err)?, &raw) {
+        // A worker that gave up before reading may still have said why: read on.
+        Ok(()) | Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => {}
+        Err(e) => {
+            return Err(worker_err(format!(
+                "cannot send the job to the worker: {e}"
+            )))
+        }
+    }
 
     let started = Instant::now();
     let mut last = Instant::now();
@@ -225,21 +236,20 @@ pub(crate) fn run(
             continue;
         }
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg =
-            match recvmsg::<UnixAddr>(ours.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
-                Ok(m) => m,
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(worker_err(format!("reading from the worker failed: {e}"))),
-            };
-        if msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC)
-        {
-            return Err(worker_err(
-                "the worker sent an oversized message or descriptors",
-            ));
-        }
-        let len = msg.bytes;
+        let received =
+            recvmsg::<UnixAddr>(ours.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT);
+        let len = match received {
+            Ok(m) if msg_flags_bad(m.flags) => {
+                return Err(worker_err(
+                    "the worker sent an oversized message or descriptors",
+                ))
+            }
+            Ok(m) => m.bytes,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            // The worker exited without reading everything: like end of file.
+            Err(nix::errno::Errno::ECONNRESET) => 0,
+            Err(e) => return Err(worker_err(format!("reading from the worker failed: {e}"))),
+        };
         if len == 0 {
             let status = reaper.finish(Duration::from_secs(5)).err();
             return Err(status.unwrap_or_else(|| worker_err("the worker exited without a result")));
@@ -475,6 +485,69 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ws-ckpt"), "{err}");
+    }
+
+    /// Run a Credentials job against a fake worker script; returns the error and the time taken.
+    fn fake_worker(script: &str, idle: Duration) -> (TreeError, Duration) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = tmp.path().join("fake-worker");
+        std::fs::write(&exe, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = WorkerSettings {
+            exe,
+            idle_timeout: idle,
+            deadline: Some(Duration::from_secs(20)),
+        };
+        let mut sink = |_: &Progress| {};
+        let never = || false;
+        let mut ctl = Ctl::new(&mut sink, &never);
+        let t = Instant::now();
+        let err = run(
+            &settings,
+            &Owner::new(65534, 65534, []),
+            JobSpec::Credentials,
+            &[],
+            &mut ctl,
+        )
+        .unwrap_err();
+        (err, t.elapsed())
+    }
+
+    #[test]
+    fn hostile_worker_output_is_refused() {
+        let long = Duration::from_secs(20);
+        let cases = [
+            ("printf 'not json' >&0; sleep 1", "protocol error"),
+            (
+                "dd if=/dev/zero bs=70000 count=1 >&0 2>/dev/null; sleep 1",
+                "oversized",
+            ),
+            (
+                r#"printf '{"done":{"scanned":{"bytes_done":0,"bytes_total":0,"entries_done":0,"entries_total":0}}}' >&0"#,
+                "wrong kind",
+            ),
+            (
+                r#"printf '{"progress":{"bytes_done":1}}' >&0; sleep 1"#,
+                "protocol error",
+            ),
+            ("exit 3", "exit"),
+        ];
+        for (script, expect) in cases {
+            let (err, _) = fake_worker(script, long);
+            assert!(matches!(err, TreeError::Worker { .. }), "{script}: {err:?}");
+            assert!(err.to_string().contains(expect), "{script}: {err}");
+        }
+        // A well-formed failure is rebuilt as the engine's own error.
+        let (err, _) = fake_worker(r#"printf '{"failed":{"kind":"cancelled"}}' >&0"#, long);
+        assert!(matches!(err, TreeError::Cancelled), "{err:?}");
+    }
+
+    #[test]
+    fn a_silent_worker_is_killed_after_the_idle_timeout() {
+        let (err, took) = fake_worker("sleep 30", Duration::from_millis(300));
+        assert!(err.to_string().contains("no progress"), "{err}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]
