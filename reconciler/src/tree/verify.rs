@@ -354,6 +354,7 @@ impl Verifier<'_, '_> {
                 ));
             }
         }
+        let mut opened: Option<(OwnedFd, OwnedFd)> = None;
         if sa.kind == Kind::File && !extra_link {
             if sa.size != sb.size {
                 return Err(self.differ(
@@ -384,10 +385,17 @@ impl Verifier<'_, '_> {
                         ))
                     }
                 }
+                opened = Some((ra, rb));
             }
         }
-        let xa = xattr::read_all(Target::Path(fa.as_fd())).map_err(io_err(Op::ListXattrs, &pa))?;
-        let xb = xattr::read_all(Target::Path(fb.as_fd())).map_err(io_err(Op::ListXattrs, &pb))?;
+        // Through the descriptors opened for the content when there are some (cheaper than the
+        // magic link of the O_PATH descriptors).
+        let (ta, tb) = match &opened {
+            Some((ra, rb)) => (Target::Fd(ra.as_fd()), Target::Fd(rb.as_fd())),
+            None => (Target::Path(fa.as_fd()), Target::Path(fb.as_fd())),
+        };
+        let xa = xattr::read_all(ta).map_err(io_err(Op::ListXattrs, &pa))?;
+        let xb = xattr::read_all(tb).map_err(io_err(Op::ListXattrs, &pb))?;
         if let Some(what) = xattr::describe_diff(&xa, &xb) {
             return Err(self.differ(rel, what));
         }
