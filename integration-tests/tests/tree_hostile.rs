@@ -245,12 +245,23 @@ fn tree_race_removal_never_empties_the_victim() {
     // removal took it).
     let tree = env.root.join("rm");
     let public = tree.join("pub");
+    // Rebuilt out of the attackers' reach (root-only staging directory), then moved into
+    // place: building by path where they swap entries would make the TEST write into the
+    // victim through their symlinks.
+    let stage = env.root.join("stage");
     let rebuild = || {
-        fs::create_dir_all(&public).unwrap();
-        fill(&public.join("d"));
-        fill(&tree.join("rootdir"));
-        user.own(&public);
+        if tree.symlink_metadata().is_ok() {
+            return;
+        }
+        let staged = stage.join("rm");
+        fs::create_dir_all(staged.join("pub")).unwrap();
+        fill(&staged.join("pub/d"));
+        fill(&staged.join("rootdir"));
+        user.own(&staged.join("pub"));
+        fs::rename(&staged, &tree).unwrap();
     };
+    fs::create_dir(&stage).unwrap();
+    fs::set_permissions(&stage, fs::Permissions::from_mode(0o700)).unwrap();
     rebuild();
     // Only a directory the user may write: the attacker's own scratch directory next to it.
     let scratch = env.home.join("scratch");
@@ -315,10 +326,19 @@ fn tree_race_removal_as_owner_never_empties_the_victim() {
     user.own(&home);
     let keep_before = full_digest(&home.join("keep"));
     let tree = home.join("orig");
+    // Rebuilt in a root-only staging directory and moved into place (see above).
+    let stage = env.root.join("stage");
     let rebuild = || {
-        fill(&tree.join("d"));
-        user.own(&tree);
+        if tree.symlink_metadata().is_ok() {
+            return;
+        }
+        let staged = stage.join("orig");
+        fill(&staged.join("d"));
+        user.own(&staged);
+        fs::rename(&staged, &tree).unwrap();
     };
+    fs::create_dir(&stage).unwrap();
+    fs::set_permissions(&stage, fs::Permissions::from_mode(0o700)).unwrap();
     rebuild();
     let attackers = vec![attacker(
         &env,
