@@ -207,6 +207,7 @@ pub(crate) fn run(
     let started = Instant::now();
     let mut last = Instant::now();
     let mut buf = vec![0u8; MAX_FRAME + 1];
+    let mut reset_seen = false;
     loop {
         ctl.tick()?;
         if last.elapsed() > settings.idle_timeout {
@@ -246,7 +247,13 @@ pub(crate) fn run(
             }
             Ok(m) => m.bytes,
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-            // The worker exited without reading everything: like end of file.
+            // The worker exited without reading everything. The kernel reports that once,
+            // possibly before a reply still queued for us: read on, and only a reset seen
+            // twice (or the end of the stream) ends the job.
+            Err(nix::errno::Errno::ECONNRESET) if !reset_seen => {
+                reset_seen = true;
+                continue;
+            }
             Err(nix::errno::Errno::ECONNRESET) => 0,
             Err(e) => return Err(worker_err(format!("reading from the worker failed: {e}"))),
         };
