@@ -390,18 +390,8 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
             }
             Ok(0)
         }
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "ws-ckpt", &mut std::io::stdout());
-            Ok(0)
-        }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::new(ErrorCode::Io, e.to_string()))?;
-            Ok(0)
-        }
+        Command::Completions { shell } => crate::gen::completions(*shell),
+        Command::Man { page, out_dir } => crate::gen::man(page.as_deref(), out_dir.as_deref()),
     }
 }
 

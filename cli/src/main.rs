@@ -3,6 +3,7 @@
 
 mod args;
 mod cmds;
+mod gen;
 mod output;
 
 use clap::Parser;

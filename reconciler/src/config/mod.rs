@@ -19,6 +19,7 @@
 
 pub mod duration;
 pub mod edit;
+pub mod keys;
 mod raw;
 
 use std::fmt;
