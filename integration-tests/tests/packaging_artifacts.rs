@@ -1,14 +1,19 @@
-//! Packaging artifacts (SPEC §9): `scripts/package` builds the .rpm and the .deb from the
-//! already built (debug) binary; their file lists, config files, ghost files and control data
-//! are checked; every maintainer script passes `sh -n`; the uninstall scriptlets run in a
-//! sandbox (`WS_CKPT_ROOT=<temp dir>`) and keep the snapshot storage while a workspace is
-//! recorded; the Ansible module declares, converges and releases a workspace on a real loop
-//! btrfs (check mode, a real run, an idempotent rerun, diff mode).
+//! Packaging artifacts (SPEC §9, issue 12): the .rpm (built by rpmbuild from the source
+//! tarball and the vendored crates) and the .deb from `scripts/package`. Their file lists,
+//! config files, ghosts and control data are checked; lintian reports no error and rpmlint
+//! parses the spec; every maintainer script passes `sh -n`; the uninstall scriptlets keep the
+//! snapshot storage while a workspace is recorded (run in a sandbox); and the .deb is
+//! installed into a throw-away root with `dpkg --root` and purged there with storage paths
+//! set in both the main config file and a drop-in.
+//!
+//! Packages: `$WS_CKPT_PACKAGES_DIR` when set (scripts/test builds them once, with the RPM's
+//! unit tests in check), else `scripts/package --without-check` into the target directory
+//! (a release build from source: minutes).
 //!
 //! Nothing here installs a package on the host or touches /etc/ws-ckpt, /var/lib/ws-ckpt,
-//! /run/ws-ckpt or /mnt/btrfs-workspace. A missing tool (rpmbuild, dpkg-deb, ansible) is a loud
-//! `SKIPPED (tool X not installed)` locally and a failure in CI (`CI` set): scripts/install-deps
-//! installs them all.
+//! /run/ws-ckpt or /mnt/btrfs-workspace. A missing tool (rpmbuild, dpkg-deb, lintian, rpmlint)
+//! is a loud `SKIPPED (tool X not installed)` locally and a failure in CI (`CI` set):
+//! scripts/install-deps --test installs them all.
 
 use std::fs;
 use std::io::Write;
@@ -16,9 +21,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use ws_ckpt_integration_tests::{bin_path, TestEnv};
+use ws_ckpt_integration_tests::bin_path;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,7 +56,9 @@ fn tool(name: &str) -> Option<PathBuf> {
 /// Loud skip for a missing tool; in CI a missing tool is a failure.
 fn skip(tool: &str, test: &str) {
     if std::env::var_os("CI").is_some() {
-        panic!("{tool} is not installed but CI is set: run scripts/install-deps (test {test})");
+        panic!(
+            "{tool} is not installed but CI is set: run scripts/install-deps --test (test {test})"
+        );
     }
     let banner = "=".repeat(65);
     let msg = format!("{banner}\nSKIPPED (tool {tool} not installed): {test}\n{banner}\n");
@@ -67,59 +73,58 @@ fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
 
-/// The packages `scripts/package` built from the test binary (once per test run).
+/// The packages (once per test run).
 struct Packages {
     rpm: Option<PathBuf>,
+    srpm: Option<PathBuf>,
     deb: Option<PathBuf>,
 }
 
 fn packages() -> &'static Packages {
     static BUILT: OnceLock<Packages> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging-artifacts");
-        let _ = fs::remove_dir_all(&out);
-        let has_rpm = tool("rpmbuild").is_some();
-        let has_deb = tool("dpkg-deb").is_some();
-        if !has_rpm && !has_deb {
-            return Packages {
-                rpm: None,
-                deb: None,
-            };
-        }
-        let mut cmd = Command::new(repo().join("scripts/package"));
-        cmd.arg("--bin").arg(bin_path()).arg("--out").arg(&out);
-        if !has_rpm {
-            cmd.arg("--no-rpm");
-        }
-        if !has_deb {
-            cmd.arg("--no-deb");
-        }
-        let listed = stdout_of(&mut cmd);
-        let built: Vec<PathBuf> = listed.lines().map(PathBuf::from).collect();
-        let find = |ext: &str| {
-            built
+        let has_rpm = tool("rpmbuild").is_some() && tool("rpm2cpio").is_some();
+        let has_deb = tool("dpkg-deb").is_some() && tool("dpkg-shlibdeps").is_some();
+        let dir = match std::env::var_os("WS_CKPT_PACKAGES_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => {
+                let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging-artifacts");
+                if has_rpm || has_deb {
+                    let _ = fs::remove_dir_all(&out);
+                    eprintln!("building the packages from source (scripts/package --without-check); set WS_CKPT_PACKAGES_DIR to reuse built ones");
+                    let mut cmd = Command::new(repo().join("scripts/package"));
+                    cmd.arg("--out").arg(&out).arg("--without-check");
+                    if !has_rpm {
+                        cmd.arg("--no-rpm").arg("--bin").arg(bin_path());
+                    }
+                    if !has_deb {
+                        cmd.arg("--no-deb");
+                    }
+                    let listed = stdout_of(&mut cmd);
+                    for p in listed.lines() {
+                        assert!(Path::new(p).is_file(), "{p} was not written");
+                    }
+                }
+                out
+            }
+        };
+        let names: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        let find = |wanted: &dyn Fn(&str) -> bool| {
+            names
                 .iter()
-                .find(|p| p.extension().is_some_and(|e| e == ext))
+                .find(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    name.starts_with("ws-ckpt") && wanted(&name)
+                })
                 .cloned()
         };
-        let pkgs = Packages {
-            rpm: find("rpm"),
-            deb: find("deb"),
-        };
-        assert_eq!(
-            pkgs.rpm.is_some(),
-            has_rpm,
-            "scripts/package printed {listed}"
-        );
-        assert_eq!(
-            pkgs.deb.is_some(),
-            has_deb,
-            "scripts/package printed {listed}"
-        );
-        for p in built {
-            assert!(p.is_file(), "{} was not written", p.display());
+        Packages {
+            rpm: find(&|n| n.ends_with(".rpm") && !n.ends_with(".src.rpm")),
+            srpm: find(&|n| n.ends_with(".src.rpm")),
+            deb: find(&|n| n.ends_with(".deb")),
         }
-        pkgs
     })
 }
 
@@ -128,7 +133,9 @@ fn rpm_package(test: &str) -> Option<&'static Path> {
         skip("rpmbuild", test);
         return None;
     }
-    packages().rpm.as_deref()
+    let p = packages().rpm.as_deref();
+    assert!(p.is_some(), "{test}: no .rpm was built");
+    p
 }
 
 fn deb_package(test: &str) -> Option<&'static Path> {
@@ -136,7 +143,9 @@ fn deb_package(test: &str) -> Option<&'static Path> {
         skip("dpkg-deb", test);
         return None;
     }
-    packages().deb.as_deref()
+    let p = packages().deb.as_deref();
+    assert!(p.is_some(), "{test}: no .deb was built");
+    p
 }
 
 /// Files every package must ship (paths differing by format are checked separately).
@@ -145,9 +154,13 @@ const COMMON_FILES: &[&str] = &[
     "/usr/share/bash-completion/completions/ws-ckpt",
     "/usr/share/fish/vendor_completions.d/ws-ckpt.fish",
     "/etc/ws-ckpt/config.toml",
-    "/etc/ws-ckpt/config.toml.sample",
     "/etc/ws-ckpt/config.d",
     "/usr/share/doc/ws-ckpt/README.md",
+    "/usr/share/doc/ws-ckpt/json.md",
+    "/usr/share/doc/ws-ckpt/config.toml.sample",
+    "/usr/share/doc/ws-ckpt/schema/defs.schema.json",
+    "/usr/share/doc/ws-ckpt/schema/status.schema.json",
+    "/usr/share/doc/ws-ckpt/schema/list.schema.json",
     "/usr/share/doc/ws-ckpt/examples/minimal.toml",
     "/usr/share/doc/ws-ckpt/examples/loop-backend.toml",
     "/usr/share/doc/ws-ckpt/examples/base-backend.toml",
@@ -155,45 +168,69 @@ const COMMON_FILES: &[&str] = &[
     "/usr/share/doc/ws-ckpt/examples/legacy-0.3.toml",
 ];
 
+/// Man pages every package must ship (without the compression suffix).
+const MAN_PAGES: &[&str] = &[
+    "/usr/share/man/man1/ws-ckpt.1",
+    "/usr/share/man/man1/ws-ckpt-checkpoint.1",
+    "/usr/share/man/man1/ws-ckpt-rollback.1",
+    "/usr/share/man/man1/ws-ckpt-config-validate.1",
+    "/usr/share/man/man5/ws-ckpt.toml.5",
+];
+
+fn has_man_pages(files: &[String], listing: &str) {
+    for page in MAN_PAGES {
+        assert!(
+            files
+                .iter()
+                .any(|f| f == page || *f == format!("{page}.gz")),
+            "{page} missing from:\n{listing}"
+        );
+    }
+    let schemas = fs::read_dir(repo().join("docs/schema")).unwrap().count();
+    let shipped = files
+        .iter()
+        .filter(|f| f.starts_with("/usr/share/doc/ws-ckpt/schema/") && f.ends_with(".json"))
+        .count();
+    assert_eq!(
+        shipped, schemas,
+        "every docs/schema file is shipped:\n{listing}"
+    );
+}
+
 #[test]
 fn rpm_ships_files_config_and_ghosts() {
     let Some(rpm) = rpm_package("rpm_ships_files_config_and_ghosts") else {
         return;
     };
     let list = stdout_of(Command::new("rpm").arg("-qlp").arg(rpm));
-    let files: Vec<&str> = list.lines().collect();
+    let files: Vec<String> = list.lines().map(String::from).collect();
     for f in COMMON_FILES.iter().chain(&[
         "/usr/lib/systemd/system/ws-ckpt.service",
         "/usr/share/zsh/site-functions/_ws-ckpt",
+        "/usr/share/licenses/ws-ckpt/LICENSE-MIT",
+        "/usr/share/licenses/ws-ckpt/LICENSE-APACHE",
         "/var/lib/ws-ckpt/state.json",
         "/var/lib/ws-ckpt/daemon.lock",
         "/run/ws-ckpt/ws-ckpt.sock",
     ]) {
-        assert!(files.contains(f), "{f} missing from rpm -qlp:\n{list}");
+        assert!(
+            files.iter().any(|x| x == f),
+            "{f} missing from rpm -qlp:\n{list}"
+        );
     }
-    assert!(
-        files
-            .iter()
-            .any(|f| f.starts_with("/usr/share/man/man1/ws-ckpt.1")),
-        "no man page in:\n{list}"
-    );
+    has_man_pages(&files, &list);
     assert!(
         !files.iter().any(|f| f.ends_with("btrfs-data.img")),
         "the loop image must never be owned by the package:\n{list}"
     );
 
     let config = stdout_of(Command::new("rpm").arg("-qp").arg("--configfiles").arg(rpm));
-    for f in [
-        "/etc/ws-ckpt/config.toml",
-        "/etc/ws-ckpt/config.toml.sample",
-    ] {
-        assert!(
-            config.lines().any(|l| l == f),
-            "{f} not a config file:\n{config}"
-        );
-    }
+    assert!(
+        config.lines().any(|l| l == "/etc/ws-ckpt/config.toml"),
+        "config.toml is not a config file:\n{config}"
+    );
 
-    // File flags: c = %config, n = noreplace, g = %ghost.
+    // File flags: c = %config, n = noreplace, g = %ghost, d = %doc, l = %license.
     let flags = stdout_of(
         Command::new("rpm")
             .arg("-qp")
@@ -212,14 +249,13 @@ fn rpm_ships_files_config_and_ghosts() {
             .unwrap_or_else(|| panic!("{path} not in the flag list:\n{flags}"))
             .to_string()
     };
-    for f in [
-        "/etc/ws-ckpt/config.toml",
-        "/etc/ws-ckpt/config.toml.sample",
-    ] {
-        let fl = flag_of(f);
-        assert!(fl.contains('c') && fl.contains('n'), "{f}: {fl}");
-        assert!(!fl.contains('g'), "{f} must be shipped, not %ghost: {fl}");
-    }
+    let fl = flag_of("/etc/ws-ckpt/config.toml");
+    assert!(
+        fl.contains('c') && fl.contains('n') && !fl.contains('g'),
+        "config.toml: {fl}"
+    );
+    assert!(flag_of("/usr/share/doc/ws-ckpt/config.toml.sample").contains('d'));
+    assert!(flag_of("/usr/share/licenses/ws-ckpt/LICENSE-MIT").contains('l'));
     for f in [
         "/var/lib/ws-ckpt/state.json",
         "/var/lib/ws-ckpt/daemon.lock",
@@ -245,16 +281,106 @@ fn rpm_ships_files_config_and_ghosts() {
     };
     assert_eq!(qf("PREIN").trim(), "(none)", "nothing may run in %pre");
     assert!(qf("POSTIN").contains("mkdir -p"), "%post creates the dirs");
-    assert!(qf("POSTIN").contains("daemon-reload"));
     assert!(
-        !qf("POSTIN").contains("enable"),
-        "enabling is the admin's choice"
+        qf("POSTIN").contains("preset"),
+        "%systemd_post: {}",
+        qf("POSTIN")
+    );
+    assert!(qf("PREUN").contains("ws_ckpt_remember_paths"));
+    assert!(
+        qf("PREUN").contains("disable"),
+        "%systemd_preun: {}",
+        qf("PREUN")
     );
     assert!(qf("POSTUN").contains("ws_ckpt_remove_storage"));
+    assert!(
+        qf("POSTUN").contains("try-restart"),
+        "%systemd_postun_with_restart"
+    );
+    assert!(qf("LICENSE").contains("MIT OR Apache-2.0"));
     let requires = stdout_of(Command::new("rpm").arg("-qp").arg("--requires").arg(rpm));
     assert!(
         requires.lines().any(|l| l.trim() == "btrfs-progs"),
         "{requires}"
+    );
+
+    // The source package holds the source tarball, the vendored crates and the spec, and
+    // builds with the systemd macros.
+    let srpm = packages().srpm.as_deref().expect("a .src.rpm was built");
+    let sources = stdout_of(Command::new("rpm").arg("-qlp").arg(srpm));
+    for s in [
+        "ws-ckpt-0.4.0.tar.gz",
+        "ws-ckpt-0.4.0-vendor.tar.gz",
+        "storage.sh",
+        "ws-ckpt.spec",
+    ] {
+        assert!(
+            sources.lines().any(|l| l.ends_with(s)),
+            "{s} not in the .src.rpm:\n{sources}"
+        );
+    }
+    let build_requires = stdout_of(Command::new("rpm").arg("-qp").arg("--requires").arg(srpm));
+    for br in ["systemd-rpm-macros", "cargo", "rust"] {
+        assert!(
+            build_requires.lines().any(|l| l.starts_with(br)),
+            "BuildRequires {br}:\n{build_requires}"
+        );
+    }
+}
+
+#[test]
+fn spec_builds_from_source_and_rpmlint_parses_it() {
+    let spec = repo().join("packaging/rpm/ws-ckpt.spec");
+    let text = fs::read_to_string(&spec).unwrap();
+    for needle in [
+        "Source0:",
+        "Source1:",
+        "%autosetup",
+        "cargo build --release --locked --offline",
+        "%check",
+        "cargo test",
+        "%license LICENSE-MIT LICENSE-APACHE",
+        "%systemd_post ws-ckpt.service",
+        "%systemd_preun ws-ckpt.service",
+        "%systemd_postun_with_restart ws-ckpt.service",
+        "BuildRequires:  systemd-rpm-macros",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from {}",
+            spec.display()
+        );
+    }
+    let cargo_version = fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("Version:")
+            && cargo_version.contains(&format!("version = \"{}\"", l["Version:".len()..].trim()))),
+        "the spec's Version is the workspace version"
+    );
+    let Some(rpmlint) = tool("rpmlint") else {
+        skip("rpmlint", "spec_builds_from_source_and_rpmlint_parses_it");
+        return;
+    };
+    let mut targets = vec![spec.clone()];
+    if let Some(rpm) = packages().rpm.clone() {
+        targets.push(rpm);
+    }
+    let out = Command::new(rpmlint).args(&targets).output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("rpmlint:\n{report}");
+    assert!(
+        !report.contains("specfile-error")
+            && !report.contains("error: ")
+            && !report.contains("Traceback"),
+        "rpmlint could not parse the spec:\n{report}"
+    );
+    assert!(
+        report.contains("packages and"),
+        "rpmlint printed no summary:\n{report}"
     );
 }
 
@@ -267,21 +393,21 @@ fn deb_ships_files_conffiles_and_control() {
     let files: Vec<String> = list
         .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
-        .map(|p| {
-            let p = p.trim_start_matches('.').trim_end_matches('/');
-            p.to_string()
-        })
+        .map(|p| p.trim_start_matches('.').trim_end_matches('/').to_string())
         .collect();
     for f in COMMON_FILES.iter().chain(&[
         "/lib/systemd/system/ws-ckpt.service",
         "/usr/share/zsh/vendor-completions/_ws-ckpt",
-        "/usr/share/man/man1/ws-ckpt.1.gz",
+        "/usr/share/doc/ws-ckpt/copyright",
+        "/usr/share/doc/ws-ckpt/changelog.Debian.gz",
+        "/usr/share/doc/ws-ckpt/changelog.gz",
     ]) {
         assert!(
             files.iter().any(|p| p == f),
             "{f} missing from dpkg-deb -c:\n{list}"
         );
     }
+    has_man_pages(&files, &list);
     for line in list.lines() {
         assert!(line.contains("root/root"), "not owned by root: {line}");
     }
@@ -289,35 +415,115 @@ fn deb_ships_files_conffiles_and_control() {
         .iter()
         .any(|f| f.starts_with("/var/lib") || f.starts_with("/run")));
 
-    let info = stdout_of(Command::new("dpkg-deb").arg("-I").arg(deb));
-    for needle in [
-        "Package: ws-ckpt",
-        "conffiles",
-        "postinst",
-        "prerm",
-        "postrm",
-    ] {
-        assert!(
-            info.contains(needle),
-            "{needle} missing from dpkg-deb -I:\n{info}"
-        );
-    }
-    let depends = stdout_of(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"));
+    let field = |name: &str| stdout_of(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
+    let depends = field("Depends");
     assert!(depends.contains("btrfs-progs"), "Depends: {depends}");
+    assert!(
+        depends.contains("libc6 (>= "),
+        "versioned shlibs dependency: {depends}"
+    );
+    let maintainer = field("Maintainer");
+    assert_eq!(maintainer.trim(), maintainer_identity(), "Maintainer");
+    assert!(!maintainer.contains("localhost"));
 
     let ctrl = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(ctrl.path()));
     let conffiles = fs::read_to_string(ctrl.path().join("conffiles")).unwrap();
-    assert!(
-        conffiles.lines().any(|l| l == "/etc/ws-ckpt/config.toml"),
-        "{conffiles}"
-    );
+    assert_eq!(conffiles, "/etc/ws-ckpt/config.toml\n", "conffiles");
     assert!(
         !ctrl.path().join("preinst").exists(),
         "no preinst: nothing may block an install"
     );
     let md5sums = fs::read_to_string(ctrl.path().join("md5sums")).unwrap();
     assert!(md5sums.contains("usr/bin/ws-ckpt"), "{md5sums}");
+    let postinst = fs::read_to_string(ctrl.path().join("postinst")).unwrap();
+    assert!(postinst.contains("deb-systemd-helper update-state 'ws-ckpt.service'"));
+    assert!(postinst.contains("deb-systemd-invoke try-restart"));
+    assert!(!postinst.contains("deb-systemd-helper enable 'ws-ckpt.service' >/dev/null || true\n    fi\n    deb-systemd-helper enable"));
+    let prerm = fs::read_to_string(ctrl.path().join("prerm")).unwrap();
+    assert!(prerm.contains("deb-systemd-invoke stop 'ws-ckpt.service'"));
+    assert!(
+        !prerm
+            .lines()
+            .any(|l| l.trim_start().starts_with("systemctl")),
+        "prerm uses deb-systemd-invoke, not systemctl"
+    );
+
+    let x = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(x.path()));
+    let copyright = fs::read_to_string(x.path().join("usr/share/doc/ws-ckpt/copyright")).unwrap();
+    assert!(copyright
+        .starts_with("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"));
+    assert!(copyright.contains("License: MIT or Apache-2.0"));
+    assert!(
+        copyright.contains("Permission is hereby granted"),
+        "the MIT text is included"
+    );
+    let unit = fs::read_to_string(x.path().join("lib/systemd/system/ws-ckpt.service")).unwrap();
+    assert!(unit.contains("Documentation=man:ws-ckpt(1)"), "{unit}");
+}
+
+#[test]
+fn lintian_reports_no_errors() {
+    let Some(deb) = deb_package("lintian_reports_no_errors") else {
+        return;
+    };
+    let Some(lintian) = tool("lintian") else {
+        skip("lintian", "lintian_reports_no_errors");
+        return;
+    };
+    let out = Command::new(lintian)
+        .args([
+            "--fail-on",
+            "error",
+            "--display-info",
+            "--no-tag-display-limit",
+        ])
+        .arg(deb)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("lintian:\n{report}");
+    assert!(out.status.success(), "lintian reports errors:\n{report}");
+    assert!(!report.lines().any(|l| l.starts_with("E: ")), "{report}");
+}
+
+/// The maintainer identity of every packaging file (packaging/maintainer).
+fn maintainer_identity() -> String {
+    fs::read_to_string(repo().join("packaging/maintainer"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn every_packaging_file_names_the_same_maintainer() {
+    let who = maintainer_identity();
+    assert!(
+        who.contains('<') && who.ends_with('>') && !who.contains("localhost"),
+        "{who}"
+    );
+    for file in [
+        "packaging/deb/changelog",
+        "packaging/rpm/ws-ckpt.spec",
+        "packaging/ansible/ansible_collections/ws_ckpt/ws_ckpt/galaxy.yml",
+    ] {
+        let text = fs::read_to_string(repo().join(file)).unwrap();
+        assert!(
+            text.contains(&who),
+            "{file} does not name the maintainer {who}"
+        );
+    }
+    let changelog = fs::read_to_string(repo().join("packaging/deb/changelog")).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        changelog.starts_with(&format!("ws-ckpt ({version}-1) ")),
+        "packaging/deb/changelog has no entry for {version}-1"
+    );
 }
 
 #[test]
@@ -331,6 +537,8 @@ fn every_maintainer_script_passes_sh_n() {
         (repo.join("packaging/deb/build-deb"), "bash"),
         (repo.join("scripts/package"), "bash"),
         (repo.join("scripts/install-deps"), "bash"),
+        (repo.join("scripts/test"), "bash"),
+        (repo.join("scripts/quickstart"), "bash"),
     ];
     let storage = fs::read_to_string(repo.join("packaging/deb/storage.sh")).unwrap();
     assert!(
@@ -361,7 +569,7 @@ fn every_maintainer_script_passes_sh_n() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert!(scripts.len() >= 7);
+    assert!(scripts.len() >= 9);
 }
 
 /// The install/uninstall scriptlets of an rpm (tag, body), without the "(none)" ones.
@@ -419,27 +627,37 @@ impl Sandbox {
         self.root().join("var/lib/ws-ckpt/state.json")
     }
 
-    /// Run `sh script args…` with WS_CKPT_ROOT set; returns stderr. The script must succeed.
+    /// Run `sh script args…` with WS_CKPT_ROOT (RPM) and DPKG_ROOT (Debian) set to the
+    /// sandbox; returns stderr. The script must succeed.
     fn run(&self, script: &Path, args: &[&str]) -> String {
         let out = run(Command::new("sh")
             .arg(script)
             .args(args)
-            .env("WS_CKPT_ROOT", self.root()));
+            .env("WS_CKPT_ROOT", self.root())
+            .env("DPKG_ROOT", self.root()));
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
 
-fn state_with_workspaces(workspaces: &str) -> String {
+fn state_with_workspaces(workspaces: &str, image: &str, mount: &str) -> String {
     format!(
         r#"{{
   "version": 1,
   "backend": {{"backend_type": "BtrfsLoop", "selection_method": "auto-detect", "selected_at": "2026-11-24T15:07:42Z"}},
-  "paths": {{"backend": "BtrfsLoop", "mount_path": "/mnt/btrfs-workspace", "data_root": "/mnt/btrfs-workspace",
-            "snapshots_root": "/mnt/btrfs-workspace/snapshots",
-            "loop_img": {{"img_path": "/var/lib/ws-ckpt/btrfs-data.img", "img_size_bytes": 67108864, "last_loop_device": "/dev/loop1"}}}},
+  "paths": {{"backend": "BtrfsLoop", "mount_path": "{mount}", "data_root": "{mount}",
+            "snapshots_root": "{mount}/snapshots",
+            "loop_img": {{"img_path": "{image}", "img_size_bytes": 67108864, "last_loop_device": "/dev/loop1"}}}},
   "workspaces": {workspaces}
 }}
 "#
+    )
+}
+
+fn default_state(workspaces: &str) -> String {
+    state_with_workspaces(
+        workspaces,
+        "/var/lib/ws-ckpt/btrfs-data.img",
+        "/mnt/btrfs-workspace",
     )
 }
 
@@ -478,7 +696,7 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
     let scripts = uninstall_scripts(dir.path());
     for (name, script, args) in &scripts {
         // A recorded workspace: everything stays, and the script says what and why.
-        let sb = Sandbox::new(Some(&state_with_workspaces(ONE_WORKSPACE)));
+        let sb = Sandbox::new(Some(&default_state(ONE_WORKSPACE)));
         let before = fs::read(sb.state()).unwrap();
         let err = sb.run(script, args);
         assert!(sb.image().exists(), "{name} deleted the image:\n{err}");
@@ -500,6 +718,7 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
         let sb = Sandbox::new(Some("{\"version\": 1, \"workspaces\": [ {\"ws_id\": tor"));
         let err = sb.run(script, args);
         assert!(sb.image().exists() && sb.state().exists(), "{name}: {err}");
+        assert!(err.contains("kept"), "{name}: {err}");
 
         // No state.json at all but an image: keep.
         let sb = Sandbox::new(None);
@@ -511,7 +730,7 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
         assert!(err.contains("kept"), "{name}: {err}");
 
         // A state file set aside as corrupt may record workspaces: keep.
-        let sb = Sandbox::new(Some(&state_with_workspaces("[]")));
+        let sb = Sandbox::new(Some(&default_state("[]")));
         fs::write(
             sb.root()
                 .join("var/lib/ws-ckpt/state.json.corrupt-20261124T150742Z"),
@@ -520,10 +739,17 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
         .unwrap();
         let err = sb.run(script, args);
         assert!(sb.image().exists() && sb.state().exists(), "{name}: {err}");
+        assert!(err.contains("kept"), "{name}: {err}");
 
-        // Every workspace released: the storage goes.
-        let sb = Sandbox::new(Some(&state_with_workspaces("[ ]")));
+        // Every workspace released: the storage goes; the drop-ins stay, and are reported.
+        let sb = Sandbox::new(Some(&default_state("[ ]")));
         fs::remove_dir_all(sb.root().join("var/lib/ws-ckpt/indexes/ws-4612d8")).unwrap();
+        let dropin = sb.root().join("etc/ws-ckpt/config.d/50-ws-4612d8.toml");
+        fs::write(
+            &dropin,
+            "[[workspace]]\npath = \"/home/alice/project\"\nstate = \"absent\"\n",
+        )
+        .unwrap();
         let err = sb.run(script, args);
         assert!(
             !sb.image().exists(),
@@ -531,6 +757,10 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
         );
         assert!(!sb.state().exists(), "{name}: {err}");
         assert!(err.contains("removed"), "{name}: {err}");
+        assert!(
+            dropin.exists() && err.contains("kept") && err.contains("50-ws-4612d8.toml"),
+            "{name}: {err}"
+        );
         // Nothing outside the sandbox was aimed at: the default paths are untouched names.
         assert!(!sb.root().join("var/lib/ws-ckpt").exists(), "{name}: {err}");
     }
@@ -543,50 +773,279 @@ fn uninstall_keeps_storage_while_a_workspace_is_recorded() {
 }
 
 #[test]
-fn upgrade_and_remove_without_purge_keep_everything() {
+fn rpm_erase_honours_paths_remembered_before_the_config_is_removed() {
+    let Some(rpm) = rpm_package("rpm_erase_honours_paths_remembered_before_the_config_is_removed")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    if let Some(deb) = deb_package("upgrade_and_remove_without_purge_keep_everything (deb)") {
-        let ctrl = dir.path().join("deb");
-        run(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&ctrl));
-        let sb = Sandbox::new(Some(&state_with_workspaces("[]")));
-        sb.run(&ctrl.join("prerm"), &["remove"]);
-        sb.run(&ctrl.join("postrm"), &["remove"]);
-        sb.run(&ctrl.join("postrm"), &["upgrade", "0.4.0-1"]);
-        assert!(sb.image().exists() && sb.state().exists());
-        // postinst creates the directories.
-        let fresh = tempfile::tempdir().unwrap();
-        run(Command::new("sh")
-            .arg(ctrl.join("postinst"))
-            .arg("configure")
-            .env("WS_CKPT_ROOT", fresh.path()));
-        assert!(fresh.path().join("var/lib/ws-ckpt").is_dir());
-        assert!(fresh.path().join("etc/ws-ckpt/config.d").is_dir());
+    let scriptlets = rpm_scriptlets(rpm);
+    let file_of = |tag: &str| {
+        let body = &scriptlets
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .unwrap_or_else(|| panic!("no {tag} scriptlet"))
+            .1;
+        let p = dir.path().join(format!("rpm-{tag}.sh"));
+        fs::write(&p, body).unwrap();
+        p
+    };
+    // The package's binary, config with a custom state_dir, a drop-in with the image.
+    let sb = Sandbox::new(None);
+    let root = sb.root();
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::copy(bin_path(), root.join("usr/bin/ws-ckpt")).unwrap();
+    fs::write(
+        root.join("etc/ws-ckpt/config.toml"),
+        "[daemon]\nstate_dir = \"/srv/ws/state\"\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("etc/ws-ckpt/config.d/10-storage.toml"),
+        "[backend.btrfs-loop]\nimage = \"/srv/ws/img/data.img\"\nmount = \"/srv/ws/mnt\"\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("srv/ws/state")).unwrap();
+    fs::create_dir_all(root.join("srv/ws/img")).unwrap();
+    fs::File::create(root.join("srv/ws/img/data.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    fs::write(
+        root.join("srv/ws/state/state.json"),
+        state_with_workspaces("[]", "/srv/ws/img/data.img", "/srv/ws/mnt"),
+    )
+    .unwrap();
+    sb.run(&file_of("PREUN"), &["0"]);
+    // rpm now deletes the unmodified config file; the drop-in is not the package's.
+    fs::remove_file(root.join("etc/ws-ckpt/config.toml")).unwrap();
+    let err = sb.run(&file_of("POSTUN"), &["0"]);
+    assert!(!root.join("srv/ws/img/data.img").exists(), "{err}");
+    assert!(!root.join("srv/ws/state/state.json").exists(), "{err}");
+    assert!(
+        err.contains("removed") && err.contains("/srv/ws/img/data.img"),
+        "{err}"
+    );
+    assert!(
+        !root.join("var/lib/ws-ckpt/paths-at-removal").exists(),
+        "{err}"
+    );
+    // An image at the default path that no state file vouches for is not touched.
+    assert!(sb.image().exists(), "{err}");
+}
+
+/// `dpkg --root DIR` (maintainer scripts chrootless, DPKG_ROOT=DIR): an empty dpkg database.
+struct DpkgRoot {
+    dir: tempfile::TempDir,
+}
+
+impl DpkgRoot {
+    fn new() -> DpkgRoot {
+        let dir = tempfile::Builder::new()
+            .prefix("ws-ckpt-dpkg-root-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        for d in [
+            "var/lib/dpkg/info",
+            "var/lib/dpkg/updates",
+            "var/lib/dpkg/triggers",
+        ] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        fs::write(dir.path().join("var/lib/dpkg/status"), "").unwrap();
+        fs::write(dir.path().join("var/lib/dpkg/available"), "").unwrap();
+        DpkgRoot { dir }
     }
-    if let Some(rpm) = rpm_package("upgrade_and_remove_without_purge_keep_everything (rpm)") {
-        let scriptlets = rpm_scriptlets(rpm);
-        let file_of = |tag: &str| {
-            let body = &scriptlets
-                .iter()
-                .find(|(t, _)| *t == tag)
-                .unwrap_or_else(|| panic!("no {tag} scriptlet"))
-                .1;
-            let p = dir.path().join(format!("rpm-{tag}.sh"));
-            fs::write(&p, body).unwrap();
-            p
-        };
-        let sb = Sandbox::new(Some(&state_with_workspaces("[]")));
-        // Upgrade: $1 = 1 in %preun and %postun.
-        sb.run(&file_of("PREUN"), &["1"]);
-        sb.run(&file_of("POSTUN"), &["1"]);
-        assert!(sb.image().exists() && sb.state().exists());
-        let fresh = tempfile::tempdir().unwrap();
-        run(Command::new("sh")
-            .arg(file_of("POSTIN"))
-            .arg("1")
-            .env("WS_CKPT_ROOT", fresh.path()));
-        assert!(fresh.path().join("var/lib/ws-ckpt").is_dir());
-        assert!(fresh.path().join("etc/ws-ckpt/config.d").is_dir());
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel.trim_start_matches('/'))
     }
+
+    /// dpkg with the given action; returns its stderr (the maintainer scripts' messages).
+    fn dpkg(&self, args: &[&str]) -> String {
+        let out = Command::new("dpkg")
+            .arg(format!("--root={}", self.dir.path().display()))
+            .args([
+                "--force-script-chrootless",
+                "--force-depends",
+                "--log=/dev/null",
+            ])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "dpkg {args:?} failed:\n{text}");
+        text
+    }
+
+    fn status(&self) -> String {
+        let out = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                self.path("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f=${Status}", "ws-ckpt"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[test]
+fn deb_installs_into_a_throwaway_root_and_purge_honours_config_and_dropin_paths() {
+    let test = "deb_installs_into_a_throwaway_root_and_purge_honours_config_and_dropin_paths";
+    let Some(deb) = deb_package(test) else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test} needs root in CI");
+        }
+        eprintln!("SKIPPED (needs root): {test}");
+        return;
+    }
+    let deb = deb.to_str().unwrap();
+    let storage_config = |r: &DpkgRoot| {
+        // The state directory in the main file, the image and mount in a drop-in.
+        fs::write(
+            r.path("/etc/ws-ckpt/config.toml"),
+            "[daemon]\nstate_dir = \"/srv/wsdata/state\"\n",
+        )
+        .unwrap();
+        fs::write(
+            r.path("/etc/ws-ckpt/config.d/10-storage.toml"),
+            "# storage on /srv\n[backend.btrfs-loop]\nimage = \"/srv/wsdata/img/btrfs-data.img\"\nmount = \"/srv/wsdata/mnt\"\n",
+        )
+        .unwrap();
+        fs::create_dir_all(r.path("/srv/wsdata/state/indexes")).unwrap();
+        fs::create_dir_all(r.path("/srv/wsdata/img")).unwrap();
+        fs::File::create(r.path("/srv/wsdata/img/btrfs-data.img"))
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+    };
+    let state = |workspaces: &str| {
+        state_with_workspaces(
+            workspaces,
+            "/srv/wsdata/img/btrfs-data.img",
+            "/srv/wsdata/mnt",
+        )
+    };
+
+    // Install: files in place, directories made by postinst, the unit known to
+    // deb-systemd-helper but not enabled.
+    let r = DpkgRoot::new();
+    r.dpkg(&["-i", deb]);
+    assert!(
+        r.status().contains("install ok installed"),
+        "{}",
+        r.status()
+    );
+    for f in [
+        "/usr/bin/ws-ckpt",
+        "/etc/ws-ckpt/config.toml",
+        "/usr/share/man/man5/ws-ckpt.toml.5.gz",
+        "/lib/systemd/system/ws-ckpt.service",
+    ] {
+        assert!(r.path(f).exists(), "{f} not installed");
+    }
+    assert!(r.path("/var/lib/ws-ckpt").is_dir() && r.path("/etc/ws-ckpt/config.d").is_dir());
+    assert!(
+        !r.path("/etc/systemd/system/multi-user.target.wants/ws-ckpt.service")
+            .exists(),
+        "the unit must not be enabled"
+    );
+    let out = Command::new(r.path("/usr/bin/ws-ckpt"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    // A recorded workspace: purge keeps the state and the image at the configured paths and
+    // says so, although dpkg deleted config.toml before postrm ran.
+    storage_config(&r);
+    fs::write(r.path("/srv/wsdata/state/state.json"), state(ONE_WORKSPACE)).unwrap();
+    let err = r.dpkg(&["--purge", "ws-ckpt"]);
+    assert!(
+        !r.path("/etc/ws-ckpt/config.toml").exists(),
+        "purge removes the conffile"
+    );
+    assert!(
+        r.path("/srv/wsdata/img/btrfs-data.img").exists(),
+        "purge deleted the image of a recorded workspace:\n{err}"
+    );
+    assert!(r.path("/srv/wsdata/state/state.json").exists(), "{err}");
+    for needle in [
+        "kept",
+        "/home/alice/project",
+        "/srv/wsdata/state",
+        "10-storage.toml",
+    ] {
+        assert!(
+            err.contains(needle),
+            "purge must say what it kept and why ({needle}):\n{err}"
+        );
+    }
+    assert!(
+        r.path("/etc/ws-ckpt/config.d/10-storage.toml").exists(),
+        "drop-ins are the admin's"
+    );
+    assert!(
+        !r.path("/var/lib/ws-ckpt/paths-at-removal").exists(),
+        "{err}"
+    );
+    assert!(
+        r.status().is_empty() || r.status().contains("not-installed"),
+        "{}",
+        r.status()
+    );
+
+    // Every workspace released; remove, then purge later: the storage at the configured
+    // paths goes.
+    let r = DpkgRoot::new();
+    r.dpkg(&["-i", deb]);
+    storage_config(&r);
+    fs::write(r.path("/srv/wsdata/state/state.json"), state("[]")).unwrap();
+    r.dpkg(&["--remove", "ws-ckpt"]);
+    assert!(
+        r.path("/etc/ws-ckpt/config.toml").exists(),
+        "remove keeps the conffile"
+    );
+    assert!(
+        r.path("/var/lib/ws-ckpt/paths-at-removal").exists(),
+        "prerm remembers the paths"
+    );
+    assert!(
+        r.path("/srv/wsdata/img/btrfs-data.img").exists(),
+        "remove keeps everything"
+    );
+    let err = r.dpkg(&["--purge", "ws-ckpt"]);
+    assert!(
+        !r.path("/srv/wsdata/img/btrfs-data.img").exists(),
+        "purge kept an image with no workspace:\n{err}"
+    );
+    assert!(!r.path("/srv/wsdata/state/state.json").exists(), "{err}");
+    assert!(
+        err.contains("removed /") && err.contains("/srv/wsdata/img/btrfs-data.img"),
+        "{err}"
+    );
+    assert!(!r.path("/var/lib/ws-ckpt").exists(), "{err}");
+
+    // No state at all, the image only named in the drop-in: kept, and said where it came from.
+    let r = DpkgRoot::new();
+    r.dpkg(&["-i", deb]);
+    storage_config(&r);
+    let err = r.dpkg(&["--purge", "ws-ckpt"]);
+    assert!(r.path("/srv/wsdata/img/btrfs-data.img").exists(), "{err}");
+    assert!(
+        err.contains("kept") && err.contains("/srv/wsdata/img/btrfs-data.img"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -627,168 +1086,4 @@ fn default_config_is_valid_with_every_setting_uncommented() {
     let v: serde_json::Value = serde_json::from_str(&validate(&all)).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["workspaces"], 1);
-}
-
-/// The Python interpreter that can import ansible, when ansible-playbook/ansible is installed.
-fn ansible_python() -> Option<(PathBuf, String)> {
-    let ansible = tool("ansible")?;
-    for py in ["python3", "python"] {
-        let Ok(out) = Command::new(py)
-            .args(["-c", "import sys, ansible; print(sys.executable)"])
-            .output()
-        else {
-            continue;
-        };
-        if out.status.success() {
-            let exe = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            return Some((ansible, exe));
-        }
-    }
-    None
-}
-
-/// Result of one `ansible localhost -m ws_ckpt` run: the parsed JSON and the full output.
-struct AnsibleRun {
-    result: serde_json::Value,
-    output: String,
-}
-
-fn ansible_module(
-    env: &TestEnv,
-    ansible: &(PathBuf, String),
-    args: serde_json::Value,
-    flags: &[&str],
-) -> AnsibleRun {
-    let mut cmd = Command::new(&ansible.0);
-    cmd.args(["localhost", "-c", "local", "-i", "localhost,", "-M"])
-        .arg(repo().join("packaging/ansible/library"))
-        .args(["-m", "ws_ckpt", "-a"])
-        .arg(args.to_string())
-        .args(flags)
-        .env("ANSIBLE_PYTHON_INTERPRETER", &ansible.1)
-        .env("ANSIBLE_LOCALHOST_WARNING", "false")
-        .env("ANSIBLE_NOCOLOR", "1")
-        .env("ANSIBLE_LOCAL_TEMP", env.root.join("ansible-tmp"))
-        .env("ANSIBLE_REMOTE_TEMP", env.root.join("ansible-tmp"))
-        .env("HOME", &env.root)
-        .env_remove("WS_CKPT_CONFIG");
-    let run = env.run_command(cmd, Duration::from_secs(300));
-    let output = format!("{}\n{}", run.stdout, run.stderr);
-    // The minimal callback prints `localhost | CHANGED => {json}` (diffs come before it).
-    let start = run
-        .stdout
-        .find("localhost | ")
-        .unwrap_or_else(|| panic!("no result line\n{}", run.describe()));
-    let json_start = run.stdout[start..]
-        .find('{')
-        .map(|i| start + i)
-        .unwrap_or_else(|| panic!("no JSON\n{}", run.describe()));
-    let result: serde_json::Value = serde_json::from_str(&run.stdout[json_start..])
-        .unwrap_or_else(|e| panic!("result is not JSON ({e})\n{}", run.describe()));
-    if run.status != Some(0) {
-        panic!("ansible failed\n{}", run.describe());
-    }
-    AnsibleRun { result, output }
-}
-
-fn action_names(r: &AnsibleRun) -> Vec<String> {
-    r.result["actions"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x["action"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-#[test]
-fn ansible_module_check_apply_idempotent_diff() {
-    let test = "ansible_module_check_apply_idempotent_diff";
-    let Some(ansible) = ansible_python() else {
-        skip("ansible (ansible-core)", test);
-        return;
-    };
-    let Some(env) = TestEnv::new(test) else {
-        return;
-    };
-    let project = env.home.join("project");
-    TestEnv::make_sample_tree(&project);
-    let digest = TestEnv::tree_digest(&project);
-    let bin = bin_path();
-    let args = |state: &str| {
-        serde_json::json!({
-            "path": project, "state": state, "config": env.config,
-            "binary": bin, "keep": "7", "auto_cleanup": true,
-        })
-    };
-
-    // Check mode: the planned actions, changed=true, nothing touched.
-    let r = ansible_module(&env, &ansible, args("present"), &["--check", "--diff"]);
-    assert_eq!(r.result["changed"], true, "{}", r.output);
-    let names = action_names(&r);
-    assert!(
-        names.contains(&"init-workspace".to_string()),
-        "{names:?}\n{}",
-        r.output
-    );
-    assert!(
-        r.output.contains("+ init-workspace"),
-        "diff shows the actions:\n{}",
-        r.output
-    );
-    assert!(
-        r.output.contains("keep = 7"),
-        "diff shows the declaration:\n{}",
-        r.output
-    );
-    assert!(!project.is_symlink(), "check mode changed the directory");
-    assert!(!env.image.exists(), "check mode created the image");
-    assert_eq!(
-        fs::read_dir(&env.dropin_dir).unwrap().count(),
-        0,
-        "check mode wrote a drop-in"
-    );
-
-    // For real: the directory becomes a workspace, with the retention settings declared.
-    let r = ansible_module(&env, &ansible, args("present"), &[]);
-    assert_eq!(r.result["changed"], true, "{}", r.output);
-    assert!(
-        project.is_symlink(),
-        "not a workspace after the run:\n{}",
-        r.output
-    );
-    assert_eq!(TestEnv::tree_digest(&project), digest, "data changed");
-    let declared = r.result["declared_in"].as_str().unwrap().to_string();
-    let text = fs::read_to_string(&declared).unwrap();
-    assert!(
-        text.contains("keep = 7") && text.contains("auto_cleanup = true"),
-        "{text}"
-    );
-    let status = env.run(&["--format", "json", "status"]);
-    let status = status.json();
-    assert_eq!(status["workspaces"][0]["condition"], "ready", "{status}");
-
-    // Again: nothing to do.
-    let r = ansible_module(&env, &ansible, args("present"), &[]);
-    assert_eq!(r.result["changed"], false, "{}", r.output);
-    let r = ansible_module(&env, &ansible, args("present"), &["--check"]);
-    assert_eq!(r.result["changed"], false, "{}", r.output);
-
-    // Release with --diff: the config edit and the release action are shown.
-    let r = ansible_module(&env, &ansible, args("absent"), &["--diff"]);
-    assert_eq!(r.result["changed"], true, "{}", r.output);
-    assert!(r.output.contains("+state = \"absent\""), "{}", r.output);
-    assert!(r.output.contains("release-workspace"), "{}", r.output);
-    assert!(
-        project.is_dir() && !project.is_symlink(),
-        "not a plain directory again"
-    );
-    assert_eq!(
-        TestEnv::tree_digest(&project),
-        digest,
-        "data changed by release"
-    );
-    let r = ansible_module(&env, &ansible, args("absent"), &[]);
-    assert_eq!(r.result["changed"], false, "{}", r.output);
 }
