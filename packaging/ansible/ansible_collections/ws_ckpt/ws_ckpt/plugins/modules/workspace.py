@@ -96,8 +96,8 @@ attributes:
     platforms: posix
 notes:
   - Run as root (C(become=true)); ws-ckpt initializes workspaces in-process when no daemon runs.
-  - In check mode the config file must exist; the M(ws_ckpt.ws_ckpt.workspace_info) module and the
-    C(ws_ckpt.ws_ckpt.ws_ckpt) role can be used to install and configure ws-ckpt first.
+  - In check mode the config file must exist (the C(ws_ckpt.ws_ckpt.ws_ckpt) role installs ws-ckpt
+    and writes it, and skips the workspaces in check mode until it exists).
   - A new declaration goes to C(config.d/50-<id>.toml); changes to an existing one are made in the
     file that declares it, keeping its comments.
 seealso:
