@@ -36,9 +36,25 @@ fn systemd_unit_verifies() {
         text.replace("/usr/bin/ws-ckpt", bin_path().to_str().unwrap()),
     )
     .unwrap();
+    // verify also runs man(1) on every Documentation= page: give it the generated ones.
+    let gen = dir.path().join("generated");
+    let out = Command::new(bin_path())
+        .args(["man", "--out-dir"])
+        .arg(&gen)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for page in std::fs::read_dir(&gen).unwrap() {
+        let page = page.unwrap().path();
+        let section = page.extension().unwrap().to_string_lossy().into_owned();
+        let to = dir.path().join(format!("man/man{section}"));
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::rename(&page, to.join(page.file_name().unwrap())).unwrap();
+    }
     let out = Command::new(analyze)
         .arg("verify")
         .arg(&local)
+        .env("MANPATH", dir.path().join("man"))
         .output()
         .unwrap();
     assert!(
