@@ -281,44 +281,70 @@ impl Victim {
     }
 }
 
-/// Files with setuid or setgid bits at or below `root` (symlinks not followed).
-pub fn setuid_files(root: &Path) -> Vec<PathBuf> {
-    walk_files(root)
-        .into_iter()
-        .filter(|p| {
-            fs::symlink_metadata(p)
-                .map(|m| m.is_file() && m.mode() & 0o6000 != 0)
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Regular files at or below `root` whose content contains `needle`.
-pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    walk_files(root)
-        .into_iter()
-        .filter(|p| {
-            fs::read(p)
-                .map(|d| d.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
-fn walk_files(root: &Path) -> Vec<PathBuf> {
+/// Regular files at or below `root` with a setuid or setgid bit, with their owner uid.
+///
+/// Like every walk in this harness that runs while attackers swap entries, it goes by
+/// descriptors and never follows a symlink: a walk by path would itself read (and so
+/// "touch") a victim an attacker linked in.
+pub fn setuid_files(root: &Path) -> Vec<(PathBuf, u32)> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = fs::symlink_metadata(&p) else {
+    walk_files_nofollow(root, &mut |path, file| {
+        if let Ok(m) = file.metadata() {
+            if m.mode() & 0o6000 != 0 {
+                out.push((path.to_path_buf(), m.uid()));
+            }
+        }
+    });
+    out
+}
+
+/// Regular files at or below `root` whose content contains `needle` (walked by descriptors,
+/// see [`setuid_files`]).
+pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk_files_nofollow(root, &mut |path, mut file| {
+        let mut data = Vec::new();
+        if std::io::Read::read_to_end(&mut file, &mut data).is_ok()
+            && data.windows(needle.len()).any(|w| w == needle)
+        {
+            out.push(path.to_path_buf());
+        }
+    });
+    out
+}
+
+/// Visit every regular file at or below `root`: each directory is opened relative to its
+/// parent's descriptor with `O_NOFOLLOW|O_DIRECTORY`, each file with `O_NOFOLLOW`, so an entry
+/// swapped for a symlink mid-walk is skipped, never followed.
+fn walk_files_nofollow(root: &Path, visit: &mut dyn FnMut(&Path, fs::File)) {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let file_flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let Ok(top) = nix::fcntl::open(root, dir_flags, Mode::empty()) else {
+        return;
+    };
+    let mut stack: Vec<(PathBuf, OwnedFd)> = vec![(root.to_path_buf(), top)];
+    while let Some((path, dir)) = stack.pop() {
+        let Ok(listing) = nix::dir::Dir::openat(&dir, ".", dir_flags, Mode::empty()) else {
             continue;
         };
-        if m.is_dir() {
-            if let Ok(rd) = fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
+        let names: Vec<CString> = listing
+            .into_iter()
+            .flatten()
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for name in names {
+            let child = path.join(std::ffi::OsStr::from_bytes(name.as_bytes()));
+            if let Ok(fd) = openat(&dir, name.as_c_str(), dir_flags, Mode::empty()) {
+                stack.push((child, fd));
+            } else if let Ok(fd) = openat(&dir, name.as_c_str(), file_flags, Mode::empty()) {
+                let file = fs::File::from(fd);
+                if file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+                    visit(&child, file);
+                }
             }
-        } else if m.is_file() {
-            out.push(p);
         }
     }
-    out
 }
