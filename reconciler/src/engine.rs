@@ -7,9 +7,12 @@
 use crate::config::{edit, Config, DeclState};
 use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{ActionOutcome, Executor};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::lock::DaemonLock;
-use crate::observe::{observe, Observed, PathState};
-use crate::plan::{plan, Action, Finding, FindingKind, Plan, PlanOptions, Resolution, Severity};
+use crate::model::{Observed, PathState};
+use crate::observe::observe;
+use crate::plan::{plan, Action, Plan, PlanOptions};
+use crate::resolve::Resolution;
 use crate::store::Store;
 use crate::sys::Sys;
 use serde::Serialize;
@@ -129,17 +132,19 @@ impl Engine {
         Ok(())
     }
 
-    /// Observe the system now.
-    pub fn observe(&self) -> Observed {
+    /// Observe the system now (host, then the backend resolved once, then its storage).
+    pub fn observe(&self) -> (Observed, Resolution) {
         observe(self.sys.as_ref(), &self.config, &self.store.p)
     }
 
     /// Plan against a fresh observation.
     pub fn plan(&self, opts: PlanOptions) -> Plan {
+        let (obs, res) = self.observe();
         plan(
             &self.config,
             &self.store.p,
-            &self.observe(),
+            &obs,
+            &res,
             opts,
             SystemTime::now(),
         )

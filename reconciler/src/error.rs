@@ -1,7 +1,9 @@
 //! The engine's error type: a stable machine-readable code (used on the socket and in JSON
 //! output), a one-line message naming the path or ID, and a one-line hint.
 //!
-//! Module-level errors (config, state, sys, copy, lock) convert into it with their context.
+//! Module-level errors (config, state, sys, copy, lock) convert into it with their context;
+//! each conversion lives next to the module error it converts, so that this module depends on
+//! no other (every module may use it without an import cycle).
 
 use serde::{Deserialize, Serialize};
 
@@ -78,55 +80,10 @@ impl Error {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
 
-impl From<crate::sys::SysError> for Error {
-    fn from(e: crate::sys::SysError) -> Self {
-        let hint = matches!(e, crate::sys::SysError::ProgramMissing { .. }).then(|| {
-            "install btrfs-progs (apt-get install btrfs-progs / dnf install btrfs-progs)"
-                .to_string()
-        });
-        Error {
-            code: ErrorCode::Io,
-            message: e.to_string(),
-            hint,
-        }
-    }
-}
-
-impl From<crate::state::StateError> for Error {
-    fn from(e: crate::state::StateError) -> Self {
-        Error::new(ErrorCode::Io, e.to_string())
-    }
-}
-
-impl From<crate::config::ConfigError> for Error {
-    fn from(e: crate::config::ConfigError) -> Self {
-        let hint = if e.line.is_some() {
-            "fix the file at the position shown; `ws-ckpt config validate` checks it"
-        } else {
-            "check that the file exists and is readable (`ws-ckpt --config PATH` or WS_CKPT_CONFIG picks another one)"
-        };
-        Error::new(ErrorCode::ConfigInvalid, e.to_string()).hint(hint)
-    }
-}
-
-impl From<crate::config::edit::EditError> for Error {
-    fn from(e: crate::config::edit::EditError) -> Self {
-        Error::new(ErrorCode::ConfigInvalid, e.to_string())
-    }
-}
-
+// The copy module is being replaced (tree/); until then its conversion stays here (copy
+// depends on nothing in this crate, so this creates no cycle).
 impl From<crate::copy::CopyError> for Error {
     fn from(e: crate::copy::CopyError) -> Self {
         Error::new(ErrorCode::OperationFailed, e.to_string())
-    }
-}
-
-impl From<crate::lock::LockError> for Error {
-    fn from(e: crate::lock::LockError) -> Self {
-        match e {
-            crate::lock::LockError::Held { .. } => Error::new(ErrorCode::Locked, e.to_string())
-                .hint("wait for it to finish; if the daemon runs, run the command without root so it goes through the daemon, or stop the daemon"),
-            _ => Error::new(ErrorCode::Io, e.to_string()),
-        }
     }
 }

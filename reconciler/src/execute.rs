@@ -8,9 +8,11 @@ use crate::config::{edit, Config};
 use crate::copy::{self, Progress};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
+use crate::model::PathState;
 use crate::model::{InitPhase, PendingKind, PendingOp, ReleasePhase};
-use crate::observe::{path_state, PathState};
-use crate::plan::{Action, MigratedWorkspace, Resolution, DECLARED_MARKER, IMG_TARGET_KEY};
+use crate::observe::path_state;
+use crate::plan::{Action, MigratedWorkspace, DECLARED_MARKER, IMG_TARGET_KEY};
+use crate::resolve::Resolution;
 use crate::state::{
     BackendIdentity, BackendPaths, LoopImage, SnapshotEntry, StateFile, WorkspaceEntry,
     STATE_VERSION,

@@ -134,6 +134,17 @@ impl DaemonLock {
     }
 }
 
+impl From<LockError> for crate::error::Error {
+    fn from(e: LockError) -> Self {
+        use crate::error::{Error, ErrorCode};
+        match e {
+            LockError::Held { .. } => Error::new(ErrorCode::Locked, e.to_string())
+                .hint("wait for it to finish; if the daemon runs, run the command without root so it goes through the daemon, or stop the daemon"),
+            _ => Error::new(ErrorCode::Io, e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

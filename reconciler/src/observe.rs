@@ -1,117 +1,23 @@
 //! Observation: reads the live system (mounts, loop devices, image files, subvolumes, workspace
 //! paths) into an [`Observed`] value for the planner.
 //!
+//! Two phases with the backend resolution between them: [`observe_host`] reads what decides
+//! which backend is effective (mount table, loop devices, image files, a btrfs-base candidate);
+//! [`crate::resolve::resolve_backend`] turns that into a [`Resolution`]; [`observe_storage`]
+//! then reads what lies under that backend (subvolumes, snapshot directories, legacy indexes)
+//! and the paths of interest. [`observe`] runs the three in order.
+//!
 //! Read-only: nothing here changes the system. Errors reading one thing are recorded in the
 //! observation (the planner turns them into findings) rather than aborting the pass.
 
 use crate::config::Config;
-use crate::model::Persisted;
-use crate::plan::{resolve_backend, Resolution};
-use crate::state::{parse_index, WorkspaceIndex};
-use crate::sys::{FsUsage, LoopDevice, MountEntry, Sys};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::model::{FileInfo, Observed, PathState, Persisted, StorageView};
+use crate::resolve::{resolve_backend, storage_mounted, Resolution};
+use crate::state::parse_index;
+use crate::sys::{MountEntry, Sys};
+use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-/// Identity and size of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileInfo {
-    /// Apparent size in bytes.
-    pub size: u64,
-    /// st_dev.
-    pub dev: u64,
-    /// st_ino.
-    pub ino: u64,
-}
-
-/// What is at a path (never following a final symlink).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathState {
-    /// Nothing.
-    Missing,
-    /// A symlink.
-    Symlink {
-        /// Its target, verbatim.
-        target: PathBuf,
-        /// Whether the target resolves.
-        target_exists: bool,
-    },
-    /// A real directory.
-    Dir {
-        /// Owner.
-        uid: u32,
-        /// True when it has no entries.
-        empty: bool,
-    },
-    /// A regular file or anything else.
-    Other,
-}
-
-/// The mounted storage of the effective backend.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StorageView {
-    /// Mount source (device).
-    pub device: String,
-    /// Usage of the filesystem.
-    pub usage: FsUsage,
-    /// data_root exists.
-    pub data_root_exists: bool,
-    /// snapshots_root exists.
-    pub snapshots_root_exists: bool,
-    /// Names of the subvolumes directly under data_root.
-    pub workspace_subvols: BTreeSet<String>,
-    /// ws_id → names of the snapshot subvolumes under `<snapshots_root>/<ws_id>`.
-    pub snapshots: BTreeMap<String, BTreeSet<String>>,
-    /// Legacy (v0) indexes found at `<snapshots_root>/<ws_id>/index.json`.
-    pub v0_indexes: BTreeMap<String, WorkspaceIndex>,
-    /// ws_id → subvolumes nested inside that workspace (relative paths), recorded ones only.
-    pub nested: BTreeMap<String, Vec<PathBuf>>,
-}
-
-/// Everything the planner knows about the live system.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Observed {
-    /// `/proc/self/mountinfo`.
-    pub mounts: Vec<MountEntry>,
-    /// Attached loop devices.
-    pub loops: Vec<LoopDevice>,
-    /// The configured loop image, if present.
-    pub image: Option<FileInfo>,
-    /// The pre-FHS loop image, if present.
-    pub legacy_image: Option<FileInfo>,
-    /// Usage of the filesystem holding the image's directory.
-    pub image_host_usage: Option<FsUsage>,
-    /// A detected btrfs-base filesystem (SPEC §6.2).
-    pub base_candidate: Option<PathBuf>,
-    /// Storage of the effective backend when it is mounted.
-    pub storage: Option<StorageView>,
-    /// Why storage could not be observed, when it could not.
-    pub storage_error: Option<String>,
-    /// lstat of every path of interest (workspace paths, temporary names of pending operations).
-    pub paths: BTreeMap<PathBuf, PathState>,
-    /// Which temporary/pending subvolume paths exist as subvolumes.
-    pub subvols: BTreeMap<PathBuf, bool>,
-}
-
-impl Observed {
-    /// State of a path that was observed (Missing when it was not asked for).
-    pub fn path(&self, p: &Path) -> &PathState {
-        self.paths.get(p).unwrap_or(&PathState::Missing)
-    }
-
-    /// Whether a path observed with [`Observed::subvols`] is a subvolume.
-    pub fn is_subvol(&self, p: &Path) -> bool {
-        self.subvols.get(p).copied().unwrap_or(false)
-    }
-
-    /// The mount entry at exactly `mount_point` (topmost), if any.
-    pub fn mount_at(&self, mount_point: &Path) -> Option<&MountEntry> {
-        self.mounts
-            .iter()
-            .rev()
-            .find(|m| m.mount_point == mount_point)
-    }
-}
 
 /// lstat a path into a [`PathState`].
 pub fn path_state(p: &Path) -> PathState {
@@ -157,24 +63,18 @@ pub fn detect_base(mounts: &[MountEntry]) -> Option<PathBuf> {
         .map(|m| m.mount_point.clone())
 }
 
-/// Is `mount` currently a btrfs mount of the loop image `image`?
-pub fn loop_mount_matches(obs: &Observed, image: &FileInfo, mount: &Path) -> Option<PathBuf> {
-    let m = obs.mount_at(mount)?;
-    if m.fs_type != "btrfs" {
-        return None;
-    }
-    obs.loops
-        .iter()
-        .find(|l| {
-            l.device == Path::new(&m.source)
-                && l.backing_inode == image.ino
-                && l.backing_dev == image.dev
-        })
-        .map(|l| l.device.clone())
+/// Both phases of an observation, with the backend resolved once between them.
+pub fn observe(sys: &dyn Sys, config: &Config, persisted: &Persisted) -> (Observed, Resolution) {
+    let mut obs = observe_host(sys, config);
+    let res = resolve_backend(config, persisted, &obs);
+    observe_storage(sys, config, persisted, &res, &mut obs);
+    (obs, res)
 }
 
-/// Observe everything relevant to `config` + `persisted`.
-pub fn observe(sys: &dyn Sys, config: &Config, persisted: &Persisted) -> Observed {
+/// Phase 1: the mount table, the loop devices, the configured and the pre-FHS image, the usage
+/// of the filesystem holding the image, and a btrfs-base candidate. A mount table that cannot
+/// be read is recorded in [`Observed::storage_error`].
+pub fn observe_host(sys: &dyn Sys, config: &Config) -> Observed {
     let mut obs = Observed::default();
     match sys.mounts() {
         Ok(m) => obs.mounts = m,
@@ -188,12 +88,22 @@ pub fn observe(sys: &dyn Sys, config: &Config, persisted: &Persisted) -> Observe
         obs.image_host_usage = sys.fs_usage(&nearest_existing(dir)).ok();
     }
     obs.base_candidate = detect_base(&obs.mounts);
+    obs
+}
 
-    let res = resolve_backend(config, persisted, &obs);
-    observe_paths(&mut obs, config, persisted);
-    fill_subvols(sys, &mut obs);
-    if res.conflict.is_none() && storage_mounted(&obs, &res) {
-        let mut view = observe_storage(sys, &obs, &res);
+/// Phase 2: the paths of interest (declared and recorded workspaces, temporary names of
+/// pending operations) and, when the resolved backend is usable and mounted, its storage.
+pub fn observe_storage(
+    sys: &dyn Sys,
+    config: &Config,
+    persisted: &Persisted,
+    res: &Resolution,
+    obs: &mut Observed,
+) {
+    observe_paths(obs, config, persisted);
+    fill_subvols(sys, obs);
+    if res.conflict.is_none() && storage_mounted(obs, res) {
+        let mut view = storage_view(sys, obs, res);
         for w in persisted.state.iter().flat_map(|s| s.workspaces.iter()) {
             if view.workspace_subvols.contains(&w.ws_id) {
                 match sys.nested_subvolumes(&res.ws_subvol(&w.ws_id)) {
@@ -209,7 +119,6 @@ pub fn observe(sys: &dyn Sys, config: &Config, persisted: &Persisted) -> Observe
         }
         obs.storage = Some(view);
     }
-    obs
 }
 
 fn nearest_existing(p: &Path) -> PathBuf {
@@ -222,20 +131,6 @@ fn nearest_existing(p: &Path) -> PathBuf {
             Some(parent) => cur = parent,
             None => return PathBuf::from("/"),
         }
-    }
-}
-
-/// True when the resolved backend's filesystem is mounted where it should be.
-pub fn storage_mounted(obs: &Observed, res: &Resolution) -> bool {
-    match &res.image {
-        Some(_) => obs
-            .image
-            .as_ref()
-            .and_then(|img| loop_mount_matches(obs, img, &res.mount))
-            .is_some(),
-        None => obs
-            .mount_at(&res.mount)
-            .is_some_and(|m| m.fs_type == "btrfs"),
     }
 }
 
@@ -276,7 +171,7 @@ fn observe_paths(obs: &mut Observed, config: &Config, persisted: &Persisted) {
     obs.subvols = subvols.into_iter().map(|p| (p, false)).collect();
 }
 
-fn observe_storage(sys: &dyn Sys, obs: &Observed, res: &Resolution) -> StorageView {
+fn storage_view(sys: &dyn Sys, obs: &Observed, res: &Resolution) -> StorageView {
     let mut view = StorageView {
         device: obs
             .mount_at(&res.mount)

@@ -1,17 +1,19 @@
-//! The planner: a pure function of (desired, persisted, observed, now) that returns ordered
-//! actions and findings (SPEC §4).
+//! The planner: a pure function of (desired, persisted, observed, resolved backend, now) that
+//! returns ordered actions and findings (SPEC §4).
 //!
 //! Nothing here touches the system or the clock; every input is passed in, so each rule is
-//! unit-tested over hand-built observations.
+//! unit-tested over hand-built observations. The backend is resolved before planning (see
+//! `resolve`) and passed in; the planner never resolves it again.
 
-use crate::config::{BackendKind, Config, DeclState, Keep, WorkspaceDecl};
+use crate::config::{Config, DeclState, Keep, WorkspaceDecl};
+pub use crate::finding::{Finding, FindingKind, Severity};
 use crate::ids;
 use crate::model::{
-    InitPhase, PendingKind, PendingOp, Persisted, ReleasePhase, RollbackPhase, StateProblem,
+    InitPhase, Observed, PathState, PendingKind, PendingOp, Persisted, ReleasePhase, RollbackPhase,
+    StateProblem, StorageView,
 };
-use crate::observe::{Observed, PathState, StorageView};
+use crate::resolve::{image_creation_bytes, image_target_bytes, Resolution};
 use crate::state::{BackendType, SelectionMethod, WorkspaceIndex};
-use crate::sys::FsUsage;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,127 +27,6 @@ pub const ADVISORY_FS_PERCENT: u32 = 90;
 pub const DECLARED_MARKER: &str = "config_declared";
 /// Key in `paths.loop_img` recording the size target the image was created or grown for.
 pub const IMG_TARGET_KEY: &str = "img_target_bytes";
-
-/// The effective backend and its paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resolution {
-    /// Effective backend type.
-    pub backend_type: BackendType,
-    /// How it was chosen.
-    pub selection_method: SelectionMethod,
-    /// Mount point of the btrfs filesystem.
-    pub mount: PathBuf,
-    /// Directory holding one subvolume per workspace.
-    pub data_root: PathBuf,
-    /// Directory holding `<ws_id>/<snapshot>` subvolumes.
-    pub snapshots_root: PathBuf,
-    /// Image file (loop backend only).
-    pub image: Option<PathBuf>,
-    /// Set when the backend cannot be used (blocks every mutation).
-    #[serde(skip)]
-    pub conflict: Option<Finding>,
-}
-
-impl Resolution {
-    /// `<data_root>/<ws_id>`.
-    pub fn ws_subvol(&self, ws_id: &str) -> PathBuf {
-        self.data_root.join(ws_id)
-    }
-    /// `<snapshots_root>/<ws_id>`.
-    pub fn snap_dir(&self, ws_id: &str) -> PathBuf {
-        self.snapshots_root.join(ws_id)
-    }
-    /// `<snapshots_root>/<ws_id>/<snapshot>`.
-    pub fn snapshot_path(&self, ws_id: &str, snapshot: &str) -> PathBuf {
-        self.snap_dir(ws_id).join(snapshot)
-    }
-}
-
-/// Severity of a finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Informational.
-    Info,
-    /// Degraded but working.
-    Warning,
-    /// Something cannot work until fixed.
-    Error,
-}
-
-/// Kinds of findings (SPEC §4), as shown by the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FindingKind {
-    /// The effective backend cannot be realized while workspaces are recorded on it.
-    BackendConflict,
-    /// A workspace's storage is gone.
-    StorageUnavailable,
-    /// Recorded but declared nowhere.
-    UndeclaredWorkspace,
-    /// The declared path is occupied by something ws-ckpt must not overwrite.
-    PathOccupied,
-    /// state.json is from a newer ws-ckpt.
-    NewerStateVersion,
-    /// A subvolume inside a workspace.
-    NestedSubvolume,
-    /// Very many snapshots in one workspace.
-    AdvisorySnapshotCount,
-    /// The filesystem is nearly full.
-    AdvisoryFsUsage,
-    /// state.json or an index was corrupt, moved aside and rebuilt.
-    StateRebuilt,
-    /// A declared path may not become a workspace.
-    InvalidPath,
-    /// The config asks for a smaller image than exists.
-    ImageShrinkRefused,
-    /// Two copies exist and ws-ckpt will not choose between them.
-    Ambiguous,
-}
-
-/// Something the operator should know; no automatic action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    /// Kind.
-    pub kind: FindingKind,
-    /// Severity.
-    pub severity: Severity,
-    /// Workspace it is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ws_id: Option<String>,
-    /// Path it is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathBuf>,
-    /// What is wrong.
-    pub message: String,
-    /// How to fix it.
-    pub hint: String,
-}
-
-impl Finding {
-    fn new(kind: FindingKind, severity: Severity, message: String, hint: String) -> Self {
-        Finding {
-            kind,
-            severity,
-            ws_id: None,
-            path: None,
-            message,
-            hint,
-        }
-    }
-    fn ws(mut self, ws_id: &str, path: &Path) -> Self {
-        self.ws_id = Some(ws_id.to_string());
-        self.path = Some(path.to_path_buf());
-        self
-    }
-    /// True for findings that block every mutating operation.
-    pub fn is_blocking(&self) -> bool {
-        matches!(
-            self.kind,
-            FindingKind::BackendConflict | FindingKind::NewerStateVersion
-        )
-    }
-}
 
 /// A snapshot the retention pass would delete, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,176 +349,6 @@ pub struct PlanOptions {
     pub prune: bool,
 }
 
-/// Which backend is effective, by SPEC §4 rule 1, and whether it conflicts (rule 2).
-pub fn resolve_backend(config: &Config, persisted: &Persisted, obs: &Observed) -> Resolution {
-    let state = persisted.state.as_ref();
-    let persisted_type = state.map(|s| s.backend.backend_type);
-    let recorded = state.map(|s| s.workspaces.len()).unwrap_or(0);
-    let state_path = persisted.state_path.display().to_string();
-    let config_path = config.config_path.display().to_string();
-    let (backend_type, method) = match (config.backend.kind, persisted_type) {
-        (BackendKind::BtrfsLoop, p) => (
-            BackendType::BtrfsLoop,
-            if p.is_some_and(|p| p != BackendType::BtrfsLoop) {
-                SelectionMethod::ConfigOverride
-            } else {
-                SelectionMethod::Config
-            },
-        ),
-        (BackendKind::BtrfsBase, p) => (
-            BackendType::BtrfsBase,
-            if p.is_some_and(|p| p != BackendType::BtrfsBase) {
-                SelectionMethod::ConfigOverride
-            } else {
-                SelectionMethod::Config
-            },
-        ),
-        (BackendKind::Auto, Some(p)) => (p, SelectionMethod::Persisted),
-        (BackendKind::Auto, None) => {
-            let t = if obs.image.is_some() || obs.legacy_image.is_some() {
-                BackendType::BtrfsLoop
-            } else if config.backend.btrfs_base.btrfs_mount.is_some()
-                || obs.base_candidate.is_some()
-            {
-                BackendType::BtrfsBase
-            } else {
-                BackendType::BtrfsLoop
-            };
-            (t, SelectionMethod::AutoDetect)
-        }
-    };
-    let lcfg = &config.backend.btrfs_loop;
-    let mut res = match backend_type {
-        BackendType::BtrfsLoop => Resolution {
-            backend_type,
-            selection_method: method,
-            mount: lcfg.mount.clone(),
-            data_root: lcfg.mount.clone(),
-            snapshots_root: lcfg.mount.join("snapshots"),
-            image: Some(lcfg.image.clone()),
-            conflict: None,
-        },
-        BackendType::BtrfsBase => {
-            let persisted_base = state
-                .filter(|s| s.paths.backend == BackendType::BtrfsBase)
-                .map(|s| s.paths.mount_path.clone());
-            let mount = config
-                .backend
-                .btrfs_base
-                .btrfs_mount
-                .clone()
-                .or(persisted_base)
-                .or_else(|| obs.base_candidate.clone())
-                .unwrap_or_default();
-            let data_root = mount.join("ws-ckpt-data");
-            Resolution {
-                backend_type,
-                selection_method: method,
-                snapshots_root: data_root.join("snapshots"),
-                data_root,
-                mount,
-                image: None,
-                conflict: None,
-            }
-        }
-    };
-    let fixes = |persisted: BackendType| {
-        format!(
-            "either set `[backend] type = \"{}\"` in {config_path}, or restore or remove {state_path} if it does not describe this host",
-            backend_kind_name(persisted)
-        )
-    };
-    if let Some(s) = state {
-        if s.paths.backend != s.backend.backend_type {
-            res.conflict = Some(Finding::new(
-                FindingKind::BackendConflict,
-                Severity::Error,
-                format!(
-                    "{state_path} is inconsistent: backend_type is {:?} but its paths describe {:?} ({} workspaces recorded); ws-ckpt will not guess which is right",
-                    s.backend.backend_type, s.paths.backend, recorded
-                ),
-                fixes(s.paths.backend),
-            ));
-            return res;
-        }
-        if s.backend.backend_type != backend_type && recorded > 0 {
-            res.conflict = Some(Finding::new(
-                FindingKind::BackendConflict,
-                Severity::Error,
-                format!(
-                    "config selects {:?} but {state_path} records {recorded} workspace(s) on {:?}; switching would strand their data",
-                    backend_type, s.backend.backend_type
-                ),
-                fixes(s.backend.backend_type),
-            ));
-            return res;
-        }
-    }
-    if backend_type == BackendType::BtrfsBase {
-        let mounted = res.mount != Path::new("")
-            && obs
-                .mount_at(&res.mount)
-                .is_some_and(|m| m.fs_type == "btrfs");
-        if !mounted {
-            let where_ = if res.mount == Path::new("") {
-                "no btrfs filesystem was found".to_string()
-            } else {
-                format!("no btrfs filesystem is mounted at {}", res.mount.display())
-            };
-            res.conflict = Some(if recorded > 0 {
-                Finding::new(
-                    FindingKind::BackendConflict,
-                    Severity::Error,
-                    format!("{state_path} records {recorded} workspace(s) on BtrfsBase but {where_}; nothing will be created or moved"),
-                    format!("mount that filesystem again, or {}", fixes(BackendType::BtrfsLoop)),
-                )
-            } else {
-                Finding::new(
-                    FindingKind::StorageUnavailable,
-                    Severity::Error,
-                    format!("backend btrfs-base selected but {where_}"),
-                    format!("mount a btrfs filesystem and set `[backend.btrfs-base] btrfs_mount` in {config_path}, or set `[backend] type = \"btrfs-loop\"`"),
-                )
-            });
-        }
-    }
-    res
-}
-
-/// `[backend] type` spelling of a backend.
-pub fn backend_kind_name(t: BackendType) -> &'static str {
-    match t {
-        BackendType::BtrfsLoop => "btrfs-loop",
-        BackendType::BtrfsBase => "btrfs-base",
-    }
-}
-
-/// The image size the config asks for: min(img_size GiB, img_max_percent % of the host fs).
-pub fn image_target_bytes(config: &Config, host: Option<&FsUsage>) -> u64 {
-    let l = &config.backend.btrfs_loop;
-    let cap = l.img_size_gib.saturating_mul(1 << 30);
-    let t = match host {
-        Some(h) if h.total > 0 => cap.min(percent_of(h.total, l.img_max_percent)),
-        _ => cap,
-    };
-    t & !4095
-}
-
-fn percent_of(n: u64, pct: u32) -> u64 {
-    (u128::from(n) * u128::from(pct) / 100) as u64
-}
-
-/// Size for a newly created image: the target, or free × percent when the target exceeds free space.
-pub fn image_creation_bytes(config: &Config, host: Option<&FsUsage>) -> u64 {
-    let t = image_target_bytes(config, host);
-    match host {
-        Some(h) if t > h.avail => {
-            percent_of(h.avail, config.backend.btrfs_loop.img_max_percent) & !4095
-        }
-        _ => t,
-    }
-}
-
 /// System directories that may never become workspaces (the directory itself).
 const SYSTEM_DIRS: &[&str] = &[
     "/",
@@ -775,11 +486,13 @@ pub fn retention_deletions(
     out
 }
 
-/// Plan. Pure: same inputs, same plan.
+/// Plan against `res`, the backend resolved from the same observation. Pure: same inputs,
+/// same plan.
 pub fn plan(
     config: &Config,
     persisted: &Persisted,
     obs: &Observed,
+    res: &Resolution,
     opts: PlanOptions,
     now: SystemTime,
 ) -> Plan {
@@ -815,24 +528,23 @@ pub fn plan(
             )
         });
     }
-    let res = resolve_backend(config, persisted, obs);
     if let Some(conflict) = &res.conflict {
         p.findings.push(conflict.clone());
-        p.backend = Some(res);
+        p.backend = Some(res.clone());
         return p;
     }
     let mut planner = Planner {
         config,
         persisted,
         obs,
-        res: &res,
+        res,
         opts,
         now,
         plan: p,
     };
     planner.run();
     let mut p = planner.plan;
-    p.backend = Some(res);
+    p.backend = Some(res.clone());
     p
 }
 

@@ -1,9 +1,11 @@
 //! Unit tests of the planner: one or more per rule of SPEC §4, over hand-built inputs.
 
 use super::*;
-use crate::model::{PendingKind, PendingOp, Persisted};
-use crate::observe::{FileInfo, Observed, PathState, StorageView};
+use crate::config::BackendKind;
+use crate::model::{FileInfo, Observed, PathState, PendingKind, PendingOp, Persisted, StorageView};
+use crate::resolve::{image_creation_bytes, image_target_bytes, resolve_backend};
 use crate::state::{SnapshotEntry, StateFile, WorkspaceIndex};
+use crate::sys::FsUsage;
 use crate::sys::{LoopDevice, MountEntry};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +21,24 @@ fn config(extra: &str) -> Config {
         &[(PathBuf::from("/t/etc/config.toml"), text)],
     )
     .expect("test config is valid")
+}
+
+/// The planner after resolving the backend from the same observation, as every pass does.
+fn plan(
+    config: &Config,
+    persisted: &Persisted,
+    obs: &Observed,
+    opts: PlanOptions,
+    now: SystemTime,
+) -> Plan {
+    super::plan(
+        config,
+        persisted,
+        obs,
+        &resolve_backend(config, persisted, obs),
+        opts,
+        now,
+    )
 }
 
 fn ws_decl(path: &str) -> String {

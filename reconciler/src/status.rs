@@ -3,7 +3,7 @@
 //! Read-only. The JSON shape of [`StatusReport`] is part of the CLI contract.
 
 use crate::engine::Engine;
-use crate::observe::PathState;
+use crate::model::PathState;
 use crate::plan::{Finding, FindingKind, PlanOptions, Severity};
 use crate::state::{BackendType, SelectionMethod};
 use serde::{Deserialize, Serialize};
@@ -162,11 +162,12 @@ impl StatusReport {
 
 /// Build the report.
 pub fn build(engine: &Engine) -> StatusReport {
-    let obs = engine.observe();
+    let (obs, res) = engine.observe();
     let p = crate::plan::plan(
         &engine.config,
         &engine.store.p,
         &obs,
+        &res,
         PlanOptions::default(),
         SystemTime::now(),
     );

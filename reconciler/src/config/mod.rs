@@ -1204,6 +1204,23 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
+impl From<ConfigError> for crate::error::Error {
+    fn from(e: ConfigError) -> Self {
+        let hint = if e.line.is_some() {
+            "fix the file at the position shown; `ws-ckpt config validate` checks it"
+        } else {
+            "check that the file exists and is readable (`ws-ckpt --config PATH` or WS_CKPT_CONFIG picks another one)"
+        };
+        crate::error::Error::new(crate::error::ErrorCode::ConfigInvalid, e.to_string()).hint(hint)
+    }
+}
+
+impl From<EditError> for crate::error::Error {
+    fn from(e: EditError) -> Self {
+        crate::error::Error::new(crate::error::ErrorCode::ConfigInvalid, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -696,11 +696,12 @@ fn check_plan(config_path: &Path) -> Result<Value, Error> {
     }
     let sys = LinuxSys::new()?;
     let store = crate::store::Store::load(&config.daemon.state_dir, SystemTime::now())?;
-    let obs = crate::observe::observe(&sys, &config, &store.p);
+    let (obs, res) = crate::observe::observe(&sys, &config, &store.p);
     let p = crate::plan::plan(
         &config,
         &store.p,
         &obs,
+        &res,
         PlanOptions::default(),
         SystemTime::now(),
     );

@@ -24,10 +24,13 @@ use crate::engine::{absolute_user_path, Engine};
 use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{exchange, fsync_dir, new_entry};
 use crate::fault;
+use crate::finding::FindingKind;
 use crate::ids;
+use crate::model::{Observed, PathState};
 use crate::model::{PendingKind, RollbackPhase, StateProblem};
-use crate::observe::{detect_base, file_info, path_state, storage_mounted, Observed, PathState};
-use crate::plan::{resolve_backend, retention_deletions, FindingKind, Resolution, RetentionDelete};
+use crate::observe::{observe_host, path_state};
+use crate::plan::{retention_deletions, RetentionDelete};
+use crate::resolve::{resolve_backend, storage_mounted, Resolution};
 use crate::state::{SnapshotEntry, WorkspaceEntry};
 use crate::store::new_op_id;
 use serde::Serialize;
@@ -245,22 +248,6 @@ impl Engine {
         self.storage_for(None)
     }
 
-    fn light_observe(&self) -> Result<Observed> {
-        let mounts = self
-            .sys()
-            .mounts()
-            .map_err(|e| Error::new(ErrorCode::Io, format!("cannot read the mount table: {e}")))?;
-        let lcfg = &self.config.backend.btrfs_loop;
-        Ok(Observed {
-            loops: self.sys().list_loops().unwrap_or_default(),
-            image: file_info(&lcfg.image),
-            legacy_image: file_info(&lcfg.legacy_image),
-            base_candidate: detect_base(&mounts),
-            mounts,
-            ..Default::default()
-        })
-    }
-
     /// [`Engine::light_resolution`], with errors naming the workspace when there is one.
     fn storage_for(&self, ws: Option<&WorkspaceEntry>) -> Result<Resolution> {
         if let Some(StateProblem::NewerVersion { version, path }) = &self.store.p.problem {
@@ -270,7 +257,10 @@ impl Engine {
             )
             .hint("upgrade ws-ckpt, or restore a state.json written by this version"));
         }
-        let obs = self.light_observe()?;
+        let obs = observe_host(self.sys(), &self.config);
+        if let Some(e) = &obs.storage_error {
+            return Err(Error::new(ErrorCode::Io, e.clone()));
+        }
         let res = resolve_backend(&self.config, &self.store.p, &obs);
         if let Some(f) = &res.conflict {
             let code = if f.is_blocking() || f.kind == FindingKind::BackendConflict {

@@ -87,3 +87,9 @@ impl StateError {
         }
     }
 }
+
+impl From<StateError> for crate::error::Error {
+    fn from(e: StateError) -> Self {
+        crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string())
+    }
+}

@@ -198,3 +198,17 @@ pub trait Sys: Send + Sync {
     /// Create a sparse file of `size` bytes at `image` and format it with `mkfs.btrfs`.
     fn create_image(&self, image: &Path, size: u64) -> SysResult<()>;
 }
+
+impl From<SysError> for crate::error::Error {
+    fn from(e: SysError) -> Self {
+        let hint = matches!(e, SysError::ProgramMissing { .. }).then(|| {
+            "install btrfs-progs (apt-get install btrfs-progs / dnf install btrfs-progs)"
+                .to_string()
+        });
+        crate::error::Error {
+            code: crate::error::ErrorCode::Io,
+            message: e.to_string(),
+            hint,
+        }
+    }
+}
