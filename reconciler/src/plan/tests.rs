@@ -1,12 +1,15 @@
 //! Unit tests of the planner: one or more per rule of SPEC §4, over hand-built inputs.
 
 use super::*;
-use crate::config::BackendKind;
+use crate::config::{BackendKind, Keep};
+use crate::model::InitPhase;
 use crate::model::{FileInfo, Observed, PathState, PendingKind, PendingOp, Persisted, StorageView};
 use crate::resolve::{image_creation_bytes, image_target_bytes, resolve_backend};
+use crate::state::{BackendType, SelectionMethod};
 use crate::state::{SnapshotEntry, StateFile, WorkspaceIndex};
 use crate::sys::FsUsage;
 use crate::sys::{LoopDevice, MountEntry};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 const MNT: &str = "/t/mnt";

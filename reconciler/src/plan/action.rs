@@ -1,0 +1,292 @@
+//! The planner's result vocabulary: the actions (`Action`, named as the CLI shows them) and
+//! their one-line descriptions.
+//!
+//! Data only; the rules that choose actions are in the sibling modules.
+
+use crate::state::{BackendType, SelectionMethod};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use super::RetentionDelete;
+
+/// A workspace found in legacy data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigratedWorkspace {
+    /// Workspace ID.
+    pub ws_id: String,
+    /// User path.
+    pub path: PathBuf,
+    /// Snapshots recorded in its index.
+    pub snapshots: usize,
+}
+
+/// An idempotent step towards the desired state. Names are the CLI's (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Move the pre-FHS image to the configured path.
+    MigrateImagePath {
+        /// Old path.
+        from: PathBuf,
+        /// New path.
+        to: PathBuf,
+    },
+    /// Adopt ws-ckpt ≤ 0.2 indexes found inside the btrfs filesystem.
+    MigrateV0Indexes {
+        /// Workspaces found.
+        workspaces: Vec<MigratedWorkspace>,
+    },
+    /// Declare workspaces recorded by ws-ckpt 0.3 in `config.d/40-migrated.toml`.
+    DeclareMigrated {
+        /// Workspaces to declare.
+        workspaces: Vec<MigratedWorkspace>,
+    },
+    /// Create/attach/mount the backend's filesystem, create its directories and record it.
+    BootstrapBackend {
+        /// Backend.
+        backend_type: BackendType,
+        /// How it was chosen.
+        selection_method: SelectionMethod,
+        /// Mount point.
+        mount: PathBuf,
+        /// data_root.
+        data_root: PathBuf,
+        /// snapshots_root.
+        snapshots_root: PathBuf,
+        /// Image (loop only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<PathBuf>,
+        /// Create a new image of this many bytes first.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create_image_bytes: Option<u64>,
+        /// Size target to record for the image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image_target_bytes: Option<u64>,
+        /// Whether the filesystem must be mounted.
+        mount_needed: bool,
+    },
+    /// Grow the loop image online.
+    GrowImage {
+        /// Image.
+        image: PathBuf,
+        /// Current size.
+        from_bytes: u64,
+        /// New size.
+        to_bytes: u64,
+    },
+    /// Turn a directory into a workspace.
+    InitWorkspace {
+        /// ID to use.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+    },
+    /// Record an existing workspace subvolume (and create its symlink if the path is empty).
+    AdoptWorkspace {
+        /// ID.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+        /// Create the symlink (path is missing).
+        create_symlink: bool,
+    },
+    /// Record snapshot subvolumes that have no index entry.
+    AdoptSnapshot {
+        /// Workspace.
+        ws_id: String,
+        /// Snapshot IDs.
+        snapshots: Vec<String>,
+    },
+    /// Re-create a missing or dangling workspace symlink.
+    RepairSymlink {
+        /// Workspace.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+        /// Symlink target.
+        target: PathBuf,
+    },
+    /// Mark recorded snapshots whose subvolume is gone.
+    MarkMissing {
+        /// Workspace.
+        ws_id: String,
+        /// Snapshot IDs.
+        snapshots: Vec<String>,
+    },
+    /// Clear the mark of snapshots whose subvolume is back.
+    ClearMissing {
+        /// Workspace.
+        ws_id: String,
+        /// Snapshot IDs.
+        snapshots: Vec<String>,
+    },
+    /// Complete an interrupted operation (proven from disk).
+    FinishInterrupted {
+        /// Operation ID.
+        op_id: String,
+        /// Operation name.
+        operation: String,
+        /// Workspace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ws_id: Option<String>,
+        /// What will be done.
+        detail: String,
+    },
+    /// Undo an interrupted operation (proven from disk).
+    RevertInterrupted {
+        /// Operation ID.
+        op_id: String,
+        /// Operation name.
+        operation: String,
+        /// Workspace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ws_id: Option<String>,
+        /// What will be done.
+        detail: String,
+    },
+    /// Delete snapshots per the retention policy.
+    ApplyRetention {
+        /// Workspace.
+        ws_id: String,
+        /// What to delete and why.
+        delete: Vec<RetentionDelete>,
+    },
+    /// Give the data back as a plain directory and remove the workspace.
+    ReleaseWorkspace {
+        /// Workspace.
+        ws_id: String,
+        /// User path.
+        path: PathBuf,
+    },
+}
+
+impl Action {
+    /// The CLI name of the action.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::MigrateImagePath { .. } => "migrate-image-path",
+            Action::MigrateV0Indexes { .. } => "migrate-v0-indexes",
+            Action::DeclareMigrated { .. } => "declare-migrated",
+            Action::BootstrapBackend { .. } => "bootstrap-backend",
+            Action::GrowImage { .. } => "grow-image",
+            Action::InitWorkspace { .. } => "init-workspace",
+            Action::AdoptWorkspace { .. } => "adopt-workspace",
+            Action::AdoptSnapshot { .. } => "adopt-snapshot",
+            Action::RepairSymlink { .. } => "repair-symlink",
+            Action::MarkMissing { .. } => "mark-missing",
+            Action::ClearMissing { .. } => "clear-missing",
+            Action::FinishInterrupted { .. } => "finish-interrupted",
+            Action::RevertInterrupted { .. } => "revert-interrupted",
+            Action::ApplyRetention { .. } => "apply-retention",
+            Action::ReleaseWorkspace { .. } => "release-workspace",
+        }
+    }
+
+    /// Workspace the action is about, if any.
+    pub fn ws_id(&self) -> Option<&str> {
+        match self {
+            Action::InitWorkspace { ws_id, .. }
+            | Action::AdoptWorkspace { ws_id, .. }
+            | Action::AdoptSnapshot { ws_id, .. }
+            | Action::RepairSymlink { ws_id, .. }
+            | Action::MarkMissing { ws_id, .. }
+            | Action::ClearMissing { ws_id, .. }
+            | Action::ApplyRetention { ws_id, .. }
+            | Action::ReleaseWorkspace { ws_id, .. } => Some(ws_id),
+            Action::FinishInterrupted { ws_id, .. } | Action::RevertInterrupted { ws_id, .. } => {
+                ws_id.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// One human line describing the action.
+    pub fn describe(&self) -> String {
+        let list = |v: &[String]| v.join(", ");
+        match self {
+            Action::MigrateImagePath { from, to } => {
+                format!("move image {} → {}", from.display(), to.display())
+            }
+            Action::MigrateV0Indexes { workspaces } | Action::DeclareMigrated { workspaces } => {
+                workspaces
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "{} {} ({} snapshots)",
+                            w.ws_id,
+                            w.path.display(),
+                            w.snapshots
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+            Action::BootstrapBackend {
+                backend_type,
+                mount,
+                image,
+                create_image_bytes,
+                mount_needed,
+                ..
+            } => {
+                let mut s = format!("{backend_type:?} at {}", mount.display());
+                if let (Some(img), Some(n)) = (image, create_image_bytes) {
+                    s += &format!(", create image {} ({})", img.display(), human_bytes(*n));
+                } else if let (Some(img), true) = (image, mount_needed) {
+                    s += &format!(", attach and mount {}", img.display());
+                }
+                s
+            }
+            Action::GrowImage {
+                image,
+                from_bytes,
+                to_bytes,
+            } => format!(
+                "{}: {} → {}",
+                image.display(),
+                human_bytes(*from_bytes),
+                human_bytes(*to_bytes)
+            ),
+            Action::InitWorkspace { ws_id, path } => format!("{ws_id} {}", path.display()),
+            Action::AdoptWorkspace { ws_id, path, .. } => format!("{ws_id} {}", path.display()),
+            Action::RepairSymlink {
+                ws_id,
+                path,
+                target,
+            } => format!("{ws_id} {} → {}", path.display(), target.display()),
+            Action::AdoptSnapshot { ws_id, snapshots }
+            | Action::MarkMissing { ws_id, snapshots }
+            | Action::ClearMissing { ws_id, snapshots } => {
+                format!("{ws_id}: {}", list(snapshots))
+            }
+            Action::FinishInterrupted { detail, .. } | Action::RevertInterrupted { detail, .. } => {
+                detail.clone()
+            }
+            Action::ApplyRetention { ws_id, delete } => format!(
+                "{ws_id}: {}",
+                delete
+                    .iter()
+                    .map(|d| format!("{}: {}", d.id, d.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Action::ReleaseWorkspace { ws_id, path } => format!("{ws_id} {}", path.display()),
+        }
+    }
+}
+
+/// Format bytes with a binary unit.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,242 @@
+//! Interrupted operations (SPEC §5.6): from the recorded phase and what is on disk, decide to
+//! finish, to revert, or (when neither is provably safe) to keep both copies and report.
+
+use super::{human_bytes, Action, Planner};
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::model::{InitPhase, PathState, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+impl Planner<'_> {
+    /// Interrupted operations. Returns the workspaces that must not be planned this pass.
+    pub(super) fn pending(&mut self, storage_ready: bool) -> BTreeSet<String> {
+        let mut busy = BTreeSet::new();
+        for op in self.persisted.pending() {
+            if let Some(ws) = op.kind.ws_id() {
+                busy.insert(ws.to_string());
+            }
+            match &op.kind {
+                PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => {
+                    self.recover_image_op(&op);
+                }
+                _ if storage_ready => self.recover_ws_op(&op),
+                _ => {}
+            }
+        }
+        busy
+    }
+
+    pub(super) fn recover_image_op(&mut self, op: &PendingOp) {
+        let (action, detail) = match &op.kind {
+            PendingKind::MigrateImage { from, to, tmp } => {
+                let from_s = self.obs.path(from);
+                let to_s = self.obs.path(to);
+                let tmp_s = self.obs.path(tmp);
+                match (from_s, to_s) {
+                    (PathState::Missing, PathState::Other) => (
+                        true,
+                        format!("image already at {}; forget the move", to.display()),
+                    ),
+                    (PathState::Other, PathState::Missing) => (
+                        false,
+                        format!(
+                            "image still at {}; remove the partial copy {}{}",
+                            from.display(),
+                            tmp.display(),
+                            if *tmp_s == PathState::Missing {
+                                " (absent)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ),
+                    (PathState::Other, PathState::Other) => (
+                        true,
+                        format!(
+                            "copy complete at {}; remove the old {}",
+                            to.display(),
+                            from.display()
+                        ),
+                    ),
+                    _ => {
+                        self.find(Finding::new(
+                            FindingKind::Ambiguous,
+                            Severity::Error,
+                            format!(
+                                "interrupted image move {}: neither {} nor {} holds the image",
+                                op.op_id,
+                                from.display(),
+                                to.display()
+                            ),
+                            format!(
+                                "look for the image (partial copy: {}) and put it back at {}",
+                                tmp.display(),
+                                to.display()
+                            ),
+                        ));
+                        return;
+                    }
+                }
+            }
+            PendingKind::GrowImage { image, to_bytes } => (
+                true,
+                format!(
+                    "finish growing {} to {}",
+                    image.display(),
+                    human_bytes(*to_bytes)
+                ),
+            ),
+            _ => return,
+        };
+        self.interrupted(op, action, detail);
+    }
+
+    pub(super) fn interrupted(&mut self, op: &PendingOp, finish: bool, detail: String) {
+        let a = if finish {
+            Action::FinishInterrupted {
+                op_id: op.op_id.clone(),
+                operation: op.kind.name().to_string(),
+                ws_id: op.kind.ws_id().map(str::to_string),
+                detail,
+            }
+        } else {
+            Action::RevertInterrupted {
+                op_id: op.op_id.clone(),
+                operation: op.kind.name().to_string(),
+                ws_id: op.kind.ws_id().map(str::to_string),
+                detail,
+            }
+        };
+        self.act(a);
+    }
+
+    pub(super) fn ambiguous(&mut self, op: &PendingOp, what: String) {
+        let (ws, path) = match &op.kind {
+            PendingKind::Init { ws_id, path, .. } | PendingKind::Release { ws_id, path, .. } => {
+                (ws_id.clone(), path.clone())
+            }
+            _ => (String::new(), PathBuf::new()),
+        };
+        self.find(
+            Finding::new(
+                FindingKind::Ambiguous,
+                Severity::Error,
+                format!("interrupted {} {} cannot be finished or reverted safely: {what}; both copies are kept", op.kind.name(), op.op_id),
+                "inspect the paths named, keep the right copy, then remove the operation with `ws-ckpt apply` after fixing".to_string(),
+            )
+            .ws(&ws, &path),
+        );
+    }
+
+    pub(super) fn points_to(&self, p: &Path, target: &Path) -> bool {
+        matches!(self.obs.path(p), PathState::Symlink { target: t, .. } if t == target)
+    }
+
+    pub(super) fn recover_ws_op(&mut self, op: &PendingOp) {
+        match &op.kind {
+            PendingKind::Init {
+                path,
+                subvol,
+                tmp,
+                phase,
+                ..
+            } => {
+                let path_is_link = self.points_to(path, subvol);
+                let path_is_dir = matches!(self.obs.path(path), PathState::Dir { .. });
+                let tmp_state = self.obs.path(tmp).clone();
+                let subvol_ok = self.obs.is_subvol(subvol);
+                match (path_is_dir, path_is_link, phase) {
+                    (true, _, _) if !matches!(tmp_state, PathState::Dir { .. }) => self
+                        .interrupted(
+                            op,
+                            false,
+                            format!(
+                            "{} is still the original directory; delete the partial subvolume {}",
+                            path.display(),
+                            subvol.display()
+                        ),
+                        ),
+                    (false, true, InitPhase::Verified) if subvol_ok => self.interrupted(
+                        op,
+                        true,
+                        format!(
+                            "{} already points to {}; remove the original copy left at {}",
+                            path.display(),
+                            subvol.display(),
+                            tmp.display()
+                        ),
+                    ),
+                    _ => self.ambiguous(
+                        op,
+                        format!(
+                            "{} is {:?}, {} is {:?}, subvolume {} present: {subvol_ok}",
+                            path.display(),
+                            self.obs.path(path),
+                            tmp.display(),
+                            tmp_state,
+                            subvol.display()
+                        ),
+                    ),
+                }
+            }
+            PendingKind::Release {
+                path,
+                subvol,
+                tmp,
+                phase,
+                ..
+            } => {
+                let path_is_link = self.points_to(path, subvol);
+                let path_is_dir = matches!(self.obs.path(path), PathState::Dir { .. });
+                let tmp_is_link = self.points_to(tmp, subvol);
+                match (path_is_link, path_is_dir, tmp_is_link, phase) {
+                    (true, _, _, _) => self.interrupted(
+                        op,
+                        false,
+                        format!("{} is still the workspace; remove the partial copy {}", path.display(), tmp.display()),
+                    ),
+                    (false, true, true, ReleasePhase::Verified)
+                    | (false, true, false, ReleasePhase::Verified)
+                        if !matches!(self.obs.path(tmp), PathState::Dir { .. }) =>
+                    {
+                        self.interrupted(
+                            op,
+                            true,
+                            format!("{} is already the plain directory; remove the workspace subvolume and snapshots", path.display()),
+                        )
+                    }
+                    _ => self.ambiguous(
+                        op,
+                        format!("{} is {:?}, {} is {:?}", path.display(), self.obs.path(path), tmp.display(), self.obs.path(tmp)),
+                    ),
+                }
+            }
+            PendingKind::Rollback {
+                subvol, tmp, phase, ..
+            } => {
+                let tmp_present = self.obs.is_subvol(tmp);
+                let subvol_present = self.obs.is_subvol(subvol);
+                match (phase, subvol_present, tmp_present) {
+                    (_, true, false) => self.interrupted(op, true, format!("workspace {} is intact; forget the rollback", subvol.display())),
+                    (RollbackPhase::Snapshotting, true, true) => self.interrupted(
+                        op,
+                        false,
+                        format!("the workspace was not touched; delete the unfinished snapshot {}", tmp.display()),
+                    ),
+                    (RollbackPhase::Ready, true, true) => self.interrupted(
+                        op,
+                        true,
+                        format!("the exchange may or may not have happened; the subvolume at {} is the live one (the workspace points to it); delete the other copy {}", subvol.display(), tmp.display()),
+                    ),
+                    _ => self.ambiguous(op, format!("workspace subvolume {} present: {subvol_present}, rollback copy {} present: {tmp_present}", subvol.display(), tmp.display())),
+                }
+            }
+            PendingKind::DeleteSnapshots { ws_id, snapshots } => self.interrupted(
+                op,
+                true,
+                format!("{ws_id}: finish deleting {}", snapshots.join(", ")),
+            ),
+            PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => {}
+        }
+    }
+}
