@@ -38,7 +38,7 @@ pub struct Cli {
         long,
         global = true,
         env = "WS_CKPT_CONFIG",
-        default_value = "/etc/ws-ckpt/config.toml"
+        default_value = ws_ckpt::config::DEFAULT_CONFIG_PATH
     )]
     pub config: PathBuf,
     /// Output format.

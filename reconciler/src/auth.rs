@@ -9,7 +9,7 @@
 use crate::api::{Caller, Request};
 use crate::engine::{absolute_user_path, Engine};
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::is_valid_snapshot_id;
+use crate::ids::check_snapshot_id;
 use crate::state::WorkspaceEntry;
 use crate::status::StatusReport;
 use std::os::unix::fs::MetadataExt;
@@ -17,17 +17,6 @@ use std::path::Path;
 
 fn denied(msg: String) -> Error {
     Error::new(ErrorCode::PermissionDenied, msg)
-}
-
-fn check_snapshot_id(id: &str) -> Result<()> {
-    if is_valid_snapshot_id(id) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InvalidArgument,
-            format!("invalid snapshot ID {id:?}: IDs are 1-128 characters of A-Z a-z 0-9 . _ - and start with a letter or digit"),
-        ))
-    }
 }
 
 /// User name of a uid.

@@ -392,7 +392,7 @@ impl Executor<'_> {
         match std::fs::rename(from, to) {
             Ok(()) => fsync_dir(dir),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                copy_sparse_file(from, &tmp)?;
+                crate::tree::copy_file(from, &tmp)?;
                 fault::point("migrate-image:after-copy");
                 std::fs::rename(&tmp, to).map_err(io_err("rename image", to))?;
                 fsync_dir(dir);
@@ -663,9 +663,7 @@ impl Executor<'_> {
         if snap_dir.exists() {
             copy::remove_tree(&snap_dir)?;
         }
-        if self.sys.is_subvolume(&subvol)? {
-            self.sys.delete_subvolume(&subvol)?;
-        }
+        self.sys.delete_subvolume_if_present(&subvol)?;
         self.store.remove_workspace(ws_id)?;
         self.store.end(op)?;
         let _ = self
@@ -691,9 +689,7 @@ impl Executor<'_> {
     fn finish_delete(&mut self, op: &str, ws_id: &str, ids: &[String]) -> Result<()> {
         for id in ids {
             let p = self.res.snapshot_path(ws_id, id);
-            if self.sys.is_subvolume(&p)? {
-                self.sys.delete_subvolume(&p)?;
-            }
+            self.sys.delete_subvolume_if_present(&p)?;
             fault::point("delete:after-subvolume");
             let known = self
                 .store
@@ -743,9 +739,7 @@ impl Executor<'_> {
                             ),
                         ));
                     }
-                    if self.sys.is_subvolume(&subvol)? {
-                        self.sys.delete_subvolume(&subvol)?;
-                    }
+                    self.sys.delete_subvolume_if_present(&subvol)?;
                     self.store.end(op_id)
                 }
             }
@@ -793,9 +787,7 @@ impl Executor<'_> {
                 // The workspace symlink points at `subvol` by name; whichever subvolume holds
                 // that name is live (before or after the exchange). The other one is the copy
                 // to drop, whether finishing or reverting.
-                if self.sys.is_subvolume(&tmp)? {
-                    self.sys.delete_subvolume(&tmp)?;
-                }
+                self.sys.delete_subvolume_if_present(&tmp)?;
                 self.store.end(op_id)
             }
             PendingKind::DeleteSnapshots { ws_id, snapshots } => {
@@ -827,46 +819,4 @@ pub fn fsync_dir(dir: &Path) {
     if let Err(e) = crate::state::fsync_dir(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "fsync of directory failed");
     }
-}
-
-/// Copy a (sparse) file: data segments only, holes stay holes; fsync at the end.
-pub fn copy_sparse_file(from: &Path, to: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::unix::io::AsRawFd;
-    let mut src = std::fs::File::open(from).map_err(io_err("open", from))?;
-    let len = src.metadata().map_err(io_err("stat", from))?.len();
-    let mut dst = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(io_err("create", to))?;
-    dst.set_len(len).map_err(io_err("size", to))?;
-    let fd = src.as_raw_fd();
-    let mut pos: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    while (pos as u64) < len {
-        // SAFETY: plain lseek on a file descriptor we own.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // ENXIO: only a hole remains
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
-        src.seek(SeekFrom::Start(data as u64))
-            .map_err(io_err("seek", from))?;
-        dst.seek(SeekFrom::Start(data as u64))
-            .map_err(io_err("seek", to))?;
-        let mut left = (end - data) as u64;
-        while left > 0 {
-            let n = buf.len().min(left as usize);
-            src.read_exact(&mut buf[..n])
-                .map_err(io_err("read", from))?;
-            dst.write_all(&buf[..n]).map_err(io_err("write", to))?;
-            left -= n as u64;
-        }
-        pos = end;
-    }
-    dst.sync_all().map_err(io_err("fsync", to))?;
-    Ok(())
 }

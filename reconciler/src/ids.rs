@@ -1,13 +1,29 @@
-//! Identifiers: workspace IDs derived from paths, snapshot ID validation and generation.
+//! Identifiers: every rule about workspace and snapshot IDs, in one place. The config, the
+//! persisted state, authorization and the operations all validate with these functions, so
+//! an ID one of them accepts is accepted by all (SPEC §3, §5.2).
 //!
-//! Pure functions; IDs are validated here before any path is built from them.
+//! Pure functions, plus the generators of derived and time-based IDs. An ID is validated
+//! before any path is built from it: both kinds become one path component under the data root
+//! or the snapshots root.
 
+use crate::error::{Error, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Maximum length of a snapshot ID.
 pub const MAX_SNAPSHOT_ID_LEN: usize = 128;
+/// Maximum length of a workspace ID.
+pub const MAX_WS_ID_LEN: usize = 64;
+/// Names a workspace ID may not take: what ws-ckpt keeps next to the workspace subvolumes in
+/// the data root (on the loop backend the data root is the mount, and `snapshots` is the
+/// snapshots root itself).
+pub const RESERVED_WS_IDS: &[&str] = &["snapshots"];
+/// The workspace-ID rule, as error messages state it.
+pub const WS_ID_RULE: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
+/// The snapshot-ID rule, as error messages state it.
+pub const SNAPSHOT_ID_RULE: &str =
+    "1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit";
 
 /// `ws-` + the first 6 hex digits of SHA-256 of the absolute path.
 pub fn derive_ws_id(path: &Path) -> String {
@@ -33,21 +49,53 @@ fn first_free(base: String, taken: impl Fn(&str) -> bool) -> String {
         .unwrap_or(base)
 }
 
-/// True for a valid snapshot ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
-pub fn is_valid_snapshot_id(id: &str) -> bool {
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,max-1}`: safe as one path component (no `/`, never `.` or
+/// `..`, never hidden).
+fn is_component(id: &str, max: usize) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
-        && bytes.len() <= MAX_SNAPSHOT_ID_LEN
+        && bytes.len() <= max
         && bytes[0].is_ascii_alphanumeric()
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// True for a valid workspace ID (same alphabet as snapshot IDs, at most 64 characters, and not
-/// a name ws-ckpt uses itself inside data_root).
+/// True for a valid snapshot ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+pub fn is_valid_snapshot_id(id: &str) -> bool {
+    is_component(id, MAX_SNAPSHOT_ID_LEN)
+}
+
+/// True for a valid workspace ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` and not one of
+/// [`RESERVED_WS_IDS`].
 pub fn is_valid_ws_id(id: &str) -> bool {
-    id.len() <= 64 && is_valid_snapshot_id(id) && id != "snapshots" && !id.starts_with(".")
+    ws_id_problem(id).is_none()
+}
+
+/// Why `id` is not a valid workspace ID (one clause, for an error message), or `None`.
+pub fn ws_id_problem(id: &str) -> Option<String> {
+    if !is_component(id, MAX_WS_ID_LEN) {
+        Some(format!("it must match {WS_ID_RULE}"))
+    } else if RESERVED_WS_IDS.contains(&id) {
+        Some(format!(
+            "\"{id}\" is the name of ws-ckpt's own snapshot directory in the data root"
+        ))
+    } else {
+        None
+    }
+}
+
+/// `Ok` for a valid snapshot ID, else an `InvalidArgument` error naming it and the rule.
+pub fn check_snapshot_id(id: &str) -> Result<(), Error> {
+    if is_valid_snapshot_id(id) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid snapshot ID {id:?}"),
+        )
+        .hint(format!("snapshot IDs are {SNAPSHOT_ID_RULE}")))
+    }
 }
 
 /// A generated, sortable, time-based snapshot ID: `YYYYMMDD-HHMMSS-mmm` in UTC, with `-N`
@@ -125,6 +173,13 @@ mod tests {
             assert!(!is_valid_snapshot_id(bad), "{bad}");
         }
         assert!(!is_valid_ws_id("snapshots"));
+        assert!(is_valid_ws_id("ws-1a2b3c") && is_valid_ws_id(&"a".repeat(64)));
+        assert!(!is_valid_ws_id(&"a".repeat(65)) && !is_valid_ws_id("../x"));
+        assert!(ws_id_problem("snapshots").is_some_and(|p| p.contains("snapshot directory")));
+        let e = check_snapshot_id("a/b").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("\"a/b\""), "{}", e.message);
+        assert!(check_snapshot_id("c1").is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, TableLike, Value};
 
-use super::{error_at, is_valid_workspace_id, normalize_abs_path, Config, ConfigError, DeclState};
+use super::{error_at, normalize_abs_path, Config, ConfigError, DeclState};
 
 /// File name (inside the drop-in directory) of the upgrade declarations.
 pub const MIGRATED_FILE_NAME: &str = "40-migrated.toml";
@@ -57,10 +57,12 @@ pub enum EditError {
         path: PathBuf,
     },
     /// A workspace ID is not valid (and would not be a safe file name).
-    #[error("invalid workspace id \"{id}\": it must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")]
+    #[error("invalid workspace id \"{id}\": {problem}")]
     InvalidId {
         /// The rejected ID.
         id: String,
+        /// What is wrong with it (see `ids::ws_id_problem`).
+        problem: String,
     },
     /// A workspace path is not absolute, contains `..` or is not UTF-8.
     #[error("invalid workspace path \"{}\": {reason}", path.display())]
@@ -82,9 +84,10 @@ pub fn declare_workspace(
     ws_id: &str,
     path: &Path,
 ) -> Result<(PathBuf, bool), EditError> {
-    if !is_valid_workspace_id(ws_id) {
+    if let Some(problem) = crate::ids::ws_id_problem(ws_id) {
         return Err(EditError::InvalidId {
             id: ws_id.to_string(),
+            problem,
         });
     }
     let path = checked_path(path)?;
@@ -247,8 +250,11 @@ pub fn write_migrated(
 ) -> Result<(PathBuf, bool), EditError> {
     let mut wanted: Vec<(String, PathBuf)> = Vec::new();
     for (id, path) in entries {
-        if !is_valid_workspace_id(id) {
-            return Err(EditError::InvalidId { id: id.clone() });
+        if let Some(problem) = crate::ids::ws_id_problem(id) {
+            return Err(EditError::InvalidId {
+                id: id.clone(),
+                problem,
+            });
         }
         let path = checked_path(path)?;
         if !wanted.iter().any(|(_, p)| *p == path) {

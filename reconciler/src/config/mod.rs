@@ -465,17 +465,6 @@ pub(crate) fn normalize_abs_path(text: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Whether `id` is a valid workspace ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-pub fn is_valid_workspace_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// The settings one file sets (`None` = not set in this file).
 #[derive(Debug, Default)]
 struct Layer {
@@ -773,12 +762,12 @@ fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigError> {
         let mut id_loc = None;
         let id = match ws.id {
             Some(id) => {
-                if !is_valid_workspace_id(id.get_ref()) {
+                if let Some(problem) = crate::ids::ws_id_problem(id.get_ref()) {
                     return Err(src.err(
                         Some(id.span()),
                         "workspace.id",
                         format!(
-                            "invalid workspace id \"{}\"; it must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} (e.g. \"ws-1a2b3c\"), or remove it to derive one from the path",
+                            "invalid workspace id \"{}\": {problem} (e.g. \"ws-1a2b3c\"); or remove it to derive one from the path",
                             id.get_ref()
                         ),
                     ));
@@ -1745,6 +1734,18 @@ state = "present"
         assert!(c.workspace(Path::new("/a/b")).is_some());
         assert!(c.workspace(Path::new("/a")).is_none());
         assert!(c.workspace(Path::new("/a/b/c")).is_none());
+    }
+
+    #[test]
+    fn reserved_workspace_id_is_rejected() {
+        // On the loop backend `<data_root>/snapshots` is the snapshots root itself.
+        rejects(
+            "[[workspace]]\npath = \"/a\"\nid = \"snapshots\"\n",
+            3,
+            6,
+            "workspace.id",
+            "snapshot directory",
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{exchange, fsync_dir, new_entry};
 use crate::fault;
 use crate::finding::FindingKind;
-use crate::ids;
+use crate::ids::{self, check_snapshot_id};
 use crate::model::{Observed, PathState};
 use crate::model::{PendingKind, RollbackPhase, StateProblem};
 use crate::observe::{observe_host, path_state};
@@ -183,18 +183,6 @@ pub struct DiffResult {
     pub to: Option<String>,
     /// Entries sorted by path.
     pub entries: Vec<DiffEntry>,
-}
-
-fn check_snapshot_id(id: &str) -> Result<()> {
-    if ids::is_valid_snapshot_id(id) {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorCode::InvalidArgument,
-            format!("invalid snapshot ID {id:?}"),
-        )
-        .hint("IDs are 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"))
-    }
 }
 
 fn is_tmpfs(p: &Path) -> bool {
@@ -579,9 +567,7 @@ impl Engine {
             .and_then(|s| s.workspace(&p.ws_id))
             .is_some_and(|w| w.workspace_path == p.workspace);
         if !still {
-            if self.sys().is_subvolume(&p.dest).unwrap_or(false) {
-                let _ = self.sys().delete_subvolume(&p.dest);
-            }
+            let _ = self.sys().delete_subvolume_if_present(&p.dest);
             return Err(Error::new(
                 ErrorCode::WorkspaceNotFound,
                 format!(
@@ -717,17 +703,13 @@ impl Engine {
 
     /// Undo a rollback that failed before the exchange: drop the copy, forget the operation.
     fn abandon_rollback(&mut self, op: &str, tmp: &Path) {
-        let cleaned = match self.sys().is_subvolume(tmp) {
-            Ok(true) => self.sys().delete_subvolume(tmp).map_err(Error::from),
-            Ok(false) => Ok(()),
-            Err(e) => Err(Error::from(e)),
-        };
+        let cleaned = self.sys().delete_subvolume_if_present(tmp);
         match cleaned {
             // Keep the record when the copy could not be removed: the next pass retries.
             Err(e) => {
                 tracing::warn!(tmp = %tmp.display(), error = %e, "could not remove the unfinished rollback copy")
             }
-            Ok(()) => {
+            Ok(_) => {
                 if let Err(e) = self.store.end(op) {
                     tracing::warn!(op, error = %e, "could not forget the failed rollback");
                 }
@@ -989,13 +971,9 @@ impl Engine {
                         fault::point("diff:after-snapshot");
                         crate::diff::diff_subvolumes(&from_path, &tmp).map_err(diff_err)
                     });
-                let cleaned = match self.sys().is_subvolume(&tmp) {
-                    Ok(true) => self.sys().delete_subvolume(&tmp).map_err(Error::from),
-                    Ok(false) => Ok(()),
-                    Err(e) => Err(Error::from(e)),
-                };
+                let cleaned = self.sys().delete_subvolume_if_present(&tmp);
                 match cleaned {
-                    Ok(()) => self.store.end(&op)?,
+                    Ok(_) => self.store.end(&op)?,
                     // Left recorded: the next pass deletes it.
                     Err(e) => {
                         tracing::warn!(tmp = %tmp.display(), error = %e, "could not delete the temporary diff snapshot")

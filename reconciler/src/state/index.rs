@@ -197,7 +197,7 @@ impl IndexStore {
     }
 
     fn checked_dir(&self, ws_id: &str) -> Result<PathBuf, StateError> {
-        if valid_ws_id(ws_id) {
+        if crate::ids::is_valid_ws_id(ws_id) {
             Ok(self.dir(ws_id))
         } else {
             Err(StateError::InvalidWsId {
@@ -363,7 +363,7 @@ impl IndexStore {
                 .map_err(|e| StateError::io(&entry.path(), e))?
                 .is_dir();
             if let Some(name) = entry.file_name().to_str() {
-                if is_dir && valid_ws_id(name) {
+                if is_dir && crate::ids::is_valid_ws_id(name) {
                     ids.push(name.to_string());
                 }
             }
@@ -414,17 +414,6 @@ impl IndexStore {
         write_atomic_mode(&journal_path, &bytes, INDEX_FILE_MODE)
             .map_err(|e| StateError::io(&journal_path, e))
     }
-}
-
-/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: safe as one path component.
-fn valid_ws_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -58,8 +58,9 @@ pub enum StateError {
     },
     /// A workspace ID that is not safe to use as a path component.
     #[error(
-        "invalid workspace id {ws_id:?}: use 1-128 letters, digits, '.', '_' or '-', starting \
-         with a letter or digit (e.g. ws-4612d8)"
+        "invalid workspace id {ws_id:?}: it must match {} and not be \"snapshots\" (e.g. \
+         ws-4612d8)",
+        crate::ids::WS_ID_RULE
     )]
     InvalidWsId {
         /// The rejected ID.

@@ -197,6 +197,16 @@ pub trait Sys: Send + Sync {
     fn mounts(&self) -> SysResult<Vec<MountEntry>>;
     /// Create a sparse file of `size` bytes at `image` and format it with `mkfs.btrfs`.
     fn create_image(&self, image: &Path, size: u64) -> SysResult<()>;
+
+    /// Delete the subvolume at `path` when there is one; `Ok(false)` when there was none.
+    fn delete_subvolume_if_present(&self, path: &Path) -> SysResult<bool> {
+        if self.is_subvolume(path)? {
+            self.delete_subvolume(path)?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
 }
 
 impl From<SysError> for crate::error::Error {

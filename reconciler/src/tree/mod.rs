@@ -378,5 +378,32 @@ fn wrong_outcome() -> TreeError {
     }
 }
 
+/// Copy the regular file `src` (a final symlink is not followed) to the new file `dst`
+/// (created with mode 0600; never an existing one): reflinked when the filesystem allows, else
+/// only its data segments, so holes stay holes; fsync at the end. The one sparse copy of a
+/// single file (a loop image moved across filesystems); trees go through [`Job::copy`].
+pub fn copy_file(src: &std::path::Path, dst: &std::path::Path) -> Result<(), TreeError> {
+    use std::fs::{File, OpenOptions};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(src)
+        .map_err(fd::io_err(Op::Open, src))?;
+    let size = from.metadata().map_err(fd::io_err(Op::Stat, src))?.len();
+    let to: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dst)
+        .map_err(fd::io_err(Op::Create, dst))?;
+    let mut sink = |_: &Progress| {};
+    let mut ctl = ctl::Ctl::new(&mut sink, &|| false);
+    sparse::DataCopier::new().copy(from.as_fd(), to.as_fd(), size, (src, dst), &mut ctl)?;
+    to.sync_all().map_err(fd::io_err(Op::Sync, dst))
+}
+
 #[cfg(test)]
 mod tests;
