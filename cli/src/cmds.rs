@@ -12,8 +12,9 @@ use std::time::Duration;
 use ws_ckpt::api::{Caller, Request};
 use ws_ckpt::config::Config;
 use ws_ckpt::copy::Progress;
-use ws_ckpt::engine::{absolute_user_path, ApplyReport, Engine, InitReport, ReleaseReport};
+use ws_ckpt::engine::{ApplyReport, Engine, InitReport, ReleaseReport};
 use ws_ckpt::error::{Error, ErrorCode};
+use ws_ckpt::paths::absolute_user_path;
 use ws_ckpt::plan::{Finding, Plan, Severity};
 use ws_ckpt::status::StatusReport;
 use ws_ckpt::sys::linux::LinuxSys;
@@ -116,7 +117,12 @@ fn call(cli: &Cli, req: Request, timeout: Duration) -> Result<Value, Error> {
     let sys = LinuxSys::new()?;
     let mut engine = Engine::open(config, Arc::new(sys), "cli", LOCK_WAIT)?;
     let mut progress = progress_printer();
-    let result = engine.handle(&Caller::this_process(), req, &mut progress);
+    let result = ws_ckpt::handler::handle_in_process(
+        &mut engine,
+        &Caller::this_process(),
+        req,
+        &mut progress,
+    );
     engine.close();
     result
 }

@@ -1,14 +1,12 @@
-//! The request/response API: every engine operation as one serde type, used identically by
-//! the CLI in-process and over the daemon's socket (SPEC §7.2), plus the dispatcher
-//! [`Engine::handle`] that authorizes a caller and runs the operation.
+//! The request vocabulary: every operation as one serde type, used identically by the CLI
+//! in-process and over the daemon's socket (SPEC §7.2); who is asking ([`Caller`]); and what a
+//! request was resolved to ([`Target`]) before it is authorized and run.
 //!
-//! Results are returned as JSON values so that the CLI prints the same thing whether the
-//! engine ran in-process or in the daemon. This module validates and routes; the operations
-//! themselves live in `ops` (snapshots) and `engine` (apply, init, release, status).
+//! Data and ID validation only. The one path every request takes (resolve, authorize, audit,
+//! execute) is `handler`; authorization is `auth`; the operations are `ops` and `engine`.
 
-use crate::engine::{absolute_user_path, ApplyOptions, Engine};
-use crate::error::{Error, ErrorCode, Result};
-use crate::plan::PlanOptions;
+use crate::error::Result;
+use crate::ids::check_snapshot_id;
 use crate::state::WorkspaceEntry;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -146,6 +144,22 @@ impl Request {
                 | Request::Diff { .. }
         )
     }
+
+    /// Validate every snapshot ID the request names (before any path is built from one).
+    pub fn check_ids(&self) -> Result<()> {
+        match self {
+            Request::Checkpoint {
+                snapshot: Some(s), ..
+            }
+            | Request::Rollback { snapshot: s, .. }
+            | Request::Delete { snapshot: s, .. } => check_snapshot_id(s),
+            Request::Diff { from, to, .. } => {
+                check_snapshot_id(from)?;
+                to.as_deref().map_or(Ok(()), check_snapshot_id)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Who is asking: from `SO_PEERCRED` on the socket, or the current process in-process.
@@ -174,11 +188,9 @@ impl Caller {
     }
 }
 
-/// Arguments of a checkpoint.
+/// Arguments of a checkpoint, once its workspace is resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointArgs {
-    /// Workspace path or ws_id (a plain directory is initialized first).
-    pub workspace: String,
     /// Snapshot ID; generated when absent.
     pub snapshot: Option<String>,
     /// Message.
@@ -189,120 +201,59 @@ pub struct CheckpointArgs {
     pub pin: bool,
 }
 
-/// Receives progress of long copies.
+/// Receives progress of long copies: (what is being copied, how far it got).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, &crate::copy::Progress);
 
-fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value> {
-    serde_json::to_value(v)
-        .map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
+/// A recorded workspace as a request named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressed {
+    /// The recorded workspace.
+    pub entry: WorkspaceEntry,
+    /// True when the request named it by its ws_id rather than by its path (SPEC §4 rule 5:
+    /// snapshots of a detached workspace stay manageable by ID).
+    pub by_id: bool,
 }
 
-impl Engine {
-    /// Find a recorded workspace by ws_id or by path (relative paths are made absolute; the
-    /// final component is not resolved because a workspace path is a symlink).
-    pub fn resolve_workspace(&self, spec: &str) -> Result<WorkspaceEntry> {
-        let state = self.store.p.state.as_ref();
-        if let Some(w) = state.and_then(|s| s.workspace(spec)) {
-            return Ok(w.clone());
-        }
-        if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("no workspace with ID {spec}"),
-            )
-            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
-        }
-        let path = absolute_user_path(std::path::Path::new(spec))?;
-        state
-            .and_then(|s| s.workspace_by_path(&path))
-            .cloned()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::WorkspaceNotFound,
-                    format!("{} is not a workspace", path.display()),
-                )
-                .hint(format!(
-                    "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
-                    path.display()
-                ))
-            })
+impl Addressed {
+    /// `entry` as named by `spec` (its ws_id or its path).
+    pub fn new(entry: WorkspaceEntry, spec: &str) -> Addressed {
+        let by_id = spec == entry.ws_id;
+        Addressed { entry, by_id }
     }
 
-    /// Authorize and run one request. Mutating requests are refused while a blocking finding
-    /// (backend conflict, newer state version) stands.
-    pub fn handle(
-        &mut self,
-        caller: &Caller,
-        req: Request,
-        progress: Progress<'_>,
-    ) -> Result<serde_json::Value> {
-        crate::auth::authorize(self, caller, &req)?;
-        let result = self.dispatch(caller, req.clone(), progress);
-        crate::audit::record(&self.config.daemon.state_dir, caller, &req, &result);
-        result
+    /// The workspace ID.
+    pub fn ws_id(&self) -> &str {
+        &self.entry.ws_id
     }
+}
 
-    fn dispatch(
-        &mut self,
-        caller: &Caller,
-        req: Request,
-        progress: Progress<'_>,
-    ) -> Result<serde_json::Value> {
-        match req {
-            Request::Checkpoint {
-                workspace,
-                snapshot,
-                message,
-                metadata,
-                pin,
-            } => {
-                let args = CheckpointArgs {
-                    workspace,
-                    snapshot,
-                    message,
-                    metadata,
-                    pin,
-                };
-                to_value(&self.checkpoint(caller, args, progress)?)
-            }
-            Request::Rollback {
-                workspace,
-                snapshot,
-                force,
-            } => to_value(&self.rollback(&workspace, &snapshot, force)?),
-            Request::List { workspace } => to_value(&self.list(caller, workspace.as_deref())?),
-            Request::Delete {
-                workspace,
-                snapshot,
-                force,
-            } => to_value(&self.delete(caller, workspace.as_deref(), &snapshot, force)?),
-            Request::Cleanup { workspace, keep } => {
-                to_value(&self.cleanup(&workspace, keep.as_deref())?)
-            }
-            Request::Diff {
-                workspace,
-                from,
-                to,
-            } => to_value(&self.diff(&workspace, &from, to.as_deref())?),
-            Request::Init { path } => to_value(&self.init(&path, progress)?),
-            Request::Release { path } => to_value(&self.release(&path, progress)?),
-            Request::Status { workspace } => {
-                let mut st = self.status();
-                crate::auth::filter_status(self, caller, &mut st);
-                if let Some(w) = workspace {
-                    let entry = self.resolve_workspace(&w)?;
-                    st.workspaces.retain(|x| x.ws_id == entry.ws_id);
-                }
-                to_value(&st)
-            }
-            Request::Plan { prune } => to_value(&self.plan(PlanOptions { prune })),
-            Request::Apply { check, prune } => {
-                to_value(&self.apply(ApplyOptions { check, prune }, progress))
-            }
-            Request::Reload => {
-                self.reload_config()?;
-                to_value(&self.apply(ApplyOptions::default(), progress))
-            }
+/// What a request acts on, resolved once (before authorization) from the names it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The host, or every workspace the caller may see (apply, plan, status, list, init).
+    Host,
+    /// One recorded workspace.
+    Workspace(Addressed),
+    /// A checkpoint of a path that is not a recorded workspace: initialized first when it is a
+    /// directory. `not_found` is the error to report when it is neither.
+    Unrecorded {
+        /// The path, absolute.
+        path: PathBuf,
+        /// Why it did not resolve to a workspace.
+        not_found: crate::error::Error,
+    },
+    /// A delete naming no workspace: every recorded workspace whose index holds the snapshot.
+    Holders(Vec<WorkspaceEntry>),
+}
+
+impl Target {
+    /// The one workspace the request works on, when there is one (the daemon serializes
+    /// requests per workspace on it).
+    pub fn ws_id(&self) -> Option<&str> {
+        match self {
+            Target::Workspace(w) => Some(w.ws_id()),
+            Target::Holders(h) if h.len() == 1 => Some(&h[0].ws_id),
+            _ => None,
         }
     }
 }

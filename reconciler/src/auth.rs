@@ -3,14 +3,15 @@
 //! `init` (and first-`checkpoint`) directories it owns when `[access] user_init` is on, and
 //! may read `status` for its own workspaces. Everything else is refused.
 //!
-//! Pure decisions over the engine's config and state plus `lstat`/user-database lookups; it
-//! changes nothing. IDs are validated here before any path is built from them.
+//! Decisions over the config, the recorded workspaces and the request as resolved (its
+//! [`Target`]) plus `lstat`/user-database lookups; it changes nothing and knows nothing of the
+//! engine. IDs are validated before this runs (`Request::check_ids`).
 
-use crate::api::{Caller, Request};
-use crate::engine::{absolute_user_path, Engine};
+use crate::api::{Addressed, Caller, Request, Target};
+use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ids::check_snapshot_id;
-use crate::state::WorkspaceEntry;
+use crate::paths::absolute_user_path;
+use crate::state::{StateFile, WorkspaceEntry};
 use crate::status::StatusReport;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -50,12 +51,13 @@ pub fn group_names(uid: u32, primary_gid: u32) -> Vec<String> {
         .collect()
 }
 
-/// True when `caller` may operate on workspace `w`.
-pub fn may_use(engine: &Engine, caller: &Caller, w: &WorkspaceEntry) -> bool {
+/// True when `caller` may operate on workspace `w` (its owner, root, or allowed by the
+/// workspace's declaration in `config`).
+pub fn may_use(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
     if caller.is_root() || w.owner_uid == Some(caller.uid) {
         return true;
     }
-    let Some(decl) = engine.config.workspace(&w.workspace_path) else {
+    let Some(decl) = config.workspace(&w.workspace_path) else {
         return false;
     };
     if !decl.allow_users.is_empty() {
@@ -78,9 +80,8 @@ pub fn may_use(engine: &Engine, caller: &Caller, w: &WorkspaceEntry) -> bool {
     false
 }
 
-fn workspace_access(engine: &Engine, caller: &Caller, spec: &str) -> Result<()> {
-    let w = engine.resolve_workspace(spec)?;
-    if may_use(engine, caller, &w) {
+fn workspace_access(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> Result<()> {
+    if may_use(config, caller, w) {
         Ok(())
     } else {
         Err(denied(format!(
@@ -96,11 +97,11 @@ fn workspace_access(engine: &Engine, caller: &Caller, spec: &str) -> Result<()> 
 
 /// May `caller` turn `path` into a workspace? The directory must be a real directory (not a
 /// symlink) owned by the caller, and `[access] user_init` must be on.
-fn init_access(engine: &Engine, caller: &Caller, path: &Path) -> Result<()> {
+fn init_access(config: &Config, caller: &Caller, path: &Path) -> Result<()> {
     if caller.is_root() {
         return Ok(());
     }
-    if !engine.config.access.user_init {
+    if !config.access.user_init {
         return Err(denied(
             "only root may create workspaces on this host ([access] user_init = false)".into(),
         ));
@@ -125,87 +126,46 @@ fn init_access(engine: &Engine, caller: &Caller, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Refuse `req` for `caller` unless it is allowed. Validates every ID first.
-pub fn authorize(engine: &Engine, caller: &Caller, req: &Request) -> Result<()> {
-    match req {
-        Request::Checkpoint {
-            snapshot: Some(s), ..
-        }
-        | Request::Rollback { snapshot: s, .. }
-        | Request::Delete { snapshot: s, .. } => check_snapshot_id(s)?,
-        Request::Diff { from, to, .. } => {
-            check_snapshot_id(from)?;
-            if let Some(t) = to {
-                check_snapshot_id(t)?;
-            }
-        }
-        _ => {}
-    }
+/// Refuse `req`, resolved to `target`, unless `caller` may do it.
+pub fn authorize(config: &Config, caller: &Caller, req: &Request, target: &Target) -> Result<()> {
     if caller.is_root() {
         return Ok(());
     }
-    match req {
-        Request::Apply { .. } | Request::Reload | Request::Plan { .. } => Err(denied(format!(
-            "`{}` changes or reveals the whole host configuration and needs root",
-            req.op()
-        ))
-        .hint("run it as root (sudo ws-ckpt ...)")),
-        Request::Status { .. } => Ok(()),
-        Request::List { workspace } => match workspace {
-            Some(w) => workspace_access(engine, caller, w),
-            None => Ok(()),
-        },
-        Request::Init { path } => init_access(engine, caller, path),
-        Request::Release { path } => workspace_access(engine, caller, &path.to_string_lossy()),
-        Request::Checkpoint { workspace, .. } => match engine.resolve_workspace(workspace) {
-            Ok(_) => workspace_access(engine, caller, workspace),
-            Err(e) if e.code == ErrorCode::WorkspaceNotFound => {
-                init_access(engine, caller, Path::new(workspace))
-            }
-            Err(e) => Err(e),
-        },
-        Request::Rollback { workspace, .. }
-        | Request::Cleanup { workspace, .. }
-        | Request::Diff { workspace, .. } => workspace_access(engine, caller, workspace),
-        Request::Delete {
-            workspace,
-            snapshot,
-            ..
-        } => match workspace {
-            Some(w) => workspace_access(engine, caller, w),
-            None => {
-                // The operation finds the workspace by the (unique) ID; check every workspace
-                // holding that ID.
-                let holders: Vec<&String> = engine
-                    .store
-                    .p
-                    .indexes
-                    .iter()
-                    .filter(|(_, i)| i.snapshots.contains_key(snapshot))
-                    .map(|(id, _)| id)
-                    .collect();
-                for ws in holders {
-                    workspace_access(engine, caller, ws)?;
-                }
-                Ok(())
-            }
-        },
+    match (req, target) {
+        (Request::Apply { .. } | Request::Reload | Request::Plan { .. }, _) => {
+            Err(denied(format!(
+                "`{}` changes or reveals the whole host configuration and needs root",
+                req.op()
+            ))
+            .hint("run it as root (sudo ws-ckpt ...)"))
+        }
+        (Request::Status { .. }, _) => Ok(()),
+        (Request::Init { path }, _) => init_access(config, caller, path),
+        (_, Target::Workspace(Addressed { entry, .. })) => workspace_access(config, caller, entry),
+        (_, Target::Unrecorded { path, .. }) => init_access(config, caller, path),
+        // The operation picks the workspace by the (unique) ID; check every one holding it.
+        (_, Target::Holders(holders)) => holders
+            .iter()
+            .try_for_each(|w| workspace_access(config, caller, w)),
+        (_, Target::Host) => Ok(()),
     }
 }
 
 /// Reduce a status report to what `caller` may see: other users' workspaces are removed for
 /// non-root callers (findings about them too).
-pub fn filter_status(engine: &Engine, caller: &Caller, st: &mut StatusReport) {
+pub fn filter_status(
+    config: &Config,
+    state: Option<&StateFile>,
+    caller: &Caller,
+    st: &mut StatusReport,
+) {
     if caller.is_root() {
         return;
     }
-    let visible: Vec<String> = engine
-        .store
-        .p
-        .state
+    let visible: Vec<String> = state
         .iter()
         .flat_map(|s| s.workspaces.iter())
-        .filter(|w| may_use(engine, caller, w))
+        .filter(|w| may_use(config, caller, w))
         .map(|w| w.ws_id.clone())
         .collect();
     st.workspaces.retain(|w| visible.contains(&w.ws_id));

@@ -11,8 +11,11 @@ use crate::finding::{Finding, FindingKind, Severity};
 use crate::lock::DaemonLock;
 use crate::model::{Observed, PathState};
 use crate::observe::observe;
+use crate::paths::absolute_user_path;
 use crate::plan::{plan, Action, Plan, PlanOptions};
 use crate::resolve::Resolution;
+use crate::state::WorkspaceEntry;
+use crate::status::{DaemonInfo, StatusReport};
 use crate::store::Store;
 use crate::sys::Sys;
 use serde::Serialize;
@@ -389,21 +392,27 @@ impl Engine {
         }
     }
 
-    /// `ws-ckpt release PATH`: set `state = "absent"` where it is declared (or declare it so),
-    /// then apply; the workspace is gone on success.
-    pub fn release(
-        &mut self,
-        path: &Path,
-        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
-    ) -> Result<ReleaseReport> {
+    /// The recorded workspace at `path` (made absolute) that `release` acts on.
+    pub fn release_target(&self, path: &Path) -> Result<WorkspaceEntry> {
         let path = absolute_user_path(path)?;
-        let Some(ws) = self.workspace_by_path(&path).cloned() else {
-            return Err(Error::new(
+        self.workspace_by_path(&path).cloned().ok_or_else(|| {
+            Error::new(
                 ErrorCode::WorkspaceNotFound,
                 format!("{} is not a workspace", path.display()),
             )
-            .hint("`ws-ckpt list` shows the workspaces"));
-        };
+            .hint("`ws-ckpt list` shows the workspaces")
+        })
+    }
+
+    /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
+    /// is declared (or declare it so), then apply; the workspace is gone on success.
+    pub fn release(
+        &mut self,
+        ws: &WorkspaceEntry,
+        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+    ) -> Result<ReleaseReport> {
+        let ws = ws.clone();
+        let path = ws.workspace_path.clone();
         match self.config.workspace(&path) {
             Some(d) => {
                 edit::set_workspace_state(&d.source, &path, DeclState::Absent)?;
@@ -426,13 +435,52 @@ impl Engine {
     }
 
     /// Recorded workspace at this path.
-    pub fn workspace_by_path(&self, path: &Path) -> Option<&crate::state::WorkspaceEntry> {
+    pub fn workspace_by_path(&self, path: &Path) -> Option<&WorkspaceEntry> {
         self.store.p.state.as_ref()?.workspace_by_path(path)
     }
 
-    /// `status`.
-    pub fn status(&self) -> StatusReport {
-        crate::status::build(self)
+    /// Find a recorded workspace by ws_id or by path (relative paths are made absolute; the
+    /// final component is not resolved because a workspace path is a symlink).
+    pub fn resolve_workspace(&self, spec: &str) -> Result<WorkspaceEntry> {
+        let state = self.store.p.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.workspace(spec)) {
+            return Ok(w.clone());
+        }
+        if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
+            return Err(Error::new(
+                ErrorCode::WorkspaceNotFound,
+                format!("no workspace with ID {spec}"),
+            )
+            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
+        }
+        let path = absolute_user_path(Path::new(spec))?;
+        state
+            .and_then(|s| s.workspace_by_path(&path))
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::WorkspaceNotFound,
+                    format!("{} is not a workspace", path.display()),
+                )
+                .hint(format!(
+                    "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
+                    path.display()
+                ))
+            })
+    }
+
+    /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
+    pub fn status(&self, daemon: Option<&DaemonInfo>) -> StatusReport {
+        let (obs, res) = self.observe();
+        let p = plan(
+            &self.config,
+            &self.store.p,
+            &obs,
+            &res,
+            PlanOptions::default(),
+            SystemTime::now(),
+        );
+        crate::status::build(&self.config, &self.store.p, &obs, &p, daemon)
     }
 
     /// Path of the config lock-holder info etc. (state dir).
@@ -467,35 +515,4 @@ pub struct ReleaseReport {
     pub path: PathBuf,
     /// The apply that did it.
     pub apply: ApplyReport,
-}
-
-pub use crate::status::StatusReport;
-
-/// Make a user-supplied path absolute and normalized without resolving its final component
-/// (which is a symlink for a workspace): the parent is canonicalized.
-pub fn absolute_user_path(p: &Path) -> Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map_err(|e| Error::io("current directory", Path::new("."), e))?
-            .join(p)
-    };
-    let mut norm = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                norm.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => norm.push(other),
-        }
-    }
-    let (Some(parent), Some(name)) = (norm.parent(), norm.file_name()) else {
-        return Ok(norm);
-    };
-    match std::fs::canonicalize(parent) {
-        Ok(cp) => Ok(cp.join(name)),
-        Err(_) => Ok(norm),
-    }
 }

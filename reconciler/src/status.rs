@@ -1,14 +1,16 @@
 //! `status`: backend, daemon and per-workspace health derived from one observation and plan.
 //!
-//! Read-only. The JSON shape of [`StatusReport`] is part of the CLI contract.
+//! [`build`] is pure, like the planner: a function of the config, the persisted state, the
+//! observation, the plan made from them and what the serving daemon knows about itself. The
+//! JSON shape of [`StatusReport`] is part of the CLI contract.
 
-use crate::engine::Engine;
-use crate::model::PathState;
-use crate::plan::{Finding, FindingKind, PlanOptions, Severity};
+use crate::config::Config;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::model::{Observed, PathState, Persisted};
+use crate::plan::{Action, Plan};
 use crate::state::{BackendType, SelectionMethod};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 /// Overall health (exit codes 0 / 3 / 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,18 +162,29 @@ impl StatusReport {
     }
 }
 
-/// Build the report.
-pub fn build(engine: &Engine) -> StatusReport {
-    let (obs, res) = engine.observe();
-    let p = crate::plan::plan(
-        &engine.config,
-        &engine.store.p,
-        &obs,
-        &res,
-        PlanOptions::default(),
-        SystemTime::now(),
-    );
-    let state = engine.store.p.state.as_ref();
+/// What a running daemon knows about itself (absent when a command runs in-process).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaemonInfo {
+    /// Its process ID.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// When its last reconcile pass ended (RFC 3339).
+    pub last_pass: Option<String>,
+    /// Why its config currently fails to load (it runs on the last good one).
+    pub config_error: Option<String>,
+}
+
+/// Build the report. Pure: `plan` is the plan made from `config`, `persisted` and `obs`;
+/// `daemon` describes the daemon serving the request, if one does.
+pub fn build(
+    config: &Config,
+    persisted: &Persisted,
+    obs: &Observed,
+    p: &Plan,
+    daemon: Option<&DaemonInfo>,
+) -> StatusReport {
+    let state = persisted.state.as_ref();
     let backend = p.backend.as_ref().map(|res| {
         let mounted = obs.storage.is_some();
         let device = obs.storage.as_ref().map(|s| s.device.clone());
@@ -200,9 +213,7 @@ pub fn build(engine: &Engine) -> StatusReport {
             }),
         }
     });
-    let pending_ws: Vec<String> = engine
-        .store
-        .p
+    let pending_ws: Vec<String> = persisted
         .pending()
         .iter()
         .filter_map(|o| o.kind.ws_id().map(str::to_string))
@@ -210,7 +221,7 @@ pub fn build(engine: &Engine) -> StatusReport {
     let mut workspaces = Vec::new();
     if let Some(s) = state {
         for w in &s.workspaces {
-            let idx = engine.store.p.indexes.get(&w.ws_id);
+            let idx = persisted.indexes.get(&w.ws_id);
             let snapshots = idx.map(|i| i.snapshots.len()).unwrap_or(0);
             let missing = idx
                 .map(|i| i.snapshots.values().filter(|e| e.missing).count())
@@ -218,7 +229,7 @@ pub fn build(engine: &Engine) -> StatusReport {
             let pinned = idx
                 .map(|i| i.snapshots.values().filter(|e| e.pinned).count())
                 .unwrap_or(0);
-            let declared = engine.config.workspace(&w.workspace_path).is_some();
+            let declared = config.workspace(&w.workspace_path).is_some();
             let finding = |k: FindingKind| {
                 p.findings
                     .iter()
@@ -229,16 +240,43 @@ pub fn build(engine: &Engine) -> StatusReport {
             } else if let Some(f) = finding(FindingKind::PathOccupied) {
                 (Condition::Detached, Some(f.message.clone()))
             } else if pending_ws.contains(&w.ws_id) {
-                (Condition::Interrupted, Some("an interrupted operation awaits recovery; run `ws-ckpt apply`".to_string()))
+                (
+                    Condition::Interrupted,
+                    Some(
+                        "an interrupted operation awaits recovery; run `ws-ckpt apply`".to_string(),
+                    ),
+                )
             } else if p.backend.as_ref().is_some_and(|_| obs.storage.is_none()) {
-                (Condition::StorageUnavailable, Some("the backend filesystem is not mounted; run `ws-ckpt apply`".to_string()))
-            } else if missing > 0 || p.actions.iter().any(|a| matches!(a, crate::plan::Action::MarkMissing { ws_id, .. } if *ws_id == w.ws_id)) {
+                (
+                    Condition::StorageUnavailable,
+                    Some("the backend filesystem is not mounted; run `ws-ckpt apply`".to_string()),
+                )
+            } else if missing > 0
+                || p.actions
+                    .iter()
+                    .any(|a| matches!(a, Action::MarkMissing { ws_id, .. } if *ws_id == w.ws_id))
+            {
                 let n = missing.max(1);
-                (Condition::MissingSnapshots, Some(format!("{n} snapshot(s) MISSING; `ws-ckpt list -w {}` shows them", w.ws_id)))
+                (
+                    Condition::MissingSnapshots,
+                    Some(format!(
+                        "{n} snapshot(s) MISSING; `ws-ckpt list -w {}` shows them",
+                        w.ws_id
+                    )),
+                )
             } else if !matches!(obs.path(&w.workspace_path), PathState::Symlink { .. }) {
-                (Condition::Detached, Some(format!("{} is not the workspace symlink; run `ws-ckpt apply`", w.workspace_path.display())))
+                (
+                    Condition::Detached,
+                    Some(format!(
+                        "{} is not the workspace symlink; run `ws-ckpt apply`",
+                        w.workspace_path.display()
+                    )),
+                )
             } else if !declared {
-                (Condition::Undeclared, Some("declared in no config file".to_string()))
+                (
+                    Condition::Undeclared,
+                    Some("declared in no config file".to_string()),
+                )
             } else {
                 (Condition::Ready, None)
             };
@@ -255,10 +293,12 @@ pub fn build(engine: &Engine) -> StatusReport {
             });
         }
     }
+    let config_error = daemon.and_then(|d| d.config_error.clone());
     let health = if p.blocked() {
         Health::Error
     } else if workspaces.iter().any(|w| w.condition != Condition::Ready)
         || p.findings.iter().any(|f| f.severity >= Severity::Warning)
+        || config_error.is_some()
     {
         Health::Degraded
     } else {
@@ -268,12 +308,16 @@ pub fn build(engine: &Engine) -> StatusReport {
         health,
         backend,
         daemon: DaemonStatus {
+            running: daemon.is_some(),
+            config_error,
+            pid: daemon.map(|d| d.pid),
+            uptime_secs: daemon.map(|d| d.uptime_secs),
+            last_pass: daemon.and_then(|d| d.last_pass.clone()),
             last_unclean_shutdown: state.and_then(|s| s.last_unclean_shutdown.clone()),
             last_clean_stop: state.and_then(|s| s.last_clean_stop.clone()),
-            ..Default::default()
         },
         workspaces,
-        findings: p.findings,
+        findings: p.findings.clone(),
         pending_actions: p.actions.len(),
     }
 }

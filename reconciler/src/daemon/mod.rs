@@ -15,8 +15,10 @@ use crate::api::{Caller, Request};
 use crate::config::Config;
 use crate::engine::{ApplyOptions, ApplyReport, Engine};
 use crate::error::{Error, ErrorCode};
+use crate::handler::Session;
 use crate::ipc;
 use crate::plan::{PlanOptions, Severity};
+use crate::status::DaemonInfo;
 use crate::sys::linux::LinuxSys;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -127,150 +129,27 @@ impl Shared {
         })
     }
 
-    /// The workspace a request operates on, if it names a recorded one.
-    fn workspace_of(&self, req: &Request) -> Option<String> {
-        let spec = match req {
-            Request::Checkpoint { workspace, .. }
-            | Request::Rollback { workspace, .. }
-            | Request::Cleanup { workspace, .. }
-            | Request::Diff { workspace, .. } => workspace.clone(),
-            Request::Delete {
-                workspace: Some(w), ..
-            } => w.clone(),
-            Request::Release { path } => path.display().to_string(),
-            _ => return None,
-        };
-        let guard = lock(&self.engine);
-        guard
-            .as_ref()?
-            .resolve_workspace(&spec)
-            .ok()
-            .map(|w| w.ws_id)
-    }
-
     fn ws_lock(&self, ws_id: &str) -> Arc<Mutex<()>> {
         Arc::clone(lock(&self.ws_locks).entry(ws_id.to_string()).or_default())
-    }
-
-    /// A checkpoint of a recorded workspace: validated and recorded under the engine lock,
-    /// but the snapshot ioctl itself runs under the workspace lock only, so checkpoints of
-    /// different workspaces overlap.
-    fn checkpoint_in_parallel(&self, caller: &Caller, req: Request) -> Result<Value, Error> {
-        let Request::Checkpoint {
-            workspace,
-            snapshot,
-            message,
-            metadata,
-            pin,
-        } = req.clone()
-        else {
-            return Err(Error::new(ErrorCode::InvalidArgument, "not a checkpoint"));
-        };
-        let args = crate::api::CheckpointArgs {
-            workspace,
-            snapshot,
-            message,
-            metadata,
-            pin,
-        };
-        let (prepared, sys, state_dir) = {
-            let mut guard = lock(&self.engine);
-            let engine = guard.as_mut().ok_or_else(shutting_down)?;
-            let state_dir = engine.config.daemon.state_dir.clone();
-            let prepared = crate::auth::authorize(engine, caller, &req)
-                .and_then(|()| engine.checkpoint_prepare(caller, args, &mut |_, _| {}));
-            match prepared {
-                Ok(p) => (p, engine.sys_handle(), state_dir),
-                Err(e) => {
-                    let r = Err(e);
-                    crate::audit::record(&state_dir, caller, &req, &r);
-                    return r;
-                }
-            }
-        };
-        let taken = crate::ops::take_checkpoint_snapshot(sys.as_ref(), &prepared);
-        let mut guard = lock(&self.engine);
-        let result = match guard.as_mut() {
-            Some(engine) => taken
-                .and_then(|()| engine.checkpoint_commit(prepared))
-                .and_then(|r| {
-                    serde_json::to_value(r).map_err(|e| {
-                        Error::new(ErrorCode::Io, format!("cannot encode result: {e}"))
-                    })
-                }),
-            None => Err(shutting_down()),
-        };
-        crate::audit::record(&state_dir, caller, &req, &result);
-        result
     }
 
     fn tick(&self, why: &'static str) {
         let _ = lock(&self.tx).send(Event::Tick(why));
     }
 
-    /// One request from a connection.
+    /// One request from a connection: the common request path, while this daemon runs.
     fn handle(&self, caller: &Caller, req: Request) -> Result<Value, Error> {
         self.busy.fetch_add(1, Ordering::SeqCst);
         let _busy = BusyGuard(&self.busy);
         if self.stopping.load(Ordering::SeqCst) {
             return Err(shutting_down());
         }
-        let ws_lock = self.workspace_of(&req).map(|ws| self.ws_lock(&ws));
-        let _ws_guard = ws_lock.as_ref().map(|l| lock(l));
-        if ws_lock.is_some() && matches!(req, Request::Checkpoint { .. }) {
-            return self.checkpoint_in_parallel(caller, req);
-        }
-        let is_status = matches!(req, Request::Status { .. });
         let is_reload = matches!(req, Request::Reload);
-        let mutating = req.is_mutating();
-        let mut result = {
-            let mut guard = lock(&self.engine);
-            let Some(engine) = guard.as_mut() else {
-                return Err(shutting_down());
-            };
-            let r = engine.handle(caller, req, &mut |_, _| {});
-            if mutating {
-                // New workspaces bring new snapshot directories to watch.
-                self.refresh_watches(engine);
-            }
-            r
-        };
-        if is_status {
-            if let Ok(v) = &mut result {
-                self.fill_daemon_section(v);
-            }
-        }
+        let result = crate::handler::handle(self, caller, req, &mut |_, _| {});
         if is_reload {
             self.tick("reload request");
         }
         result
-    }
-
-    /// Status over the socket: the daemon section describes this daemon.
-    fn fill_daemon_section(&self, v: &mut Value) {
-        let config_error = lock(&self.config_error).clone();
-        if let Some(obj) = v.as_object_mut() {
-            if config_error.is_some()
-                && obj.get("health").and_then(Value::as_str) == Some("healthy")
-            {
-                obj.insert("health".into(), Value::from("degraded"));
-            }
-        }
-        let Some(d) = v.get_mut("daemon").and_then(Value::as_object_mut) else {
-            return;
-        };
-        d.insert("running".into(), Value::Bool(true));
-        d.insert("pid".into(), Value::from(std::process::id()));
-        d.insert(
-            "uptime_secs".into(),
-            Value::from(self.started.elapsed().as_secs()),
-        );
-        if let Some(t) = lock(&self.last_pass).clone() {
-            d.insert("last_pass".into(), Value::from(t));
-        }
-        if let Some(e) = config_error {
-            d.insert("config_error".into(), Value::from(e));
-        }
     }
 
     /// Re-read the config; keep the last good one when it fails (reported, never partially
@@ -390,6 +269,36 @@ impl Shared {
             }
             *last = now;
         }
+    }
+}
+
+/// The daemon's side of the request path: one engine behind a mutex (the host-wide critical
+/// section), one lock per workspace (taken before the engine, never while holding it).
+impl Session for Shared {
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Error> {
+        let mut guard = lock(&self.engine);
+        let engine = guard.as_mut().ok_or_else(shutting_down)?;
+        Ok(f(engine))
+    }
+
+    fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
+        let ws_lock = self.ws_lock(ws_id);
+        let _held = lock(&ws_lock);
+        f()
+    }
+
+    fn daemon_info(&self) -> Option<DaemonInfo> {
+        Some(DaemonInfo {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            last_pass: lock(&self.last_pass).clone(),
+            config_error: lock(&self.config_error).clone(),
+        })
+    }
+
+    fn after_mutation(&self, engine: &Engine) {
+        // New workspaces bring new snapshot directories to watch.
+        self.refresh_watches(engine);
     }
 }
 

@@ -17,10 +17,10 @@ pub mod procs;
 #[cfg(test)]
 mod tests;
 
-use crate::api::{Caller, CheckpointArgs, Progress};
+use crate::api::{Addressed, Caller, CheckpointArgs, Progress};
 use crate::config::Keep;
 use crate::diff::DiffEntry;
-use crate::engine::{absolute_user_path, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{exchange, fsync_dir, new_entry};
 use crate::fault;
@@ -308,19 +308,13 @@ impl Engine {
         ))
     }
 
-    /// SPEC §4 rule 5: the workspace path must be the symlink to `<data_root>/<ws_id>`, and
-    /// that subvolume must exist. Returns the subvolume.
     /// SPEC §4 rule 5: an operation that names the workspace by its path fails loudly when
     /// that path no longer leads to the workspace. By ws_id, snapshots stay manageable.
-    fn check_path_addressed(
-        &self,
-        spec: &str,
-        ws: &WorkspaceEntry,
-        res: &Resolution,
-    ) -> Result<()> {
-        if spec == ws.ws_id {
+    fn check_path_addressed(&self, ws: &Addressed, res: &Resolution) -> Result<()> {
+        if ws.by_id {
             return Ok(());
         }
+        let ws = &ws.entry;
         self.attached_subvol(ws, res).map(drop).map_err(|e| {
             let hint = e.hint.clone().unwrap_or_default();
             e.hint(format!(
@@ -330,6 +324,8 @@ impl Engine {
         })
     }
 
+    /// SPEC §4 rule 5: the workspace path must be the symlink to `<data_root>/<ws_id>`, and
+    /// that subvolume must exist. Returns the subvolume.
     fn attached_subvol(&self, ws: &WorkspaceEntry, res: &Resolution) -> Result<PathBuf> {
         let subvol = res.ws_subvol(&ws.ws_id);
         if !self.sys().is_subvolume(&subvol)? {
@@ -466,57 +462,64 @@ impl Engine {
         })
     }
 
-    /// `ws-ckpt checkpoint` (SPEC §5.2): a read-only snapshot by ioctl, then one index-journal
-    /// append. A plain directory is initialized first. Equivalent to
-    /// [`Engine::checkpoint_prepare`] + [`take_checkpoint_snapshot`] +
-    /// [`Engine::checkpoint_commit`]; the daemon runs the middle step without the engine lock
-    /// so that checkpoints of different workspaces proceed in parallel.
+    /// `ws-ckpt checkpoint` (SPEC §5.2) of the recorded workspace `ws`: a read-only snapshot
+    /// by ioctl, then one index-journal append. Equivalent to [`Engine::checkpoint_prepare`] +
+    /// [`take_checkpoint_snapshot`] + [`Engine::checkpoint_commit`]; the request path runs the
+    /// middle step without holding the engine, so that checkpoints of different workspaces
+    /// proceed in parallel in the daemon.
     pub fn checkpoint(
         &mut self,
-        caller: &Caller,
+        ws: &WorkspaceEntry,
         args: CheckpointArgs,
-        progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
-        let prepared = self.checkpoint_prepare(caller, args, progress)?;
+        let prepared = self.checkpoint_prepare(ws, args, false)?;
         take_checkpoint_snapshot(self.sys(), &prepared)?;
         self.checkpoint_commit(prepared)
     }
 
-    /// Everything a checkpoint does before its snapshot ioctl: resolve (initializing a plain
-    /// directory), check storage and attachment, validate or generate the ID, create the
-    /// workspace's snapshot directory.
-    pub fn checkpoint_prepare(
+    /// `ws-ckpt checkpoint` of `path`, which is not a recorded workspace: a directory is
+    /// initialized first (SPEC §5.2); anything else fails (`not_found` when it is neither
+    /// missing nor a directory).
+    pub fn checkpoint_unrecorded(
         &mut self,
-        caller: &Caller,
+        path: &Path,
+        not_found: Error,
         args: CheckpointArgs,
         progress: Progress<'_>,
+    ) -> Result<CheckpointResult> {
+        match path_state(path) {
+            PathState::Dir { .. } => {}
+            PathState::Missing => {
+                return Err(Error::new(
+                    ErrorCode::InvalidPath,
+                    format!("{} does not exist", path.display()),
+                )
+                .hint("give the path of an existing directory or workspace, or a ws_id from `ws-ckpt list`"))
+            }
+            _ => return Err(not_found),
+        }
+        let report = self.init(path, progress)?;
+        let ws = self.resolve_workspace(&report.ws_id)?;
+        let prepared = self.checkpoint_prepare(&ws, args, report.changed)?;
+        take_checkpoint_snapshot(self.sys(), &prepared)?;
+        self.checkpoint_commit(prepared)
+    }
+
+    /// Everything a checkpoint of `ws` does before its snapshot ioctl: check storage and
+    /// attachment, validate or generate the ID, create the workspace's snapshot directory.
+    /// `initialized`: this request made `ws` a workspace first (reported in the result).
+    pub fn checkpoint_prepare(
+        &mut self,
+        ws: &WorkspaceEntry,
+        args: CheckpointArgs,
+        initialized: bool,
     ) -> Result<PreparedCheckpoint> {
-        tracing::debug!(uid = caller.uid, workspace = %args.workspace, "checkpoint");
+        tracing::debug!(ws_id = %ws.ws_id, "checkpoint");
         if let Some(id) = &args.snapshot {
             check_snapshot_id(id)?;
         }
-        let (ws, initialized) = match self.resolve_workspace(&args.workspace) {
-            Ok(w) => (w, false),
-            Err(e) if e.code == ErrorCode::WorkspaceNotFound => {
-                let path = absolute_user_path(Path::new(&args.workspace))?;
-                match path_state(&path) {
-                    PathState::Dir { .. } => {}
-                    PathState::Missing => {
-                        return Err(Error::new(
-                            ErrorCode::InvalidPath,
-                            format!("{} does not exist", path.display()),
-                        )
-                        .hint("give the path of an existing directory or workspace, or a ws_id from `ws-ckpt list`"))
-                    }
-                    _ => return Err(e),
-                }
-                let report = self.init(&path, progress)?;
-                (self.resolve_workspace(&report.ws_id)?, report.changed)
-            }
-            Err(e) => return Err(e),
-        };
-        let res = self.storage_for(Some(&ws))?;
-        let subvol = self.attached_subvol(&ws, &res)?;
+        let res = self.storage_for(Some(ws))?;
+        let subvol = self.attached_subvol(ws, &res)?;
         let ws_id = ws.ws_id.clone();
         let index = self.store.p.indexes.get(&ws_id);
         let taken = |id: &str| {
@@ -544,7 +547,7 @@ impl Engine {
         Ok(PreparedCheckpoint {
             empty: dir_is_empty(&subvol),
             ws_id,
-            workspace: ws.workspace_path,
+            workspace: ws.workspace_path.clone(),
             id,
             subvol,
             dest,
@@ -597,12 +600,12 @@ impl Engine {
     /// phase is recorded first so a crash at any point is finished or reverted by the next pass.
     pub fn rollback(
         &mut self,
-        workspace: &str,
+        ws: &WorkspaceEntry,
         snapshot: &str,
         force: bool,
     ) -> Result<RollbackResult> {
         check_snapshot_id(snapshot)?;
-        let ws = self.resolve_workspace(workspace)?;
+        let ws = ws.clone();
         let res = self.storage_for(Some(&ws))?;
         let subvol = self.attached_subvol(&ws, &res)?;
         let target = self.usable_snapshot(&ws, &res, snapshot)?;
@@ -721,12 +724,11 @@ impl Engine {
     /// caller may use. A snapshot is MISSING when marked so or when its subvolume is gone.
     /// With a workspace named, an unusable backend is an error; otherwise it is reported per
     /// workspace in `problem`.
-    pub fn list(&self, caller: &Caller, workspace: Option<&str>) -> Result<ListResult> {
+    pub fn list(&self, caller: &Caller, workspace: Option<&WorkspaceEntry>) -> Result<ListResult> {
         let (entries, storage) = match workspace {
-            Some(spec) => {
-                let w = self.resolve_workspace(spec)?;
-                let res = self.storage_for(Some(&w))?;
-                (vec![w], Ok(res))
+            Some(w) => {
+                let res = self.storage_for(Some(w))?;
+                (vec![w.clone()], Ok(res))
             }
             None => {
                 let all: Vec<WorkspaceEntry> = self
@@ -735,7 +737,7 @@ impl Engine {
                     .state
                     .iter()
                     .flat_map(|s| s.workspaces.iter())
-                    .filter(|w| crate::auth::may_use(self, caller, w))
+                    .filter(|w| crate::auth::may_use(&self.config, caller, w))
                     .cloned()
                     .collect();
                 (all, self.light_resolution())
@@ -790,22 +792,11 @@ impl Engine {
 
     /// `ws-ckpt delete` (SPEC §5.5): `-w` may be omitted when the ID is recorded in exactly one
     /// workspace; pinned or MISSING snapshots need `force`.
-    pub fn delete(
-        &mut self,
-        caller: &Caller,
-        workspace: Option<&str>,
-        snapshot: &str,
-        force: bool,
-    ) -> Result<DeleteResult> {
+    pub fn delete(&mut self, ws: &Addressed, snapshot: &str, force: bool) -> Result<DeleteResult> {
         check_snapshot_id(snapshot)?;
-        let ws = match workspace {
-            Some(spec) => self.resolve_workspace(spec)?,
-            None => self.unique_holder(caller, snapshot)?,
-        };
-        let res = self.storage_for(Some(&ws))?;
-        if let Some(spec) = workspace {
-            self.check_path_addressed(spec, &ws, &res)?;
-        }
+        let res = self.storage_for(Some(&ws.entry))?;
+        self.check_path_addressed(ws, &res)?;
+        let ws = ws.entry.clone();
         let entry = self.index_entry(&ws, snapshot)?;
         let path = res.snapshot_path(&ws.ws_id, snapshot);
         if entry.pinned && !force {
@@ -834,10 +825,9 @@ impl Engine {
         })
     }
 
-    /// The one workspace (visible to `caller`) whose index records `snapshot`.
-    fn unique_holder(&self, caller: &Caller, snapshot: &str) -> Result<WorkspaceEntry> {
-        let mut holders: Vec<WorkspaceEntry> = self
-            .store
+    /// Every recorded workspace whose index records `snapshot` (a delete without `-w`).
+    pub fn snapshot_holders(&self, snapshot: &str) -> Vec<WorkspaceEntry> {
+        self.store
             .p
             .state
             .iter()
@@ -849,7 +839,21 @@ impl Engine {
                     .get(&w.ws_id)
                     .is_some_and(|i| i.snapshots.contains_key(snapshot))
             })
-            .filter(|w| crate::auth::may_use(self, caller, w))
+            .cloned()
+            .collect()
+    }
+
+    /// The one workspace among `holders` (see [`Engine::snapshot_holders`]) visible to
+    /// `caller`, addressed by its ID (`-w` may be omitted when the snapshot ID is unique).
+    pub fn unique_holder(
+        &self,
+        caller: &Caller,
+        holders: &[WorkspaceEntry],
+        snapshot: &str,
+    ) -> Result<Addressed> {
+        let mut holders: Vec<WorkspaceEntry> = holders
+            .iter()
+            .filter(|w| crate::auth::may_use(&self.config, caller, w))
             .cloned()
             .collect();
         match holders.len() {
@@ -858,7 +862,11 @@ impl Engine {
                 format!("no workspace has a snapshot {snapshot}"),
             )
             .hint("`ws-ckpt list` shows every snapshot")),
-            1 => Ok(holders.swap_remove(0)),
+            1 => {
+                let entry = holders.swap_remove(0);
+                let id = entry.ws_id.clone();
+                Ok(Addressed::new(entry, &id))
+            }
             _ => {
                 let names: Vec<String> = holders
                     .iter()
@@ -886,8 +894,8 @@ impl Engine {
 
     /// `ws-ckpt cleanup` (SPEC §5.5): apply `keep` (or the workspace's retention policy) now.
     /// Never deletes pinned, MISSING or the newest snapshot.
-    pub fn cleanup(&mut self, workspace: &str, keep: Option<&str>) -> Result<CleanupResult> {
-        let ws = self.resolve_workspace(workspace)?;
+    pub fn cleanup(&mut self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
+        let ws = addressed.entry.clone();
         let keep = match keep {
             Some(k) => Keep::from_str(k).map_err(|e| {
                 Error::new(
@@ -903,7 +911,7 @@ impl Engine {
                 .unwrap_or(self.config.retention.keep),
         };
         let res = self.storage_for(Some(&ws))?;
-        self.check_path_addressed(workspace, &ws, &res)?;
+        self.check_path_addressed(addressed, &res)?;
         let deleted = self
             .store
             .p
@@ -931,14 +939,19 @@ impl Engine {
     /// `ws-ckpt diff` (SPEC §5.5): entries between two snapshots, or between a snapshot and
     /// the live workspace (through a temporary read-only snapshot that a crash cannot strand:
     /// it is recorded as a pending deletion first).
-    pub fn diff(&mut self, workspace: &str, from: &str, to: Option<&str>) -> Result<DiffResult> {
+    pub fn diff(
+        &mut self,
+        addressed: &Addressed,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<DiffResult> {
         check_snapshot_id(from)?;
         if let Some(t) = to {
             check_snapshot_id(t)?;
         }
-        let ws = self.resolve_workspace(workspace)?;
+        let ws = addressed.entry.clone();
         let res = self.storage_for(Some(&ws))?;
-        self.check_path_addressed(workspace, &ws, &res)?;
+        self.check_path_addressed(addressed, &res)?;
         let from_path = self.usable_snapshot(&ws, &res, from)?;
         let diff_err = |e: crate::diff::DiffError| {
             Error::new(

@@ -3,7 +3,7 @@
 //! workspaces, retention) and the crash-recovery of every rollback step.
 
 use super::*;
-use crate::api::{Caller, CheckpointArgs};
+use crate::api::{Caller, CheckpointArgs, Request, Target};
 use crate::config::Config;
 use crate::engine::ApplyOptions;
 use crate::model::PendingKind;
@@ -92,27 +92,92 @@ impl Env {
     }
     fn checkpoint(&mut self, name: &str, id: Option<&str>) -> Result<CheckpointResult> {
         let args = CheckpointArgs {
-            workspace: self.ws_str(name),
             snapshot: id.map(str::to_string),
             message: None,
             metadata: None,
             pin: false,
         };
-        self.engine.checkpoint(&ROOT, args, &mut |_, _| {})
+        let spec = self.ws_str(name);
+        self.checkpoint_of(&spec, args)
+    }
+    /// A checkpoint of `spec` (a path or ws_id), resolved as the request path resolves it.
+    fn checkpoint_of(&mut self, spec: &str, args: CheckpointArgs) -> Result<CheckpointResult> {
+        let req = Request::Checkpoint {
+            workspace: spec.to_string(),
+            snapshot: args.snapshot.clone(),
+            message: args.message.clone(),
+            metadata: args.metadata.clone(),
+            pin: args.pin,
+        };
+        match crate::handler::resolve(&self.engine, &req)? {
+            Target::Workspace(ws) => self.engine.checkpoint(&ws.entry, args),
+            Target::Unrecorded { path, not_found } => {
+                self.engine
+                    .checkpoint_unrecorded(&path, not_found, args, &mut |_, _| {})
+            }
+            other => panic!("unexpected target {other:?}"),
+        }
     }
     fn pin(&mut self, name: &str, id: &str) {
         let args = CheckpointArgs {
-            workspace: self.ws_str(name),
             snapshot: Some(id.to_string()),
             message: Some("keep me".into()),
             metadata: Some(serde_json::json!({"tool": "x", "n": 1})),
             pin: true,
         };
-        let r = self
-            .engine
-            .checkpoint(&ROOT, args, &mut |_, _| {})
-            .expect("pinned checkpoint");
+        let spec = self.ws_str(name);
+        let r = self.checkpoint_of(&spec, args).expect("pinned checkpoint");
         assert!(r.pinned);
+    }
+    /// The workspace `spec` names, resolved as the request path resolves it.
+    fn addressed(&self, spec: &str) -> Result<Addressed> {
+        let req = Request::Cleanup {
+            workspace: spec.to_string(),
+            keep: None,
+        };
+        match crate::handler::resolve(&self.engine, &req)? {
+            Target::Workspace(ws) => Ok(ws),
+            other => panic!("unexpected target {other:?}"),
+        }
+    }
+    fn rollback(&mut self, spec: &str, snapshot: &str, force: bool) -> Result<RollbackResult> {
+        let ws = self.addressed(spec)?;
+        self.engine.rollback(&ws.entry, snapshot, force)
+    }
+    fn list(&self, caller: &Caller, spec: Option<&str>) -> Result<ListResult> {
+        let ws = spec.map(|s| self.addressed(s)).transpose()?;
+        self.engine.list(caller, ws.as_ref().map(|w| &w.entry))
+    }
+    fn delete(
+        &mut self,
+        caller: &Caller,
+        spec: Option<&str>,
+        snapshot: &str,
+        force: bool,
+    ) -> Result<DeleteResult> {
+        // As on the request path: IDs are checked before anything is looked up.
+        let req = Request::Delete {
+            workspace: spec.map(str::to_string),
+            snapshot: snapshot.to_string(),
+            force,
+        };
+        req.check_ids()?;
+        let ws = match spec {
+            Some(s) => self.addressed(s)?,
+            None => {
+                let holders = self.engine.snapshot_holders(snapshot);
+                self.engine.unique_holder(caller, &holders, snapshot)?
+            }
+        };
+        self.engine.delete(&ws, snapshot, force)
+    }
+    fn cleanup(&mut self, spec: &str, keep: Option<&str>) -> Result<CleanupResult> {
+        let ws = self.addressed(spec)?;
+        self.engine.cleanup(&ws, keep)
+    }
+    fn diff(&mut self, spec: &str, from: &str, to: Option<&str>) -> Result<DiffResult> {
+        let ws = self.addressed(spec)?;
+        self.engine.diff(&ws, from, to)
     }
     fn res(&self) -> Resolution {
         self.engine.light_resolution().expect("resolution")
@@ -206,11 +271,11 @@ fn invalid_ids_are_refused_before_anything_is_created() {
             "{bad}"
         );
         assert_eq!(
-            code(env.engine.rollback(&env.ws_str("a"), bad, true)),
+            code(env.rollback(&env.ws_str("a"), bad, true)),
             ErrorCode::InvalidArgument
         );
         assert_eq!(
-            code(env.engine.delete(&ROOT, None, bad, true)),
+            code(env.delete(&ROOT, None, bad, true)),
             ErrorCode::InvalidArgument
         );
     }
@@ -232,11 +297,7 @@ fn generated_ids_are_valid_unique_and_sorted() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(sorted.len(), 5, "{got:?}");
-    let listed: Vec<String> = env
-        .engine
-        .list(&ROOT, Some(&env.ws_str("a")))
-        .unwrap()
-        .workspaces[0]
+    let listed: Vec<String> = env.list(&ROOT, Some(&env.ws_str("a"))).unwrap().workspaces[0]
         .snapshots
         .iter()
         .map(|s| s.id.clone())
@@ -279,7 +340,7 @@ fn detached_workspace_fails_loudly() {
     assert!(e.hint.as_deref().unwrap_or("").contains("move"), "{e:?}");
     // The detached check comes before the snapshot lookup.
     assert_eq!(
-        code(env.engine.rollback(&env.ws_str("a"), "x", true)),
+        code(env.rollback(&env.ws_str("a"), "x", true)),
         ErrorCode::WorkspaceDetached
     );
 
@@ -292,7 +353,7 @@ fn detached_workspace_fails_loudly() {
     let e = env.checkpoint("a", None).unwrap_err();
     assert!(e.message.contains("a symlink to"), "{e:?}");
     // Listing still works and says what is wrong.
-    let l = env.engine.list(&ROOT, None).unwrap();
+    let l = env.list(&ROOT, None).unwrap();
     assert!(l.workspaces[0]
         .problem
         .as_deref()
@@ -313,16 +374,16 @@ fn unavailable_storage_names_the_workspace_and_counts() {
         assert!(e.message.contains(needle), "{needle} not in {e:?}");
     }
     assert_eq!(
-        code(env.engine.delete(&ROOT, None, "c1", true)),
+        code(env.delete(&ROOT, None, "c1", true)),
         ErrorCode::StorageUnavailable
     );
     assert_eq!(
-        code(env.engine.cleanup(&id, Some("1"))),
+        code(env.cleanup(&id, Some("1"))),
         ErrorCode::StorageUnavailable
     );
     // The index is untouched and list still shows it, with the problem.
     assert_eq!(env.ids("a"), ["c1", "c2"]);
-    let l = env.engine.list(&ROOT, None).unwrap();
+    let l = env.list(&ROOT, None).unwrap();
     assert!(l.workspaces[0]
         .problem
         .as_deref()
@@ -330,7 +391,7 @@ fn unavailable_storage_names_the_workspace_and_counts() {
         .contains("unavailable"));
     assert_eq!(l.workspaces[0].snapshots.len(), 2);
     assert_eq!(
-        code(env.engine.list(&ROOT, Some(&id))),
+        code(env.list(&ROOT, Some(&id))),
         ErrorCode::StorageUnavailable
     );
 
@@ -360,7 +421,6 @@ fn rollback_restores_and_leaves_nothing_behind() {
     std::fs::write(env.ws("a").join("file.txt"), b"changed").unwrap();
     std::fs::write(env.ws("a").join("new.txt"), b"new").unwrap();
     let r = env
-        .engine
         .rollback(&env.ws_str("a"), "c1", true)
         .expect("rollback");
     assert_eq!(r.snapshot, "c1");
@@ -381,7 +441,7 @@ fn rollback_restores_and_leaves_nothing_behind() {
         "a"
     );
     assert_eq!(
-        code(env.engine.rollback(&id, "nope", true)),
+        code(env.rollback(&id, "nope", true)),
         ErrorCode::SnapshotNotFound
     );
 }
@@ -395,10 +455,7 @@ fn rollback_refuses_busy_workspace_unless_forced() {
         .current_dir(env.ws("a"))
         .spawn()
         .expect("spawn sleep");
-    let e = env
-        .engine
-        .rollback(&env.ws_str("a"), "c1", false)
-        .unwrap_err();
+    let e = env.rollback(&env.ws_str("a"), "c1", false).unwrap_err();
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(e.code, ErrorCode::Busy);
@@ -407,9 +464,7 @@ fn rollback_refuses_busy_workspace_unless_forced() {
         "{e:?}"
     );
     assert!(e.hint.unwrap().contains("--force"));
-    env.engine
-        .rollback(&env.ws_str("a"), "c1", true)
-        .expect("forced");
+    env.rollback(&env.ws_str("a"), "c1", true).expect("forced");
 }
 
 #[test]
@@ -423,7 +478,7 @@ fn missing_snapshots_are_refused_with_the_hint() {
         .delete_subvolume(&res.snapshot_path(&id, "c1"))
         .unwrap();
 
-    let l = env.engine.list(&ROOT, Some(&id)).unwrap();
+    let l = env.list(&ROOT, Some(&id)).unwrap();
     let missing: Vec<bool> = l.workspaces[0]
         .snapshots
         .iter()
@@ -431,7 +486,7 @@ fn missing_snapshots_are_refused_with_the_hint() {
         .collect();
     assert_eq!(missing, [true, false]);
 
-    let e = env.engine.rollback(&id, "c1", true).unwrap_err();
+    let e = env.rollback(&id, "c1", true).unwrap_err();
     assert_eq!(e.code, ErrorCode::SnapshotMissing);
     assert!(e
         .hint
@@ -439,20 +494,15 @@ fn missing_snapshots_are_refused_with_the_hint() {
         .contains(&format!("ws-ckpt delete -w {id} -s c1 --force")));
     // Marked in the index now.
     assert!(env.engine.store.p.indexes[&id].snapshots["c1"].missing);
-    assert_eq!(
-        code(env.engine.diff(&id, "c1", None)),
-        ErrorCode::SnapshotMissing
-    );
+    assert_eq!(code(env.diff(&id, "c1", None)), ErrorCode::SnapshotMissing);
     // Other snapshots unaffected.
-    env.engine
-        .rollback(&id, "c2", true)
-        .expect("rollback to c2");
+    env.rollback(&id, "c2", true).expect("rollback to c2");
     // delete needs --force, then removes the entry.
     assert_eq!(
-        code(env.engine.delete(&ROOT, Some(&id), "c1", false)),
+        code(env.delete(&ROOT, Some(&id), "c1", false)),
         ErrorCode::SnapshotMissing
     );
-    let d = env.engine.delete(&ROOT, Some(&id), "c1", true).unwrap();
+    let d = env.delete(&ROOT, Some(&id), "c1", true).unwrap();
     assert_eq!(d.deleted, ["c1"]);
     assert_eq!(env.ids("a"), ["c2"]);
 }
@@ -466,33 +516,29 @@ fn delete_pinned_needs_force_and_unique_id_finds_workspace() {
     env.checkpoint("b", Some("both")).unwrap();
     let a = env.ws_id("a");
 
-    let e = env.engine.delete(&ROOT, None, "p1", false).unwrap_err();
+    let e = env.delete(&ROOT, None, "p1", false).unwrap_err();
     assert_eq!(e.code, ErrorCode::SnapshotPinned);
     assert!(e.hint.unwrap().contains("--force"));
-    env.engine.delete(&ROOT, None, "p1", true).expect("forced");
+    env.delete(&ROOT, None, "p1", true).expect("forced");
 
-    let d = env
-        .engine
-        .delete(&ROOT, None, "only-a", false)
-        .expect("unique");
+    let d = env.delete(&ROOT, None, "only-a", false).expect("unique");
     assert_eq!(d.ws_id, a);
     assert!(!env
         .sys
         .is_subvolume(&env.res().snapshot_path(&a, "only-a"))
         .unwrap());
 
-    let e = env.engine.delete(&ROOT, None, "both", false).unwrap_err();
+    let e = env.delete(&ROOT, None, "both", false).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArgument);
     assert!(
         e.message.contains(&a) && e.message.contains(&env.ws_id("b")),
         "{e:?}"
     );
     assert_eq!(
-        code(env.engine.delete(&ROOT, None, "nowhere", false)),
+        code(env.delete(&ROOT, None, "nowhere", false)),
         ErrorCode::SnapshotNotFound
     );
-    env.engine
-        .delete(&ROOT, Some(&env.ws_str("b")), "both", false)
+    env.delete(&ROOT, Some(&env.ws_str("b")), "both", false)
         .expect("with -w");
     assert_eq!(env.ids("a"), ["both"]);
     assert!(env.engine.store.p.pending().is_empty());
@@ -507,14 +553,14 @@ fn cleanup_keeps_pinned_and_newest() {
     }
     let id = env.ws_id("a");
     assert_eq!(
-        code(env.engine.cleanup(&id, Some("0"))),
+        code(env.cleanup(&id, Some("0"))),
         ErrorCode::InvalidArgument
     );
     assert_eq!(
-        code(env.engine.cleanup(&id, Some("soon"))),
+        code(env.cleanup(&id, Some("soon"))),
         ErrorCode::InvalidArgument
     );
-    let r = env.engine.cleanup(&id, Some("2")).expect("cleanup");
+    let r = env.cleanup(&id, Some("2")).expect("cleanup");
     let gone: Vec<&str> = r.deleted.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(gone, ["c1", "c2", "c3"]);
     assert!(r.deleted[0].reason.contains("keep = 2"));
@@ -525,12 +571,7 @@ fn cleanup_keeps_pinned_and_newest() {
         assert!(!env.sys.is_subvolume(&res.snapshot_path(&id, g)).unwrap());
     }
     // Nothing more to do.
-    assert!(env
-        .engine
-        .cleanup(&id, Some("2"))
-        .unwrap()
-        .deleted
-        .is_empty());
+    assert!(env.cleanup(&id, Some("2")).unwrap().deleted.is_empty());
 }
 
 #[test]
@@ -539,7 +580,7 @@ fn cleanup_defaults_to_the_workspace_policy() {
     for i in 1..=3 {
         env.checkpoint("a", Some(&format!("c{i}"))).unwrap();
     }
-    let r = env.engine.cleanup(&env.ws_str("a"), None).expect("cleanup");
+    let r = env.cleanup(&env.ws_str("a"), None).expect("cleanup");
     assert_eq!(r.keep, "1");
     assert_eq!(env.ids("a"), ["c3"]);
 }
@@ -553,8 +594,8 @@ fn list_shows_only_usable_workspaces_for_other_users() {
         gid: 4242,
         pid: 1,
     };
-    assert!(env.engine.list(&user, None).unwrap().workspaces.is_empty());
-    let all = env.engine.list(&ROOT, None).unwrap();
+    assert!(env.list(&user, None).unwrap().workspaces.is_empty());
+    let all = env.list(&ROOT, None).unwrap();
     assert_eq!(all.workspaces.len(), 2);
     let v = serde_json::to_value(&all).unwrap();
     let s = &v["workspaces"][0]["snapshots"][0];
@@ -597,7 +638,7 @@ fn list_sorts_by_creation_time() {
             ),
         )
         .unwrap();
-    let l = env.engine.list(&ROOT, Some(&id)).unwrap();
+    let l = env.list(&ROOT, Some(&id)).unwrap();
     let ids: Vec<&str> = l.workspaces[0]
         .snapshots
         .iter()
@@ -694,8 +735,7 @@ fn interrupted_rollback_recovers_at_every_step() {
             "{name}"
         );
         // And the workspace works normally afterwards.
-        env.engine
-            .rollback(&id, "c1", true)
+        env.rollback(&id, "c1", true)
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(env.content("a"), "a");
     }
@@ -707,10 +747,7 @@ fn failed_rollback_snapshot_changes_nothing() {
     env.checkpoint("a", Some("c1")).unwrap();
     std::fs::write(env.ws("a").join("file.txt"), b"live").unwrap();
     env.sys.fail_next("snapshot", libc::ENOSPC);
-    let e = env
-        .engine
-        .rollback(&env.ws_str("a"), "c1", true)
-        .unwrap_err();
+    let e = env.rollback(&env.ws_str("a"), "c1", true).unwrap_err();
     assert_eq!(e.code, ErrorCode::OperationFailed);
     assert!(e.message.contains("before changing anything"), "{e:?}");
     assert_eq!(env.content("a"), "live");

@@ -1,0 +1,476 @@
+//! The one path every request takes, in the daemon and in-process alike (SPEC §7.2):
+//! validate its IDs → resolve what it names once ([`Target`]) → authorize once → run it →
+//! audit it once. The result is a JSON value, so the CLI prints the same thing either way.
+//!
+//! How the path reaches the engine is the [`Session`]: an in-process command owns its engine
+//! ([`handle_in_process`]); the daemon shares one between threads and serializes the requests
+//! on one workspace ([`Session::in_workspace`]). The engine is held only for what needs it:
+//! a checkpoint's snapshot ioctl runs without it.
+//!
+//! This module routes; it decides nothing about authorization (`auth`) and implements no
+//! operation (`ops`, `engine`).
+
+use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Request, Target};
+use crate::engine::{ApplyOptions, Engine};
+use crate::error::{Error, ErrorCode, Result};
+use crate::paths::absolute_user_path;
+use crate::plan::PlanOptions;
+use crate::status::DaemonInfo;
+use serde::Serialize;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::path::Path;
+
+/// How the request path reaches the engine.
+pub trait Session {
+    /// Run `f` with exclusive use of the engine (the host-wide critical section). Fails when
+    /// there is no engine any more (a daemon shutting down).
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R>;
+
+    /// Run `f` while holding workspace `ws_id`, so that requests on one workspace run one at a
+    /// time. Never called with the engine held. Default: nothing to hold.
+    fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
+        let _ = ws_id;
+        f()
+    }
+
+    /// The daemon serving the request, if one does (shown by `status`).
+    fn daemon_info(&self) -> Option<DaemonInfo> {
+        None
+    }
+
+    /// Called with the engine after a mutating request ran under it (the daemon watches the
+    /// snapshot directories of new workspaces). Default: nothing.
+    fn after_mutation(&self, engine: &Engine) {
+        let _ = engine;
+    }
+}
+
+/// Run one request: validate, resolve, authorize, execute, audit (mutating requests, whether
+/// they succeed or are refused).
+pub fn handle(
+    session: &impl Session,
+    caller: &Caller,
+    req: Request,
+    progress: Progress<'_>,
+) -> Result<Value> {
+    let mut state_dir = None;
+    let result = run(session, caller, &req, progress, &mut state_dir);
+    if let Some(dir) = state_dir {
+        crate::audit::record(&dir, caller, &req, &result);
+    }
+    result
+}
+
+/// [`handle`] for a command that owns its engine.
+pub fn handle_in_process(
+    engine: &mut Engine,
+    caller: &Caller,
+    req: Request,
+    progress: Progress<'_>,
+) -> Result<Value> {
+    handle(&Exclusive(RefCell::new(engine)), caller, req, progress)
+}
+
+/// The session of a command that owns its engine.
+struct Exclusive<'a>(RefCell<&'a mut Engine>);
+
+impl Session for Exclusive<'_> {
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R> {
+        Ok(f(&mut self.0.borrow_mut()))
+    }
+}
+
+fn run(
+    session: &impl Session,
+    caller: &Caller,
+    req: &Request,
+    progress: Progress<'_>,
+    state_dir: &mut Option<std::path::PathBuf>,
+) -> Result<Value> {
+    let target = session.with_engine(|engine| {
+        *state_dir = Some(engine.config.daemon.state_dir.clone());
+        req.check_ids()?;
+        let target = resolve(engine, req)?;
+        crate::auth::authorize(&engine.config, caller, req, &target)?;
+        Ok::<_, Error>(target)
+    })??;
+    match target.ws_id().map(str::to_string) {
+        Some(ws_id) => session.in_workspace(&ws_id, || {
+            execute(session, caller, req.clone(), target, progress)
+        }),
+        None => execute(session, caller, req.clone(), target, progress),
+    }
+}
+
+/// What `req` names, looked up once (the step before authorization).
+pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
+    let workspace = |spec: &str| {
+        engine
+            .resolve_workspace(spec)
+            .map(|w| Target::Workspace(Addressed::new(w, spec)))
+    };
+    match req {
+        Request::Checkpoint {
+            workspace: spec, ..
+        } => match engine.resolve_workspace(spec) {
+            Ok(w) => Ok(Target::Workspace(Addressed::new(w, spec))),
+            Err(e) if e.code == ErrorCode::WorkspaceNotFound => Ok(Target::Unrecorded {
+                path: absolute_user_path(Path::new(spec))?,
+                not_found: e,
+            }),
+            Err(e) => Err(e),
+        },
+        Request::Rollback {
+            workspace: spec, ..
+        }
+        | Request::Cleanup {
+            workspace: spec, ..
+        }
+        | Request::Diff {
+            workspace: spec, ..
+        }
+        | Request::List {
+            workspace: Some(spec),
+        }
+        | Request::Status {
+            workspace: Some(spec),
+        }
+        | Request::Delete {
+            workspace: Some(spec),
+            ..
+        } => workspace(spec),
+        Request::Delete {
+            workspace: None,
+            snapshot,
+            ..
+        } => Ok(Target::Holders(engine.snapshot_holders(snapshot))),
+        Request::Release { path } => {
+            let w = engine.release_target(path)?;
+            let spec = w.workspace_path.display().to_string();
+            Ok(Target::Workspace(Addressed::new(w, &spec)))
+        }
+        Request::List { workspace: None }
+        | Request::Status { workspace: None }
+        | Request::Init { .. }
+        | Request::Plan { .. }
+        | Request::Apply { .. }
+        | Request::Reload => Ok(Target::Host),
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
+}
+
+/// Run an authorized request. A checkpoint of a recorded workspace holds the engine only to
+/// prepare and to record it; everything else runs under the engine.
+fn execute(
+    session: &impl Session,
+    caller: &Caller,
+    req: Request,
+    target: Target,
+    progress: Progress<'_>,
+) -> Result<Value> {
+    if let (
+        Request::Checkpoint {
+            snapshot,
+            message,
+            metadata,
+            pin,
+            ..
+        },
+        Target::Workspace(ws),
+    ) = (&req, &target)
+    {
+        let args = CheckpointArgs {
+            snapshot: snapshot.clone(),
+            message: message.clone(),
+            metadata: metadata.clone(),
+            pin: *pin,
+        };
+        let (prepared, sys) = session.with_engine(|engine| {
+            engine
+                .checkpoint_prepare(&ws.entry, args, false)
+                .map(|p| (p, engine.sys_handle()))
+        })??;
+        crate::ops::take_checkpoint_snapshot(sys.as_ref(), &prepared)?;
+        let done = session.with_engine(|engine| engine.checkpoint_commit(prepared))??;
+        return to_value(&done);
+    }
+    let daemon = match req {
+        Request::Status { .. } => session.daemon_info(),
+        _ => None,
+    };
+    let mutating = req.is_mutating();
+    session.with_engine(|engine| {
+        let result = dispatch(engine, caller, req, target, daemon.as_ref(), progress);
+        if mutating {
+            session.after_mutation(engine);
+        }
+        result
+    })?
+}
+
+fn dispatch(
+    engine: &mut Engine,
+    caller: &Caller,
+    req: Request,
+    target: Target,
+    daemon: Option<&DaemonInfo>,
+    progress: Progress<'_>,
+) -> Result<Value> {
+    let addressed = |t: &Target| match t {
+        Target::Workspace(w) => Ok(w.clone()),
+        _ => Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("`{}` needs a workspace", req.op()),
+        )),
+    };
+    match &req {
+        Request::Checkpoint {
+            snapshot,
+            message,
+            metadata,
+            pin,
+            ..
+        } => {
+            let args = CheckpointArgs {
+                snapshot: snapshot.clone(),
+                message: message.clone(),
+                metadata: metadata.clone(),
+                pin: *pin,
+            };
+            match target {
+                Target::Unrecorded { path, not_found } => {
+                    to_value(&engine.checkpoint_unrecorded(&path, not_found, args, progress)?)
+                }
+                t => to_value(&engine.checkpoint(&addressed(&t)?.entry, args)?),
+            }
+        }
+        Request::Rollback {
+            snapshot, force, ..
+        } => to_value(&engine.rollback(&addressed(&target)?.entry, snapshot, *force)?),
+        Request::List { workspace } => {
+            let ws = match workspace {
+                Some(_) => Some(addressed(&target)?.entry),
+                None => None,
+            };
+            to_value(&engine.list(caller, ws.as_ref())?)
+        }
+        Request::Delete {
+            snapshot, force, ..
+        } => {
+            let ws = match &target {
+                Target::Holders(holders) => engine.unique_holder(caller, holders, snapshot)?,
+                t => addressed(t)?,
+            };
+            to_value(&engine.delete(&ws, snapshot, *force)?)
+        }
+        Request::Cleanup { keep, .. } => {
+            to_value(&engine.cleanup(&addressed(&target)?, keep.as_deref())?)
+        }
+        Request::Diff { from, to, .. } => {
+            to_value(&engine.diff(&addressed(&target)?, from, to.as_deref())?)
+        }
+        Request::Init { path } => to_value(&engine.init(path, progress)?),
+        Request::Release { .. } => to_value(&engine.release(&addressed(&target)?.entry, progress)?),
+        Request::Status { workspace } => {
+            let mut st = engine.status(daemon);
+            crate::auth::filter_status(
+                &engine.config,
+                engine.store.p.state.as_ref(),
+                caller,
+                &mut st,
+            );
+            if workspace.is_some() {
+                let ws_id = addressed(&target)?.entry.ws_id;
+                st.workspaces.retain(|x| x.ws_id == ws_id);
+            }
+            to_value(&st)
+        }
+        Request::Plan { prune } => to_value(&engine.plan(PlanOptions { prune: *prune })),
+        Request::Apply { check, prune } => to_value(&engine.apply(
+            ApplyOptions {
+                check: *check,
+                prune: *prune,
+            },
+            progress,
+        )),
+        Request::Reload => {
+            engine.reload_config()?;
+            to_value(&engine.apply(ApplyOptions::default(), progress))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::sys::fake::FakeSys;
+    use crate::sys::Sys;
+    use std::cell::RefCell;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    /// A bootstrapped fake backend with workspace `<root>/home/a`.
+    fn engine(dir: &Path) -> Engine {
+        let d = dir.display();
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::create_dir_all(dir.join("home/a")).unwrap();
+        std::fs::create_dir_all(dir.join("img")).unwrap();
+        std::fs::write(
+            dir.join("etc/config.toml"),
+            format!("[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[backend]\ntype = \"btrfs-loop\"\n[backend.btrfs-loop]\nimage = \"{d}/img/i\"\nmount = \"{d}/mnt\"\nlegacy_image = \"{d}/legacy.img\"\nimg_size = 1\n[[workspace]]\npath = \"{d}/home/a\"\n"),
+        )
+        .unwrap();
+        let config = Config::load(&dir.join("etc/config.toml")).unwrap();
+        let sys = Arc::new(FakeSys::new());
+        sys.create_image(&dir.join("img/i"), 1 << 30).unwrap();
+        let mut e = Engine::open(config, sys, "cli", Duration::ZERO).unwrap();
+        assert!(e.apply(ApplyOptions::default(), &mut |_, _| {}).ok());
+        e
+    }
+
+    /// A session that records what the request path asked of it.
+    struct Recording<'a> {
+        engine: RefCell<&'a mut Engine>,
+        log: RefCell<Vec<String>>,
+    }
+
+    impl Session for Recording<'_> {
+        fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R> {
+            self.log.borrow_mut().push("engine".into());
+            Ok(f(&mut self.engine.borrow_mut()))
+        }
+        fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
+            self.log.borrow_mut().push(format!("lock {ws_id}"));
+            let r = f();
+            self.log.borrow_mut().push(format!("unlock {ws_id}"));
+            r
+        }
+    }
+
+    fn audit_lines(e: &Engine) -> Vec<Value> {
+        std::fs::read_to_string(e.config.daemon.state_dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_resolves_once_locks_its_workspace_and_snapshots_outside_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        let path = dir.path().join("home/a").display().to_string();
+        let ws_id = e.resolve_workspace(&path).unwrap().ws_id;
+        let session = Recording {
+            engine: RefCell::new(&mut e),
+            log: RefCell::new(Vec::new()),
+        };
+        let req = Request::Checkpoint {
+            workspace: path,
+            snapshot: Some("c1".into()),
+            message: None,
+            metadata: None,
+            pin: false,
+        };
+        let v = handle(&session, &ROOT, req, &mut |_, _| {}).unwrap();
+        assert_eq!(v["snapshot"], "c1");
+        // resolve + authorize, then (holding the workspace) prepare and commit: the snapshot
+        // ioctl in between runs without the engine.
+        assert_eq!(
+            *session.log.borrow(),
+            [
+                "engine".to_string(),
+                format!("lock {ws_id}"),
+                "engine".into(),
+                "engine".into(),
+                format!("unlock {ws_id}"),
+            ]
+        );
+        let audit = audit_lines(&e);
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0]["op"], "checkpoint");
+        assert_eq!(audit[0]["snapshot"], "c1");
+        assert_eq!(audit[0]["result"], "ok");
+    }
+
+    #[test]
+    fn refusals_are_audited_and_ids_are_checked_before_any_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        let user = Caller {
+            uid: 4242,
+            gid: 4242,
+            pid: 2,
+        };
+        let err = handle_in_process(
+            &mut e,
+            &user,
+            Request::Apply {
+                check: false,
+                prune: false,
+            },
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::PermissionDenied);
+        let req = Request::Rollback {
+            workspace: "ws-nowhere".into(),
+            snapshot: "../x".into(),
+            force: false,
+        };
+        let err = handle_in_process(&mut e, &ROOT, req, &mut |_, _| {}).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+        let audit = audit_lines(&e);
+        let results: Vec<&str> = audit
+            .iter()
+            .map(|l| l["result"].as_str().unwrap())
+            .collect();
+        assert_eq!(results, ["PermissionDenied", "InvalidArgument"]);
+        // Read-only requests are not audited.
+        handle_in_process(
+            &mut e,
+            &user,
+            Request::Status { workspace: None },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(audit_lines(&e).len(), 2);
+    }
+
+    #[test]
+    fn status_describes_the_serving_daemon_without_patching_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path());
+        let v = handle_in_process(
+            &mut e,
+            &ROOT,
+            Request::Status { workspace: None },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(v["daemon"]["running"], false);
+        assert_eq!(v["health"], "healthy", "{v}");
+        let st = e.status(Some(&DaemonInfo {
+            pid: 7,
+            uptime_secs: 3,
+            last_pass: Some("2026-01-01T00:00:00Z".into()),
+            config_error: Some("x.toml:1:1: bad".into()),
+        }));
+        assert!(st.daemon.running);
+        assert_eq!(st.daemon.pid, Some(7));
+        assert_eq!(st.daemon.config_error.as_deref(), Some("x.toml:1:1: bad"));
+        assert_eq!(st.health, crate::status::Health::Degraded);
+    }
+}
