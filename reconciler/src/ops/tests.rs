@@ -6,11 +6,15 @@ use super::*;
 use crate::api::{Caller, CheckpointArgs, Request, Target};
 use crate::config::Config;
 use crate::engine::ApplyOptions;
+use crate::execute::{exchange, new_entry};
+use crate::ids;
 use crate::model::PendingKind;
+use crate::model::RollbackPhase;
 use crate::sys::fake::FakeSys;
 use crate::sys::Sys;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 use tempfile::TempDir;
 
 const ROOT: Caller = Caller {

@@ -1,0 +1,211 @@
+//! `checkpoint` (SPEC §5.2): prepare under the engine, one snapshot ioctl, record under the
+//! engine (one index-journal append). A plain directory is initialized first.
+
+use super::dir_is_empty;
+use crate::api::{CheckpointArgs, Progress};
+use crate::engine::Engine;
+use crate::error::{Error, ErrorCode, Result};
+use crate::execute::new_entry;
+use crate::ids::{self, check_snapshot_id};
+use crate::model::PathState;
+use crate::observe::path_state;
+use crate::state::WorkspaceEntry;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Result of `checkpoint` (stable JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointResult {
+    /// Workspace ID.
+    pub ws_id: String,
+    /// Workspace path.
+    pub workspace: PathBuf,
+    /// Snapshot ID (given or generated).
+    pub snapshot: String,
+    /// Creation time recorded in the index (RFC 3339, UTC).
+    pub created_at: String,
+    /// Whether the snapshot is pinned.
+    pub pinned: bool,
+    /// The workspace had no entries (the snapshot was still taken).
+    pub empty: bool,
+    /// This call turned a plain directory into the workspace first.
+    pub initialized: bool,
+}
+
+/// A checkpoint validated under the engine lock, waiting for its snapshot ioctl.
+#[derive(Debug, Clone)]
+pub struct PreparedCheckpoint {
+    /// Workspace ID.
+    pub ws_id: String,
+    /// Workspace path.
+    pub workspace: PathBuf,
+    /// Snapshot ID.
+    pub id: String,
+    /// The workspace subvolume (snapshot source).
+    pub subvol: PathBuf,
+    /// The snapshot to create.
+    pub dest: PathBuf,
+    created: SystemTime,
+    message: Option<String>,
+    metadata: Option<serde_json::Value>,
+    pin: bool,
+    empty: bool,
+    initialized: bool,
+}
+
+/// The snapshot ioctl of a prepared checkpoint (no engine state touched: safe to run without
+/// the engine lock, under the workspace's own lock).
+pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
+    sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
+        if e.errno() == Some(libc::EEXIST) {
+            Error::new(
+                ErrorCode::SnapshotAlreadyExists,
+                format!(
+                    "workspace {} already has a snapshot {} ({} exists)",
+                    p.ws_id,
+                    p.id,
+                    p.dest.display()
+                ),
+            )
+            .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
+        } else {
+            Error::from(e)
+        }
+    })
+}
+
+impl Engine {
+    /// `ws-ckpt checkpoint` (SPEC §5.2) of the recorded workspace `ws`: a read-only snapshot
+    /// by ioctl, then one index-journal append. Equivalent to [`Engine::checkpoint_prepare`] +
+    /// [`take_checkpoint_snapshot`] + [`Engine::checkpoint_commit`]; the request path runs the
+    /// middle step without holding the engine, so that checkpoints of different workspaces
+    /// proceed in parallel in the daemon.
+    pub fn checkpoint(
+        &mut self,
+        ws: &WorkspaceEntry,
+        args: CheckpointArgs,
+    ) -> Result<CheckpointResult> {
+        let prepared = self.checkpoint_prepare(ws, args, false)?;
+        take_checkpoint_snapshot(self.sys(), &prepared)?;
+        self.checkpoint_commit(prepared)
+    }
+
+    /// `ws-ckpt checkpoint` of `path`, which is not a recorded workspace: a directory is
+    /// initialized first (SPEC §5.2); anything else fails (`not_found` when it is neither
+    /// missing nor a directory).
+    pub fn checkpoint_unrecorded(
+        &mut self,
+        path: &Path,
+        not_found: Error,
+        args: CheckpointArgs,
+        progress: Progress<'_>,
+    ) -> Result<CheckpointResult> {
+        match path_state(path) {
+            PathState::Dir { .. } => {}
+            PathState::Missing => {
+                return Err(Error::new(
+                    ErrorCode::InvalidPath,
+                    format!("{} does not exist", path.display()),
+                )
+                .hint("give the path of an existing directory or workspace, or a ws_id from `ws-ckpt list`"))
+            }
+            _ => return Err(not_found),
+        }
+        let report = self.init(path, progress)?;
+        let ws = self.resolve_workspace(&report.ws_id)?;
+        let prepared = self.checkpoint_prepare(&ws, args, report.changed)?;
+        take_checkpoint_snapshot(self.sys(), &prepared)?;
+        self.checkpoint_commit(prepared)
+    }
+
+    /// Everything a checkpoint of `ws` does before its snapshot ioctl: check storage and
+    /// attachment, validate or generate the ID, create the workspace's snapshot directory.
+    /// `initialized`: this request made `ws` a workspace first (reported in the result).
+    pub fn checkpoint_prepare(
+        &mut self,
+        ws: &WorkspaceEntry,
+        args: CheckpointArgs,
+        initialized: bool,
+    ) -> Result<PreparedCheckpoint> {
+        tracing::debug!(ws_id = %ws.ws_id, "checkpoint");
+        if let Some(id) = &args.snapshot {
+            check_snapshot_id(id)?;
+        }
+        let res = self.storage_for(Some(ws))?;
+        let subvol = self.attached_subvol(ws, &res)?;
+        let ws_id = ws.ws_id.clone();
+        let index = self.store.p.indexes.get(&ws_id);
+        let taken = |id: &str| {
+            index.is_some_and(|i| i.snapshots.contains_key(id))
+                || std::fs::symlink_metadata(res.snapshot_path(&ws_id, id)).is_ok()
+        };
+        let now = SystemTime::now();
+        let id = match args.snapshot {
+            Some(id) => {
+                if taken(&id) {
+                    return Err(Error::new(
+                        ErrorCode::SnapshotAlreadyExists,
+                        format!("workspace {ws_id} already has a snapshot {id}"),
+                    )
+                    .hint("choose another ID, or omit -s to get a generated one"));
+                }
+                id
+            }
+            None => ids::generate_snapshot_id(now, taken),
+        };
+        let snap_dir = res.snap_dir(&ws_id);
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| Error::io("create directory", &snap_dir, e))?;
+        let dest = snap_dir.join(&id);
+        Ok(PreparedCheckpoint {
+            empty: dir_is_empty(&subvol),
+            ws_id,
+            workspace: ws.workspace_path.clone(),
+            id,
+            subvol,
+            dest,
+            created: now,
+            message: args.message,
+            metadata: args.metadata,
+            pin: args.pin,
+            initialized,
+        })
+    }
+
+    /// Record a checkpoint whose snapshot exists. Re-checks that the workspace is still
+    /// recorded (it may have been released meanwhile; then the stray snapshot is removed).
+    pub fn checkpoint_commit(&mut self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
+        let still = self
+            .store
+            .p
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(&p.ws_id))
+            .is_some_and(|w| w.workspace_path == p.workspace);
+        if !still {
+            let _ = self.sys().delete_subvolume_if_present(&p.dest);
+            return Err(Error::new(
+                ErrorCode::WorkspaceNotFound,
+                format!(
+                    "workspace {} ({}) was released while the checkpoint was taken",
+                    p.ws_id,
+                    p.workspace.display()
+                ),
+            ));
+        }
+        let entry = new_entry(p.created, p.message, p.metadata, p.pin);
+        let created_at = entry.created_at.clone();
+        self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
+        tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
+        Ok(CheckpointResult {
+            ws_id: p.ws_id,
+            workspace: p.workspace,
+            snapshot: p.id,
+            created_at,
+            pinned: p.pin,
+            empty: p.empty,
+            initialized: p.initialized,
+        })
+    }
+}
