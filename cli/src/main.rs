@@ -2,7 +2,7 @@
 //! `ws_ckpt` (the reconciler library) and prints tables or JSON. No behaviour lives here.
 
 mod args;
-mod cmds;
+mod cmd;
 mod gen;
 mod output;
 
@@ -27,6 +27,6 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let code = cmds::run(cli);
+    let code = cmd::run(cli);
     std::process::exit(code);
 }

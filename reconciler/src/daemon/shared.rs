@@ -1,0 +1,189 @@
+//! The daemon's shared state (one engine behind a mutex, one lock per workspace, the
+//! trigger channel, what status reports about the daemon) and its side of the request path.
+//!
+//! Lock order: a workspace lock, then the engine lock; never a workspace lock while holding
+//! the engine. A panicked request never takes the daemon down (poisoned locks are taken over).
+
+use super::watch::{Event, WatchSet, Watches};
+use crate::api::{Caller, Request};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::{Error, ErrorCode};
+use crate::handler::Session;
+use crate::status::DaemonInfo;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// State shared by the loop, the accept thread and connection threads.
+pub(super) struct Shared {
+    /// `None` once stopped.
+    pub(super) engine: Mutex<Option<Engine>>,
+    pub(super) watches: Mutex<Option<Watches>>,
+    pub(super) started: Instant,
+    pub(super) last_pass: Mutex<Option<String>>,
+    pub(super) config_error: Mutex<Option<String>>,
+    pub(super) last_findings: Mutex<Vec<String>>,
+    pub(super) stopping: Arc<AtomicBool>,
+    /// Requests being handled right now.
+    pub(super) busy: AtomicUsize,
+    pub(super) tx: Mutex<Sender<Event>>,
+    /// One lock per workspace: operations on a workspace are serialized, different
+    /// workspaces proceed in parallel. Order: a workspace lock, then the engine lock.
+    pub(super) ws_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked request must not take the daemon down; the persisted state is the truth.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(super) struct BusyGuard<'a>(&'a AtomicUsize);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub(super) fn shutting_down() -> Error {
+    Error::new(ErrorCode::Busy, "the ws-ckpt daemon is shutting down")
+        .hint("retry when it is back (systemctl status ws-ckpt)")
+}
+
+impl Shared {
+    pub(super) fn new(engine: Engine, tx: Sender<Event>) -> Arc<Shared> {
+        Arc::new(Shared {
+            engine: Mutex::new(Some(engine)),
+            watches: Mutex::new(None),
+            started: Instant::now(),
+            last_pass: Mutex::new(None),
+            config_error: Mutex::new(None),
+            last_findings: Mutex::new(Vec::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            busy: AtomicUsize::new(0),
+            tx: Mutex::new(tx),
+            ws_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(super) fn ws_lock(&self, ws_id: &str) -> Arc<Mutex<()>> {
+        Arc::clone(lock(&self.ws_locks).entry(ws_id.to_string()).or_default())
+    }
+
+    pub(super) fn tick(&self, why: &'static str) {
+        let _ = lock(&self.tx).send(Event::Tick(why));
+    }
+
+    /// One request from a connection: the common request path, while this daemon runs.
+    pub(super) fn handle(&self, caller: &Caller, req: Request) -> Result<Value, Error> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let _busy = BusyGuard(&self.busy);
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(shutting_down());
+        }
+        let is_reload = matches!(req, Request::Reload);
+        let result = crate::handler::handle(self, caller, req, &mut |_, _| {});
+        if is_reload {
+            self.tick("reload request");
+        }
+        result
+    }
+
+    /// Re-read the config; keep the last good one when it fails (reported, never partially
+    /// applied).
+    pub(super) fn refresh_config(&self, engine: &mut Engine) {
+        let path = engine.config.config_path.clone();
+        let result = Config::load(&path).map_err(|e| e.to_string()).and_then(|c| {
+            let old = &engine.config.daemon;
+            if c.daemon.state_dir != old.state_dir || c.daemon.runtime_dir != old.runtime_dir {
+                Err(format!(
+                    "[daemon] state_dir or runtime_dir changed (now {} and {}); restart the daemon to use them",
+                    c.daemon.state_dir.display(),
+                    c.daemon.runtime_dir.display()
+                ))
+            } else {
+                Ok(c)
+            }
+        });
+        let mut err = lock(&self.config_error);
+        match result {
+            Ok(c) => {
+                if err.take().is_some() {
+                    tracing::info!(config = %path.display(), "config is valid again");
+                }
+                if c != engine.config {
+                    tracing::info!(config = %path.display(), files = c.files.len(), workspaces = c.workspaces.len(), "config changed");
+                    engine.config = c;
+                }
+            }
+            Err(e) => {
+                if err.as_deref() != Some(e.as_str()) {
+                    tracing::error!(config = %path.display(), error = %e, "config rejected; still running on the last good config");
+                }
+                *err = Some(e);
+            }
+        }
+    }
+
+    pub(super) fn refresh_watches(&self, engine: &Engine) {
+        if let Some(w) = lock(&self.watches).as_mut() {
+            w.update(watch_set(engine));
+        }
+    }
+}
+
+/// The daemon's side of the request path: one engine behind a mutex (the host-wide critical
+/// section), one lock per workspace (taken before the engine, never while holding it).
+impl Session for Shared {
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Error> {
+        let mut guard = lock(&self.engine);
+        let engine = guard.as_mut().ok_or_else(shutting_down)?;
+        Ok(f(engine))
+    }
+
+    fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
+        let ws_lock = self.ws_lock(ws_id);
+        let _held = lock(&ws_lock);
+        f()
+    }
+
+    fn daemon_info(&self) -> Option<DaemonInfo> {
+        Some(DaemonInfo {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            last_pass: lock(&self.last_pass).clone(),
+            config_error: lock(&self.config_error).clone(),
+        })
+    }
+
+    fn after_mutation(&self, engine: &Engine) {
+        // New workspaces bring new snapshot directories to watch.
+        self.refresh_watches(engine);
+    }
+}
+
+/// What to watch for this engine's config and state.
+fn watch_set(engine: &Engine) -> WatchSet {
+    let cfg = &engine.config;
+    let mut set = WatchSet {
+        config_file: cfg.config_path.clone(),
+        dropin_dir: cfg.dropin_dir.clone(),
+        ..Default::default()
+    };
+    if let Some(state) = engine.store.p.state.as_ref() {
+        let root = &state.paths.snapshots_root;
+        set.snapshot_dirs.insert(root.clone());
+        for w in &state.workspaces {
+            set.snapshot_dirs.insert(root.join(&w.ws_id));
+        }
+        set.image = state.paths.loop_img.as_ref().map(|l| l.img_path.clone());
+    }
+    if set.image.is_none() && cfg.backend.kind != crate::config::BackendKind::BtrfsBase {
+        set.image = Some(cfg.backend.btrfs_loop.image.clone());
+    }
+    set
+}
