@@ -316,7 +316,7 @@ impl Engine {
             None => {
                 let err = self.why_not_ready(&path, &report);
                 let interrupted = self.store.p.pending().iter().any(
-                    |o| matches!(&o.kind, crate::model::PendingKind::Init { path: p, .. } if *p == path),
+                    |o| matches!(&o.kind, crate::state::PendingKind::Init { path: p, .. } if *p == path),
                 );
                 if newly_declared && !interrupted {
                     // Nothing was converted: take the declaration back so the config does not

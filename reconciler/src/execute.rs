@@ -9,14 +9,14 @@ use crate::copy::{self, Progress};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::model::PathState;
-use crate::model::{InitPhase, PendingKind, PendingOp, ReleasePhase};
 use crate::observe::path_state;
-use crate::plan::{Action, MigratedWorkspace, DECLARED_MARKER, IMG_TARGET_KEY};
+use crate::plan::{Action, MigratedWorkspace};
 use crate::resolve::Resolution;
 use crate::state::{
     BackendIdentity, BackendPaths, LoopImage, SnapshotEntry, StateFile, WorkspaceEntry,
     STATE_VERSION,
 };
+use crate::state::{InitPhase, PendingKind, PendingOp, ReleasePhase};
 use crate::store::Store;
 use crate::sys::Sys;
 use serde::Serialize;
@@ -264,6 +264,7 @@ impl Executor<'_> {
                     img_path: img.clone(),
                     img_size_bytes: size,
                     last_loop_device: None,
+                    img_target_bytes: None,
                     extra: Default::default(),
                 });
                 li.img_path = img.clone();
@@ -272,7 +273,7 @@ impl Executor<'_> {
                     li.last_loop_device = device.clone();
                 }
                 if let Some(t) = image_target {
-                    li.extra.insert(IMG_TARGET_KEY.into(), t.into());
+                    li.img_target_bytes = Some(t);
                 }
                 Some(li)
             }
@@ -312,8 +313,6 @@ impl Executor<'_> {
                 };
             }
             None => {
-                let mut extra = serde_json::Map::new();
-                extra.insert(DECLARED_MARKER.into(), true.into());
                 self.store.p.state = Some(StateFile {
                     version: STATE_VERSION,
                     backend: identity(None),
@@ -329,7 +328,9 @@ impl Executor<'_> {
                     pending: Vec::new(),
                     last_unclean_shutdown: None,
                     last_clean_stop: None,
-                    extra,
+                    // A fresh host: whatever gets recorded is declared in the config.
+                    config_declared: true,
+                    extra: Default::default(),
                 });
             }
         }
@@ -368,7 +369,7 @@ impl Executor<'_> {
         let state = self.store.state_mut()?;
         if let Some(li) = state.paths.loop_img.as_mut() {
             li.img_size_bytes = to_bytes.max(cur);
-            li.extra.insert(IMG_TARGET_KEY.into(), to_bytes.into());
+            li.img_target_bytes = Some(to_bytes);
         }
         self.store.save()
     }
@@ -439,7 +440,7 @@ impl Executor<'_> {
             edit::write_migrated(&self.config.dropin_dir, &entries)?;
         }
         let state = self.store.state_mut()?;
-        state.extra.insert(DECLARED_MARKER.into(), true.into());
+        state.config_declared = true;
         self.store.save()
     }
 
@@ -808,7 +809,7 @@ pub fn new_entry(
         message,
         metadata,
         pinned,
-        created_at: crate::time::format_rfc3339_nanos(created),
+        created_at: crate::time::Timestamp::nanos(created),
         missing: false,
         extra: Default::default(),
     }

@@ -47,6 +47,8 @@ pub enum FindingKind {
     ImageShrinkRefused,
     /// Two copies exist and ws-ckpt will not choose between them.
     Ambiguous,
+    /// state.json records an interrupted operation this version cannot read.
+    UnreadableOperation,
 }
 
 /// Something the operator should know; no automatic action.

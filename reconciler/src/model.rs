@@ -1,12 +1,11 @@
 //! In-memory model shared by observe, resolve, plan and execute: what is persisted
-//! (state.json plus the indexes, decoded), the multi-step operations in flight, and what was
-//! observed of the live system.
+//! (state.json plus the indexes, decoded; the multi-step operations in flight are part of
+//! state.json, see `state::pending`) and what was observed of the live system.
 //!
 //! Data only. No I/O here.
 
-use crate::state::{StateFile, WorkspaceIndex};
+use crate::state::{PendingOp, StateFile, WorkspaceIndex};
 use crate::sys::{FsUsage, LoopDevice, MountEntry};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -45,153 +44,10 @@ pub struct Persisted {
 }
 
 impl Persisted {
-    /// Pending operations recorded in state.json, decoded (undecodable ones are skipped).
-    pub fn pending(&self) -> Vec<PendingOp> {
-        self.state
-            .as_ref()
-            .map(|s| {
-                s.pending
-                    .iter()
-                    .filter_map(|v| serde_json::from_value(v.clone()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// A multi-step operation whose phase is recorded durably before its first irreversible step
-/// (SPEC §5.6). Stored as JSON in `state.json` → `pending`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingOp {
-    /// Unique operation ID (also part of every temporary name it uses).
-    pub op_id: String,
-    /// When it started (RFC 3339).
-    pub started_at: String,
-    /// What it is and how far it got.
-    #[serde(flatten)]
-    pub kind: PendingKind,
-}
-
-/// The operations that can be interrupted, each with the exact names it uses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "operation", rename_all = "kebab-case")]
-pub enum PendingKind {
-    /// Directory → workspace.
-    Init {
-        /// Workspace ID.
-        ws_id: String,
-        /// User path.
-        path: PathBuf,
-        /// The new workspace subvolume.
-        subvol: PathBuf,
-        /// Sibling name used for the swap: a symlink before it, the original directory after.
-        tmp: PathBuf,
-        /// How far it got.
-        phase: InitPhase,
-    },
-    /// Workspace → plain directory.
-    Release {
-        /// Workspace ID.
-        ws_id: String,
-        /// User path.
-        path: PathBuf,
-        /// The workspace subvolume.
-        subvol: PathBuf,
-        /// Sibling name: the copy before the swap, the old symlink after.
-        tmp: PathBuf,
-        /// How far it got.
-        phase: ReleasePhase,
-    },
-    /// Move of a pre-FHS image to its new path.
-    MigrateImage {
-        /// Old image path.
-        from: PathBuf,
-        /// New image path.
-        to: PathBuf,
-        /// Temporary file next to `to` used when copying across filesystems.
-        tmp: PathBuf,
-    },
-    /// Online growth of the loop image.
-    GrowImage {
-        /// Image file.
-        image: PathBuf,
-        /// Target size.
-        to_bytes: u64,
-    },
-    /// Rollback of a workspace to a snapshot.
-    Rollback {
-        /// Workspace ID.
-        ws_id: String,
-        /// Target snapshot ID.
-        snapshot: String,
-        /// The workspace subvolume (`<data_root>/<ws_id>`).
-        subvol: PathBuf,
-        /// Writable snapshot of the target, created beside the workspace subvolume.
-        tmp: PathBuf,
-        /// How far it got.
-        phase: RollbackPhase,
-    },
-    /// Deletion of snapshots (delete, cleanup, retention).
-    DeleteSnapshots {
-        /// Workspace ID.
-        ws_id: String,
-        /// Snapshot IDs being deleted.
-        snapshots: Vec<String>,
-    },
-}
-
-/// Phases of an init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InitPhase {
-    /// Subvolume being created and filled; the original is untouched.
-    Copying,
-    /// Copy verified; the swap may have happened.
-    Verified,
-}
-
-/// Phases of a release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReleasePhase {
-    /// Copy being made; the workspace is untouched.
-    Copying,
-    /// Copy verified; the swap may have happened.
-    Verified,
-}
-
-/// Phases of a rollback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RollbackPhase {
-    /// Writable snapshot of the target being made; the workspace is untouched.
-    Snapshotting,
-    /// The writable snapshot is complete; the exchange may have happened.
-    Ready,
-}
-
-impl PendingKind {
-    /// Workspace this operation belongs to.
-    pub fn ws_id(&self) -> Option<&str> {
-        match self {
-            PendingKind::Init { ws_id, .. }
-            | PendingKind::Release { ws_id, .. }
-            | PendingKind::Rollback { ws_id, .. }
-            | PendingKind::DeleteSnapshots { ws_id, .. } => Some(ws_id),
-            PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => None,
-        }
-    }
-
-    /// Operation name as shown to users.
-    pub fn name(&self) -> &'static str {
-        match self {
-            PendingKind::Init { .. } => "init",
-            PendingKind::Release { .. } => "release",
-            PendingKind::MigrateImage { .. } => "migrate-image-path",
-            PendingKind::GrowImage { .. } => "grow-image",
-            PendingKind::Rollback { .. } => "rollback",
-            PendingKind::DeleteSnapshots { .. } => "delete",
-        }
+    /// The pending operations recorded in state.json (decoded when it was loaded; the ones
+    /// this version cannot read are in [`crate::state::StateFile::undecodable_pending`]).
+    pub fn pending(&self) -> Vec<&PendingOp> {
+        self.state.iter().flat_map(|s| s.pending_ops()).collect()
     }
 }
 

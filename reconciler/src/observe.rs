@@ -142,7 +142,7 @@ fn observe_paths(obs: &mut Observed, config: &Config, persisted: &Persisted) {
     }
     paths.extend(persisted.indexes.values().map(|i| i.workspace_path.clone()));
     for op in persisted.pending() {
-        use crate::model::PendingKind as K;
+        use crate::state::PendingKind as K;
         match &op.kind {
             K::Init {
                 path, tmp, subvol, ..

@@ -4,11 +4,12 @@
 //! It never decides anything; it only loads, holds and persists.
 
 use crate::error::Result;
-use crate::model::{PendingKind, PendingOp, Persisted, StateProblem};
+use crate::model::{Persisted, StateProblem};
 use crate::state::{
     load_state, save_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
     WorkspaceEntry, WorkspaceIndex,
 };
+use crate::state::{PendingEntry, PendingKind, PendingOp};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -87,9 +88,7 @@ impl Store {
             started_at: crate::time::now_rfc3339(),
             kind,
         };
-        let v = serde_json::to_value(&op)
-            .map_err(|e| crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string()))?;
-        self.state_mut()?.pending.push(v);
+        self.state_mut()?.pending.push(PendingEntry::Op(op));
         self.save()?;
         Ok(op_id)
     }
@@ -97,21 +96,11 @@ impl Store {
     /// Replace a pending operation's recorded kind (phase change) durably.
     pub fn update(&mut self, op_id: &str, kind: PendingKind) -> Result<()> {
         let state = self.state_mut()?;
-        for v in state.pending.iter_mut() {
-            if v.get("op_id").and_then(|x| x.as_str()) == Some(op_id) {
-                let started = v.get("started_at").cloned();
-                let mut nv = serde_json::to_value(PendingOp {
-                    op_id: op_id.to_string(),
-                    started_at: String::new(),
-                    kind: kind.clone(),
-                })
-                .map_err(|e| {
-                    crate::error::Error::new(crate::error::ErrorCode::Io, e.to_string())
-                })?;
-                if let (Some(s), Some(o)) = (started, nv.as_object_mut()) {
-                    o.insert("started_at".into(), s);
+        for entry in state.pending.iter_mut() {
+            if let PendingEntry::Op(op) = entry {
+                if op.op_id == op_id {
+                    op.kind = kind.clone();
                 }
-                *v = nv;
             }
         }
         self.save()
@@ -121,13 +110,17 @@ impl Store {
     pub fn end(&mut self, op_id: &str) -> Result<()> {
         self.state_mut()?
             .pending
-            .retain(|v| v.get("op_id").and_then(|x| x.as_str()) != Some(op_id));
+            .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
         self.save()
     }
 
     /// The pending operation with this ID.
     pub fn pending(&self, op_id: &str) -> Option<PendingOp> {
-        self.p.pending().into_iter().find(|o| o.op_id == op_id)
+        self.p
+            .pending()
+            .into_iter()
+            .find(|o| o.op_id == op_id)
+            .cloned()
     }
 
     /// Record a workspace (replacing one with the same ID) and give it an index.

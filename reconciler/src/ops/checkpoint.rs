@@ -195,7 +195,7 @@ impl Engine {
             ));
         }
         let entry = new_entry(p.created, p.message, p.metadata, p.pin);
-        let created_at = entry.created_at.clone();
+        let created_at = entry.created_at.as_str().to_string();
         self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
         tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
         Ok(CheckpointResult {

@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::ids::check_snapshot_id;
-use crate::model::PendingKind;
+use crate::state::PendingKind;
 use crate::store::new_op_id;
 use serde::Serialize;
 

@@ -4,6 +4,7 @@ use crate::api::Caller;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::state::WorkspaceEntry;
+use crate::time::Timestamp;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -35,7 +36,7 @@ pub struct ListSnapshot {
     /// Snapshot ID.
     pub id: String,
     /// Creation time (RFC 3339).
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// Message.
     pub message: Option<String>,
     /// Free-form JSON metadata.
@@ -48,7 +49,7 @@ pub struct ListSnapshot {
 
 fn sort_newest_last(mut v: Vec<ListSnapshot>) -> Vec<ListSnapshot> {
     // Stable: entries with equal or unparsable times keep their recorded order.
-    v.sort_by_key(|s| crate::time::parse_rfc3339(&s.created_at));
+    v.sort_by_key(|s| s.created_at.time());
     v
 }
 

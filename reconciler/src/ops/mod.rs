@@ -34,9 +34,10 @@ use crate::api::Addressed;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::finding::FindingKind;
-use crate::model::{Observed, PathState, PendingKind, StateProblem};
+use crate::model::{Observed, PathState, StateProblem};
 use crate::observe::{observe_host, path_state};
 use crate::resolve::{resolve_backend, storage_mounted, Resolution};
+use crate::state::PendingKind;
 use crate::state::{SnapshotEntry, WorkspaceEntry};
 use std::path::{Path, PathBuf};
 

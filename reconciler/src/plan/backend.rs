@@ -1,7 +1,7 @@
 //! Backend rules (SPEC §4 rules 1-3): migrate the pre-FHS image, bootstrap (create, attach,
 //! mount, record), grow the image, and report unavailable storage per workspace.
 
-use super::{human_bytes, Action, Planner, IMG_TARGET_KEY};
+use super::{human_bytes, Action, Planner};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::StorageView;
 use crate::resolve::{image_creation_bytes, image_target_bytes};
@@ -103,8 +103,7 @@ impl Planner<'_> {
             .paths
             .loop_img
             .as_ref()
-            .and_then(|l| l.extra.get(IMG_TARGET_KEY))
-            .and_then(|v| v.as_u64());
+            .and_then(|l| l.img_target_bytes);
         let wanted_growth = match recorded_target {
             Some(r) => target > r,
             None => true,

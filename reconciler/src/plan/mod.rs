@@ -27,10 +27,6 @@ pub use retention::{retention_deletions, RetentionDelete};
 pub const ADVISORY_SNAPSHOT_COUNT: usize = 1000;
 /// Filesystem usage above this percentage gives an advisory.
 pub const ADVISORY_FS_PERCENT: u32 = 90;
-/// Name of the key in state.json recording that recorded workspaces were declared in config.
-pub const DECLARED_MARKER: &str = "config_declared";
-/// Key in `paths.loop_img` recording the size target the image was created or grown for.
-pub const IMG_TARGET_KEY: &str = "img_target_bytes";
 
 /// The planner's answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 
 use super::{human_bytes, Action, Planner};
 use crate::finding::{Finding, FindingKind, Severity};
-use crate::model::{InitPhase, PathState, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
+use crate::model::PathState;
+use crate::state::{InitPhase, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -17,11 +18,30 @@ impl Planner<'_> {
             }
             match &op.kind {
                 PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => {
-                    self.recover_image_op(&op);
+                    self.recover_image_op(op);
                 }
-                _ if storage_ready => self.recover_ws_op(&op),
+                _ if storage_ready => self.recover_ws_op(op),
                 _ => {}
             }
+        }
+        let state = self.persisted.state.as_ref();
+        for (value, error) in state.into_iter().flat_map(|s| s.undecodable_pending()) {
+            // Whatever it was doing, leave the workspace it names alone.
+            let ws_id = value.get("ws_id").and_then(|w| w.as_str());
+            if let Some(ws) = ws_id {
+                busy.insert(ws.to_string());
+            }
+            let mut f = Finding::new(
+                FindingKind::UnreadableOperation,
+                Severity::Warning,
+                format!(
+                    "{} records an interrupted operation this ws-ckpt cannot read ({error}): {value}; it is kept as it is and nothing is done about it",
+                    self.persisted.state_path.display()
+                ),
+                "if a newer ws-ckpt wrote it, let that version finish it; otherwise check the paths it names, then remove the entry from the \"pending\" list of state.json".to_string(),
+            );
+            f.ws_id = ws_id.map(str::to_string);
+            self.find(f);
         }
         busy
     }

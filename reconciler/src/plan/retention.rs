@@ -25,7 +25,7 @@ pub fn retention_deletions(
         .snapshots
         .iter()
         .filter(|(_, e)| !e.pinned)
-        .map(|(id, e)| (id, crate::time::parse_rfc3339(&e.created_at)))
+        .map(|(id, e)| (id, e.created_at.time()))
         .collect();
     let mut out = Vec::new();
     match keep {

@@ -2,10 +2,10 @@
 
 use super::*;
 use crate::config::{BackendKind, Keep};
-use crate::model::InitPhase;
-use crate::model::{FileInfo, Observed, PathState, PendingKind, PendingOp, Persisted, StorageView};
+use crate::model::{FileInfo, Observed, PathState, Persisted, StorageView};
 use crate::resolve::{image_creation_bytes, image_target_bytes, resolve_backend};
 use crate::state::{BackendType, SelectionMethod};
+use crate::state::{InitPhase, PendingEntry, PendingKind, PendingOp};
 use crate::state::{SnapshotEntry, StateFile, WorkspaceIndex};
 use crate::sys::FsUsage;
 use crate::sys::{LoopDevice, MountEntry};
@@ -744,9 +744,62 @@ fn v0_indexes_are_migrated_before_anything_else() {
 }
 
 #[test]
+fn own_state_fields_are_read_from_old_files_and_written_back_unchanged() {
+    let (_, per, _) = healthy();
+    let s = per.state.unwrap();
+    assert!(s.config_declared);
+    assert_eq!(
+        s.paths.loop_img.as_ref().unwrap().img_target_bytes,
+        Some(2 << 30)
+    );
+    assert!(s.extra.is_empty(), "{:?}", s.extra);
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["config_declared"], true);
+    assert_eq!(v["paths"]["loop_img"]["img_target_bytes"], 2u64 << 30);
+    let mut fresh = s.clone();
+    fresh.config_declared = false;
+    fresh.paths.loop_img.as_mut().unwrap().img_target_bytes = None;
+    let v = serde_json::to_value(&fresh).unwrap();
+    assert!(
+        v.get("config_declared").is_none(),
+        "absent as in ws-ckpt 0.3"
+    );
+    assert!(v["paths"]["loop_img"].get("img_target_bytes").is_none());
+}
+
+#[test]
+fn undecodable_pending_operation_is_reported_and_its_workspace_left_alone() {
+    let (cfg, mut per, mut obs) = healthy();
+    let ws = per.state.as_ref().unwrap().workspaces[0].ws_id.clone();
+    // Without the entry, the missing symlink would be repaired.
+    obs.paths.remove(Path::new("/home/a"));
+    let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
+    assert_eq!(names(&p), ["repair-symlink"]);
+    let entry: PendingEntry = serde_json::from_value(
+        serde_json::json!({"op_id": "x", "operation": "teleport", "ws_id": ws}),
+    )
+    .unwrap();
+    per.state.as_mut().unwrap().pending.push(entry);
+    let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
+    let f = p
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::UnreadableOperation)
+        .expect("reported");
+    assert_eq!(f.ws_id.as_deref(), Some(ws.as_str()));
+    assert!(f.message.contains("teleport"), "{}", f.message);
+    assert!(
+        p.actions.iter().all(|a| a.ws_id() != Some(ws.as_str())),
+        "{:?}",
+        p.actions
+    );
+}
+
+#[test]
 fn state_from_0_3_gets_its_workspaces_declared() {
     let (_, mut per, obs) = healthy();
-    per.state.as_mut().unwrap().extra.remove(DECLARED_MARKER);
+    // A 0.3 state has no `config_declared` key.
+    per.state.as_mut().unwrap().config_declared = false;
     let p = plan(&config(""), &per, &obs, PlanOptions::default(), now());
     assert_eq!(names(&p), ["declare-migrated"]);
 }
@@ -799,7 +852,7 @@ fn with_pending(per: &mut Persisted, kind: PendingKind) {
         .as_mut()
         .unwrap()
         .pending
-        .push(serde_json::to_value(op).unwrap());
+        .push(PendingEntry::Op(op));
 }
 
 fn init_op(phase: InitPhase) -> PendingKind {

@@ -4,12 +4,13 @@
 
 use super::{
     init_guard, retention_deletions, Action, MigratedWorkspace, Planner, ADVISORY_FS_PERCENT,
-    ADVISORY_SNAPSHOT_COUNT, DECLARED_MARKER,
+    ADVISORY_SNAPSHOT_COUNT,
 };
 use crate::config::{DeclState, WorkspaceDecl};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::ids;
-use crate::model::{PathState, PendingKind, StorageView};
+use crate::model::{PathState, StorageView};
+use crate::state::PendingKind;
 use crate::state::WorkspaceIndex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -39,8 +40,7 @@ impl Planner<'_> {
             return true;
         }
         if let Some(s) = state {
-            let marked = s.extra.get(DECLARED_MARKER).and_then(|v| v.as_bool()) == Some(true);
-            if !marked {
+            if !s.config_declared {
                 let undeclared: Vec<MigratedWorkspace> = s
                     .workspaces
                     .iter()

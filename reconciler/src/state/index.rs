@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::atomic::{fsync_dir, move_aside, write_atomic_mode};
 use super::StateError;
+use crate::time::Timestamp;
 
 /// File name of the full index.
 pub const INDEX_FILE: &str = "index.json";
@@ -53,8 +54,8 @@ pub struct SnapshotEntry {
     /// Pinned snapshots are never removed by retention.
     #[serde(default)]
     pub pinned: bool,
-    /// Creation time (RFC 3339).
-    pub created_at: String,
+    /// Creation time (RFC 3339, parsed once when read).
+    pub created_at: Timestamp,
     /// The snapshot subvolume was found gone (shown as MISSING).
     #[serde(default)]
     pub missing: bool,
@@ -65,7 +66,7 @@ pub struct SnapshotEntry {
 
 impl SnapshotEntry {
     /// An unpinned entry without message or metadata.
-    pub fn new(created_at: String) -> Self {
+    pub fn new(created_at: Timestamp) -> Self {
         SnapshotEntry {
             message: None,
             metadata: None,
@@ -91,6 +92,9 @@ pub struct WorkspaceIndex {
 }
 
 /// One change to an index, as stored in the journal (`{"op":"put",…}`).
+// One value per journal append, never stored in bulk: boxing `Put` would only add an
+// allocation to every checkpoint.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum IndexOp {
@@ -618,8 +622,11 @@ mod tests {
     }
 
     fn entry(i: usize) -> SnapshotEntry {
-        let mut e =
-            SnapshotEntry::new(format!("2026-11-24T15:{:02}:{:02}Z", (i / 60) % 60, i % 60));
+        let mut e = SnapshotEntry::new(Timestamp::parse(format!(
+            "2026-11-24T15:{:02}:{:02}Z",
+            (i / 60) % 60,
+            i % 60
+        )));
         if matches!(i % 3, 0) {
             e.message = Some(format!("checkpoint {i}"));
         }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub mod atomic;
 pub mod index;
+pub mod pending;
 pub mod statefile;
 
 pub use atomic::{fsync_dir, move_aside, write_atomic, write_atomic_mode, DEFAULT_FILE_MODE};
@@ -18,6 +19,7 @@ pub use index::{
     parse_index, IndexLoad, IndexOp, IndexStore, SnapshotEntry, WorkspaceIndex,
     COMPACT_MIN_JOURNAL_BYTES, INDEX_FILE, JOURNAL_FILE,
 };
+pub use pending::{InitPhase, PendingEntry, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
 pub use statefile::{
     load_state, save_state, BackendIdentity, BackendPaths, BackendType, LoopImage, SelectionMethod,
     StateFile, StateLoad, WorkspaceEntry, STATE_VERSION,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::atomic::{move_aside, write_atomic_mode};
+use super::pending::{PendingEntry, PendingOp};
 use super::StateError;
 
 /// The state format version written by this ws-ckpt (the same as ws-ckpt 0.3).
@@ -92,6 +93,10 @@ pub struct LoopImage {
     /// Loop device it was last attached to (`null` when unknown).
     #[serde(default)]
     pub last_loop_device: Option<PathBuf>,
+    /// The size the image was created or last grown for (ws-ckpt ≥ 0.4): growth happens
+    /// only when the config asks for more than this, a shrink is reported only below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub img_target_bytes: Option<u64>,
     /// Fields this version does not know; written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -147,15 +152,19 @@ pub struct StateFile {
     /// Managed workspaces.
     #[serde(default)]
     pub workspaces: Vec<WorkspaceEntry>,
-    /// In-flight multi-step operations (owned by the executor; opaque here).
+    /// In-flight multi-step operations (written by the executor), decoded when loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pending: Vec<Value>,
+    pub pending: Vec<PendingEntry>,
     /// When the last unclean shutdown was detected (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_unclean_shutdown: Option<String>,
     /// When the daemon last stopped cleanly (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_clean_stop: Option<String>,
+    /// The recorded workspaces are declared in the config (ws-ckpt ≥ 0.4). Absent in a 0.3
+    /// state: its workspaces are then declared in `config.d/40-migrated.toml` once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_declared: bool,
     /// Fields this version does not know; written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -172,8 +181,22 @@ impl StateFile {
             pending: Vec::new(),
             last_unclean_shutdown: None,
             last_clean_stop: None,
+            config_declared: false,
             extra: Map::new(),
         }
+    }
+
+    /// The pending operations this version can read.
+    pub fn pending_ops(&self) -> impl Iterator<Item = &PendingOp> {
+        self.pending.iter().filter_map(PendingEntry::op)
+    }
+
+    /// The pending entries it cannot read (kept verbatim): entry and why.
+    pub fn undecodable_pending(&self) -> impl Iterator<Item = (&Value, &str)> {
+        self.pending.iter().filter_map(|e| match e {
+            PendingEntry::Undecodable { value, error } => Some((value, error.as_str())),
+            PendingEntry::Op(_) => None,
+        })
     }
 
     /// The workspace with this ID.
