@@ -6,7 +6,7 @@
 
 use crate::config::{edit, Config, DeclState};
 use crate::error::{Error, ErrorCode, Result};
-use crate::execute::{ActionOutcome, Executor};
+use crate::execute::{ActionOutcome, Executor, Outcome};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::lock::DaemonLock;
 use crate::model::{Observed, PathState};
@@ -50,7 +50,7 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// Converged: no failed action and no error finding.
     pub fn ok(&self) -> bool {
-        self.actions.iter().all(|a| a.result != "failed")
+        self.actions.iter().all(|a| a.result != Outcome::Failed)
             && !self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 }
@@ -177,7 +177,8 @@ impl Engine {
                     .into_iter()
                     .map(|action| ActionOutcome {
                         action,
-                        result: "planned".into(),
+                        result: Outcome::Planned,
+                        changed: false,
                         error: None,
                     })
                     .collect();
@@ -201,11 +202,12 @@ impl Engine {
                 }
                 .run(&action);
                 let outcome = match result {
-                    Ok(()) => {
-                        report.changed = true;
+                    Ok(change) => {
+                        report.changed |= change.changed();
                         ActionOutcome {
                             action,
-                            result: "done".into(),
+                            result: Outcome::Done,
+                            changed: change.changed(),
                             error: None,
                         }
                     }
@@ -214,7 +216,8 @@ impl Engine {
                         tracing::error!(action = action.name(), error = %e, "action failed");
                         ActionOutcome {
                             action,
-                            result: "failed".into(),
+                            result: Outcome::Failed,
+                            changed: false,
                             error: Some(e),
                         }
                     }
@@ -358,7 +361,7 @@ impl Engine {
     }
 
     fn why_not_ready(&self, path: &Path, report: &ApplyReport) -> Error {
-        if let Some(a) = report.actions.iter().find(|a| a.result == "failed") {
+        if let Some(a) = report.actions.iter().find(|a| a.result == Outcome::Failed) {
             if let Some(e) = &a.error {
                 return e.clone();
             }

@@ -7,6 +7,7 @@ use ws_ckpt::api::Request;
 use ws_ckpt::client::Client;
 use ws_ckpt::engine::ApplyReport;
 use ws_ckpt::error::Error;
+use ws_ckpt::execute::Outcome;
 use ws_ckpt::plan::{Finding, Plan, Severity};
 
 /// `plan [--detailed-exitcode] [--prune]`: 1 on error findings, 2 (when asked) when changes
@@ -88,7 +89,7 @@ fn print_apply(r: &ApplyReport, diff: bool) {
         println!("in sync: nothing changed");
     }
     for a in &r.actions {
-        let detail = if diff || a.result != "done" {
+        let detail = if diff || a.result != Outcome::Done {
             format!(" {}", a.action.describe())
         } else {
             a.action
@@ -96,7 +97,7 @@ fn print_apply(r: &ApplyReport, diff: bool) {
                 .map(|ws| format!(" {ws}"))
                 .unwrap_or_default()
         };
-        println!("{:<8} {}{detail}", a.result, a.action.name());
+        println!("{:<8} {}{detail}", a.result.to_string(), a.action.name());
         if let Some(e) = &a.error {
             println!("    error: {}", e.message);
             if let Some(h) = &e.hint {

@@ -7,6 +7,7 @@ use super::shared::{lock, Shared};
 use super::watch::Event;
 use super::{DEBOUNCE, MAX_DEBOUNCE, STATUS_MAX};
 use crate::engine::{ApplyOptions, ApplyReport};
+use crate::execute::Outcome;
 use crate::plan::Severity;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -90,11 +91,15 @@ impl Shared {
     }
 
     fn log_report(&self, why: &str, report: &ApplyReport, took: Duration) {
-        let done = report.actions.iter().filter(|a| a.result == "done").count();
+        let done = report
+            .actions
+            .iter()
+            .filter(|a| a.result == Outcome::Done)
+            .count();
         let failed = report
             .actions
             .iter()
-            .filter(|a| a.result == "failed")
+            .filter(|a| a.result == Outcome::Failed)
             .count();
         if report.changed || failed > 0 {
             tracing::info!(
@@ -141,7 +146,7 @@ pub fn summarize(report: &ApplyReport, workspaces: usize, config_error: Option<&
     let failed = report
         .actions
         .iter()
-        .filter(|a| a.result == "failed")
+        .filter(|a| a.result == Outcome::Failed)
         .count();
     let count = |s: Severity| report.findings.iter().filter(|f| f.severity == s).count();
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));

@@ -318,5 +318,6 @@ impl Engine {
     fn delete_recorded(&mut self, res: &Resolution, ws_id: &str, ids: &[String]) -> Result<()> {
         self.executor(res, &mut |_, _| {})
             .delete_snapshots(ws_id, ids)
+            .map(drop)
     }
 }

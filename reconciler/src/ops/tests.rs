@@ -64,11 +64,6 @@ fn setup_with(workspaces: &[&str], extra: &str) -> Env {
     std::fs::write(&cfg, config_text(&root, workspaces, extra)).expect("config");
     let config = Config::load(&cfg).expect("config loads");
     let sys = Arc::new(FakeSys::new());
-    // The fake remembers formatted images by path, and the executor formats under a temporary
-    // name; pre-create the image so the fake can "mount" it.
-    std::fs::create_dir_all(root.join("img")).expect("img dir");
-    sys.create_image(&root.join("img/btrfs.img"), 1 << 30)
-        .expect("image");
     let mut engine = Engine::open(config, sys.clone(), "cli", Duration::ZERO).expect("open");
     let report = engine.apply(ApplyOptions::default(), &mut |_, _| {});
     assert!(report.ok(), "{report:#?}");

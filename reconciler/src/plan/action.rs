@@ -129,8 +129,9 @@ pub enum Action {
         /// Workspace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
-        /// What will be done.
-        detail: String,
+        /// What will be done (`step`, and in words `detail`).
+        #[serde(flatten)]
+        recovery: Recovery,
     },
     /// Undo an interrupted operation (proven from disk).
     RevertInterrupted {
@@ -141,8 +142,9 @@ pub enum Action {
         /// Workspace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
-        /// What will be done.
-        detail: String,
+        /// What will be done (`step`, and in words `detail`).
+        #[serde(flatten)]
+        recovery: Recovery,
     },
     /// Delete snapshots per the retention policy.
     ApplyRetention {
@@ -259,9 +261,8 @@ impl Action {
             | Action::ClearMissing { ws_id, snapshots } => {
                 format!("{ws_id}: {}", list(snapshots))
             }
-            Action::FinishInterrupted { detail, .. } | Action::RevertInterrupted { detail, .. } => {
-                detail.clone()
-            }
+            Action::FinishInterrupted { recovery, .. }
+            | Action::RevertInterrupted { recovery, .. } => recovery.0.describe(),
             Action::ApplyRetention { ws_id, delete } => format!(
                 "{ws_id}: {}",
                 delete
@@ -288,5 +289,199 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// How an interrupted operation is finished or reverted, as the planner proved it from the
+/// recorded phase and what is on disk. The executor re-checks before acting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RecoveryStep {
+    /// Image move: the image is already at its new path; only the record goes.
+    ForgetImageMove {
+        /// New image path.
+        to: PathBuf,
+    },
+    /// Image move: the image is still at its old path; the partial copy goes.
+    RemovePartialImageCopy {
+        /// Old image path.
+        from: PathBuf,
+        /// Partial copy.
+        tmp: PathBuf,
+        /// Whether the partial copy exists at all.
+        tmp_present: bool,
+    },
+    /// Image move: the copy is complete at the new path; the old image goes.
+    RemoveOldImage {
+        /// Old image path.
+        from: PathBuf,
+        /// New image path.
+        to: PathBuf,
+    },
+    /// Image growth: grow to the recorded size (idempotent).
+    FinishGrowing {
+        /// Image file.
+        image: PathBuf,
+        /// Target size.
+        to_bytes: u64,
+    },
+    /// Init: the path is still the original directory; the partial subvolume goes.
+    DeletePartialSubvolume {
+        /// User path.
+        path: PathBuf,
+        /// The new, unfinished workspace subvolume.
+        subvol: PathBuf,
+    },
+    /// Init: the path already points to the subvolume; the original copy goes (after a
+    /// last comparison with the subvolume).
+    RemoveOriginalCopy {
+        /// User path.
+        path: PathBuf,
+        /// Workspace subvolume.
+        subvol: PathBuf,
+        /// Where the original directory was moved.
+        tmp: PathBuf,
+    },
+    /// Release: the path is still the workspace; the partial copy goes.
+    RemovePartialCopy {
+        /// User path.
+        path: PathBuf,
+        /// The unfinished plain-directory copy.
+        tmp: PathBuf,
+    },
+    /// Release: the path is already the plain directory; the subvolume and snapshots go.
+    RemoveWorkspaceSubvolume {
+        /// User path.
+        path: PathBuf,
+    },
+    /// Rollback: the workspace is intact and no copy is left; only the record goes.
+    ForgetRollback {
+        /// Workspace subvolume.
+        subvol: PathBuf,
+    },
+    /// Rollback: the workspace was not touched; the unfinished writable snapshot goes.
+    DeleteUnfinishedSnapshot {
+        /// The writable snapshot.
+        tmp: PathBuf,
+    },
+    /// Rollback: whether or not the exchange happened, the subvolume under the workspace's
+    /// name is live; the other copy goes.
+    DeleteOtherCopy {
+        /// Workspace subvolume (live).
+        subvol: PathBuf,
+        /// The other copy.
+        tmp: PathBuf,
+    },
+    /// Snapshot deletion: delete the rest of the list.
+    FinishDeleting {
+        /// Workspace.
+        ws_id: String,
+        /// Snapshot IDs.
+        snapshots: Vec<String>,
+    },
+}
+
+impl RecoveryStep {
+    /// True when the step completes the operation (finish), false when it undoes it (revert).
+    pub fn finishes(&self) -> bool {
+        !matches!(
+            self,
+            RecoveryStep::RemovePartialImageCopy { .. }
+                | RecoveryStep::DeletePartialSubvolume { .. }
+                | RecoveryStep::RemovePartialCopy { .. }
+                | RecoveryStep::DeleteUnfinishedSnapshot { .. }
+        )
+    }
+
+    /// The step in words.
+    pub fn describe(&self) -> String {
+        match self {
+            RecoveryStep::ForgetImageMove { to } => {
+                format!("image already at {}; forget the move", to.display())
+            }
+            RecoveryStep::RemovePartialImageCopy {
+                from,
+                tmp,
+                tmp_present,
+            } => format!(
+                "image still at {}; remove the partial copy {}{}",
+                from.display(),
+                tmp.display(),
+                if *tmp_present { "" } else { " (absent)" }
+            ),
+            RecoveryStep::RemoveOldImage { from, to } => format!(
+                "copy complete at {}; remove the old {}",
+                to.display(),
+                from.display()
+            ),
+            RecoveryStep::FinishGrowing { image, to_bytes } => format!(
+                "finish growing {} to {}",
+                image.display(),
+                human_bytes(*to_bytes)
+            ),
+            RecoveryStep::DeletePartialSubvolume { path, subvol } => format!(
+                "{} is still the original directory; delete the partial subvolume {}",
+                path.display(),
+                subvol.display()
+            ),
+            RecoveryStep::RemoveOriginalCopy { path, subvol, tmp } => format!(
+                "{} already points to {}; remove the original copy left at {}",
+                path.display(),
+                subvol.display(),
+                tmp.display()
+            ),
+            RecoveryStep::RemovePartialCopy { path, tmp } => format!(
+                "{} is still the workspace; remove the partial copy {}",
+                path.display(),
+                tmp.display()
+            ),
+            RecoveryStep::RemoveWorkspaceSubvolume { path } => format!(
+                "{} is already the plain directory; remove the workspace subvolume and snapshots",
+                path.display()
+            ),
+            RecoveryStep::ForgetRollback { subvol } => {
+                format!("workspace {} is intact; forget the rollback", subvol.display())
+            }
+            RecoveryStep::DeleteUnfinishedSnapshot { tmp } => format!(
+                "the workspace was not touched; delete the unfinished snapshot {}",
+                tmp.display()
+            ),
+            RecoveryStep::DeleteOtherCopy { subvol, tmp } => format!(
+                "the exchange may or may not have happened; the subvolume at {} is the live one (the workspace points to it); delete the other copy {}",
+                subvol.display(),
+                tmp.display()
+            ),
+            RecoveryStep::FinishDeleting { ws_id, snapshots } => {
+                format!("{ws_id}: finish deleting {}", snapshots.join(", "))
+            }
+        }
+    }
+}
+
+/// A recovery step as actions carry it; in JSON `step` (the typed step) and `detail` (the
+/// same in words, for people and older readers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RecoveryRepr", into = "RecoveryRepr")]
+pub struct Recovery(pub RecoveryStep);
+
+#[derive(Serialize, Deserialize)]
+struct RecoveryRepr {
+    step: RecoveryStep,
+    #[serde(default)]
+    detail: String,
+}
+
+impl From<RecoveryRepr> for Recovery {
+    fn from(r: RecoveryRepr) -> Self {
+        Recovery(r.step)
+    }
+}
+
+impl From<Recovery> for RecoveryRepr {
+    fn from(r: Recovery) -> Self {
+        RecoveryRepr {
+            detail: r.0.describe(),
+            step: r.0,
+        }
     }
 }

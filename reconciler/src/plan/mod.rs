@@ -19,7 +19,7 @@ mod recovery;
 mod retention;
 mod workspaces;
 
-pub use action::{human_bytes, Action, MigratedWorkspace};
+pub use action::{human_bytes, Action, MigratedWorkspace, Recovery, RecoveryStep};
 pub use guards::init_guard;
 pub use retention::{retention_deletions, RetentionDelete};
 

@@ -1,7 +1,7 @@
 //! Interrupted operations (SPEC §5.6): from the recorded phase and what is on disk, decide to
 //! finish, to revert, or (when neither is provably safe) to keep both copies and report.
 
-use super::{human_bytes, Action, Planner};
+use super::{Action, Planner, Recovery, RecoveryStep};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::PathState;
 use crate::state::{InitPhase, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
@@ -47,37 +47,26 @@ impl Planner<'_> {
     }
 
     pub(super) fn recover_image_op(&mut self, op: &PendingOp) {
-        let (action, detail) = match &op.kind {
+        let step = match &op.kind {
             PendingKind::MigrateImage { from, to, tmp } => {
                 let from_s = self.obs.path(from);
                 let to_s = self.obs.path(to);
                 let tmp_s = self.obs.path(tmp);
                 match (from_s, to_s) {
-                    (PathState::Missing, PathState::Other) => (
-                        true,
-                        format!("image already at {}; forget the move", to.display()),
-                    ),
-                    (PathState::Other, PathState::Missing) => (
-                        false,
-                        format!(
-                            "image still at {}; remove the partial copy {}{}",
-                            from.display(),
-                            tmp.display(),
-                            if *tmp_s == PathState::Missing {
-                                " (absent)"
-                            } else {
-                                ""
-                            }
-                        ),
-                    ),
-                    (PathState::Other, PathState::Other) => (
-                        true,
-                        format!(
-                            "copy complete at {}; remove the old {}",
-                            to.display(),
-                            from.display()
-                        ),
-                    ),
+                    (PathState::Missing, PathState::Other) => {
+                        RecoveryStep::ForgetImageMove { to: to.clone() }
+                    }
+                    (PathState::Other, PathState::Missing) => {
+                        RecoveryStep::RemovePartialImageCopy {
+                            from: from.clone(),
+                            tmp: tmp.clone(),
+                            tmp_present: *tmp_s != PathState::Missing,
+                        }
+                    }
+                    (PathState::Other, PathState::Other) => RecoveryStep::RemoveOldImage {
+                        from: from.clone(),
+                        to: to.clone(),
+                    },
                     _ => {
                         self.find(Finding::new(
                             FindingKind::Ambiguous,
@@ -98,36 +87,37 @@ impl Planner<'_> {
                     }
                 }
             }
-            PendingKind::GrowImage { image, to_bytes } => (
-                true,
-                format!(
-                    "finish growing {} to {}",
-                    image.display(),
-                    human_bytes(*to_bytes)
-                ),
-            ),
+            PendingKind::GrowImage { image, to_bytes } => RecoveryStep::FinishGrowing {
+                image: image.clone(),
+                to_bytes: *to_bytes,
+            },
             _ => return,
         };
-        self.interrupted(op, action, detail);
+        self.interrupted(op, step);
     }
 
-    pub(super) fn interrupted(&mut self, op: &PendingOp, finish: bool, detail: String) {
-        let a = if finish {
+    /// Finish or revert `op` by `step` (which of the two follows from the step).
+    pub(super) fn interrupted(&mut self, op: &PendingOp, step: RecoveryStep) {
+        let op_id = op.op_id.clone();
+        let operation = op.kind.name().to_string();
+        let ws_id = op.kind.ws_id().map(str::to_string);
+        let finish = step.finishes();
+        let recovery = Recovery(step);
+        self.act(if finish {
             Action::FinishInterrupted {
-                op_id: op.op_id.clone(),
-                operation: op.kind.name().to_string(),
-                ws_id: op.kind.ws_id().map(str::to_string),
-                detail,
+                op_id,
+                operation,
+                ws_id,
+                recovery,
             }
         } else {
             Action::RevertInterrupted {
-                op_id: op.op_id.clone(),
-                operation: op.kind.name().to_string(),
-                ws_id: op.kind.ws_id().map(str::to_string),
-                detail,
+                op_id,
+                operation,
+                ws_id,
+                recovery,
             }
-        };
-        self.act(a);
+        });
     }
 
     pub(super) fn ambiguous(&mut self, op: &PendingOp, what: String) {
@@ -169,22 +159,18 @@ impl Planner<'_> {
                     (true, _, _) if !matches!(tmp_state, PathState::Dir { .. }) => self
                         .interrupted(
                             op,
-                            false,
-                            format!(
-                            "{} is still the original directory; delete the partial subvolume {}",
-                            path.display(),
-                            subvol.display()
-                        ),
+                            RecoveryStep::DeletePartialSubvolume {
+                                path: path.clone(),
+                                subvol: subvol.clone(),
+                            },
                         ),
                     (false, true, InitPhase::Verified) if subvol_ok => self.interrupted(
                         op,
-                        true,
-                        format!(
-                            "{} already points to {}; remove the original copy left at {}",
-                            path.display(),
-                            subvol.display(),
-                            tmp.display()
-                        ),
+                        RecoveryStep::RemoveOriginalCopy {
+                            path: path.clone(),
+                            subvol: subvol.clone(),
+                            tmp: tmp.clone(),
+                        },
                     ),
                     _ => self.ambiguous(
                         op,
@@ -212,8 +198,10 @@ impl Planner<'_> {
                 match (path_is_link, path_is_dir, tmp_is_link, phase) {
                     (true, _, _, _) => self.interrupted(
                         op,
-                        false,
-                        format!("{} is still the workspace; remove the partial copy {}", path.display(), tmp.display()),
+                        RecoveryStep::RemovePartialCopy {
+                            path: path.clone(),
+                            tmp: tmp.clone(),
+                        },
                     ),
                     (false, true, true, ReleasePhase::Verified)
                     | (false, true, false, ReleasePhase::Verified)
@@ -221,13 +209,18 @@ impl Planner<'_> {
                     {
                         self.interrupted(
                             op,
-                            true,
-                            format!("{} is already the plain directory; remove the workspace subvolume and snapshots", path.display()),
+                            RecoveryStep::RemoveWorkspaceSubvolume { path: path.clone() },
                         )
                     }
                     _ => self.ambiguous(
                         op,
-                        format!("{} is {:?}, {} is {:?}", path.display(), self.obs.path(path), tmp.display(), self.obs.path(tmp)),
+                        format!(
+                            "{} is {:?}, {} is {:?}",
+                            path.display(),
+                            self.obs.path(path),
+                            tmp.display(),
+                            self.obs.path(tmp)
+                        ),
                     ),
                 }
             }
@@ -237,24 +230,32 @@ impl Planner<'_> {
                 let tmp_present = self.obs.is_subvol(tmp);
                 let subvol_present = self.obs.is_subvol(subvol);
                 match (phase, subvol_present, tmp_present) {
-                    (_, true, false) => self.interrupted(op, true, format!("workspace {} is intact; forget the rollback", subvol.display())),
+                    (_, true, false) => self.interrupted(
+                        op,
+                        RecoveryStep::ForgetRollback {
+                            subvol: subvol.clone(),
+                        },
+                    ),
                     (RollbackPhase::Snapshotting, true, true) => self.interrupted(
                         op,
-                        false,
-                        format!("the workspace was not touched; delete the unfinished snapshot {}", tmp.display()),
+                        RecoveryStep::DeleteUnfinishedSnapshot { tmp: tmp.clone() },
                     ),
                     (RollbackPhase::Ready, true, true) => self.interrupted(
                         op,
-                        true,
-                        format!("the exchange may or may not have happened; the subvolume at {} is the live one (the workspace points to it); delete the other copy {}", subvol.display(), tmp.display()),
+                        RecoveryStep::DeleteOtherCopy {
+                            subvol: subvol.clone(),
+                            tmp: tmp.clone(),
+                        },
                     ),
                     _ => self.ambiguous(op, format!("workspace subvolume {} present: {subvol_present}, rollback copy {} present: {tmp_present}", subvol.display(), tmp.display())),
                 }
             }
             PendingKind::DeleteSnapshots { ws_id, snapshots } => self.interrupted(
                 op,
-                true,
-                format!("{ws_id}: finish deleting {}", snapshots.join(", ")),
+                RecoveryStep::FinishDeleting {
+                    ws_id: ws_id.clone(),
+                    snapshots: snapshots.clone(),
+                },
             ),
             PendingKind::MigrateImage { .. } | PendingKind::GrowImage { .. } => {}
         }

@@ -1,6 +1,8 @@
 //! An in-memory [`Sys`] for executor unit tests. "Subvolumes" are real directories (so the
 //! executor's own `std::fs` calls work on them) recorded in a set; loop devices and mounts are
-//! in-memory lists; image files are real sparse files remembered as formatted.
+//! in-memory lists; image files are real sparse files remembered as formatted by identity
+//! (device and inode), so an image formatted under a temporary name and renamed into place is
+//! still formatted, as with a real filesystem.
 //!
 //! This module must not touch anything outside the paths it is given, and must not be used
 //! outside tests and dry-run tooling: it only imitates the kernel's answers.
@@ -26,7 +28,8 @@ pub struct FakeSys {
 struct State {
     subvolumes: BTreeSet<PathBuf>,
     readonly: BTreeSet<PathBuf>,
-    formatted: BTreeSet<PathBuf>,
+    /// (st_dev, st_ino) of the image files "formatted" by `create_image`.
+    formatted: BTreeSet<(u64, u64)>,
     mounts: Vec<MountEntry>,
     loops: Vec<LoopDevice>,
     usage: FsUsage,
@@ -365,7 +368,7 @@ impl Sys for FakeSys {
         let (device, direct_io, reused_loop) = match existing {
             Some(l) => (l.device, l.direct_io, true),
             None => {
-                if !st.formatted.contains(image) {
+                if !st.formatted.contains(&(meta.dev(), meta.ino())) {
                     return Err(err(OP, target, libc::EINVAL));
                 }
                 let device = PathBuf::from(format!("/dev/loop{}", st.next_loop));
@@ -456,7 +459,8 @@ impl Sys for FakeSys {
             let _ = std::fs::remove_file(image);
             return Err(SysError::io(OP, image, e));
         }
-        st.formatted.insert(image.to_path_buf());
+        let meta = file.metadata().map_err(|e| SysError::io(OP, image, e))?;
+        st.formatted.insert((meta.dev(), meta.ino()));
         Ok(())
     }
 }

@@ -1,0 +1,305 @@
+//! The executor: carries out planned actions, persisting state after each one (SPEC §4, §5.6).
+//!
+//! It is the only code that changes the system on behalf of the planner (the snapshot
+//! operations in `ops` are the other mutator: see the crate documentation). It does not
+//! decide what to do (the planner does); it re-checks each precondition it relies on and fails
+//! the action, never guesses. Multi-step actions record their phase durably before their
+//! first irreversible step. Every step says whether it changed anything ([`Change`]), so
+//! "apply twice, the second changes nothing" is computed, not inferred.
+
+mod backend;
+mod recovery;
+mod snapshots;
+#[cfg(test)]
+mod tests;
+mod workspace;
+
+use crate::config::Config;
+use crate::copy::Progress;
+use crate::error::{Error, ErrorCode, Result};
+use crate::fault;
+use crate::model::PathState;
+use crate::observe::path_state;
+use crate::plan::Action;
+use crate::resolve::Resolution;
+use crate::state::{PendingKind, SnapshotEntry, WorkspaceEntry};
+use crate::store::Store;
+use crate::sys::Sys;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How long to wait for the btrfs cleaner after deleting subvolumes.
+pub const CLEANER_WAIT: Duration = Duration::from_secs(30);
+
+/// What one step did to the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It changed something to reach what the action asks for.
+    Created,
+    /// What the action asks for was already so; nothing was changed.
+    AlreadyPresent,
+}
+
+impl Change {
+    /// `Created` when `changed`, else `AlreadyPresent`.
+    pub fn from_changed(changed: bool) -> Change {
+        if changed {
+            Change::Created
+        } else {
+            Change::AlreadyPresent
+        }
+    }
+
+    /// True for `Created`.
+    pub fn changed(self) -> bool {
+        self == Change::Created
+    }
+
+    /// `Created` when either is.
+    pub fn and(self, other: Change) -> Change {
+        Change::from_changed(self.changed() || other.changed())
+    }
+}
+
+/// How an action ended (JSON `result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It ran to the end.
+    Done,
+    /// It failed; `error` says why.
+    Failed,
+    /// It was only planned (`apply --check`).
+    Planned,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Done => "done",
+            Outcome::Failed => "failed",
+            Outcome::Planned => "planned",
+        })
+    }
+}
+
+/// What happened to one action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    /// The action.
+    #[serde(flatten)]
+    pub action: Action,
+    /// `done`, `failed` or `planned` (check mode).
+    pub result: Outcome,
+    /// Whether it changed the system (false for a done action that found everything as it
+    /// should be, and for planned and failed ones).
+    #[serde(default)]
+    pub changed: bool,
+    /// Error, when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+}
+
+/// Receives progress of long copies: (what, progress).
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str, &Progress);
+
+/// Carries out actions against one resolved backend.
+pub struct Executor<'a> {
+    /// System access.
+    pub sys: &'a dyn Sys,
+    /// Effective config.
+    pub config: &'a Config,
+    /// Persisted state.
+    pub store: &'a mut Store,
+    /// Effective backend.
+    pub res: &'a Resolution,
+    /// Progress sink for long copies.
+    pub progress: ProgressFn<'a>,
+}
+
+fn io_err<'p>(what: &str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    let what = what.to_string();
+    move |e| Error::io(&what, path, e)
+}
+
+/// Atomically swap two paths (`renameat2(RENAME_EXCHANGE)`).
+pub fn exchange(a: &Path, b: &Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        a,
+        nix::fcntl::AT_FDCWD,
+        b,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(|e| {
+        Error::new(
+            ErrorCode::Io,
+            format!("exchange {} with {}: {e}", a.display(), b.display()),
+        )
+    })
+}
+
+/// A sibling name for `path`, derived (never appended) so it fits NAME_MAX:
+/// [`crate::tree::names::temp_sibling`].
+pub fn sibling(path: &Path, tag: &str, op_id: &str) -> PathBuf {
+    crate::tree::names::temp_sibling(path, tag, op_id)
+}
+
+/// Create-or-replace a symlink atomically (`tmp` + rename).
+fn replace_symlink(target: &Path, path: &Path) -> Result<()> {
+    let tmp = sibling(path, "link", &crate::store::new_op_id());
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create symlink", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("replace symlink", path, e)
+    })
+}
+
+impl Executor<'_> {
+    /// Run one action. State is persisted by each step.
+    pub fn run(&mut self, action: &Action) -> Result<Change> {
+        tracing::info!(action = action.name(), detail = %action.describe(), "executing");
+        const DONE: Change = Change::Created;
+        match action {
+            Action::MigrateImagePath { from, to } => self.migrate_image(from, to).map(|()| DONE),
+            Action::MigrateV0Indexes { workspaces } => self.migrate_v0(workspaces).map(|()| DONE),
+            Action::DeclareMigrated { workspaces } => self.declare_migrated(workspaces),
+            Action::BootstrapBackend {
+                create_image_bytes,
+                image_target_bytes,
+                mount_needed,
+                ..
+            } => self.bootstrap(*create_image_bytes, *image_target_bytes, *mount_needed),
+            Action::GrowImage {
+                image, to_bytes, ..
+            } => {
+                let op = self.store.begin(PendingKind::GrowImage {
+                    image: image.clone(),
+                    to_bytes: *to_bytes,
+                })?;
+                fault::point("grow:after-begin");
+                let change = self.grow(image, *to_bytes)?;
+                self.store.end(&op)?;
+                Ok(change)
+            }
+            Action::InitWorkspace { ws_id, path } => {
+                self.init_workspace(ws_id, path).map(|()| DONE)
+            }
+            Action::AdoptWorkspace {
+                ws_id,
+                path,
+                create_symlink,
+            } => {
+                let subvol = self.res.ws_subvol(ws_id);
+                if *create_symlink {
+                    std::os::unix::fs::symlink(&subvol, path)
+                        .map_err(io_err("create symlink", path))?;
+                }
+                self.record_workspace(ws_id, path, &subvol).map(|()| DONE)
+            }
+            Action::AdoptSnapshot { ws_id, snapshots } => {
+                for id in snapshots {
+                    let p = self.res.snapshot_path(ws_id, id);
+                    let created = std::fs::metadata(&p)
+                        .and_then(|m| m.created())
+                        .unwrap_or_else(|_| SystemTime::now());
+                    let entry = new_entry(created, None, None, false);
+                    self.store.put_snapshot(ws_id, id, entry)?;
+                }
+                Ok(Change::from_changed(!snapshots.is_empty()))
+            }
+            Action::RepairSymlink { path, target, .. } => match path_state(path) {
+                PathState::Missing => std::os::unix::fs::symlink(target, path)
+                    .map(|()| DONE)
+                    .map_err(io_err("create symlink", path)),
+                PathState::Symlink {
+                    target_exists: false,
+                    ..
+                } => replace_symlink(target, path).map(|()| DONE),
+                PathState::Symlink { target: t, .. } if t == *target => Ok(Change::AlreadyPresent),
+                other => Err(Error::new(
+                    ErrorCode::WorkspaceDetached,
+                    format!("{} is now {other:?}; not replacing it", path.display()),
+                )),
+            },
+            Action::MarkMissing { ws_id, snapshots } => self.set_missing(ws_id, snapshots, true),
+            Action::ClearMissing { ws_id, snapshots } => self.set_missing(ws_id, snapshots, false),
+            Action::ApplyRetention { ws_id, delete } => {
+                let ids: Vec<String> = delete.iter().map(|d| d.id.clone()).collect();
+                self.delete_snapshots(ws_id, &ids)
+            }
+            Action::ReleaseWorkspace { ws_id, path } => {
+                self.release_workspace(ws_id, path).map(|()| DONE)
+            }
+            Action::FinishInterrupted {
+                op_id, recovery, ..
+            }
+            | Action::RevertInterrupted {
+                op_id, recovery, ..
+            } => self.recover(op_id, &recovery.0),
+        }
+    }
+
+    fn set_missing(&mut self, ws_id: &str, snapshots: &[String], missing: bool) -> Result<Change> {
+        let mut change = Change::AlreadyPresent;
+        for id in snapshots {
+            let Some(mut e) = self
+                .store
+                .p
+                .indexes
+                .get(ws_id)
+                .and_then(|i| i.snapshots.get(id))
+                .cloned()
+            else {
+                continue;
+            };
+            if e.missing == missing {
+                continue;
+            }
+            e.missing = missing;
+            self.store.put_snapshot(ws_id, id, e)?;
+            change = Change::Created;
+        }
+        Ok(change)
+    }
+
+    fn record_workspace(&mut self, ws_id: &str, path: &Path, subvol: &Path) -> Result<()> {
+        let owner = std::fs::metadata(subvol).ok().map(|m| m.uid());
+        let entry = WorkspaceEntry {
+            ws_id: ws_id.to_string(),
+            workspace_path: path.to_path_buf(),
+            registered_at: crate::time::now_rfc3339(),
+            origin_backend: self.res.backend_type,
+            owner_uid: owner,
+            extra: Default::default(),
+        };
+        self.store.add_workspace(entry)
+    }
+}
+
+/// A new index entry.
+pub fn new_entry(
+    created: SystemTime,
+    message: Option<String>,
+    metadata: Option<serde_json::Value>,
+    pinned: bool,
+) -> SnapshotEntry {
+    SnapshotEntry {
+        message,
+        metadata,
+        pinned,
+        created_at: crate::time::Timestamp::nanos(created),
+        missing: false,
+        extra: Default::default(),
+    }
+}
+
+/// fsync a directory (best effort; logged on failure).
+pub fn fsync_dir(dir: &Path) {
+    if let Err(e) = crate::state::fsync_dir(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "fsync of directory failed");
+    }
+}
