@@ -2,9 +2,18 @@
 //! workspaces with instant checkpoints and rollbacks.
 //!
 //! Layers: [`config`] (desired state) and [`state`] (persisted state) are pure data;
-//! [`observe`] reads the live system through [`sys::Sys`]; [`plan`] is a pure function of the
-//! three; [`execute`] is the only code that changes the system. [`engine`] ties them together
-//! for the CLI and the daemon.
+//! [`observe`] reads the live system through [`sys::Sys`] in two phases around [`resolve`]
+//! (which backend is effective, decided once per pass); [`plan`] is a pure function of the
+//! four; [`execute`] carries out the plan. [`engine`] ties them together for the CLI and the
+//! daemon; every request takes one path, [`handler`] (resolve → authorize → execute → audit),
+//! reached through [`client`] (the daemon's socket, or in-process).
+//!
+//! There are exactly two mutators, and both go through [`sys::Sys`] and the persisted-state
+//! [`store`]: [`execute`], for everything the planner decides, and [`ops`], the snapshot
+//! operations agents call around risky steps (checkpoint, rollback, delete, cleanup, diff),
+//! which are requests, not plans, and must not wait for a full pass. `ops` records every
+//! multi-step operation in the same pending-operation journal, and the planner and executor
+//! finish or revert what a crash interrupted; `ops` decides nothing the planner owns.
 #![deny(missing_docs)]
 
 pub mod api;

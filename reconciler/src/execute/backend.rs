@@ -181,34 +181,24 @@ impl Executor<'_> {
 
     /// Grow the image to `to_bytes` (never shrinking it) and the filesystem with it.
     pub(super) fn grow(&mut self, image: &Path, to_bytes: u64) -> Result<Change> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(image)
-            .map_err(io_err("open image", image))?;
-        let cur = f.metadata().map_err(io_err("stat image", image))?.len();
-        if cur < to_bytes {
-            f.set_len(to_bytes).map_err(io_err("grow image", image))?;
-            f.sync_all().map_err(io_err("fsync image", image))?;
-        }
-        fault::point("grow:after-truncate");
-        let device = self
+        let cur = std::fs::metadata(image)
+            .map_err(io_err("stat image", image))?
+            .len();
+        if !self
             .sys
             .mounts()?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == self.res.mount)
-            .map(|m| PathBuf::from(m.source))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::StorageUnavailable,
-                    format!(
-                        "{} is not mounted; cannot grow it online",
-                        self.res.mount.display()
-                    ),
-                )
-            })?;
-        self.sys.refresh_loop_capacity(&device)?;
-        self.sys.resize_max(&self.res.mount)?;
+            .iter()
+            .any(|m| m.mount_point == self.res.mount)
+        {
+            return Err(Error::new(
+                ErrorCode::StorageUnavailable,
+                format!(
+                    "{} is not mounted; cannot grow it online",
+                    self.res.mount.display()
+                ),
+            ));
+        }
+        self.sys.grow_image(image, &self.res.mount, to_bytes)?;
         let state = self.store.state_mut()?;
         if let Some(li) = state.paths.loop_img.as_mut() {
             li.img_size_bytes = to_bytes.max(cur);

@@ -51,7 +51,7 @@ impl Engine {
         let entries = match to {
             Some(t) => {
                 let to_path = self.usable_snapshot(&ws, &res, t)?;
-                crate::diff::diff_subvolumes(&from_path, &to_path).map_err(diff_err)?
+                crate::diff::diff_subvolumes(self.sys(), &from_path, &to_path).map_err(diff_err)?
             }
             None => {
                 let subvol = self.attached_subvol(&ws, &res)?;
@@ -71,7 +71,7 @@ impl Engine {
                     })
                     .and_then(|_| {
                         fault::point("diff:after-snapshot");
-                        crate::diff::diff_subvolumes(&from_path, &tmp).map_err(diff_err)
+                        crate::diff::diff_subvolumes(self.sys(), &from_path, &tmp).map_err(diff_err)
                     });
                 let cleaned = self.sys().delete_subvolume_if_present(&tmp);
                 match cleaned {

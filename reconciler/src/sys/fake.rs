@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{FsUsage, LoopDevice, MountEntry, MountedImage, Sys, SysError, SysResult};
+use super::{
+    FsUsage, LoopDevice, MountEntry, MountedImage, OpenSubvolume, SubvolumeCheck, Sys, SysError,
+    SysResult,
+};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -281,18 +284,6 @@ impl Sys for FakeSys {
         Ok(st.subvolumes.contains(path) && is_real_dir(path))
     }
 
-    fn is_readonly(&self, path: &Path) -> SysResult<bool> {
-        const OP: &str = "is_readonly";
-        let st = self.enter(OP, &[&display(path)], path)?;
-        if !path.exists() {
-            return Err(err(OP, path, libc::ENOENT));
-        }
-        if !st.subvolumes.contains(path) {
-            return Err(err(OP, path, libc::EINVAL));
-        }
-        Ok(st.readonly.contains(path))
-    }
-
     fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>> {
         const OP: &str = "list_subvolumes";
         let st = self.enter(OP, &[&display(dir)], dir)?;
@@ -328,19 +319,6 @@ impl Sys for FakeSys {
     fn sync_and_wait_cleaner(&self, path: &Path, _timeout: Duration) -> SysResult<()> {
         self.enter("sync_and_wait_cleaner", &[&display(path)], path)
             .map(drop)
-    }
-
-    fn resize_max(&self, mount: &Path) -> SysResult<()> {
-        const OP: &str = "resize_max";
-        let st = self.enter(OP, &[&display(mount)], mount)?;
-        if !st
-            .mounts
-            .iter()
-            .any(|m| m.mount_point == mount && m.fs_type == "btrfs")
-        {
-            return Err(err(OP, mount, libc::ENOTTY));
-        }
-        Ok(())
     }
 
     fn fs_usage(&self, path: &Path) -> SysResult<FsUsage> {
@@ -392,56 +370,6 @@ impl Sys for FakeSys {
         })
     }
 
-    fn refresh_loop_capacity(&self, device: &Path) -> SysResult<()> {
-        const OP: &str = "refresh_loop_capacity";
-        let st = self.enter(OP, &[&display(device)], device)?;
-        if !st.loops.iter().any(|l| l.device == device) {
-            return Err(err(OP, device, libc::ENXIO));
-        }
-        Ok(())
-    }
-
-    fn detach_loop(&self, device: &Path) -> SysResult<()> {
-        const OP: &str = "detach_loop";
-        let mut st = self.enter(OP, &[&display(device)], device)?;
-        let Some(i) = st.loops.iter().position(|l| l.device == device) else {
-            return Err(err(OP, device, libc::ENXIO));
-        };
-        let source = device.display().to_string();
-        if st.mounts.iter().any(|m| m.source == source) {
-            // Like the kernel: detached when its last user goes away.
-            st.loops[i].autoclear = true;
-        } else {
-            st.loops.remove(i);
-        }
-        Ok(())
-    }
-
-    fn mount_btrfs(&self, device: &Path, target: &Path) -> SysResult<()> {
-        const OP: &str = "mount_btrfs";
-        let mut st = self.enter(OP, &[&display(device), &display(target)], target)?;
-        if !target.is_dir() {
-            return Err(err(OP, target, libc::ENOENT));
-        }
-        push_btrfs_mount(&mut st, device, target);
-        Ok(())
-    }
-
-    fn umount(&self, target: &Path) -> SysResult<()> {
-        const OP: &str = "umount";
-        let mut st = self.enter(OP, &[&display(target)], target)?;
-        let Some(i) = st.mounts.iter().rposition(|m| m.mount_point == target) else {
-            return Err(err(OP, target, libc::EINVAL));
-        };
-        let gone = st.mounts.remove(i);
-        let still_used = st.mounts.iter().any(|m| m.source == gone.source);
-        if !still_used {
-            st.loops
-                .retain(|l| !(l.autoclear && l.device.display().to_string() == gone.source));
-        }
-        Ok(())
-    }
-
     fn mounts(&self) -> SysResult<Vec<MountEntry>> {
         let st = self.enter("mounts", &[], Path::new("/proc/self/mountinfo"))?;
         Ok(st.mounts.clone())
@@ -461,6 +389,115 @@ impl Sys for FakeSys {
         }
         let meta = file.metadata().map_err(|e| SysError::io(OP, image, e))?;
         st.formatted.insert((meta.dev(), meta.ino()));
+        Ok(())
+    }
+
+    fn grow_image(&self, image: &Path, mount: &Path, to_bytes: u64) -> SysResult<()> {
+        const OP: &str = "grow_image";
+        let st = self.enter(OP, &[&display(image), &display(mount), &to_bytes], image)?;
+        let Some(m) = st
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == mount && m.fs_type == "btrfs")
+        else {
+            return Err(err(OP, mount, libc::ENOTTY));
+        };
+        if !st
+            .loops
+            .iter()
+            .any(|l| l.device.as_os_str() == m.source.as_str())
+        {
+            return Err(err(OP, mount, libc::ENXIO));
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|e| SysError::io(OP, image, e))?;
+        let cur = f.metadata().map_err(|e| SysError::io(OP, image, e))?.len();
+        if cur < to_bytes {
+            f.set_len(to_bytes)
+                .map_err(|e| SysError::io(OP, image, e))?;
+        }
+        Ok(())
+    }
+
+    fn open_subvolume(&self, path: &Path) -> SysResult<SubvolumeCheck> {
+        const OP: &str = "open_subvolume";
+        let st = self.enter(OP, &[&display(path)], path)?;
+        let file = std::fs::File::open(path).map_err(|e| SysError::io(OP, path, e))?;
+        if !st.subvolumes.contains(path) {
+            return Ok(SubvolumeCheck::NotSubvolumeRoot);
+        }
+        let meta = file.metadata().map_err(|e| SysError::io(OP, path, e))?;
+        Ok(SubvolumeCheck::Subvolume(OpenSubvolume {
+            path: path.to_path_buf(),
+            file,
+            tree_id: meta.ino(),
+            fsid: [0xfa; 16],
+            readonly: st.readonly.contains(path),
+        }))
+    }
+
+    fn send_no_data(&self, parent: &OpenSubvolume, to: &OpenSubvolume) -> SysResult<Vec<u8>> {
+        let _st = self.enter(
+            "send_no_data",
+            &[&display(&parent.path), &display(&to.path)],
+            &to.path,
+        )?;
+        Err(SysError::Other(format!(
+            "the fake system cannot produce a btrfs send stream of {}",
+            to.path.display()
+        )))
+    }
+}
+
+/// Test controls and queries the product does not use (the real system's counterparts are
+/// inherent methods of `LinuxSys`, or absent).
+impl FakeSys {
+    /// True when the fake subvolume at `path` is read-only (EINVAL: not a subvolume).
+    pub fn is_readonly(&self, path: &Path) -> SysResult<bool> {
+        const OP: &str = "is_readonly";
+        let st = self.enter(OP, &[&display(path)], path)?;
+        if !path.exists() {
+            return Err(err(OP, path, libc::ENOENT));
+        }
+        if !st.subvolumes.contains(path) {
+            return Err(err(OP, path, libc::EINVAL));
+        }
+        Ok(st.readonly.contains(path))
+    }
+
+    /// Detach a loop device (deferred while it is mounted, as by the kernel).
+    pub fn detach_loop(&self, device: &Path) -> SysResult<()> {
+        const OP: &str = "detach_loop";
+        let mut st = self.enter(OP, &[&display(device)], device)?;
+        let Some(i) = st.loops.iter().position(|l| l.device == device) else {
+            return Err(err(OP, device, libc::ENXIO));
+        };
+        let source = device.display().to_string();
+        if st.mounts.iter().any(|m| m.source == source) {
+            // Like the kernel: detached when its last user goes away.
+            st.loops[i].autoclear = true;
+        } else {
+            st.loops.remove(i);
+        }
+        Ok(())
+    }
+
+    /// Unmount `target` (as if someone else did; the loop device autoclears).
+    pub fn umount(&self, target: &Path) -> SysResult<()> {
+        const OP: &str = "umount";
+        let mut st = self.enter(OP, &[&display(target)], target)?;
+        let Some(i) = st.mounts.iter().rposition(|m| m.mount_point == target) else {
+            return Err(err(OP, target, libc::EINVAL));
+        };
+        let gone = st.mounts.remove(i);
+        let still_used = st.mounts.iter().any(|m| m.source == gone.source);
+        if !still_used {
+            st.loops
+                .retain(|l| !(l.autoclear && l.device.display().to_string() == gone.source));
+        }
         Ok(())
     }
 }
@@ -589,8 +626,8 @@ mod tests {
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].mount_point, mnt);
         assert_eq!(mounts[0].source, m.device.display().to_string());
-        sys.resize_max(&mnt).expect("resize");
-        sys.refresh_loop_capacity(&m.device).expect("capacity");
+        sys.grow_image(&img, &mnt, 2 << 30).expect("grow");
+        assert_eq!(std::fs::metadata(&img).expect("stat").len(), 2 << 30);
 
         let mnt2 = dir.path().join("mnt2");
         std::fs::create_dir(&mnt2).expect("mkdir");

@@ -1,4 +1,5 @@
-//! Raw kernel ABI for the btrfs and loop-device ioctls used by [`super::linux`]: `#[repr(C)]`
+//! Raw kernel ABI for the btrfs and loop-device ioctls used by [`super::linux`] (and its send
+//! half, `super::send`): `#[repr(C)]`
 //! mirrors of the structs in `linux/btrfs.h` and `linux/loop.h`, their constants, and the
 //! `nix`-generated ioctl wrappers.
 //!
@@ -230,7 +231,80 @@ pub struct BtrfsSearchHeader {
     pub len: u32,
 }
 
+/// `BTRFS_SEND_FLAG_NO_FILE_DATA`: `update_extent` commands instead of `write` (no data).
+pub const BTRFS_SEND_FLAG_NO_FILE_DATA: u64 = 0x1;
+
+/// `struct btrfs_ioctl_fs_info_args` (1024 bytes).
+#[repr(C)]
+pub struct BtrfsFsInfoArgs {
+    /// Highest device id.
+    pub max_id: u64,
+    /// Number of devices.
+    pub num_devices: u64,
+    /// Filesystem UUID.
+    pub fsid: [u8; 16],
+    /// Node size.
+    pub nodesize: u32,
+    /// Sector size.
+    pub sectorsize: u32,
+    /// Clone alignment.
+    pub clone_alignment: u32,
+    /// Checksum type (output with `BTRFS_FS_INFO_FLAG_CSUM_INFO`).
+    pub csum_type: u16,
+    /// Checksum size.
+    pub csum_size: u16,
+    /// Input flags (0: only the always-present fields).
+    pub flags: u64,
+    /// Generation (with `BTRFS_FS_INFO_FLAG_GENERATION`).
+    pub generation: u64,
+    /// Metadata UUID (with `BTRFS_FS_INFO_FLAG_METADATA_UUID`).
+    pub metadata_uuid: [u8; 16],
+    /// Reserved.
+    pub reserved: [u8; 944],
+}
+
+impl BtrfsFsInfoArgs {
+    /// All-zero arguments (flags 0).
+    pub fn zeroed() -> Self {
+        BtrfsFsInfoArgs {
+            max_id: 0,
+            num_devices: 0,
+            fsid: [0; 16],
+            nodesize: 0,
+            sectorsize: 0,
+            clone_alignment: 0,
+            csum_type: 0,
+            csum_size: 0,
+            flags: 0,
+            generation: 0,
+            metadata_uuid: [0; 16],
+            reserved: [0; 944],
+        }
+    }
+}
+
+/// `struct btrfs_ioctl_send_args`.
+#[repr(C)]
+pub struct BtrfsSendArgs {
+    /// Where the stream is written (a pipe's write end).
+    pub send_fd: i64,
+    /// Number of ids in `clone_sources`.
+    pub clone_sources_count: u64,
+    /// Subvolume ids that may serve as clone sources.
+    pub clone_sources: *mut u64,
+    /// Subvolume id of the parent (0: a full stream).
+    pub parent_root: u64,
+    /// `BTRFS_SEND_FLAG_*`.
+    pub flags: u64,
+    /// Protocol version (0: version 1).
+    pub version: u32,
+    /// Reserved.
+    pub reserved: [u8; 28],
+}
+
 const _: () = assert!(std::mem::size_of::<BtrfsInoLookupArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<BtrfsFsInfoArgs>() == 1024);
+const _: () = assert!(std::mem::size_of::<BtrfsSendArgs>() == 72);
 const _: () = assert!(std::mem::size_of::<BtrfsSearchHeader>() == 32);
 const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
 const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
@@ -289,6 +363,20 @@ nix::ioctl_read!(
     BTRFS_IOCTL_MAGIC,
     25,
     u64
+);
+nix::ioctl_read!(
+    /// `BTRFS_IOC_FS_INFO` on any file of the filesystem.
+    btrfs_fs_info,
+    BTRFS_IOCTL_MAGIC,
+    31,
+    BtrfsFsInfoArgs
+);
+nix::ioctl_write_ptr!(
+    /// `BTRFS_IOC_SEND` on the read-only subvolume to send.
+    btrfs_send,
+    BTRFS_IOCTL_MAGIC,
+    38,
+    BtrfsSendArgs
 );
 nix::ioctl_write_ptr!(
     /// `BTRFS_IOC_SNAP_DESTROY_V2` on the parent directory.
@@ -364,6 +452,14 @@ mod tests {
         assert_eq!(
             nix::request_code_write!(m, 63, size_of::<BtrfsVolArgsV2>()),
             0x5000_943f
+        );
+        assert_eq!(
+            nix::request_code_read!(m, 31, size_of::<BtrfsFsInfoArgs>()),
+            0x8400_941f
+        );
+        assert_eq!(
+            nix::request_code_write!(m, 38, size_of::<BtrfsSendArgs>()),
+            0x4048_9426
         );
     }
 

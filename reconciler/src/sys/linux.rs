@@ -18,24 +18,24 @@ use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC};
 use nix::sys::statvfs::statvfs;
 
+use super::cleaner::{btrfs_sync, wait_free_space_stable, wait_orphans_gone};
 use super::ioctl::{
     self, BtrfsInoLookupArgs, BtrfsSearchArgs, BtrfsSearchHeader, BtrfsSearchKey, BtrfsVolArgs,
-    BtrfsVolArgsV2, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INO_LOOKUP_PATH_MAX, BTRFS_ORPHAN_ITEM_KEY,
-    BTRFS_ORPHAN_OBJECTID, BTRFS_ROOT_REF_KEY, BTRFS_ROOT_TREE_OBJECTID, BTRFS_SEARCH_ARGS_BUFSIZE,
-    BTRFS_SUBVOL_RDONLY,
+    BtrfsVolArgsV2, BTRFS_FIRST_FREE_OBJECTID, BTRFS_INO_LOOKUP_PATH_MAX, BTRFS_ROOT_REF_KEY,
+    BTRFS_ROOT_TREE_OBJECTID, BTRFS_SEARCH_ARGS_BUFSIZE, BTRFS_SUBVOL_RDONLY,
 };
 use super::loopdev;
 use super::mountinfo;
-use super::{FsUsage, LoopDevice, MountEntry, MountedImage, Sys, SysError, SysResult};
+use super::send;
+use super::{
+    FsUsage, LoopDevice, MountEntry, MountedImage, OpenSubvolume, SubvolumeCheck, Sys, SysError,
+    SysResult,
+};
 
 /// Name of the formatting program.
 const MKFS: &str = "mkfs.btrfs";
 /// Directories searched for programs after `$PATH`.
 const FALLBACK_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
-/// Poll interval while waiting for the btrfs cleaner.
-const CLEANER_POLL: Duration = Duration::from_millis(100);
-/// Equal free-space readings in a row that count as "settled" when tree search is refused.
-const STABLE_POLLS: u32 = 3;
 
 /// The Linux implementation of [`Sys`].
 #[derive(Debug, Clone)]
@@ -162,18 +162,6 @@ impl Sys for LinuxSys {
         let answer = is_subvolume_root(path)?;
         tracing::debug!(path = %path.display(), answer, "is subvolume");
         Ok(answer)
-    }
-
-    fn is_readonly(&self, path: &Path) -> SysResult<bool> {
-        const OP: &str = "read subvolume flags";
-        let dir = open_dir(OP, path)?;
-        let mut flags: u64 = 0;
-        // SAFETY: `flags` is a writable u64; the fd is an open directory.
-        unsafe { ioctl::btrfs_subvol_getflags(dir.as_raw_fd(), &mut flags) }
-            .map_err(|e| SysError::io(OP, path, e))?;
-        let readonly = flags & BTRFS_SUBVOL_RDONLY != 0;
-        tracing::debug!(path = %path.display(), readonly, "is read-only");
-        Ok(readonly)
     }
 
     fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>> {
@@ -310,19 +298,6 @@ impl Sys for LinuxSys {
         Ok(())
     }
 
-    fn resize_max(&self, mount: &Path) -> SysResult<()> {
-        const OP: &str = "resize filesystem to max";
-        tracing::debug!(mount = %mount.display(), "resize filesystem to max");
-        let dir = open_dir(OP, mount)?;
-        let mut args = Box::new(BtrfsVolArgs::zeroed());
-        args.name[..3].copy_from_slice(b"max");
-        // SAFETY: `args` is a fully initialised, NUL-terminated `btrfs_ioctl_vol_args`; the fd
-        // is an open directory.
-        unsafe { ioctl::btrfs_resize(dir.as_raw_fd(), &*args) }
-            .map(drop)
-            .map_err(|e| SysError::io(OP, mount, e))
-    }
-
     // statvfs field types are u32 on some 32-bit targets.
     #[allow(clippy::useless_conversion)]
     fn fs_usage(&self, path: &Path) -> SysResult<FsUsage> {
@@ -403,22 +378,30 @@ impl Sys for LinuxSys {
         }
     }
 
-    fn refresh_loop_capacity(&self, device: &Path) -> SysResult<()> {
-        loopdev::refresh_capacity(device)
-    }
-
-    fn detach_loop(&self, device: &Path) -> SysResult<()> {
-        loopdev::detach(device)
-    }
-
-    fn mount_btrfs(&self, device: &Path, target: &Path) -> SysResult<()> {
-        mount_btrfs_device(device, target)
-    }
-
-    fn umount(&self, target: &Path) -> SysResult<()> {
-        tracing::debug!(target = %target.display(), "unmount");
-        nix::mount::umount2(target, MntFlags::empty())
-            .map_err(|e| SysError::io("unmount", target, e))
+    fn grow_image(&self, image: &Path, mount: &Path, to_bytes: u64) -> SysResult<()> {
+        tracing::debug!(image = %image.display(), mount = %mount.display(), to_bytes, "grow image");
+        let f = OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|e| SysError::io("open image", image, e))?;
+        let cur = f
+            .metadata()
+            .map_err(|e| SysError::io("stat image", image, e))?
+            .len();
+        if cur < to_bytes {
+            f.set_len(to_bytes)
+                .map_err(|e| SysError::io("grow image", image, e))?;
+            f.sync_all()
+                .map_err(|e| SysError::io("fsync image", image, e))?;
+        }
+        let device = mountinfo::read_mountinfo()?
+            .into_iter()
+            .rev()
+            .find(|m| m.mount_point == mount)
+            .map(|m| PathBuf::from(m.source))
+            .ok_or_else(|| SysError::io("grow the filesystem at", mount, Errno::ENOENT))?;
+        loopdev::refresh_capacity(&device)?;
+        resize_max(mount)
     }
 
     fn mounts(&self) -> SysResult<Vec<MountEntry>> {
@@ -465,6 +448,44 @@ impl Sys for LinuxSys {
         }
         Ok(())
     }
+
+    fn open_subvolume(&self, path: &Path) -> SysResult<SubvolumeCheck> {
+        send::open_subvolume(path)
+    }
+
+    fn send_no_data(&self, parent: &OpenSubvolume, to: &OpenSubvolume) -> SysResult<Vec<u8>> {
+        send::send_no_data(parent, to)
+    }
+}
+
+impl LinuxSys {
+    /// Unmount `target` (not used by the product, which never unmounts its storage; for
+    /// tooling and the root-tier tests).
+    pub fn umount(&self, target: &Path) -> SysResult<()> {
+        tracing::debug!(target = %target.display(), "unmount");
+        nix::mount::umount2(target, MntFlags::empty())
+            .map_err(|e| SysError::io("unmount", target, e))
+    }
+
+    /// Detach a loop device (deferred by the kernel while it is mounted; for tooling and the
+    /// root-tier tests).
+    pub fn detach_loop(&self, device: &Path) -> SysResult<()> {
+        loopdev::detach(device)
+    }
+}
+
+/// Grow the (single-device) btrfs filesystem mounted at `mount` to its device's size.
+fn resize_max(mount: &Path) -> SysResult<()> {
+    const OP: &str = "resize filesystem to max";
+    tracing::debug!(mount = %mount.display(), "resize filesystem to max");
+    let dir = open_dir(OP, mount)?;
+    let mut args = Box::new(BtrfsVolArgs::zeroed());
+    args.name[..3].copy_from_slice(b"max");
+    // SAFETY: `args` is a fully initialised, NUL-terminated `btrfs_ioctl_vol_args`; the fd
+    // is an open directory.
+    unsafe { ioctl::btrfs_resize(dir.as_raw_fd(), &*args) }
+        .map(drop)
+        .map_err(|e| SysError::io(OP, mount, e))
 }
 
 fn mount_btrfs_device(device: &Path, target: &Path) -> SysResult<()> {
@@ -496,80 +517,6 @@ fn is_subvolume_root(path: &Path) -> SysResult<bool> {
         Ok(st) => Ok(st.filesystem_type() == BTRFS_SUPER_MAGIC),
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => Ok(false),
         Err(e) => Err(SysError::io(OP, path, e)),
-    }
-}
-
-fn btrfs_sync(file: &File, path: &Path) -> SysResult<()> {
-    // SAFETY: BTRFS_IOC_SYNC takes no argument; the fd is open on the filesystem.
-    unsafe { ioctl::btrfs_sync(file.as_raw_fd()) }
-        .map(drop)
-        .map_err(|e| SysError::io("sync filesystem", path, e))
-}
-
-/// Poll the root tree for orphan items (deleted subvolumes not yet dropped by the cleaner).
-/// Returns whether none are left before `deadline`.
-fn wait_orphans_gone(file: &File, path: &Path, deadline: Instant) -> Result<bool, Errno> {
-    loop {
-        let pending = orphan_items(file)?;
-        if pending == 0 {
-            return Ok(true);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        tracing::debug!(path = %path.display(), pending, "waiting for btrfs cleaner");
-        std::thread::sleep(CLEANER_POLL.min(deadline - now));
-    }
-}
-
-fn orphan_items(file: &File) -> Result<u32, Errno> {
-    let mut args = Box::new(BtrfsSearchArgs {
-        key: BtrfsSearchKey {
-            tree_id: BTRFS_ROOT_TREE_OBJECTID,
-            min_objectid: BTRFS_ORPHAN_OBJECTID,
-            max_objectid: BTRFS_ORPHAN_OBJECTID,
-            min_type: BTRFS_ORPHAN_ITEM_KEY,
-            max_type: BTRFS_ORPHAN_ITEM_KEY,
-            min_offset: 0,
-            max_offset: u64::MAX,
-            min_transid: 0,
-            max_transid: u64::MAX,
-            nr_items: 1,
-            ..BtrfsSearchKey::default()
-        },
-        buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
-    });
-    // SAFETY: `args` is a fully initialised `btrfs_ioctl_search_args` the kernel may write to;
-    // the fd is open on the filesystem.
-    unsafe { ioctl::btrfs_tree_search(file.as_raw_fd(), &mut *args) }?;
-    Ok(args.key.nr_items)
-}
-
-/// Fallback when tree search is refused: commit and read free space until it is unchanged for
-/// [`STABLE_POLLS`] readings. Returns whether it settled before `deadline`.
-fn wait_free_space_stable(file: &File, path: &Path, deadline: Instant) -> SysResult<bool> {
-    let mut last = None;
-    let mut same = 0;
-    loop {
-        btrfs_sync(file, path)?;
-        let free = nix::sys::statvfs::fstatvfs(file)
-            .map_err(|e| SysError::io("statvfs", path, e))?
-            .blocks_free();
-        if last == Some(free) {
-            same += 1;
-        } else {
-            last = Some(free);
-            same = 1;
-        }
-        if same >= STABLE_POLLS {
-            return Ok(true);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(CLEANER_POLL.min(deadline - now));
     }
 }
 
@@ -630,6 +577,7 @@ fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::cleaner::{orphan_items, wait_free_space_stable, wait_orphans_gone};
     use std::io::Write;
     use tempfile::TempDir;
 
@@ -755,6 +703,14 @@ mod tests {
 
     fn is_root() -> bool {
         nix::unistd::geteuid().is_root()
+    }
+
+    /// The read-only flag of the subvolume root at `path` (EINVAL: not a subvolume root).
+    fn is_readonly(sys: &LinuxSys, path: &Path) -> SysResult<bool> {
+        match sys.open_subvolume(path)? {
+            SubvolumeCheck::Subvolume(s) => Ok(s.readonly),
+            _ => Err(SysError::io("read subvolume flags", path, Errno::EINVAL)),
+        }
     }
 
     /// A temporary directory whose mounts and loop devices are torn down on drop, even when
@@ -911,11 +867,11 @@ mod tests {
             std::fs::read_link(rw.join("link")).expect("link"),
             Path::new("a.txt")
         );
-        assert!(sys.is_readonly(&ro).expect("ro"));
-        assert!(!sys.is_readonly(&rw).expect("rw"));
-        assert!(!sys.is_readonly(&ws).expect("ws"));
+        assert!(is_readonly(&sys, &ro).expect("ro"));
+        assert!(!is_readonly(&sys, &rw).expect("rw"));
+        assert!(!is_readonly(&sys, &ws).expect("ws"));
         assert!(
-            sys.is_readonly(&ws.join("sub")).is_err(),
+            is_readonly(&sys, &ws.join("sub")).is_err(),
             "not a subvolume root"
         );
         let e = std::fs::write(ro.join("new"), b"x").expect_err("read-only snapshot");
@@ -1031,15 +987,8 @@ mod tests {
 
         // grow online
         let before = sys.fs_usage(&mnt).expect("usage");
-        OpenOptions::new()
-            .write(true)
-            .open(&image)
-            .expect("open image")
-            .set_len(512 * MIB)
-            .expect("grow file");
-        sys.refresh_loop_capacity(&remounted.device)
-            .expect("capacity");
-        sys.resize_max(&mnt).expect("resize");
+        sys.grow_image(&image, &mnt, 512 * MIB).expect("grow");
+        assert_eq!(std::fs::metadata(&image).expect("stat").len(), 512 * MIB);
         let grown = sys.fs_usage(&mnt).expect("usage");
         assert!(
             grown.total >= before.total + 200 * MIB,

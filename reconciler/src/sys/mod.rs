@@ -1,20 +1,24 @@
-//! The narrow system boundary: every btrfs, loop-device and mount side effect goes through
-//! [`Sys`]. The Linux implementation ([`linux::LinuxSys`]) is thin and makes no decisions; the
-//! in-memory fake ([`fake::FakeSys`]) backs executor unit tests.
+//! The narrow system boundary: every btrfs, loop-device and mount side effect and every btrfs
+//! ioctl goes through [`Sys`] (the send stream of `diff` included). The Linux implementation
+//! ([`linux::LinuxSys`]) is thin and makes no decisions; the in-memory fake
+//! ([`fake::FakeSys`]) backs the executor and operation unit tests.
 //!
 //! This module must not decide anything (which backend, what to create): that is the planner's.
 //! Plain file operations on workspace trees (rename, symlink, copy) are not here; they are done
 //! with `std::fs` by the executor, which works identically over the fake because the fake keeps
 //! "subvolumes" as real directories under a temporary root.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod cleaner;
 pub mod fake;
 mod ioctl;
 pub mod linux;
 mod loopdev;
 pub mod mountinfo;
+mod send;
 
 /// Error from a system call or an external program, always naming what it acted on.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +156,32 @@ impl FsUsage {
     }
 }
 
+/// A subvolume root opened for the send ioctls, with what they need to know about it.
+#[derive(Debug)]
+pub struct OpenSubvolume {
+    /// The path it was opened from (for messages).
+    pub path: PathBuf,
+    /// Directory handle on the subvolume root (the send stream is read from it).
+    pub file: File,
+    /// Subvolume (tree) id.
+    pub tree_id: u64,
+    /// UUID of the filesystem holding it.
+    pub fsid: [u8; 16],
+    /// The subvolume is read-only (only those can be sent).
+    pub readonly: bool,
+}
+
+/// What [`Sys::open_subvolume`] found at a path.
+#[derive(Debug)]
+pub enum SubvolumeCheck {
+    /// The path is not on btrfs.
+    NotBtrfs,
+    /// A directory inside a subvolume, not a subvolume root.
+    NotSubvolumeRoot,
+    /// A subvolume root, opened.
+    Subvolume(OpenSubvolume),
+}
+
 /// Every side effect on btrfs, loop devices and mounts.
 ///
 /// Paths are absolute. Implementations do exactly what the method says and nothing else.
@@ -164,8 +194,6 @@ pub trait Sys: Send + Sync {
     fn delete_subvolume(&self, path: &Path) -> SysResult<()>;
     /// True when `path` exists and is the root of a subvolume.
     fn is_subvolume(&self, path: &Path) -> SysResult<bool>;
-    /// True when the subvolume at `path` is read-only.
-    fn is_readonly(&self, path: &Path) -> SysResult<bool>;
     /// Names of the direct entries of `dir` that are subvolume roots (sorted). A missing `dir`
     /// is an empty list.
     fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>>;
@@ -175,8 +203,6 @@ pub trait Sys: Send + Sync {
     /// Commit the filesystem containing `path` and wait (at most `timeout`) until deleted
     /// subvolumes have been cleaned so their space is free again.
     fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()>;
-    /// Grow the (single-device) btrfs filesystem mounted at `mount` to its device's size.
-    fn resize_max(&self, mount: &Path) -> SysResult<()>;
     /// statvfs of the filesystem containing `path`.
     fn fs_usage(&self, path: &Path) -> SysResult<FsUsage>;
     /// All attached loop devices.
@@ -185,18 +211,20 @@ pub trait Sys: Send + Sync {
     /// backing inode is the image's, else attach a new one with autoclear and direct I/O
     /// (buffered when direct I/O is refused), then mount it.
     fn mount_image(&self, image: &Path, target: &Path) -> SysResult<MountedImage>;
-    /// Tell the loop device to re-read its backing file's size.
-    fn refresh_loop_capacity(&self, device: &Path) -> SysResult<()>;
-    /// Detach a loop device (only ever called for devices backed by our own image).
-    fn detach_loop(&self, device: &Path) -> SysResult<()>;
-    /// Mount an existing btrfs block device at `target`.
-    fn mount_btrfs(&self, device: &Path, target: &Path) -> SysResult<()>;
-    /// Unmount `target`.
-    fn umount(&self, target: &Path) -> SysResult<()>;
+    /// Grow the image file `image` to `to_bytes` (never shrinking it), make the loop device
+    /// mounted at `mount` see the new size, and grow the (single-device) btrfs filesystem
+    /// mounted there to fill it.
+    fn grow_image(&self, image: &Path, mount: &Path, to_bytes: u64) -> SysResult<()>;
     /// Parsed `/proc/self/mountinfo`.
     fn mounts(&self) -> SysResult<Vec<MountEntry>>;
     /// Create a sparse file of `size` bytes at `image` and format it with `mkfs.btrfs`.
     fn create_image(&self, image: &Path, size: u64) -> SysResult<()>;
+    /// Open `path` for the send ioctls and say what it is: not on btrfs, not a subvolume
+    /// root, or a subvolume root (with its tree id, filesystem id and read-only flag).
+    fn open_subvolume(&self, path: &Path) -> SysResult<SubvolumeCheck>;
+    /// The incremental send stream of `to` against `parent` (both read-only, of one
+    /// filesystem), without file data, protocol version 1.
+    fn send_no_data(&self, parent: &OpenSubvolume, to: &OpenSubvolume) -> SysResult<Vec<u8>>;
 
     /// Delete the subvolume at `path` when there is one; `Ok(false)` when there was none.
     fn delete_subvolume_if_present(&self, path: &Path) -> SysResult<bool> {
