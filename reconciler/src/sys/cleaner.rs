@@ -72,7 +72,7 @@ pub fn orphan_items(file: &File) -> Result<u32, Errno> {
 }
 
 /// Fallback when tree search is refused: commit and read free space until it is unchanged for
-/// [`STABLE_POLLS`] readings. Returns whether it settled before `deadline`.
+/// three readings. Returns whether it settled before `deadline`.
 pub fn wait_free_space_stable(file: &File, path: &Path, deadline: Instant) -> SysResult<bool> {
     let mut last = None;
     let mut same = 0;
