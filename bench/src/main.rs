@@ -85,7 +85,7 @@ fn run(args: &Args) -> Result<()> {
     let bin = ws_ckpt_binary(args)?;
     scratch::install_signal_handlers()?;
     let params = phases::Params::new(args.quick);
-    let mut scratch = scratch::Scratch::new()?;
+    let mut scratch = scratch::create()?;
     scratch.keep = args.keep;
     eprintln!(
         "[ws-ckpt-bench] {} run in {} with {}",

@@ -17,25 +17,27 @@
 
 #![deny(missing_docs)]
 
+mod process;
+pub mod scratch;
 pub mod tree_support;
+
+pub use process::{Run, Spawned};
+pub use scratch::{loops_under, make_loop_btrfs, mounts_under, LoopBtrfs, Scratch};
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::hash::Hasher;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::mount::MntFlags;
-use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use process::{kill_and_reap, read_lossy, tail};
 
 /// Name prefix of every test root directory.
 pub const ROOT_PREFIX: &str = "ws-ckpt-it-";
@@ -54,9 +56,6 @@ pub const KEEP_ENV: &str = "WS_CKPT_IT_KEEP";
 
 /// Set this environment variable to run the tests against another `ws-ckpt` binary.
 pub const BIN_ENV: &str = "WS_CKPT_BIN";
-
-/// `LOOP_CLR_FD` from `<linux/loop.h>`.
-const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 
 /// Where external tools are looked for after `$PATH` (test runners often lack the sbin dirs).
 const TOOL_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
@@ -130,115 +129,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Every mount point at or below `root` in this process's mount namespace (from
-/// `/proc/self/mountinfo`), deepest first; a path mounted several times appears several times.
-pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let root = canonical_or_same(root);
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_else(|e| {
-        eprintln!("ws-ckpt-it: cannot read /proc/self/mountinfo: {e}");
-        String::new()
-    });
-    let mut found: Vec<PathBuf> = parse_mountinfo(&text)
-        .into_iter()
-        .filter(|m| is_under(m, &root))
-        .collect();
-    sort_deepest_first(&mut found);
-    found
-}
-
-/// Every loop device (`/dev/loopN`) whose backing file lies at or below `root` (from
-/// `/sys/block/loop*/loop/backing_file`, including backing files deleted since).
-pub fn loops_under(root: &Path) -> Vec<PathBuf> {
-    let root = canonical_or_same(root);
-    let mut found = Vec::new();
-    let entries = match fs::read_dir("/sys/block") {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ws-ckpt-it: cannot read /sys/block: {e}");
-            return found;
-        }
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
-            continue; // not bound
-        };
-        if is_under(&backing_file_path(&backing), &root) {
-            found.push(PathBuf::from("/dev").join(name));
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Mount points (field 5) of `/proc/self/mountinfo` text, unescaped.
-fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .collect()
-}
-
-/// Undo the kernel's octal escaping of space, tab, newline and backslash (`\040` …).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            if let Ok(b) = u8::try_from(v) {
-                out.push(b);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The path in a sysfs `backing_file` line, without the trailing newline or " (deleted)".
-fn backing_file_path(raw: &str) -> PathBuf {
-    let line = raw.strip_suffix('\n').unwrap_or(raw);
-    let line = line.strip_suffix(" (deleted)").unwrap_or(line);
-    PathBuf::from(line)
-}
-
-/// `path` is `root` or inside it, compared component by component, for absolute paths only.
-fn is_under(path: &Path, root: &Path) -> bool {
-    path.is_absolute()
-        && root.is_absolute()
-        && root.components().count() > 1
-        && !path.components().any(|c| c == Component::ParentDir)
-        && path.starts_with(root)
-}
-
-fn sort_deepest_first(paths: &mut [PathBuf]) {
-    paths.sort_by(|a, b| {
-        b.components()
-            .count()
-            .cmp(&a.components().count())
-            .then_with(|| a.cmp(b))
-    });
-}
-
-fn canonical_or_same(p: &Path) -> PathBuf {
-    fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
 /// A TOML basic string (with quotes) holding `s`.
 fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -263,7 +153,7 @@ fn toml_path(p: &Path) -> String {
 }
 
 /// Reduce a test name to `[A-Za-z0-9_-]`, at most 40 characters.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -343,201 +233,8 @@ fn scrubbed_command(program: &Path) -> Command {
     cmd
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The result of one finished `ws-ckpt` (or other) invocation.
-#[derive(Debug, Clone)]
-pub struct Run {
-    /// The command line, for messages.
-    pub cmd: String,
-    /// Exit code; `None` when the process was killed by a signal.
-    pub status: Option<i32>,
-    /// Everything written to stdout (lossy UTF-8).
-    pub stdout: String,
-    /// Everything written to stderr (lossy UTF-8).
-    pub stderr: String,
-}
-
-impl Run {
-    /// The exit code (`None` when killed by a signal).
-    pub fn code(&self) -> Option<i32> {
-        self.status
-    }
-
-    /// Assert exit code 0; on failure panics showing the command, stdout and stderr.
-    #[track_caller]
-    pub fn ok(&self) -> &Self {
-        if self.status != Some(0) {
-            panic!(
-                "expected success, got exit {:?}\n{}",
-                self.status,
-                self.describe()
-            );
-        }
-        self
-    }
-
-    /// Assert a specific exit code; on mismatch panics showing the output.
-    #[track_caller]
-    pub fn assert_code(&self, expected: i32) -> &Self {
-        if self.status != Some(expected) {
-            panic!(
-                "expected exit {expected}, got {:?}\n{}",
-                self.status,
-                self.describe()
-            );
-        }
-        self
-    }
-
-    /// Parse stdout as JSON; panics showing the output when it is not JSON.
-    #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not JSON ({e})\n{}", self.describe());
-        })
-    }
-
-    /// Command, exit code, stdout and stderr as one block of text.
-    pub fn describe(&self) -> String {
-        format!(
-            "command: {}\nexit: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--------------",
-            self.cmd, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// A child process started by [`TestEnv::spawn`] whose output goes to files under
-/// `<root>/logs`. Killed with SIGKILL and reaped on drop (and by the owning [`TestEnv`]'s
-/// drop) if still running.
-pub struct Spawned {
-    child: Arc<Mutex<Child>>,
-    pid: u32,
-    cmd: String,
-    stdout_path: PathBuf,
-    stderr_path: PathBuf,
-}
-
-impl Spawned {
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// The command line, for messages.
-    pub fn cmd(&self) -> &str {
-        &self.cmd
-    }
-
-    /// File receiving the child's stdout.
-    pub fn stdout_path(&self) -> &Path {
-        &self.stdout_path
-    }
-
-    /// File receiving the child's stderr.
-    pub fn stderr_path(&self) -> &Path {
-        &self.stderr_path
-    }
-
-    /// Everything the child wrote to stdout so far.
-    pub fn stdout(&self) -> String {
-        read_lossy(&self.stdout_path)
-    }
-
-    /// Everything the child wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        read_lossy(&self.stderr_path)
-    }
-
-    /// The exit status if the child has exited (reaping it), else `None`.
-    pub fn try_wait(&self) -> Option<ExitStatus> {
-        let mut child = lock(&self.child);
-        child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("waiting for {} failed: {e}", self.cmd))
-    }
-
-    /// Send `sig` if the child has not been reaped yet (so a recycled pid is never hit).
-    /// Returns whether the signal was sent.
-    pub fn signal(&self, sig: Signal) -> bool {
-        let mut child = lock(&self.child);
-        match child.try_wait() {
-            Ok(None) => nix::sys::signal::kill(Pid::from_raw(self.pid as i32), sig).is_ok(),
-            _ => false,
-        }
-    }
-
-    /// Send SIGTERM (without waiting).
-    pub fn term(&self) -> bool {
-        self.signal(Signal::SIGTERM)
-    }
-
-    /// SIGKILL the child (if still running) and reap it; returns its exit status.
-    pub fn kill9(&self) -> ExitStatus {
-        let mut child = lock(&self.child);
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        if let Err(e) = child.kill() {
-            panic!("SIGKILL to {} (pid {}) failed: {e}", self.cmd, self.pid);
-        }
-        child
-            .wait()
-            .unwrap_or_else(|e| panic!("reaping {} failed: {e}", self.cmd))
-    }
-
-    /// Wait up to `timeout` for the child to exit; `None` if it is still running.
-    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.try_wait();
-            status.is_some()
-        });
-        status
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        kill_and_reap(&self.child);
-    }
-}
-
-/// SIGKILL and reap a child unless it was already reaped. Never panics.
-fn kill_and_reap(child: &Mutex<Child>) {
-    let mut child = lock(child);
-    if let Ok(None) = child.try_wait() {
-        if let Err(e) = child.kill() {
-            eprintln!("ws-ckpt-it: SIGKILL to pid {} failed: {e}", child.id());
-        }
-        if let Err(e) = child.wait() {
-            eprintln!("ws-ckpt-it: reaping pid {} failed: {e}", child.id());
-        }
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-/// Last `max` bytes of a file, lossy.
-fn tail(path: &Path, max: u64) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > max && f.seek(SeekFrom::Start(len - max)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// An isolated environment for one real-btrfs test: a private directory tree, a config whose
@@ -565,7 +262,7 @@ pub struct TestEnv {
     /// `<root>/home`, a plain directory on the host filesystem.
     pub home: PathBuf,
     /// The directory and the root path cleanup acts on; never taken from the public fields.
-    dir: Option<tempfile::TempDir>,
+    scratch: Scratch,
     owned_root: PathBuf,
     children: Mutex<Vec<Arc<Mutex<Child>>>>,
     log_seq: AtomicUsize,
@@ -581,13 +278,15 @@ impl TestEnv {
         if !require_root(test) {
             return None;
         }
-        let base = temp_base();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{ROOT_PREFIX}{}-", sanitize(test)))
-            .tempdir_in(&base)
-            .unwrap_or_else(|e| panic!("cannot create a test dir under {}: {e}", base.display()));
-        let root = fs::canonicalize(dir.path())
-            .unwrap_or_else(|e| panic!("cannot canonicalize {}: {e}", dir.path().display()));
+        // /var/tmp when usable (a real disk, unlike a tmpfs /tmp, so direct I/O and size
+        // percentages behave as on a host), else /tmp.
+        let scratch = Scratch::create(
+            &format!("{ROOT_PREFIX}{}-", sanitize(test)),
+            &["/var/tmp", "/tmp"],
+            "ws-ckpt-it",
+        )
+        .unwrap_or_else(|e| panic!("cannot create a test dir: {e}"));
+        let root = scratch.root().to_path_buf();
         let env = TestEnv {
             config: root.join("etc/config.toml"),
             dropin_dir: root.join("etc/config.d"),
@@ -598,7 +297,7 @@ impl TestEnv {
             home: root.join("home"),
             owned_root: root.clone(),
             root,
-            dir: Some(dir),
+            scratch,
             children: Mutex::new(Vec::new()),
             log_seq: AtomicUsize::new(0),
         };
@@ -623,7 +322,7 @@ impl TestEnv {
 
     /// `<runtime_dir>/ws-ckpt.sock`.
     pub fn socket_path(&self) -> PathBuf {
-        self.runtime_dir.join("ws-ckpt.sock")
+        self.runtime_dir.join(ws_ckpt::ipc::SOCKET_NAME)
     }
 
     /// The standard config: `[daemon]` with `state_dir` and `runtime_dir`, `[backend]
@@ -805,45 +504,10 @@ impl TestEnv {
     /// `losetup -f --show` and mounted at `<root>/extra/<name>`, which is returned. Torn down
     /// when the environment is dropped.
     pub fn extra_btrfs(&self, name: &str, size_mib: u64) -> PathBuf {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            panic!("extra_btrfs: bad name {name:?}; use a plain file name");
-        }
         let extra = self.owned_root.join("extra");
-        let image = extra.join(format!("{name}.img"));
-        let mnt = extra.join(name);
-        fs::create_dir_all(&mnt).unwrap_or_else(|e| panic!("cannot create {}: {e}", mnt.display()));
-        let file = File::create_new(&image)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", image.display()));
-        file.set_len(size_mib * 1024 * 1024)
-            .unwrap_or_else(|e| panic!("cannot size {}: {e}", image.display()));
-        drop(file);
-        run_tool(
-            Command::new(find_tool("mkfs.btrfs"))
-                .args(["-q", "-f"])
-                .arg(&image),
-        );
-        let dev = run_tool(
-            Command::new(find_tool("losetup"))
-                .args(["-f", "--show"])
-                .arg(&image),
-        );
-        let dev = String::from_utf8_lossy(&dev.stdout);
-        let dev = dev.trim();
-        if !dev.starts_with("/dev/loop") {
-            panic!(
-                "losetup printed {dev:?} for {}; expected /dev/loopN",
-                image.display()
-            );
-        }
-        nix::mount::mount(
-            Some(dev),
-            &mnt,
-            Some("btrfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("mount {dev} on {} failed: {e}", mnt.display()));
-        mnt
+        fs::create_dir_all(&extra)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", extra.display()));
+        make_loop_btrfs(&extra, name, size_mib)
     }
 
     /// Create a sample tree under `dir` (created if missing): nested directories with small
@@ -927,111 +591,8 @@ fn digest_into(base: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) {
     }
 }
 
-/// `/var/tmp` when usable (a real disk, unlike a tmpfs `/tmp`, so direct I/O and size
-/// percentages behave as on a host), else `/tmp`.
-fn temp_base() -> PathBuf {
-    let var_tmp = Path::new("/var/tmp");
-    if var_tmp.is_dir() && nix::unistd::access(var_tmp, nix::unistd::AccessFlags::W_OK).is_ok() {
-        canonical_or_same(var_tmp)
-    } else {
-        canonical_or_same(Path::new("/tmp"))
-    }
-}
-
-/// Refuse to clean up anything but a directory this harness could have created: absolute,
-/// named `ws-ckpt-it-…`, directly inside `/var/tmp` or `/tmp`.
-fn check_owned_root(root: &Path) -> Result<(), String> {
-    let name_ok = root
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(ROOT_PREFIX) && n.len() > ROOT_PREFIX.len());
-    let parent_ok = root.parent().is_some_and(|p| {
-        [Path::new("/var/tmp"), Path::new("/tmp")]
-            .iter()
-            .any(|b| p == *b || p == canonical_or_same(b))
-    });
-    let clean = !root
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir));
-    if root.is_absolute() && name_ok && parent_ok && clean {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} is not a {ROOT_PREFIX}* directory in /var/tmp or /tmp",
-            root.display()
-        ))
-    }
-}
-
-/// Unmount everything under `root`, deepest first; EBUSY → lazy detach. Returns the mounts
-/// still present afterwards.
-fn unmount_all_under(root: &Path) -> Vec<PathBuf> {
-    for _pass in 0..8 {
-        let mounts = mounts_under(root);
-        if mounts.is_empty() {
-            return mounts;
-        }
-        for m in &mounts {
-            if !is_under(m, root) {
-                eprintln!(
-                    "ws-ckpt-it: refusing to unmount {} (outside {})",
-                    m.display(),
-                    root.display()
-                );
-                continue;
-            }
-            match nix::mount::umount2(m, MntFlags::empty()) {
-                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-                Err(Errno::EBUSY) => {
-                    eprintln!("ws-ckpt-it: {} busy; detaching lazily", m.display());
-                    if let Err(e) = nix::mount::umount2(m, MntFlags::MNT_DETACH) {
-                        eprintln!("ws-ckpt-it: lazy unmount of {} failed: {e}", m.display());
-                    }
-                }
-                Err(e) => eprintln!("ws-ckpt-it: unmount of {} failed: {e}", m.display()),
-            }
-        }
-    }
-    mounts_under(root)
-}
-
-/// Detach every loop device backed by a file under `root`; returns those still attached after
-/// a short wait (autoclear and lazy detach complete asynchronously).
-fn detach_loops_under(root: &Path) -> Vec<PathBuf> {
-    for dev in loops_under(root) {
-        if let Err(e) = clear_loop(&dev) {
-            eprintln!("ws-ckpt-it: detaching {} failed: {e}", dev.display());
-        }
-    }
-    wait_until(Duration::from_secs(5), || loops_under(root).is_empty());
-    loops_under(root)
-}
-
-fn clear_loop(dev: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(dev)?;
-    // SAFETY: LOOP_CLR_FD takes no argument; the fd is valid for the duration of the call.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD as _, 0) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENXIO) {
-        return Ok(()); // already unbound
-    }
-    Err(err)
-}
-
 impl TestEnv {
     fn cleanup(&mut self) {
-        let root = self.owned_root.clone();
-        if let Err(why) = check_owned_root(&root) {
-            eprintln!("ws-ckpt-it: NOT cleaning up: {why}");
-            if let Some(dir) = self.dir.take() {
-                let _ = dir.keep();
-            }
-            return;
-        }
         let panicking = std::thread::panicking();
         let children: Vec<_> = std::mem::take(&mut *lock(&self.children));
         for child in &children {
@@ -1040,34 +601,11 @@ impl TestEnv {
         if panicking {
             self.dump_logs();
         }
-        let mounts = unmount_all_under(&root);
-        let loops = detach_loops_under(&root);
-        if !loops.is_empty() {
-            let list: Vec<_> = loops.iter().map(|l| l.display().to_string()).collect();
-            eprintln!(
-                "ws-ckpt-it: loop devices still attached: {}",
-                list.join(", ")
-            );
-        }
-        let Some(dir) = self.dir.take() else { return };
-        if !mounts.is_empty() {
-            let list: Vec<_> = mounts.iter().map(|m| m.display().to_string()).collect();
-            eprintln!(
-                "ws-ckpt-it: still mounted under {}: {}; leaving the directory in place",
-                root.display(),
-                list.join(", ")
-            );
-            let _ = dir.keep();
-            return;
-        }
         if std::env::var_os(KEEP_ENV).is_some() {
-            eprintln!("ws-ckpt-it: {KEEP_ENV} set; keeping {}", root.display());
-            let _ = dir.keep();
-            return;
+            eprintln!("ws-ckpt-it: {KEEP_ENV} set");
+            self.scratch.keep = true;
         }
-        if let Err(e) = dir.close() {
-            eprintln!("ws-ckpt-it: removing {} failed: {e}", root.display());
-        }
+        self.scratch.teardown();
     }
 
     /// On a failing test, print the tail of every log so the cause is in the test output.
@@ -1112,65 +650,6 @@ mod tests {
             bin_path_from_exe(Path::new("/t/release/some-test")),
             PathBuf::from("/t/release/ws-ckpt")
         );
-    }
-
-    #[test]
-    fn mountinfo_unescapes_mount_points() {
-        let text = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 0:5 / /var/tmp/ws-ckpt-it-a/back\\134slash rw - btrfs /dev/loop3 rw\n";
-        assert_eq!(
-            parse_mountinfo(text),
-            vec![
-                PathBuf::from("/mnt/with space"),
-                PathBuf::from("/var/tmp/ws-ckpt-it-a/back\\slash")
-            ]
-        );
-        assert_eq!(unescape_mountinfo("a\\011b\\012"), "a\tb\n");
-        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
-    }
-
-    #[test]
-    fn is_under_compares_components_not_prefixes() {
-        let root = Path::new("/var/tmp/ws-ckpt-it-abc");
-        assert!(is_under(Path::new("/var/tmp/ws-ckpt-it-abc"), root));
-        assert!(is_under(Path::new("/var/tmp/ws-ckpt-it-abc/mnt/x"), root));
-        assert!(!is_under(Path::new("/var/tmp/ws-ckpt-it-abcd"), root));
-        assert!(!is_under(Path::new("/var/tmp"), root));
-        assert!(!is_under(Path::new("/var/tmp/ws-ckpt-it-abc/../x"), root));
-        assert!(!is_under(Path::new("relative/x"), root));
-        assert!(!is_under(Path::new("/anything"), Path::new("/")));
-    }
-
-    #[test]
-    fn deepest_mounts_come_first() {
-        let mut v = vec![
-            PathBuf::from("/r/a"),
-            PathBuf::from("/r/a/b/c"),
-            PathBuf::from("/r/a/b"),
-        ];
-        sort_deepest_first(&mut v);
-        assert_eq!(v, ["/r/a/b/c", "/r/a/b", "/r/a"].map(PathBuf::from));
-    }
-
-    #[test]
-    fn backing_file_strips_newline_and_deleted() {
-        assert_eq!(
-            backing_file_path("/var/tmp/x/img (deleted)\n"),
-            PathBuf::from("/var/tmp/x/img")
-        );
-        assert_eq!(backing_file_path("/a b/img\n"), PathBuf::from("/a b/img"));
-    }
-
-    #[test]
-    fn owned_root_check_rejects_foreign_paths() {
-        assert!(check_owned_root(Path::new("/var/tmp/ws-ckpt-it-t-1234")).is_ok());
-        assert!(check_owned_root(Path::new("/tmp/ws-ckpt-it-t-1234")).is_ok());
-        assert!(check_owned_root(Path::new("/")).is_err());
-        assert!(check_owned_root(Path::new("/var/tmp")).is_err());
-        assert!(check_owned_root(Path::new("/var/tmp/ws-ckpt-it-")).is_err());
-        assert!(check_owned_root(Path::new("/var/lib/ws-ckpt-it-x")).is_err());
-        assert!(check_owned_root(Path::new("/var/tmp/other")).is_err());
-        assert!(check_owned_root(Path::new("/var/tmp/x/ws-ckpt-it-y")).is_err());
     }
 
     #[test]
