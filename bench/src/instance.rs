@@ -25,12 +25,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a clean stop may take before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Socket timeout for quick requests.
-pub const QUICK: Duration = Duration::from_secs(120);
+pub(crate) const QUICK: Duration = Duration::from_secs(120);
 /// Socket timeout for passes over many snapshots.
-pub const SLOW: Duration = Duration::from_secs(3600);
+pub(crate) const SLOW: Duration = Duration::from_secs(3600);
 
 /// A ws-ckpt installation under `<scratch>/<name>`.
-pub struct Instance {
+pub(crate) struct Instance {
     /// The `ws-ckpt` binary.
     pub bin: PathBuf,
     /// `<dir>/etc/config.toml`.
@@ -48,7 +48,7 @@ pub struct Instance {
 
 impl Instance {
     /// Create the directories and the config. `img_gib`: image size cap (the file is sparse).
-    pub fn create(scratch: &Path, name: &str, bin: &Path, img_gib: u64) -> Result<Instance> {
+    pub(crate) fn create(scratch: &Path, name: &str, bin: &Path, img_gib: u64) -> Result<Instance> {
         use std::os::unix::fs::PermissionsExt;
         let dir = scratch.join(name);
         let etc = dir.join("etc");
@@ -113,7 +113,7 @@ impl Instance {
     }
 
     /// `ws-ckpt --config <config> <args…>` with a scrubbed environment and stdin null.
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         for v in SCRUBBED_ENV {
             cmd.env_remove(v);
@@ -127,7 +127,7 @@ impl Instance {
 
     /// Run the CLI to completion; error (with its stderr) unless it exits 0. Returns the
     /// wall time from spawn to exit.
-    pub fn cli(&self, args: &[&str]) -> Result<Duration> {
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<Duration> {
         let mut cmd = self.command(args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let t = Instant::now();
@@ -147,13 +147,13 @@ impl Instance {
     }
 
     /// One request on the socket.
-    pub fn call(&self, req: &Request, timeout: Duration) -> Result<Value> {
+    pub(crate) fn call(&self, req: &Request, timeout: Duration) -> Result<Value> {
         ws_ckpt::ipc::call(&self.socket, req, timeout)
             .map_err(|e| anyhow!("{} request to the daemon failed: {e}", req.op()))
     }
 
     /// A checkpoint through the socket; returns the snapshot ID.
-    pub fn checkpoint(&self, workspace: &Path) -> Result<String> {
+    pub(crate) fn checkpoint(&self, workspace: &Path) -> Result<String> {
         let v = self.call(
             &Request::Checkpoint {
                 workspace: workspace.display().to_string(),
@@ -172,7 +172,7 @@ impl Instance {
 
     /// `init` of `<home>/<name>` (created with the sample tree) through the socket; returns
     /// the workspace path and its ws_id.
-    pub fn init_workspace(&self, name: &str) -> Result<(PathBuf, String)> {
+    pub(crate) fn init_workspace(&self, name: &str) -> Result<(PathBuf, String)> {
         let path = self.home.join(name);
         fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
         crate::raw::write_sample_tree(&path)?;
@@ -186,7 +186,7 @@ impl Instance {
 
     /// Snapshots recorded (and not MISSING) in one workspace, or in all when `None`
     /// (`list` through the socket).
-    pub fn snapshot_count(&self, workspace: Option<&Path>) -> Result<usize> {
+    pub(crate) fn snapshot_count(&self, workspace: Option<&Path>) -> Result<usize> {
         let v = self.call(
             &Request::List {
                 workspace: workspace.map(|w| w.display().to_string()),
@@ -206,7 +206,7 @@ impl Instance {
     }
 
     /// `apply` through the socket; errors when it did not converge.
-    pub fn apply(&self) -> Result<Value> {
+    pub(crate) fn apply(&self) -> Result<Value> {
         let v = self.call(
             &Request::Apply {
                 check: false,
@@ -227,7 +227,7 @@ impl Instance {
     /// Start the daemon (own process group, so a terminal Ctrl-C reaches only the benchmark)
     /// and wait until its socket accepts connections (it binds after its first pass). Returns
     /// the time from spawn to the first accepted connection.
-    pub fn start_daemon(&mut self) -> Result<Duration> {
+    pub(crate) fn start_daemon(&mut self) -> Result<Duration> {
         if self.daemon.is_some() {
             bail!("the daemon of {} is already running", self.config.display());
         }
@@ -269,12 +269,12 @@ impl Instance {
     }
 
     /// The daemon's pid, when running.
-    pub fn daemon_pid(&self) -> Option<u32> {
+    pub(crate) fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
     }
 
     /// Peak resident set size of the daemon (`VmHWM` from `/proc/<pid>/status`), in KiB.
-    pub fn daemon_peak_rss_kib(&self) -> Result<u64> {
+    pub(crate) fn daemon_peak_rss_kib(&self) -> Result<u64> {
         let pid = self
             .daemon_pid()
             .ok_or_else(|| anyhow!("the daemon is not running"))?;
@@ -285,7 +285,7 @@ impl Instance {
 
     /// Stop the daemon cleanly (SIGTERM, wait; SIGKILL after a bound). Returns how long the
     /// clean stop took, `None` when no daemon was running.
-    pub fn stop_daemon(&mut self) -> Result<Option<Duration>> {
+    pub(crate) fn stop_daemon(&mut self) -> Result<Option<Duration>> {
         let Some(mut child) = self.daemon.take() else {
             return Ok(None);
         };

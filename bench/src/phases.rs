@@ -22,7 +22,7 @@ use ws_ckpt::sys::Sys;
 
 /// Sizes of one run.
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     /// `--quick`.
     pub quick: bool,
     /// Repetitions of the single-operation measurements.
@@ -59,7 +59,7 @@ pub struct Params {
 
 impl Params {
     /// The full run (about 10 minutes on 2 cores) or `--quick` (about 2).
-    pub fn new(quick: bool) -> Params {
+    pub(crate) fn new(quick: bool) -> Params {
         if quick {
             Params {
                 quick,
@@ -102,7 +102,7 @@ impl Params {
     }
 
     /// The sizes as JSON (for the report's context).
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "quick": self.quick,
             "reps": self.reps,
@@ -123,7 +123,7 @@ impl Params {
 
 /// Collected results: rows for the table, plus context for the JSON.
 #[derive(Default)]
-pub struct Results {
+pub(crate) struct Results {
     /// The rows, in order.
     pub metrics: Vec<Metric>,
     /// Extra facts (setup timings, counts).
@@ -148,7 +148,7 @@ fn path_str(p: &Path) -> String {
 
 /// Run everything; rows are appended to `out` as they are measured, so that an error or
 /// Ctrl-C still leaves what was measured so far.
-pub fn run_all(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
+pub(crate) fn run_all(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
     main_phases(scratch, bin, p, out)?;
     check_interrupted()?;
     fleet_phase(scratch, bin, p, out)

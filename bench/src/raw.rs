@@ -17,7 +17,7 @@ use ws_ckpt::sys::linux::LinuxSys;
 use ws_ckpt::sys::Sys;
 
 /// Raw btrfs operations on one filesystem.
-pub struct Raw {
+pub(crate) struct Raw {
     sys: LinuxSys,
     dir: PathBuf,
     seq: AtomicUsize,
@@ -25,7 +25,7 @@ pub struct Raw {
 
 impl Raw {
     /// Use `<mount>/bench-raw` (created) for raw sources and snapshots.
-    pub fn new(mount: &Path) -> Result<Raw> {
+    pub(crate) fn new(mount: &Path) -> Result<Raw> {
         let dir = mount.join("bench-raw");
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Raw {
@@ -36,12 +36,12 @@ impl Raw {
     }
 
     /// The underlying [`Sys`] (for subvolume listing in the observe baseline).
-    pub fn sys(&self) -> &LinuxSys {
+    pub(crate) fn sys(&self) -> &LinuxSys {
         &self.sys
     }
 
     /// Create the raw source subvolume `<dir>/src-<name>` filled with the sample tree.
-    pub fn source(&self, name: &str) -> Result<PathBuf> {
+    pub(crate) fn source(&self, name: &str) -> Result<PathBuf> {
         let path = self.dir.join(format!("src-{name}"));
         self.sys.create_subvolume(&path)?;
         write_sample_tree(&path)?;
@@ -49,7 +49,7 @@ impl Raw {
     }
 
     /// A fresh destination path `<dir>/<group>/<n>` (its parent created).
-    pub fn dest(&self, group: &str) -> Result<PathBuf> {
+    pub(crate) fn dest(&self, group: &str) -> Result<PathBuf> {
         let parent = self.dir.join(group);
         fs::create_dir_all(&parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
@@ -58,7 +58,12 @@ impl Raw {
     }
 
     /// One snapshot of `source` into `group`, timed (only the [`Sys::snapshot`] call).
-    pub fn timed_snapshot(&self, source: &Path, group: &str, readonly: bool) -> Result<Duration> {
+    pub(crate) fn timed_snapshot(
+        &self,
+        source: &Path,
+        group: &str,
+        readonly: bool,
+    ) -> Result<Duration> {
         let dest = self.dest(group)?;
         let t = Instant::now();
         self.sys.snapshot(source, &dest, readonly)?;
@@ -68,7 +73,7 @@ impl Raw {
 
 /// Create read-only snapshots of `source` named `ids` inside `dir` (created), with `threads`
 /// threads (concurrent snapshots share btrfs transaction commits). Returns the wall time.
-pub fn bulk_snapshots(
+pub(crate) fn bulk_snapshots(
     sys: &LinuxSys,
     source: &Path,
     dir: &Path,
@@ -102,7 +107,7 @@ pub fn bulk_snapshots(
 
 /// The sample content of every workspace and raw source: a small source tree (80 files of
 /// 4 KiB in 8 directories), so that snapshots are not of empty subvolumes.
-pub fn write_sample_tree(dir: &Path) -> Result<()> {
+pub(crate) fn write_sample_tree(dir: &Path) -> Result<()> {
     let block: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
     for d in 0..8 {
         let sub = dir.join(format!("src/mod{d}"));
@@ -121,7 +126,7 @@ pub fn write_sample_tree(dir: &Path) -> Result<()> {
 /// Write `files` files totalling `total` bytes under `dir/dirty` (replacing what a previous
 /// round left), without syncing: the data stays dirty in the page cache. `round` varies the
 /// content from one round to the next.
-pub fn write_dirty(dir: &Path, files: usize, total: usize, round: usize) -> Result<()> {
+pub(crate) fn write_dirty(dir: &Path, files: usize, total: usize, round: usize) -> Result<()> {
     let d = dir.join("dirty");
     if d.exists() {
         fs::remove_dir_all(&d).with_context(|| format!("cannot remove {}", d.display()))?;
@@ -139,7 +144,7 @@ pub fn write_dirty(dir: &Path, files: usize, total: usize, round: usize) -> Resu
 }
 
 /// `syncfs` on the filesystem holding `path`: start a measurement with nothing dirty.
-pub fn syncfs(path: &Path) -> Result<()> {
+pub(crate) fn syncfs(path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     let f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: syncfs takes an open fd and has no memory arguments.

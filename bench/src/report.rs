@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 /// What a row's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// Milliseconds (lower is better).
     Millis,
     /// Operations per second (higher is better).
@@ -33,7 +33,7 @@ impl Unit {
 
 /// One metric.
 #[derive(Debug, Clone)]
-pub struct Metric {
+pub(crate) struct Metric {
     /// Short name.
     pub name: String,
     /// Unit of `ours` and `raw`.
@@ -50,7 +50,7 @@ pub struct Metric {
 
 impl Metric {
     /// A row whose ratio is our median over the raw median (raw over ours for rates).
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         unit: Unit,
         ours: Summary,
@@ -95,7 +95,7 @@ fn cell(s: Option<Summary>) -> (String, String) {
 }
 
 /// The table: one line per metric, then the legend of what each ratio compares.
-pub fn table(metrics: &[Metric]) -> String {
+pub(crate) fn table(metrics: &[Metric]) -> String {
     let header = [
         "metric", "unit", "n", "ours med", "ours p90", "raw med", "raw p90", "ratio",
     ];
@@ -156,7 +156,7 @@ fn summary_json(s: Option<Summary>) -> Value {
 }
 
 /// The same rows as JSON: `{"metrics":[{"name","unit","ours":{n,median,p90},"raw":…,"ratio","compares"}], …context}`.
-pub fn json(metrics: &[Metric], context: Value) -> Value {
+pub(crate) fn json(metrics: &[Metric], context: Value) -> Value {
     let rows: Vec<Value> = metrics
         .iter()
         .map(|m| {

@@ -7,10 +7,10 @@
 
 use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
-pub use ws_ckpt_integration_tests::Scratch;
+pub(crate) use ws_ckpt_integration_tests::Scratch;
 
 /// Name prefix of the scratch directory.
-pub const PREFIX: &str = "ws-ckpt-bench-";
+pub(crate) const PREFIX: &str = "ws-ckpt-bench-";
 
 /// Where the scratch directory is created (a real disk, like the default image location).
 const BASE: &str = "/var/tmp";
@@ -24,7 +24,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Catch the first SIGINT/SIGTERM: set a flag that the measurement loops poll, so that the
 /// run stops between steps and tears down. The handler resets itself, so a second Ctrl-C
 /// kills the benchmark at once (leaving its directory behind).
-pub fn install_signal_handlers() -> Result<()> {
+pub(crate) fn install_signal_handlers() -> Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
@@ -40,12 +40,12 @@ pub fn install_signal_handlers() -> Result<()> {
 }
 
 /// True once SIGINT or SIGTERM arrived.
-pub fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// Fail with "interrupted" once SIGINT or SIGTERM arrived; called between measurement steps.
-pub fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if interrupted() {
         bail!("interrupted (SIGINT/SIGTERM); stopping and tearing down");
     }
@@ -55,7 +55,7 @@ pub fn check_interrupted() -> Result<()> {
 /// `/var/tmp/ws-ckpt-bench-XXXXXX` (mode 0755), the harness's one loop fixture: on drop (normal
 /// end, error, panic or after Ctrl-C) every mount under it is unmounted, every loop device
 /// backed by a file under it detached, and it is removed, unless `keep` is set.
-pub fn create() -> Result<Scratch> {
+pub(crate) fn create() -> Result<Scratch> {
     Scratch::create(PREFIX, &[BASE], "ws-ckpt-bench")
         .with_context(|| format!("cannot create a scratch directory in {BASE}"))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Median and p90 of a set of samples, in the samples' unit.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Number of samples.
     pub n: usize,
     /// Median (mean of the two middle samples when `n` is even).
@@ -17,7 +17,7 @@ pub struct Summary {
 
 impl Summary {
     /// Summarise `samples` (any order). `None` when there are none or one is not finite.
-    pub fn of(samples: &[f64]) -> Option<Summary> {
+    pub(crate) fn of(samples: &[f64]) -> Option<Summary> {
         if samples.is_empty() || samples.iter().any(|s| !s.is_finite()) {
             return None;
         }
@@ -31,13 +31,13 @@ impl Summary {
     }
 
     /// Summarise durations in milliseconds.
-    pub fn of_millis(samples: &[Duration]) -> Option<Summary> {
+    pub(crate) fn of_millis(samples: &[Duration]) -> Option<Summary> {
         let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
         Summary::of(&ms)
     }
 
     /// A single value (n = 1; median = p90 = value).
-    pub fn single(value: f64) -> Summary {
+    pub(crate) fn single(value: f64) -> Summary {
         Summary {
             n: 1,
             median: value,
@@ -64,7 +64,7 @@ fn percentile_sorted(sorted: &[f64], pct: usize) -> f64 {
 }
 
 /// `num / den`, or `None` when the denominator is not a positive finite number.
-pub fn ratio(num: f64, den: f64) -> Option<f64> {
+pub(crate) fn ratio(num: f64, den: f64) -> Option<f64> {
     (den.is_finite() && den > 0.0 && num.is_finite()).then(|| num / den)
 }
 

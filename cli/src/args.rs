@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// Human-readable tables.
     Table,
     /// Stable JSON (documented in docs/json.md).
@@ -32,7 +32,7 @@ pub enum Format {
     propagate_version = true,
     after_help = MAIN_AFTER
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Config file (drop-ins are read from <its dir>/config.d).
     #[arg(
         long,
@@ -51,7 +51,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Show what `apply` would change: actions and findings.
     ///
     /// Plans against the config, the persisted state and a fresh observation of the system
@@ -265,7 +265,7 @@ pub enum Command {
 
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print the effective merged config (all files, defaults filled in).
     ///
     /// As TOML with the file each workspace is declared in, or as JSON with --format json.

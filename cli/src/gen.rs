@@ -23,7 +23,7 @@ use crate::args::Cli;
 
 /// One man page.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     /// `ws-ckpt`, `ws-ckpt-checkpoint`, `ws-ckpt-config-show`, `ws-ckpt.toml`.
     pub name: String,
     /// Manual section: 1 (commands) or 5 (file formats).
@@ -34,18 +34,18 @@ pub struct Page {
 
 impl Page {
     /// `ws-ckpt-checkpoint.1`.
-    pub fn file_name(&self) -> String {
+    pub(crate) fn file_name(&self) -> String {
         format!("{}.{}", self.name, self.section)
     }
 
     /// `ws-ckpt-checkpoint(1)`.
-    pub fn reference(&self) -> String {
+    pub(crate) fn reference(&self) -> String {
         format!("{}({})", self.name, self.section)
     }
 }
 
 /// `ws-ckpt man [PAGE] [--out-dir DIR]`.
-pub fn man(page: Option<&str>, out_dir: Option<&Path>) -> Result<i32, Error> {
+pub(crate) fn man(page: Option<&str>, out_dir: Option<&Path>) -> Result<i32, Error> {
     let pages = man_pages();
     if let Some(dir) = out_dir {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, &e))?;
@@ -90,13 +90,13 @@ pub fn man(page: Option<&str>, out_dir: Option<&Path>) -> Result<i32, Error> {
 }
 
 /// `ws-ckpt completions SHELL`.
-pub fn completions(shell: clap_complete::Shell) -> Result<i32, Error> {
+pub(crate) fn completions(shell: clap_complete::Shell) -> Result<i32, Error> {
     write_stdout(&completion_script(shell)?);
     Ok(0)
 }
 
 /// The completion script for `shell`.
-pub fn completion_script(shell: clap_complete::Shell) -> Result<String, Error> {
+pub(crate) fn completion_script(shell: clap_complete::Shell) -> Result<String, Error> {
     if shell == clap_complete::Shell::Bash {
         return bash_completion();
     }
@@ -172,7 +172,7 @@ fn write_stdout(text: &str) {
 
 /// Every man page: `ws-ckpt(1)`, one per command (depth first, in clap's order), then
 /// `ws-ckpt.toml(5)`.
-pub fn man_pages() -> Vec<Page> {
+pub(crate) fn man_pages() -> Vec<Page> {
     let mut root = Cli::command().disable_help_subcommand(true);
     root.build();
     let mut commands = Vec::new();
@@ -236,7 +236,7 @@ fn blocks(text: &str) -> Vec<(String, Vec<String>)> {
 }
 
 /// The blocks of a command's `after_help` (long form first).
-pub fn help_blocks(cmd: &clap::Command) -> Vec<(String, Vec<String>)> {
+pub(crate) fn help_blocks(cmd: &clap::Command) -> Vec<(String, Vec<String>)> {
     cmd.get_after_long_help()
         .or_else(|| cmd.get_after_help())
         .map(|t| blocks(&t.to_string()))

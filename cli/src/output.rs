@@ -5,7 +5,7 @@ use serde::Serialize;
 use ws_ckpt::error::Error;
 
 /// Print a value as pretty JSON on stdout.
-pub fn json<T: Serialize>(v: &T) {
+pub(crate) fn json<T: Serialize>(v: &T) {
     match serde_json::to_string_pretty(v) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: cannot encode output: {e}"),
@@ -13,7 +13,7 @@ pub fn json<T: Serialize>(v: &T) {
 }
 
 /// Print an error (JSON on stdout in JSON mode, else two lines on stderr).
-pub fn error(e: &Error, as_json: bool) {
+pub(crate) fn error(e: &Error, as_json: bool) {
     if as_json {
         json(&serde_json::json!({ "error": e }));
     } else {
@@ -25,7 +25,7 @@ pub fn error(e: &Error, as_json: bool) {
 }
 
 /// A simple left-aligned table.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {

@@ -663,8 +663,8 @@ mod tests {
     /// A tiny reader for `k = "…"` lines, enough to check the escaper round-trips without a
     /// TOML dependency in this crate.
     mod toml_probe {
-        pub struct Probe(pub String);
-        pub fn parse(line: &str) -> Probe {
+        pub(super) struct Probe(pub String);
+        pub(super) fn parse(line: &str) -> Probe {
             let s = line
                 .strip_prefix("k = \"")
                 .and_then(|s| s.strip_suffix('"'));

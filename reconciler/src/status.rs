@@ -16,7 +16,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
-    /// Everything ready.
+    /// The backend is mounted and every workspace ready; no warning finding.
     Healthy,
     /// Something needs attention; unaffected workspaces work.
     Degraded,
@@ -28,62 +28,63 @@ pub enum Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Condition {
-    /// Usable.
+    /// Path, subvolume and snapshots as recorded: every operation works.
     Ready,
     /// Some snapshots are MISSING.
     MissingSnapshots,
-    /// Storage gone.
+    /// Its subvolume or the whole backend cannot be reached (image missing, not mounted).
     StorageUnavailable,
     /// The path no longer resolves to the subvolume.
     Detached,
-    /// Declared nowhere.
+    /// Recorded in state.json but declared in no config file (`apply --prune` releases it).
     Undeclared,
     /// An operation on it was interrupted and awaits recovery.
     Interrupted,
 }
 
-/// Filesystem usage.
+/// Usage of the backend's filesystem (`statvfs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Usage {
-    /// Total bytes.
+    /// Size of the filesystem.
     pub total_bytes: u64,
-    /// Used bytes.
+    /// Size minus free blocks (reserved blocks count as free).
     pub used_bytes: u64,
-    /// Available bytes.
+    /// What an unprivileged writer may still use.
     pub available_bytes: u64,
-    /// Used percent.
+    /// `used_bytes` as a percentage of `total_bytes` (an advisory finding above 90).
     pub used_percent: u32,
 }
 
-/// Backend section.
+/// Backend section: the effective backend and its filesystem.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStatus {
-    /// Type.
+    /// The effective backend (as resolved this pass).
     pub backend_type: BackendType,
-    /// Selection method.
+    /// How it was chosen (as recorded in state.json, else as resolved).
     pub selection_method: SelectionMethod,
-    /// Mount point.
+    /// Where its btrfs filesystem is (to be) mounted.
     pub mount: PathBuf,
-    /// Whether it is mounted.
+    /// Whether that filesystem is mounted there (the right one: for a loop backend, a loop
+    /// device of the image).
     pub mounted: bool,
-    /// Device.
+    /// The mount source (`/dev/loopN`, or the base filesystem's device), when mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// Image file.
+    /// The image file of a loop backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<PathBuf>,
-    /// Image size.
+    /// Apparent size of the image file, when it exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size_bytes: Option<u64>,
     /// Loop device uses direct I/O (false = buffered, with a warning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_io: Option<bool>,
-    /// Usage.
+    /// Usage of the filesystem, when mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
 
-/// Daemon section.
+/// Daemon section: whether a daemon serves requests, and what state.json says about stops.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DaemonStatus {
     /// A daemon is serving.
@@ -91,7 +92,7 @@ pub struct DaemonStatus {
     /// The daemon's config could not be loaded; it keeps running on the last good one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_error: Option<String>,
-    /// Its pid.
+    /// The serving daemon's process ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// Seconds since it started.
@@ -108,16 +109,16 @@ pub struct DaemonStatus {
     pub last_clean_stop: Option<String>,
 }
 
-/// One workspace.
+/// One recorded workspace.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkspaceStatus {
-    /// ID.
+    /// Its ID (`ws-…`, or the `id` of its declaration).
     pub ws_id: String,
-    /// Path.
+    /// Its user path (the symlink to its subvolume).
     pub path: PathBuf,
-    /// Condition.
+    /// The first thing wrong with it, in the order of [`Condition`]'s precedence, or ready.
     pub condition: Condition,
-    /// Snapshots recorded.
+    /// Snapshots recorded in its index.
     pub snapshots: usize,
     /// Of which MISSING.
     pub missing: usize,
@@ -125,7 +126,7 @@ pub struct WorkspaceStatus {
     pub pinned: usize,
     /// Declared in config.
     pub declared: bool,
-    /// Owner uid.
+    /// The uid recorded as its owner at init (absent for workspaces from ws-ckpt 0.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uid: Option<u32>,
     /// Explanation when not ready.
@@ -133,19 +134,19 @@ pub struct WorkspaceStatus {
     pub detail: Option<String>,
 }
 
-/// The whole report.
+/// The whole report (`status --format json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// Overall health.
+    /// Overall health; also the exit code ([`StatusReport::exit_code`]).
     pub health: Health,
-    /// Backend.
+    /// The effective backend; absent when state.json is from a newer ws-ckpt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendStatus>,
-    /// Daemon.
+    /// The daemon serving the request, if any, and the last stops.
     pub daemon: DaemonStatus,
-    /// Workspaces.
+    /// Every recorded workspace the caller may see.
     pub workspaces: Vec<WorkspaceStatus>,
-    /// Findings.
+    /// The planner's findings the caller may see.
     pub findings: Vec<Finding>,
     /// Actions `apply` would take now.
     pub pending_actions: usize,

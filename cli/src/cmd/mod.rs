@@ -27,7 +27,7 @@ const QUICK: Duration = Duration::from_secs(300);
 const SLOW: Duration = Duration::from_secs(6 * 3600);
 
 /// Run the parsed command; returns the process exit code.
-pub fn run(cli: Cli) -> i32 {
+pub(crate) fn run(cli: Cli) -> i32 {
     let json = cli.format == Format::Json;
     match dispatch(&cli) {
         Ok(code) => code,

@@ -21,39 +21,27 @@ pub struct MigratedWorkspace {
 }
 
 /// An idempotent step towards the desired state. Names are the CLI's (SPEC §4).
+///
+/// Plain data: the variants say what each action does; their fields are the JSON contract of
+/// `plan`/`apply` (docs/json.md), named for what they hold (`ws_id`, `path`, `snapshots`, …),
+/// and carry a doc only where the name does not say it.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     /// Move the pre-FHS image to the configured path.
-    MigrateImagePath {
-        /// Old path.
-        from: PathBuf,
-        /// New path.
-        to: PathBuf,
-    },
+    MigrateImagePath { from: PathBuf, to: PathBuf },
     /// Adopt ws-ckpt ≤ 0.2 indexes found inside the btrfs filesystem.
-    MigrateV0Indexes {
-        /// Workspaces found.
-        workspaces: Vec<MigratedWorkspace>,
-    },
+    MigrateV0Indexes { workspaces: Vec<MigratedWorkspace> },
     /// Declare workspaces recorded by ws-ckpt 0.3 in `config.d/40-migrated.toml`.
-    DeclareMigrated {
-        /// Workspaces to declare.
-        workspaces: Vec<MigratedWorkspace>,
-    },
+    DeclareMigrated { workspaces: Vec<MigratedWorkspace> },
     /// Create/attach/mount the backend's filesystem, create its directories and record it.
     BootstrapBackend {
-        /// Backend.
         backend_type: BackendType,
-        /// How it was chosen.
         selection_method: SelectionMethod,
-        /// Mount point.
         mount: PathBuf,
-        /// data_root.
         data_root: PathBuf,
-        /// snapshots_root.
         snapshots_root: PathBuf,
-        /// Image (loop only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<PathBuf>,
         /// Create a new image of this many bytes first.
@@ -67,66 +55,44 @@ pub enum Action {
     },
     /// Grow the loop image online.
     GrowImage {
-        /// Image.
         image: PathBuf,
-        /// Current size.
         from_bytes: u64,
-        /// New size.
         to_bytes: u64,
     },
     /// Turn a directory into a workspace.
-    InitWorkspace {
-        /// ID to use.
-        ws_id: String,
-        /// User path.
-        path: PathBuf,
-    },
+    InitWorkspace { ws_id: String, path: PathBuf },
     /// Record an existing workspace subvolume (and create its symlink if the path is empty).
     AdoptWorkspace {
-        /// ID.
         ws_id: String,
-        /// User path.
         path: PathBuf,
         /// Create the symlink (path is missing).
         create_symlink: bool,
     },
     /// Record snapshot subvolumes that have no index entry.
     AdoptSnapshot {
-        /// Workspace.
         ws_id: String,
-        /// Snapshot IDs.
         snapshots: Vec<String>,
     },
     /// Re-create a missing or dangling workspace symlink.
     RepairSymlink {
-        /// Workspace.
         ws_id: String,
-        /// User path.
         path: PathBuf,
-        /// Symlink target.
         target: PathBuf,
     },
     /// Mark recorded snapshots whose subvolume is gone.
     MarkMissing {
-        /// Workspace.
         ws_id: String,
-        /// Snapshot IDs.
         snapshots: Vec<String>,
     },
     /// Clear the mark of snapshots whose subvolume is back.
     ClearMissing {
-        /// Workspace.
         ws_id: String,
-        /// Snapshot IDs.
         snapshots: Vec<String>,
     },
     /// Complete an interrupted operation (proven from disk).
     FinishInterrupted {
-        /// Operation ID.
         op_id: String,
-        /// Operation name.
         operation: String,
-        /// Workspace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
         /// What will be done (`step`, and in words `detail`).
@@ -135,11 +101,8 @@ pub enum Action {
     },
     /// Undo an interrupted operation (proven from disk).
     RevertInterrupted {
-        /// Operation ID.
         op_id: String,
-        /// Operation name.
         operation: String,
-        /// Workspace.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ws_id: Option<String>,
         /// What will be done (`step`, and in words `detail`).
@@ -148,18 +111,11 @@ pub enum Action {
     },
     /// Delete snapshots per the retention policy.
     ApplyRetention {
-        /// Workspace.
         ws_id: String,
-        /// What to delete and why.
         delete: Vec<RetentionDelete>,
     },
     /// Give the data back as a plain directory and remove the workspace.
-    ReleaseWorkspace {
-        /// Workspace.
-        ws_id: String,
-        /// User path.
-        path: PathBuf,
-    },
+    ReleaseWorkspace { ws_id: String, path: PathBuf },
 }
 
 impl Action {

@@ -7,34 +7,34 @@
 //! own every `unsafe` call site and its justification.
 
 /// `BTRFS_IOCTL_MAGIC`.
-pub const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+pub(super) const BTRFS_IOCTL_MAGIC: u8 = 0x94;
 /// `BTRFS_PATH_NAME_MAX`: longest name in [`BtrfsVolArgs`] (one byte is left for the NUL).
-pub const BTRFS_PATH_NAME_MAX: usize = 4087;
+pub(super) const BTRFS_PATH_NAME_MAX: usize = 4087;
 /// `BTRFS_SUBVOL_NAME_MAX`: longest name in [`BtrfsVolArgsV2`] (one byte is left for the NUL).
-pub const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
+pub(super) const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
 /// `BTRFS_SUBVOL_RDONLY`: subvolume flag, read-only.
-pub const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+pub(super) const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 /// `BTRFS_ROOT_TREE_OBJECTID`: the tree of tree roots.
-pub const BTRFS_ROOT_TREE_OBJECTID: u64 = 1;
+pub(super) const BTRFS_ROOT_TREE_OBJECTID: u64 = 1;
 /// `BTRFS_ORPHAN_OBJECTID` (-5 as u64): key objectid of orphan items of deleted subvolumes.
-pub const BTRFS_ORPHAN_OBJECTID: u64 = -5i64 as u64;
+pub(super) const BTRFS_ORPHAN_OBJECTID: u64 = -5i64 as u64;
 /// `BTRFS_ORPHAN_ITEM_KEY`.
-pub const BTRFS_ORPHAN_ITEM_KEY: u32 = 48;
+pub(super) const BTRFS_ORPHAN_ITEM_KEY: u32 = 48;
 /// `BTRFS_FIRST_FREE_OBJECTID`: inode number of every subvolume's root directory.
-pub const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+pub(super) const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
 
 /// `LO_NAME_SIZE`.
-pub const LO_NAME_SIZE: usize = 64;
+pub(super) const LO_NAME_SIZE: usize = 64;
 /// `LO_KEY_SIZE`.
-pub const LO_KEY_SIZE: usize = 32;
+pub(super) const LO_KEY_SIZE: usize = 32;
 /// `LO_FLAGS_AUTOCLEAR`: detach when the last opener closes.
-pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
+pub(super) const LO_FLAGS_AUTOCLEAR: u32 = 4;
 /// `LO_FLAGS_DIRECT_IO`: the backing file is accessed with `O_DIRECT`.
-pub const LO_FLAGS_DIRECT_IO: u32 = 16;
+pub(super) const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 /// `struct btrfs_ioctl_vol_args`.
 #[repr(C)]
-pub struct BtrfsVolArgs {
+pub(super) struct BtrfsVolArgs {
     /// File descriptor argument (unused by the calls made here).
     pub fd: i64,
     /// NUL-terminated name.
@@ -43,7 +43,7 @@ pub struct BtrfsVolArgs {
 
 impl BtrfsVolArgs {
     /// All-zero arguments.
-    pub fn zeroed() -> Self {
+    pub(super) fn zeroed() -> Self {
         BtrfsVolArgs {
             fd: 0,
             name: [0; BTRFS_PATH_NAME_MAX + 1],
@@ -54,7 +54,7 @@ impl BtrfsVolArgs {
 /// `struct btrfs_ioctl_vol_args_v2` (the `qgroup_inherit` union is kept as its `unused[4]` arm,
 /// the name union as its `name` arm).
 #[repr(C)]
-pub struct BtrfsVolArgsV2 {
+pub(super) struct BtrfsVolArgsV2 {
     /// Source subvolume descriptor for snapshots.
     pub fd: i64,
     /// Transaction id (output of async snapshot creation, unused).
@@ -69,7 +69,7 @@ pub struct BtrfsVolArgsV2 {
 
 impl BtrfsVolArgsV2 {
     /// All-zero arguments.
-    pub fn zeroed() -> Self {
+    pub(super) fn zeroed() -> Self {
         BtrfsVolArgsV2 {
             fd: 0,
             transid: 0,
@@ -83,7 +83,7 @@ impl BtrfsVolArgsV2 {
 /// `struct btrfs_ioctl_search_key`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-pub struct BtrfsSearchKey {
+pub(super) struct BtrfsSearchKey {
     /// Tree to search (1 = root tree).
     pub tree_id: u64,
     /// Lowest objectid.
@@ -117,11 +117,11 @@ pub struct BtrfsSearchKey {
 }
 
 /// `BTRFS_SEARCH_ARGS_BUFSIZE`.
-pub const BTRFS_SEARCH_ARGS_BUFSIZE: usize = 4096 - std::mem::size_of::<BtrfsSearchKey>();
+pub(super) const BTRFS_SEARCH_ARGS_BUFSIZE: usize = 4096 - std::mem::size_of::<BtrfsSearchKey>();
 
 /// `struct btrfs_ioctl_search_args` (version 1, fixed 4 KiB buffer).
 #[repr(C)]
-pub struct BtrfsSearchArgs {
+pub(super) struct BtrfsSearchArgs {
     /// Search key (in/out).
     pub key: BtrfsSearchKey,
     /// Result items, each preceded by a `btrfs_ioctl_search_header`.
@@ -131,7 +131,7 @@ pub struct BtrfsSearchArgs {
 /// `struct loop_info64`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct LoopInfo64 {
+pub(super) struct LoopInfo64 {
     /// Backing file's st_dev (read-only).
     pub lo_device: u64,
     /// Backing file's inode (read-only).
@@ -162,7 +162,7 @@ pub struct LoopInfo64 {
 
 impl LoopInfo64 {
     /// All-zero info.
-    pub fn zeroed() -> Self {
+    pub(super) fn zeroed() -> Self {
         LoopInfo64 {
             lo_device: 0,
             lo_inode: 0,
@@ -183,7 +183,7 @@ impl LoopInfo64 {
 
 /// `struct loop_config` (argument of `LOOP_CONFIGURE`).
 #[repr(C)]
-pub struct LoopConfig {
+pub(super) struct LoopConfig {
     /// Backing file descriptor.
     pub fd: u32,
     /// Logical block size, 0 = default.
@@ -199,14 +199,14 @@ const _: () = assert!(std::mem::size_of::<BtrfsVolArgsV2>() == 4096);
 const _: () = assert!(std::mem::size_of::<BtrfsSearchKey>() == 104);
 const _: () = assert!(std::mem::size_of::<BtrfsSearchArgs>() == 4096);
 /// `BTRFS_ROOT_REF_KEY`: in the root tree, (parent subvolume id, ROOT_REF, child id).
-pub const BTRFS_ROOT_REF_KEY: u32 = 156;
+pub(super) const BTRFS_ROOT_REF_KEY: u32 = 156;
 /// Size of the path buffer of `btrfs_ioctl_ino_lookup_args`.
-pub const BTRFS_INO_LOOKUP_PATH_MAX: usize = 4080;
+pub(super) const BTRFS_INO_LOOKUP_PATH_MAX: usize = 4080;
 
 /// `struct btrfs_ioctl_ino_lookup_args`: with `treeid` 0 and `objectid` 256 it returns the
 /// subvolume id of the fd in `treeid`; otherwise the path of inode `objectid` in tree `treeid`.
 #[repr(C)]
-pub struct BtrfsInoLookupArgs {
+pub(super) struct BtrfsInoLookupArgs {
     /// Tree (subvolume) id; 0 = the fd's own.
     pub treeid: u64,
     /// Inode number.
@@ -218,7 +218,7 @@ pub struct BtrfsInoLookupArgs {
 /// `struct btrfs_ioctl_search_header` preceding each item in a tree-search buffer.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct BtrfsSearchHeader {
+pub(super) struct BtrfsSearchHeader {
     /// Transaction id.
     pub transid: u64,
     /// Key objectid.
@@ -232,11 +232,11 @@ pub struct BtrfsSearchHeader {
 }
 
 /// `BTRFS_SEND_FLAG_NO_FILE_DATA`: `update_extent` commands instead of `write` (no data).
-pub const BTRFS_SEND_FLAG_NO_FILE_DATA: u64 = 0x1;
+pub(super) const BTRFS_SEND_FLAG_NO_FILE_DATA: u64 = 0x1;
 
 /// `struct btrfs_ioctl_fs_info_args` (1024 bytes).
 #[repr(C)]
-pub struct BtrfsFsInfoArgs {
+pub(super) struct BtrfsFsInfoArgs {
     /// Highest device id.
     pub max_id: u64,
     /// Number of devices.
@@ -265,7 +265,7 @@ pub struct BtrfsFsInfoArgs {
 
 impl BtrfsFsInfoArgs {
     /// All-zero arguments (flags 0).
-    pub fn zeroed() -> Self {
+    pub(super) fn zeroed() -> Self {
         BtrfsFsInfoArgs {
             max_id: 0,
             num_devices: 0,
@@ -285,7 +285,7 @@ impl BtrfsFsInfoArgs {
 
 /// `struct btrfs_ioctl_send_args`.
 #[repr(C)]
-pub struct BtrfsSendArgs {
+pub(super) struct BtrfsSendArgs {
     /// Where the stream is written (a pipe's write end).
     pub send_fd: i64,
     /// Number of ids in `clone_sources`.

@@ -29,7 +29,7 @@ const NODE_WAIT: Duration = Duration::from_secs(2);
 
 /// A loop device this process just attached, still held open.
 #[derive(Debug)]
-pub struct Attached {
+pub(super) struct Attached {
     /// `/dev/loopN`.
     pub device: PathBuf,
     /// Read-only descriptor keeping the device alive (autoclear detaches on last close).
@@ -39,12 +39,12 @@ pub struct Attached {
 }
 
 /// `/dev/loopN` for index `n`.
-pub fn device_path(n: u32) -> PathBuf {
+pub(super) fn device_path(n: u32) -> PathBuf {
     PathBuf::from(format!("/dev/loop{n}"))
 }
 
 /// Every attached loop device. Devices that are detached while scanning are skipped.
-pub fn list_loops() -> SysResult<Vec<LoopDevice>> {
+pub(super) fn list_loops() -> SysResult<Vec<LoopDevice>> {
     let sys_block = Path::new(SYS_BLOCK);
     let entries = std::fs::read_dir(sys_block)
         .map_err(|e| SysError::io("list loop devices", sys_block, e))?;
@@ -88,7 +88,7 @@ pub fn list_loops() -> SysResult<Vec<LoopDevice>> {
 /// Open `device` read-only and return it if it is still backed by inode `ino` on `dev`
 /// (`None` when it was detached or rebound meanwhile). The returned file holds a reference so
 /// autoclear cannot detach it until it is closed.
-pub fn hold_if_backed_by(device: &Path, dev: u64, ino: u64) -> SysResult<Option<File>> {
+pub(super) fn hold_if_backed_by(device: &Path, dev: u64, ino: u64) -> SysResult<Option<File>> {
     let file = match open_device(device, false) {
         Ok(f) => f,
         Err(e) if vanished(&e) => return Ok(None),
@@ -105,7 +105,7 @@ pub fn hold_if_backed_by(device: &Path, dev: u64, ino: u64) -> SysResult<Option<
 /// direct I/O, falling back to buffered I/O when the kernel refuses direct I/O with `EINVAL`.
 /// A device lost to a concurrent attach (`EBUSY`) is replaced by another free one, a bounded
 /// number of times.
-pub fn attach(backing: &File, image: &Path) -> SysResult<Attached> {
+pub(super) fn attach(backing: &File, image: &Path) -> SysResult<Attached> {
     let control_path = Path::new(LOOP_CONTROL);
     let control = OpenOptions::new()
         .read(true)
@@ -178,7 +178,7 @@ pub fn attach(backing: &File, image: &Path) -> SysResult<Attached> {
 }
 
 /// `LOOP_CLR_FD` through an already open descriptor (detaches once the last opener closes).
-pub fn clear_fd(file: &File, device: &Path) -> SysResult<()> {
+pub(super) fn clear_fd(file: &File, device: &Path) -> SysResult<()> {
     // SAFETY: LOOP_CLR_FD takes no argument; the fd is an open loop device.
     unsafe { ioctl::loop_clr_fd(file.as_raw_fd()) }
         .map(drop)
@@ -187,7 +187,7 @@ pub fn clear_fd(file: &File, device: &Path) -> SysResult<()> {
 
 /// Detach `device` (`LOOP_CLR_FD`). A device still in use (mounted) is detached by the kernel
 /// as soon as its last user goes away.
-pub fn detach(device: &Path) -> SysResult<()> {
+pub(super) fn detach(device: &Path) -> SysResult<()> {
     tracing::debug!(device = %device.display(), "detach loop device");
     let file =
         open_device(device, false).map_err(|e| SysError::io("detach loop device", device, e))?;
@@ -195,7 +195,7 @@ pub fn detach(device: &Path) -> SysResult<()> {
 }
 
 /// `LOOP_SET_CAPACITY`: re-read the backing file's size.
-pub fn refresh_capacity(device: &Path) -> SysResult<()> {
+pub(super) fn refresh_capacity(device: &Path) -> SysResult<()> {
     tracing::debug!(device = %device.display(), "refresh loop capacity");
     let file =
         open_device(device, false).map_err(|e| SysError::io("refresh loop capacity", device, e))?;

@@ -61,8 +61,8 @@ fn get_raw(t: Target<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
         (buf.as_mut_ptr().cast::<libc::c_void>(), buf.len())
     };
     match t {
-        // SAFETY: `name` is NUL-terminated; `ptr` is null/0 or writable for `len` bytes.
         Target::Fd(fd) => {
+            // SAFETY: `name` is NUL-terminated; `ptr` is null/0 or writable for `len` bytes.
             ssize(unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), ptr, len) })
         }
         Target::Path(fd) => {
