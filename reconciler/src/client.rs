@@ -34,14 +34,11 @@ impl Client {
     /// the config itself.
     pub fn new(config_path: &Path) -> Client {
         let config = Config::load(config_path).map_err(Error::from);
-        let runtime_dir = match &config {
-            Ok(c) => c.daemon.runtime_dir.clone(),
-            Err(_) => runtime_dir_of(config_path),
+        let socket = match &config {
+            Ok(c) => ipc::socket_path(c),
+            Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
         };
-        Client {
-            config,
-            socket: runtime_dir.join(ipc::SOCKET_NAME),
-        }
+        Client { config, socket }
     }
 
     /// The daemon's socket.
