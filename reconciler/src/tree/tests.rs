@@ -397,6 +397,10 @@ fn verify_detects_broken_hardlink_symlink_xattr_and_mtime() {
     let (_tmp5, src5, dst5) = copied_tree();
     fs::write(src5.join("twin1"), b"same").unwrap();
     fs::write(src5.join("twin2"), b"same").unwrap();
+    // One inode in the copy carries one mtime: give the twins the same one, or a clock tick
+    // between the two writes makes the mismatch show at twin1's mtime instead.
+    let t1 = lstat(&src5.join("twin1"));
+    set_mtime(&src5.join("twin2"), t1.mtime(), t1.mtime_nsec());
     fs::write(dst5.join("twin1"), b"same").unwrap();
     fs::hard_link(dst5.join("twin1"), dst5.join("twin2")).unwrap();
     for n in ["twin1", "twin2"] {
