@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod hostile_support;
 mod process;
 pub mod scratch;
 pub mod tree_support;
@@ -38,6 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use process::{kill_and_reap, read_lossy, tail};
+
+pub mod torture_support;
 
 /// Name prefix of every test root directory.
 pub const ROOT_PREFIX: &str = "ws-ckpt-it-";
