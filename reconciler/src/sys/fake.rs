@@ -316,6 +316,10 @@ impl Sys for FakeSys {
         Ok(out)
     }
 
+    fn commit(&self, path: &Path) -> SysResult<()> {
+        self.enter("commit", &[&display(path)], path).map(drop)
+    }
+
     fn sync_and_wait_cleaner(&self, path: &Path, _timeout: Duration) -> SysResult<()> {
         self.enter("sync_and_wait_cleaner", &[&display(path)], path)
             .map(drop)

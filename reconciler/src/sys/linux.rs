@@ -271,6 +271,12 @@ impl Sys for LinuxSys {
         Ok(found)
     }
 
+    fn commit(&self, path: &Path) -> SysResult<()> {
+        tracing::debug!(path = %path.display(), "commit");
+        let file = File::open(path).map_err(|e| SysError::io("sync filesystem", path, e))?;
+        btrfs_sync(&file, path)
+    }
+
     fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()> {
         tracing::debug!(path = %path.display(), ?timeout, "sync and wait for cleaner");
         let deadline = Instant::now() + timeout;

@@ -200,6 +200,9 @@ pub trait Sys: Send + Sync {
     /// Subvolumes directly nested inside the subvolume `subvol` (anywhere in its tree), as
     /// paths relative to `subvol`. Snapshots of `subvol` do not include their contents.
     fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>>;
+    /// Commit the filesystem containing `path` (`BTRFS_IOC_SYNC`): what was done to it, the
+    /// deletion of subvolumes included, is durable when this returns.
+    fn commit(&self, path: &Path) -> SysResult<()>;
     /// Commit the filesystem containing `path` and wait (at most `timeout`) until deleted
     /// subvolumes have been cleaned so their space is free again.
     fn sync_and_wait_cleaner(&self, path: &Path, timeout: Duration) -> SysResult<()>;

@@ -630,6 +630,195 @@ impl Dir {
     pub(crate) fn from_parts(fd: OwnedFd, label: PathBuf) -> Dir {
         Dir { fd, label }
     }
+
+    /// Create symlink `name` (one component) with content `target`
+    /// (`symlinkat(target, fd, name)`); `EEXIST` when the name is taken. Returns what was
+    /// created, checked to be a symlink with that content owned by the caller's effective uid
+    /// (an entry swapped in between is refused).
+    pub fn symlink(&self, name: &OsStr, target: &Path) -> Result<Stat, TreeError> {
+        let path = self.child_label(name);
+        check_component(name, &path)?;
+        let c = cstring(name).map_err(io_err(Op::CreateSymlink, &path))?;
+        let t = cstring(target.as_os_str()).map_err(io_err(Op::CreateSymlink, &path))?;
+        // SAFETY: both strings are NUL-terminated and the descriptor is live.
+        cvt(unsafe { libc::symlinkat(t.as_ptr(), self.fd.as_raw_fd(), c.as_ptr()) })
+            .map_err(io_err(Op::CreateSymlink, &path))?;
+        let (st, found) = self.read_symlink(name)?.ok_or_else(|| TreeError::Changed {
+            path: path.clone(),
+            what: "the symlink just created disappeared".into(),
+        })?;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if found != target || st.uid != euid {
+            return Err(TreeError::Changed {
+                path,
+                what: "the symlink just created was replaced by another entry".into(),
+            });
+        }
+        Ok(st)
+    }
+
+    /// The symlink `name` (not followed): its `statx` and content, read through one `O_PATH`
+    /// descriptor so both describe the same inode. `None` when there is no entry; an error
+    /// when it is not a symlink.
+    pub fn read_symlink(&self, name: &OsStr) -> Result<Option<(Stat, PathBuf)>, TreeError> {
+        let path = self.child_label(name);
+        check_component(name, &path)?;
+        let c = cstring(name).map_err(io_err(Op::ReadLink, &path))?;
+        let fd = match open_child_path(self.fd.as_fd(), &c) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(io_err(Op::ReadLink, &path)(e)),
+        };
+        let st = fstat(fd.as_fd()).map_err(io_err(Op::Stat, &path))?;
+        if st.kind != Kind::Symlink {
+            return Err(io_err(Op::ReadLink, &path)(io::Error::from_raw_os_error(
+                libc::EINVAL,
+            )));
+        }
+        let target = super::copy::readlink(fd.as_fd()).map_err(io_err(Op::ReadLink, &path))?;
+        Ok(Some((
+            st,
+            PathBuf::from(OsString::from_vec(target.into_bytes())),
+        )))
+    }
+
+    /// Give the symlink `name` to `uid:gid`, only if it is still the inode `expected`
+    /// (`fchownat(AT_EMPTY_PATH)` on an `O_PATH` descriptor: the symlink itself, never what
+    /// it points to, and never an entry swapped in after the check).
+    pub fn chown_symlink(
+        &self,
+        name: &OsStr,
+        expected: Identity,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), TreeError> {
+        let path = self.child_label(name);
+        check_component(name, &path)?;
+        let c = cstring(name).map_err(io_err(Op::Chown, &path))?;
+        let fd = open_child_path(self.fd.as_fd(), &c).map_err(io_err(Op::Chown, &path))?;
+        let st = fstat(fd.as_fd()).map_err(io_err(Op::Stat, &path))?;
+        if st.identity() != expected || st.kind != Kind::Symlink {
+            return Err(TreeError::IdentityMismatch {
+                path,
+                expected,
+                found: st.identity(),
+            });
+        }
+        // SAFETY: the empty path with AT_EMPTY_PATH names exactly the inode of `fd`.
+        cvt(unsafe {
+            libc::fchownat(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                uid,
+                gid,
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+        .map_err(io_err(Op::Chown, &path))
+    }
+
+    /// Rename entry `from` of this directory to `to` in directory `dest`
+    /// (`renameat2`, both names single components). With `replace` false the target name
+    /// must be free (`RENAME_NOREPLACE`); with `replace` true an existing non-directory there
+    /// is replaced atomically.
+    pub fn rename_to(
+        &self,
+        from: &OsStr,
+        dest: &Dir,
+        to: &OsStr,
+        replace: bool,
+    ) -> Result<(), TreeError> {
+        let path = self.child_label(from);
+        check_component(from, &path)?;
+        check_component(to, &dest.child_label(to))?;
+        let ca = cstring(from).map_err(io_err(Op::Exchange, &path))?;
+        let cb = cstring(to).map_err(io_err(Op::Exchange, &path))?;
+        let flags = if replace { 0 } else { libc::RENAME_NOREPLACE };
+        // SAFETY: both names are NUL-terminated and both descriptors are live.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                self.fd.as_raw_fd(),
+                ca.as_ptr(),
+                dest.fd.as_raw_fd(),
+                cb.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(io_err(Op::Exchange, &path)(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Remove the non-directory entry `name` (`unlinkat`, never followed), only if it is still
+    /// the inode `expected` (checked right before; a name in a directory its owner can write
+    /// may still change in between, so use this only for names ws-ckpt created and where the
+    /// worst outcome of a swap is removing the swapper's own entry).
+    pub fn unlink_expecting(&self, name: &OsStr, expected: Identity) -> Result<(), TreeError> {
+        let path = self.child_label(name);
+        check_component(name, &path)?;
+        let st = self
+            .child_stat(name)?
+            .ok_or_else(|| io_err(Op::Remove, &path)(io::Error::from_raw_os_error(libc::ENOENT)))?;
+        if st.identity() != expected {
+            return Err(TreeError::IdentityMismatch {
+                path,
+                expected,
+                found: st.identity(),
+            });
+        }
+        let c = cstring(name).map_err(io_err(Op::Remove, &path))?;
+        // SAFETY: `c` is NUL-terminated and the descriptor is live.
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) })
+            .map(drop)
+            .map_err(io_err(Op::Remove, &path))
+    }
+
+    /// Remove the empty directory `name` (`unlinkat(AT_REMOVEDIR)`); `Ok(false)` when absent.
+    pub fn remove_empty_dir(&self, name: &OsStr) -> Result<bool, TreeError> {
+        let path = self.child_label(name);
+        check_component(name, &path)?;
+        let c = cstring(name).map_err(io_err(Op::RemoveDir, &path))?;
+        // SAFETY: `c` is NUL-terminated and the descriptor is live.
+        match cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(io_err(Op::RemoveDir, &path)(e)),
+        }
+    }
+
+    /// The value of extended attribute `name` of the directory itself; `None` when it has
+    /// none.
+    pub fn get_xattr(&self, name: &CStr) -> Result<Option<Vec<u8>>, TreeError> {
+        super::xattr::get(super::xattr::Target::Fd(self.fd.as_fd()), name)
+            .map_err(io_err(Op::GetXattr, &self.label))
+    }
+
+    /// Set extended attribute `name` of the directory itself (`fsetxattr`).
+    pub fn set_xattr(&self, name: &CStr, value: &[u8]) -> Result<(), TreeError> {
+        super::xattr::set(super::xattr::Target::Fd(self.fd.as_fd()), name, value)
+            .map_err(io_err(Op::SetXattr, &self.label))
+    }
+
+    /// Remove extended attribute `name` of the directory itself; `Ok` when it had none.
+    pub fn remove_xattr(&self, name: &CStr) -> Result<(), TreeError> {
+        match super::xattr::remove(super::xattr::Target::Fd(self.fd.as_fd()), name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            Err(e) => Err(io_err(Op::RemoveXattr, &self.label)(e)),
+        }
+    }
+
+    /// `fsync` of the directory (makes creations, renames and removals in it durable).
+    pub fn sync(&self) -> Result<(), TreeError> {
+        // SAFETY: plain fsync on a live descriptor.
+        cvt(unsafe { libc::fsync(self.fd.as_raw_fd()) })
+            .map(drop)
+            .map_err(io_err(Op::Sync, &self.label))
+    }
 }
 
 /// Refuse names that are not a single path component.
