@@ -89,7 +89,11 @@ impl Store {
             kind,
         };
         self.state_mut()?.pending.push(PendingEntry::Op(op));
-        self.save()?;
+        if let Err(e) = self.save() {
+            // Not recorded: it must have no later effect, in memory either.
+            self.forget_pending(&op_id);
+            return Err(e);
+        }
         Ok(op_id)
     }
 
@@ -112,6 +116,15 @@ impl Store {
             .pending
             .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
         self.save()
+    }
+
+    /// Drop a pending operation from memory only (its removal could not be written): it has
+    /// no later effect in this process, and the next write that succeeds persists its absence.
+    pub fn forget_pending(&mut self, op_id: &str) {
+        if let Some(s) = self.p.state.as_mut() {
+            s.pending
+                .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
+        }
     }
 
     /// The pending operation with this ID.

@@ -39,8 +39,8 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const COMPACT_MIN_JOURNAL_BYTES: u64 = 64 * 1024;
 /// Version of the journal header.
 const JOURNAL_VERSION: u32 = 1;
-/// Mode of index files.
-const INDEX_FILE_MODE: u32 = 0o644;
+/// Mode of index files (they hold every message and metadata: root only, SPEC §7.3).
+const INDEX_FILE_MODE: u32 = 0o600;
 /// Upper bound on the header line we read.
 const MAX_HEADER_BYTES: u64 = 4096;
 

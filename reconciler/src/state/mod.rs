@@ -10,19 +10,22 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod atomic;
+pub mod files;
 pub mod index;
 pub mod pending;
 pub mod statefile;
 
 pub use atomic::{fsync_dir, move_aside, write_atomic, write_atomic_mode, DEFAULT_FILE_MODE};
+pub use files::{tidy_state_dir, StateDirs, Tidied};
 pub use index::{
     parse_index, IndexLoad, IndexOp, IndexStore, SnapshotEntry, WorkspaceIndex,
     COMPACT_MIN_JOURNAL_BYTES, INDEX_FILE, JOURNAL_FILE,
 };
 pub use pending::{InitPhase, PendingEntry, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
 pub use statefile::{
-    load_state, save_state, BackendIdentity, BackendPaths, BackendType, LoopImage, SelectionMethod,
-    StateFile, StateLoad, WorkspaceEntry, STATE_VERSION,
+    load_state, save_state, ActionFailure, BackendIdentity, BackendPaths, BackendType, LoopImage,
+    ParentRecord, SelectionMethod, StateFile, StateLoad, WorkspaceEntry, STATE_FILE_MODE,
+    STATE_VERSION,
 };
 
 /// Error reading or writing persisted state.
@@ -60,7 +63,7 @@ pub enum StateError {
     },
     /// A workspace ID that is not safe to use as a path component.
     #[error(
-        "invalid workspace id {ws_id:?}: it must match {} and not be \"snapshots\" (e.g. \
+        "invalid workspace id {ws_id:?}: it must match {} and not be \"snapshots\" or \"gates\" (e.g. \
          ws-4612d8)",
         crate::ids::WS_ID_RULE
     )]

@@ -5,6 +5,8 @@
 //! newer ws-ckpt, or damaged) is kept verbatim, written back unchanged and reported by the
 //! planner; it is never silently dropped.
 
+use super::statefile::ParentRecord;
+use crate::tree::Identity;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -38,6 +40,17 @@ pub enum PendingKind {
         tmp: PathBuf,
         /// How far it got.
         phase: InitPhase,
+        /// The directory holding `path`, as opened (without following a symlink) before
+        /// anything was done; every later step works in that directory only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRecord>,
+        /// Identity of the original directory: what is exchanged, then removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        original: Option<Identity>,
+        /// Owner of the original directory; the copy, the verification and the removal run
+        /// with that user's credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<u32>,
     },
     /// Workspace → plain directory.
     Release {
@@ -51,6 +64,18 @@ pub enum PendingKind {
         tmp: PathBuf,
         /// How far it got.
         phase: ReleasePhase,
+        /// The directory holding `path` (see `Init`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRecord>,
+        /// Identity of the copy (the directory created at `tmp`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copy: Option<Identity>,
+        /// Identity of the workspace symlink at `path` when the release began.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<Identity>,
+        /// Owner of the workspace; the copy runs with that user's credentials.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<u32>,
     },
     /// Move of a pre-FHS image to its new path.
     MigrateImage {
@@ -108,6 +133,10 @@ pub enum ReleasePhase {
     Copying,
     /// Copy verified; the swap may have happened.
     Verified,
+    /// The swap happened and the plain directory was verified again: the workspace
+    /// subvolume, its snapshots and its storage gate are being deleted. The workspace is
+    /// forgotten only after those deletions are committed.
+    Deleting,
 }
 
 /// Phases of a rollback.

@@ -21,8 +21,8 @@ use super::StateError;
 /// The state format version written by this ws-ckpt (the same as ws-ckpt 0.3).
 pub const STATE_VERSION: u32 = 1;
 
-/// Mode of `state.json`.
-const STATE_FILE_MODE: u32 = 0o644;
+/// Mode of `state.json`: it names every user's paths, so only root reads it (SPEC §7.3).
+pub const STATE_FILE_MODE: u32 = 0o600;
 
 /// Which kind of storage holds the workspaces (`"BtrfsLoop"` / `"BtrfsBase"` in JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,9 +135,52 @@ pub struct WorkspaceEntry {
     /// Owner uid recorded at init (absent in ws-ckpt 0.3 files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_uid: Option<u32>,
+    /// The directory holding the user path, as recorded at init (or, for a workspace recorded
+    /// before ws-ckpt 0.5, on the first pass that reached it without a symlink): every later
+    /// pass and operation re-opens it and refuses to act when it is another directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRecord>,
+    /// Whether other users could reach the original directory (every ancestor was
+    /// world-searchable) when it became a workspace; the storage gate then lets them search
+    /// it too. `None`: not yet decided (a workspace recorded before ws-ckpt 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_search: Option<bool>,
     /// Fields this version does not know; written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Identity and owner of the directory that holds a workspace path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// Owner uid.
+    pub uid: u32,
+}
+
+/// An action that failed and is retried with exponential backoff (SPEC §7.3): passes do not
+/// run it again before `retry_at`; an explicit `apply` does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionFailure {
+    /// What failed: the action's backoff key (`init-workspace ws-1a2b3c`).
+    pub key: String,
+    /// The workspace it was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws_id: Option<String>,
+    /// The path it was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// The last error, as reported.
+    pub error: String,
+    /// When it last failed (RFC 3339).
+    pub last_failed_at: String,
+    /// Not before this time (RFC 3339).
+    pub retry_at: crate::time::Timestamp,
 }
 
 /// The whole `state.json`.
@@ -165,6 +208,9 @@ pub struct StateFile {
     /// state: its workspaces are then declared in `config.d/40-migrated.toml` once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub config_declared: bool,
+    /// Actions that keep failing, backing off (ws-ckpt ≥ 0.5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ActionFailure>,
     /// Fields this version does not know; written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -182,6 +228,7 @@ impl StateFile {
             last_unclean_shutdown: None,
             last_clean_stop: None,
             config_declared: false,
+            failures: Vec::new(),
             extra: Map::new(),
         }
     }
@@ -199,6 +246,42 @@ impl StateFile {
         })
     }
 
+    /// Record that the action with backoff key `key` failed at `now` with `error`: the
+    /// consecutive count grows and the next attempt waits 2 s, 4 s, 8 s, … (at most an hour).
+    pub fn record_failure(
+        &mut self,
+        key: &str,
+        ws_id: Option<&str>,
+        path: Option<&Path>,
+        error: &str,
+        now: SystemTime,
+    ) {
+        let failures = self
+            .failures
+            .iter()
+            .find(|f| f.key == key)
+            .map_or(1, |f| f.failures.saturating_add(1));
+        let delay = backoff_delay(failures);
+        self.failures.retain(|f| f.key != key);
+        self.failures.push(ActionFailure {
+            key: key.to_string(),
+            ws_id: ws_id.map(str::to_string),
+            path: path.map(Path::to_path_buf),
+            failures,
+            error: error.to_string(),
+            last_failed_at: crate::time::format_rfc3339(now),
+            retry_at: crate::time::Timestamp::nanos(now + delay),
+        });
+    }
+
+    /// Forget the failures of `key` (it succeeded, or is no longer planned); whether there
+    /// were any.
+    pub fn clear_failure(&mut self, key: &str) -> bool {
+        let before = self.failures.len();
+        self.failures.retain(|f| f.key != key);
+        self.failures.len() != before
+    }
+
     /// The workspace with this ID.
     pub fn workspace(&self, ws_id: &str) -> Option<&WorkspaceEntry> {
         self.workspaces.iter().find(|w| w.ws_id == ws_id)
@@ -213,6 +296,13 @@ impl StateFile {
     pub fn workspace_by_path(&self, path: &Path) -> Option<&WorkspaceEntry> {
         self.workspaces.iter().find(|w| w.workspace_path == path)
     }
+}
+
+/// How long an action that failed `failures` times in a row waits before it is retried by a
+/// pass: 2 s doubled per failure, at most an hour.
+pub fn backoff_delay(failures: u32) -> std::time::Duration {
+    let secs = 2u64.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
+    std::time::Duration::from_secs(secs.min(3600))
 }
 
 /// Result of [`load_state`].
@@ -298,7 +388,7 @@ pub fn load_state(path: &Path, now: SystemTime) -> Result<StateLoad, StateError>
 
 /// Atomically write `state` to `path` (creating the parent directory if needed). Refuses
 /// ([`StateError::NewerVersion`], "written by a newer ws-ckpt") when the file currently on disk
-/// has a newer version. Pretty-printed JSON with a trailing newline, mode 0644.
+/// has a newer version. Pretty-printed JSON with a trailing newline, mode 0600.
 pub fn save_state(path: &Path, state: &StateFile) -> Result<(), StateError> {
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -423,7 +513,7 @@ mod tests {
         assert_eq!(keys, ["version", "backend", "paths", "workspaces"]);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o644
+            0o600
         );
         assert_eq!(load_ok(&p), s);
         assert_eq!(dir_names(td.path()), ["state.json"]);
@@ -486,6 +576,8 @@ mod tests {
             registered_at: "2026-11-24T15:07:42Z".into(),
             origin_backend: BackendType::BtrfsBase,
             owner_uid: Some(1000),
+            parent: None,
+            others_search: None,
             extra: Map::new(),
         });
         save_state(&p, &s).unwrap();
