@@ -49,6 +49,15 @@ pub enum FindingKind {
     Ambiguous,
     /// state.json records an interrupted operation this version cannot read.
     UnreadableOperation,
+    /// The directory holding a workspace path is no longer the one recorded (or cannot be
+    /// reached without following a symlink): nothing is done there until it is back.
+    ParentReplaced,
+    /// An action keeps failing; it is retried with exponential backoff.
+    ActionFailing,
+    /// A subvolume, directory or temporary ws-ckpt made that no record explains.
+    Orphan,
+    /// The filesystem does not support POSIX ACLs: a storage gate lets in only its owner.
+    AclUnsupported,
 }
 
 /// Something the operator should know; no automatic action.

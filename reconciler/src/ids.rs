@@ -17,8 +17,8 @@ pub const MAX_SNAPSHOT_ID_LEN: usize = 128;
 pub const MAX_WS_ID_LEN: usize = 64;
 /// Names a workspace ID may not take: what ws-ckpt keeps next to the workspace subvolumes in
 /// the data root (on the loop backend the data root is the mount, and `snapshots` is the
-/// snapshots root itself).
-pub const RESERVED_WS_IDS: &[&str] = &["snapshots"];
+/// snapshots root itself; `gates` holds the storage gates, see `resolve`).
+pub const RESERVED_WS_IDS: &[&str] = &["snapshots", "gates"];
 /// The workspace-ID rule, as error messages state it.
 pub const WS_ID_RULE: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
 /// The snapshot-ID rule, as error messages state it.
@@ -78,7 +78,7 @@ pub fn ws_id_problem(id: &str) -> Option<String> {
         Some(format!("it must match {WS_ID_RULE}"))
     } else if RESERVED_WS_IDS.contains(&id) {
         Some(format!(
-            "\"{id}\" is the name of ws-ckpt's own snapshot directory in the data root"
+            "\"{id}\" is the name of one of ws-ckpt's own directories in the data root"
         ))
     } else {
         None
@@ -175,7 +175,7 @@ mod tests {
         assert!(!is_valid_ws_id("snapshots"));
         assert!(is_valid_ws_id("ws-1a2b3c") && is_valid_ws_id(&"a".repeat(64)));
         assert!(!is_valid_ws_id(&"a".repeat(65)) && !is_valid_ws_id("../x"));
-        assert!(ws_id_problem("snapshots").is_some_and(|p| p.contains("snapshot directory")));
+        assert!(ws_id_problem("snapshots").is_some_and(|p| p.contains("own directories")));
         let e = check_snapshot_id("a/b").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
         assert!(e.message.contains("\"a/b\""), "{}", e.message);

@@ -4,7 +4,8 @@
 //!
 //! Data only. No I/O here.
 
-use crate::state::{PendingOp, StateFile, WorkspaceIndex};
+use crate::access::DirObs;
+use crate::state::{ParentRecord, PendingOp, StateFile, WorkspaceIndex};
 use crate::sys::{FsUsage, LoopDevice, MountEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,35 @@ pub enum PathState {
     },
     /// A regular file or anything else.
     Other,
+    /// The directory that should hold it cannot be opened without following a symlink, or
+    /// cannot be read: nothing is known of the path and nothing may be done there.
+    Unreachable {
+        /// Why (the error of the attempt).
+        why: String,
+    },
+}
+
+/// What the directory holding a workspace path (or one of ws-ckpt's temporary names) is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentObs {
+    /// Its identity and owner, when it could be opened without following any symlink; why
+    /// not otherwise.
+    pub found: Result<ParentRecord, String>,
+    /// It and every directory above it may be searched by other users (`o+x`).
+    pub others_search: bool,
+    /// Names in it that ws-ckpt makes next to a user path (`.ws-ckpt-<tag>-<hash>-<op>`).
+    pub temp_names: BTreeSet<std::ffi::OsString>,
+}
+
+/// Users and groups named by the config, and the owners' primary groups, looked up once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accounts {
+    /// `allow_users` entry (a name or a numeric uid) → its uid, `None` when unknown.
+    pub users: BTreeMap<String, Option<u32>>,
+    /// `allow_groups` entry (a name or a numeric gid) → its gid, `None` when unknown.
+    pub groups: BTreeMap<String, Option<u32>>,
+    /// Owner uid → its primary gid, `None` when unknown.
+    pub primary_gid: BTreeMap<u32, Option<u32>>,
 }
 
 /// The mounted storage of the effective backend.
@@ -96,8 +126,23 @@ pub struct StorageView {
     pub data_root_exists: bool,
     /// snapshots_root exists.
     pub snapshots_root_exists: bool,
-    /// Names of the subvolumes directly under data_root.
+    /// Workspaces whose subvolume is in place: `<data_root>/gates/<ws_id>/live` is one.
     pub workspace_subvols: BTreeSet<String>,
+    /// Names of the subvolumes directly under data_root (where earlier layouts kept the
+    /// workspace subvolumes).
+    pub legacy_subvols: BTreeSet<String>,
+    /// Other entries directly under data_root (not `gates`, `snapshots`, nor a subvolume).
+    pub data_root_other: BTreeSet<String>,
+    /// The storage gates (`<data_root>/gates/<ws_id>`) by ws_id.
+    pub gates: BTreeMap<String, DirObs>,
+    /// Names in each gate other than `live`, and whether each is a subvolume.
+    pub gate_extra: BTreeMap<String, BTreeMap<String, bool>>,
+    /// The snapshot gates (`<snapshots_root>/<ws_id>`) by ws_id.
+    pub snapshot_gates: BTreeMap<String, DirObs>,
+    /// data_root, its gates directory and snapshots_root (`None`: absent or unreadable).
+    pub roots: Vec<(PathBuf, Option<DirObs>)>,
+    /// Owner of each workspace subvolume's root directory, by ws_id (in place or legacy).
+    pub subvol_owner: BTreeMap<String, u32>,
     /// ws_id → names of the snapshot subvolumes under `<snapshots_root>/<ws_id>`.
     pub snapshots: BTreeMap<String, BTreeSet<String>>,
     /// Legacy (v0) indexes found at `<snapshots_root>/<ws_id>/index.json`.
@@ -129,12 +174,27 @@ pub struct Observed {
     pub paths: BTreeMap<PathBuf, PathState>,
     /// Which temporary/pending subvolume paths exist as subvolumes.
     pub subvols: BTreeMap<PathBuf, bool>,
+    /// The directories holding the observed paths, by path.
+    pub parents: BTreeMap<PathBuf, ParentObs>,
+    /// Declared paths that are ws-ckpt's own storage, reached another way (a bind mount of
+    /// data_root, …): path → why.
+    pub storage_aliases: BTreeMap<PathBuf, String>,
+    /// Account lookups for the gates.
+    pub accounts: Accounts,
+    /// ws-ckpt's own effective uid and gid (root's in production): the owner of its storage
+    /// directories and gates.
+    pub own_ids: (u32, u32),
 }
 
 impl Observed {
     /// State of a path that was observed (Missing when it was not asked for).
     pub fn path(&self, p: &Path) -> &PathState {
         self.paths.get(p).unwrap_or(&PathState::Missing)
+    }
+
+    /// What was found of the directory holding `p`, when it was observed.
+    pub fn parent_of(&self, p: &Path) -> Option<&ParentObs> {
+        self.parents.get(p.parent()?)
     }
 
     /// Whether a path observed with [`Observed::subvols`] is a subvolume.

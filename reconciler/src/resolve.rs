@@ -35,12 +35,54 @@ pub struct Resolution {
     pub conflict: Option<Finding>,
 }
 
+/// Directory of `data_root` that holds one storage gate per workspace.
+pub const GATES_DIR: &str = "gates";
+/// Name of the live workspace subvolume inside its gate.
+pub const LIVE_NAME: &str = "live";
+/// Mode of `data_root`, the gates directory and `snapshots_root`: searchable, not listable,
+/// by other users (what is inside each gate is protected by the gate).
+pub const ROOT_DIR_MODE: u32 = 0o711;
+
+/// The storage layout (SPEC §1, §7.3). Every data and snapshot path ws-ckpt uses is computed
+/// here; nothing else joins them by hand:
+///
+/// ```text
+/// <data_root>/                       0711 root
+///   gates/                           0711 root
+///     <ws_id>/                       the workspace's gate: root, 0700 + ACL
+///       live                         the workspace subvolume (the user path points here)
+///       .rollback-<op>               rollback's writable snapshot, while one runs
+/// <snapshots_root>/                  0711 root
+///   <ws_id>/                         the snapshot gate: root, 0700 + the same ACL
+///     <snapshot_id>                  read-only snapshot subvolumes
+/// ```
+///
+/// Layouts written by ws-ckpt 0.3 and earlier versions of this one kept the workspace
+/// subvolume at `<data_root>/<ws_id>` ([`Resolution::legacy_ws_subvol`]); `gates` is a
+/// reserved workspace ID, so the two never alias.
 impl Resolution {
-    /// `<data_root>/<ws_id>`.
+    /// `<data_root>/gates`.
+    pub fn gates_dir(&self) -> PathBuf {
+        self.data_root.join(GATES_DIR)
+    }
+    /// `<data_root>/gates/<ws_id>`: the workspace's storage gate.
+    pub fn gate(&self, ws_id: &str) -> PathBuf {
+        self.gates_dir().join(ws_id)
+    }
+    /// `<data_root>/gates/<ws_id>/live`: the workspace subvolume.
     pub fn ws_subvol(&self, ws_id: &str) -> PathBuf {
+        self.gate(ws_id).join(LIVE_NAME)
+    }
+    /// `<data_root>/<ws_id>`: where earlier layouts kept the workspace subvolume.
+    pub fn legacy_ws_subvol(&self, ws_id: &str) -> PathBuf {
         self.data_root.join(ws_id)
     }
-    /// `<snapshots_root>/<ws_id>`.
+    /// `<gate>/.rollback-<op_id>`: rollback's writable snapshot of the target, beside the
+    /// workspace subvolume.
+    pub fn rollback_tmp(&self, ws_id: &str, op_id: &str) -> PathBuf {
+        self.gate(ws_id).join(rollback_tmp_name(op_id))
+    }
+    /// `<snapshots_root>/<ws_id>`: the snapshot gate.
     pub fn snap_dir(&self, ws_id: &str) -> PathBuf {
         self.snapshots_root.join(ws_id)
     }
@@ -48,6 +90,34 @@ impl Resolution {
     pub fn snapshot_path(&self, ws_id: &str, snapshot: &str) -> PathBuf {
         self.snap_dir(ws_id).join(snapshot)
     }
+    /// The directories ws-ckpt keeps at [`ROOT_DIR_MODE`]: data_root, its gates directory and
+    /// snapshots_root.
+    pub fn root_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.data_root.clone(),
+            self.gates_dir(),
+            self.snapshots_root.clone(),
+        ]
+    }
+}
+
+/// Whether symlink content `target` names a subvolume of workspace `ws_id` in this layout or
+/// an earlier one, wherever the storage was mounted (`…/<ws_id>` or `…/gates/<ws_id>/live`).
+pub fn names_workspace_subvol(target: &Path, ws_id: &str) -> bool {
+    target.is_absolute()
+        && (target.file_name() == Some(std::ffi::OsStr::new(ws_id))
+            || target.ends_with(Path::new(GATES_DIR).join(ws_id).join(LIVE_NAME)))
+}
+
+/// `.rollback-<op_id>`: the name of rollback's writable snapshot inside a gate.
+pub fn rollback_tmp_name(op_id: &str) -> String {
+    format!(".rollback-{op_id}")
+}
+
+/// The operation ID of a rollback temporary's name (inverse of [`rollback_tmp_name`]).
+pub fn rollback_tmp_op(name: &str) -> Option<&str> {
+    name.strip_prefix(".rollback-")
+        .filter(|op| !op.is_empty() && op.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Which backend is effective, by SPEC §4 rule 1, and whether it conflicts (rule 2).

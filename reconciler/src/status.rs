@@ -116,6 +116,10 @@ pub struct WorkspaceStatus {
     pub ws_id: String,
     /// Its user path (the symlink to its subvolume).
     pub path: PathBuf,
+    /// Its subvolume, the symlink's target (`<data_root>/gates/<ws_id>/live`), when the
+    /// backend is resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subvolume: Option<PathBuf>,
     /// The first thing wrong with it, in the order of [`Condition`]'s precedence, or ready.
     pub condition: Condition,
     /// Snapshots recorded in its index.
@@ -238,7 +242,9 @@ pub fn build(
             };
             let (condition, detail) = if let Some(f) = finding(FindingKind::StorageUnavailable) {
                 (Condition::StorageUnavailable, Some(f.message.clone()))
-            } else if let Some(f) = finding(FindingKind::PathOccupied) {
+            } else if let Some(f) =
+                finding(FindingKind::PathOccupied).or_else(|| finding(FindingKind::ParentReplaced))
+            {
                 (Condition::Detached, Some(f.message.clone()))
             } else if pending_ws.contains(&w.ws_id) {
                 (
@@ -284,6 +290,7 @@ pub fn build(
             workspaces.push(WorkspaceStatus {
                 ws_id: w.ws_id.clone(),
                 path: w.workspace_path.clone(),
+                subvolume: p.backend.as_ref().map(|r| r.ws_subvol(&w.ws_id)),
                 condition,
                 snapshots,
                 missing,

@@ -3,7 +3,8 @@
 //!
 //! Data only; the rules that choose actions are in the sibling modules.
 
-use crate::state::{BackendType, SelectionMethod};
+use crate::access::GateForm;
+use crate::state::{BackendType, ParentRecord, SelectionMethod};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -116,6 +117,37 @@ pub enum Action {
     },
     /// Give the data back as a plain directory and remove the workspace.
     ReleaseWorkspace { ws_id: String, path: PathBuf },
+    /// Give ws-ckpt's storage directories (data_root, its gates directory, snapshots_root)
+    /// to root with mode 0711, creating the gates directory when missing.
+    SecureStorage { dirs: Vec<PathBuf> },
+    /// Move a workspace subvolume from where earlier layouts kept it into its storage gate,
+    /// then point the workspace symlink there.
+    MigrateStorage {
+        ws_id: String,
+        path: PathBuf,
+        from: PathBuf,
+        to: PathBuf,
+        /// Re-point the workspace symlink (its directory is the recorded one).
+        relink: bool,
+    },
+    /// Write a workspace's storage gates (its data gate and its snapshot gate) so that they
+    /// let in exactly the owner, `allow_users` and `allow_groups`.
+    SetStorageAccess {
+        ws_id: String,
+        path: PathBuf,
+        gates: Vec<PathBuf>,
+        /// What each gate must be.
+        form: GateForm,
+        /// Record that others could search the original's ancestors (first decided now).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record_others_search: Option<bool>,
+    },
+    /// Record the directory that holds a workspace path (a workspace recorded without it).
+    RecordParent {
+        ws_id: String,
+        path: PathBuf,
+        parent: ParentRecord,
+    },
 }
 
 impl Action {
@@ -137,6 +169,38 @@ impl Action {
             Action::RevertInterrupted { .. } => "revert-interrupted",
             Action::ApplyRetention { .. } => "apply-retention",
             Action::ReleaseWorkspace { .. } => "release-workspace",
+            Action::SecureStorage { .. } => "secure-storage",
+            Action::MigrateStorage { .. } => "migrate-storage",
+            Action::SetStorageAccess { .. } => "set-storage-access",
+            Action::RecordParent { .. } => "record-parent",
+        }
+    }
+
+    /// What identifies this action across passes for the backoff of failing actions: its
+    /// name and what it is about.
+    pub fn failure_key(&self) -> String {
+        match self {
+            Action::FinishInterrupted { op_id, .. } | Action::RevertInterrupted { op_id, .. } => {
+                format!("{} {op_id}", self.name())
+            }
+            _ => match self.ws_id() {
+                Some(ws) => format!("{} {ws}", self.name()),
+                None => self.name().to_string(),
+            },
+        }
+    }
+
+    /// The user path the action is about, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Action::InitWorkspace { path, .. }
+            | Action::AdoptWorkspace { path, .. }
+            | Action::RepairSymlink { path, .. }
+            | Action::ReleaseWorkspace { path, .. }
+            | Action::MigrateStorage { path, .. }
+            | Action::SetStorageAccess { path, .. }
+            | Action::RecordParent { path, .. } => Some(path),
+            _ => None,
         }
     }
 
@@ -150,7 +214,10 @@ impl Action {
             | Action::MarkMissing { ws_id, .. }
             | Action::ClearMissing { ws_id, .. }
             | Action::ApplyRetention { ws_id, .. }
-            | Action::ReleaseWorkspace { ws_id, .. } => Some(ws_id),
+            | Action::ReleaseWorkspace { ws_id, .. }
+            | Action::MigrateStorage { ws_id, .. }
+            | Action::SetStorageAccess { ws_id, .. }
+            | Action::RecordParent { ws_id, .. } => Some(ws_id),
             Action::FinishInterrupted { ws_id, .. } | Action::RevertInterrupted { ws_id, .. } => {
                 ws_id.as_deref()
             }
@@ -228,6 +295,40 @@ impl Action {
                     .join(", ")
             ),
             Action::ReleaseWorkspace { ws_id, path } => format!("{ws_id} {}", path.display()),
+            Action::SecureStorage { dirs } => dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Action::MigrateStorage {
+                ws_id, from, to, ..
+            } => {
+                format!("{ws_id}: {} → {}", from.display(), to.display())
+            }
+            Action::SetStorageAccess {
+                ws_id, gates, form, ..
+            } => format!(
+                "{ws_id}: {} → root:{} {:04o}{}",
+                gates
+                    .iter()
+                    .map(|g| g.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                form.gid,
+                form.mode,
+                match &form.acl {
+                    Some(acl) => {
+                        let (u, g) = crate::access::named_in(acl);
+                        let u: Vec<String> = u.iter().map(|x| x.to_string()).collect();
+                        let g: Vec<String> = g.iter().map(|x| x.to_string()).collect();
+                        format!(" + ACL users [{}] groups [{}]", u.join(","), g.join(","))
+                    }
+                    None => String::new(),
+                }
+            ),
+            Action::RecordParent { ws_id, path, .. } => {
+                format!("{ws_id}: the directory holding {}", path.display())
+            }
         }
     }
 }

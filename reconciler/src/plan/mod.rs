@@ -17,6 +17,7 @@ mod backend;
 mod guards;
 mod recovery;
 mod retention;
+mod storage;
 mod workspaces;
 
 pub use action::{human_bytes, Action, MigratedWorkspace, Recovery, RecoveryStep};
@@ -38,6 +39,9 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Findings.
     pub findings: Vec<Finding>,
+    /// Backoff keys of the actions skipped because they failed recently (not in `actions`).
+    #[serde(skip)]
+    pub backing_off: Vec<String>,
 }
 
 impl Plan {
@@ -56,6 +60,9 @@ impl Plan {
 pub struct PlanOptions {
     /// Release undeclared workspaces (`apply --prune`).
     pub prune: bool,
+    /// Plan actions that failed recently too (an explicit `apply`, `init` or `release`),
+    /// instead of skipping them until their backoff expires (a pass).
+    pub retry_failed: bool,
 }
 
 /// Plan against `res`, the backend resolved from the same observation. Pure: same inputs,
@@ -132,7 +139,7 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn act(&mut self, a: Action) {
-        self.plan.actions.push(a);
+        self.act_or_back_off(a);
     }
     fn find(&mut self, f: Finding) {
         self.plan.findings.push(f);
@@ -147,9 +154,11 @@ impl Planner<'_> {
         if self.migrations(view) {
             return;
         }
+        self.storage_roots(view);
         self.recorded_workspaces(view, &busy);
         self.declared_workspaces(view, &busy);
         self.advisories(view);
+        self.orphans(view);
     }
 }
 

@@ -2,6 +2,7 @@
 //! symlinks, release, snapshots, retention, nesting, advisories) and declared workspaces
 //! (adopt or initialize, with the init guards).
 
+use super::storage::PathAccess;
 use super::{
     init_guard, retention_deletions, Action, MigratedWorkspace, Planner, ADVISORY_FS_PERCENT,
     ADVISORY_SNAPSHOT_COUNT,
@@ -76,9 +77,45 @@ impl Planner<'_> {
             let ws_id = &w.ws_id;
             let path = &w.workspace_path;
             let expected = self.res.ws_subvol(ws_id);
+            let legacy = self.res.legacy_ws_subvol(ws_id);
             let empty_index = WorkspaceIndex::new(path.clone());
             let index = self.persisted.indexes.get(ws_id).unwrap_or(&empty_index);
-            if !view.workspace_subvols.contains(ws_id) {
+            let in_place = view.workspace_subvols.contains(ws_id);
+            let in_legacy = view.legacy_subvols.contains(ws_id);
+            if in_place && in_legacy {
+                self.find(
+                    Finding::new(
+                        FindingKind::Ambiguous,
+                        Severity::Error,
+                        format!(
+                            "workspace {ws_id} ({}) has two subvolumes, {} and {} (where earlier versions kept it); ws-ckpt keeps both and uses neither until one is gone",
+                            path.display(),
+                            expected.display(),
+                            legacy.display()
+                        ),
+                        format!(
+                            "compare them, keep the right one at {} and delete the other with `btrfs subvolume delete`",
+                            expected.display()
+                        ),
+                    )
+                    .ws(ws_id, path),
+                );
+                continue;
+            }
+            let access = self.path_access(w, &expected);
+            if in_legacy {
+                let relink = access == PathAccess::Bound
+                    && matches!(self.obs.path(path), PathState::Symlink { target, .. } if *target == legacy);
+                self.act(Action::MigrateStorage {
+                    ws_id: ws_id.clone(),
+                    path: path.clone(),
+                    from: legacy,
+                    to: expected,
+                    relink,
+                });
+                continue;
+            }
+            if !in_place {
                 let f = Finding::new(
                     FindingKind::StorageUnavailable,
                     Severity::Error,
@@ -95,23 +132,29 @@ impl Planner<'_> {
                 self.find(f);
                 continue;
             }
+            self.gate_access(w, view);
             let decl = self.config.workspace(path);
-            let mut detached = false;
+            let mut detached = access == PathAccess::Refused;
             match self.obs.path(path) {
+                _ if detached => {}
                 PathState::Symlink { target, .. } if *target == expected => {}
                 PathState::Missing => self.act(Action::RepairSymlink {
                     ws_id: ws_id.clone(),
                     path: path.clone(),
                     target: expected.clone(),
                 }),
+                // A dangling link to where this workspace's subvolume is or was (an earlier
+                // layout, another mount point): re-point it. Anything else is not ours.
                 PathState::Symlink {
+                    target,
                     target_exists: false,
-                    ..
-                } => self.act(Action::RepairSymlink {
-                    ws_id: ws_id.clone(),
-                    path: path.clone(),
-                    target: expected.clone(),
-                }),
+                } if crate::resolve::names_workspace_subvol(target, ws_id) => {
+                    self.act(Action::RepairSymlink {
+                        ws_id: ws_id.clone(),
+                        path: path.clone(),
+                        target: expected.clone(),
+                    })
+                }
                 other => {
                     detached = true;
                     let what = match other {
@@ -119,6 +162,7 @@ impl Planner<'_> {
                         PathState::Symlink { target, .. } => {
                             format!("a symlink to {}", target.display())
                         }
+                        PathState::Unreachable { why } => format!("unreachable ({why})"),
                         _ => "a file".to_string(),
                     };
                     let f = Finding::new(
@@ -309,12 +353,16 @@ impl Planner<'_> {
             }
             taken.insert(ws_id.clone(), path.clone());
             let expected = self.res.ws_subvol(&ws_id);
-            let subvol = view.workspace_subvols.contains(&ws_id);
+            let legacy = self.res.legacy_ws_subvol(&ws_id);
+            let subvol =
+                view.workspace_subvols.contains(&ws_id) || view.legacy_subvols.contains(&ws_id);
             let other_refs: Vec<&Path> = others.iter().map(PathBuf::as_path).collect();
             let state_dir = &self.config.daemon.state_dir;
             let st = self.obs.path(&path).clone();
             match (&st, subvol) {
-                (PathState::Symlink { target, .. }, true) if *target == expected => {
+                (PathState::Symlink { target, .. }, true)
+                    if *target == expected || *target == legacy =>
+                {
                     self.act(Action::AdoptWorkspace {
                         ws_id,
                         path,
@@ -336,8 +384,23 @@ impl Planner<'_> {
                     )
                     .ws(&ws_id, &path),
                 ),
+                (PathState::Unreachable { why }, _) => self.find(
+                    Finding::new(
+                        FindingKind::InvalidPath,
+                        Severity::Error,
+                        format!(
+                            "cannot make a workspace of {}: the directory holding it cannot be opened without following a symlink ({why})",
+                            path.display()
+                        ),
+                        "declare the path without symlinks (its real location, as `realpath` prints it)".to_string(),
+                    )
+                    .ws(&ws_id, &path),
+                ),
                 (PathState::Dir { .. }, false) | (PathState::Missing, false) => {
-                    if let Some(why) = init_guard(&path, self.res, state_dir, &other_refs) {
+                    let alias = self.obs.storage_aliases.get(&path).cloned();
+                    if let Some(why) = alias
+                        .or_else(|| init_guard(&path, self.res, state_dir, &other_refs))
+                    {
                         self.find(
                             Finding::new(
                                 FindingKind::InvalidPath,
