@@ -34,6 +34,9 @@ pub struct ApplyOptions {
     pub check: bool,
     /// Release undeclared workspaces.
     pub prune: bool,
+    /// Run actions that failed recently at once (an explicit `apply`, `init`, `release`)
+    /// instead of waiting for their backoff (a pass of the daemon).
+    pub retry_failed: bool,
 }
 
 /// Result of `apply` (JSON: `{"changed", "actions", "findings"}`).
@@ -72,6 +75,13 @@ impl Engine {
     /// holder died, record the unclean shutdown; crash recovery happens in the next pass.
     pub fn open(config: Config, sys: Arc<dyn Sys>, role: &str, wait: Duration) -> Result<Engine> {
         let lock = DaemonLock::acquire(&config.daemon.state_dir, wait, role)?;
+        // Holding the lock: no other ws-ckpt process writes here now.
+        crate::state::tidy_state_dir(crate::state::StateDirs {
+            state_dir: &config.daemon.state_dir,
+            dropin_dir: &config.dropin_dir,
+            image: Some(&config.backend.btrfs_loop.image),
+        })
+        .map_err(|e| Error::io("secure the state directory", &config.daemon.state_dir, e))?;
         let store = Store::load(&config.daemon.state_dir, SystemTime::now())?;
         let mut engine = Engine {
             config,
@@ -157,17 +167,28 @@ impl Engine {
     pub fn apply(
         &mut self,
         opts: ApplyOptions,
-        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+        progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> ApplyReport {
         let mut report = ApplyReport {
             changed: false,
             actions: Vec::new(),
             findings: Vec::new(),
         };
-        let popts = PlanOptions { prune: opts.prune };
+        let popts = PlanOptions {
+            prune: opts.prune,
+            retry_failed: opts.retry_failed,
+        };
+        // Findings are reported as a pass sees them: a failing action shows with its backoff.
+        let fopts = PlanOptions {
+            retry_failed: false,
+            ..popts
+        };
         for round in 0..MAX_ROUNDS {
             let p = self.plan(popts);
             report.findings = p.findings.clone();
+            if round == 0 && !opts.check && !p.blocked() {
+                self.forget_stale_failures(&p);
+            }
             if p.actions.is_empty() || p.blocked() {
                 break;
             }
@@ -201,6 +222,7 @@ impl Engine {
                     progress,
                 }
                 .run(&action);
+                self.note_outcome(&action, result.as_ref().err());
                 let outcome = match result {
                     Ok(change) => {
                         report.changed |= change.changed();
@@ -231,14 +253,66 @@ impl Engine {
             }
             if failed {
                 // Do not retry a failing action in a loop; the findings of a fresh plan say why.
-                report.findings = self.plan(popts).findings;
+                report.findings = self.plan(fopts).findings;
                 break;
             }
             if round + 1 == MAX_ROUNDS {
-                report.findings = self.plan(popts).findings;
+                report.findings = self.plan(fopts).findings;
             }
         }
         report
+    }
+
+    /// Record an action's failure for its backoff, or forget earlier failures once it
+    /// succeeded. Kept in memory even when state.json cannot be written.
+    fn note_outcome(&mut self, action: &Action, error: Option<&Error>) {
+        let key = action.failure_key();
+        let Some(state) = self.store.p.state.as_mut() else {
+            return;
+        };
+        let changed = match error {
+            Some(e) => {
+                let text = match &e.hint {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message.clone(),
+                };
+                state.record_failure(
+                    &key,
+                    action.ws_id(),
+                    action.path(),
+                    &text,
+                    SystemTime::now(),
+                );
+                true
+            }
+            None => state.clear_failure(&key),
+        };
+        if changed {
+            if let Err(e) = self.store.save() {
+                tracing::warn!(error = %e, "could not persist the failure record of an action");
+            }
+        }
+    }
+
+    /// Forget failure records of actions a fresh plan no longer has (done meanwhile, or no
+    /// longer wanted).
+    fn forget_stale_failures(&mut self, p: &Plan) {
+        let Some(state) = self.store.p.state.as_mut() else {
+            return;
+        };
+        let live: std::collections::BTreeSet<String> = p
+            .actions
+            .iter()
+            .map(Action::failure_key)
+            .chain(p.backing_off.iter().cloned())
+            .collect();
+        let before = state.failures.len();
+        state.failures.retain(|f| live.contains(&f.key));
+        if state.failures.len() != before {
+            if let Err(e) = self.store.save() {
+                tracing::warn!(error = %e, "could not persist the removal of stale failure records");
+            }
+        }
     }
 
     /// The resolved backend, or the blocking finding.
@@ -259,7 +333,7 @@ impl Engine {
     pub fn init(
         &mut self,
         path: &Path,
-        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+        progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> Result<InitReport> {
         let path = absolute_user_path(path)?;
         if let Some(w) = self.workspace_by_path(&path) {
@@ -307,7 +381,11 @@ impl Engine {
             }
         };
         self.reload_config()?;
-        let report = self.apply(ApplyOptions::default(), progress);
+        let explicit = ApplyOptions {
+            retry_failed: true,
+            ..ApplyOptions::default()
+        };
+        let report = self.apply(explicit, progress);
         match self.workspace_by_path(&path) {
             Some(w) => Ok(InitReport {
                 ws_id: w.ws_id.clone(),
@@ -353,8 +431,18 @@ impl Engine {
         let refs: Vec<&Path> = others.iter().map(PathBuf::as_path).collect();
         crate::plan::init_guard(path, &res, &self.config.daemon.state_dir, &refs).or_else(|| {
             match crate::observe::path_state(path) {
-                PathState::Dir { .. } => None,
+                // ws-ckpt's own storage reached another way (a bind mount of data_root, …).
+                PathState::Dir { .. } => crate::observe::open_parent(path)
+                    .and_then(|(d, n)| d.open_dir(n))
+                    .ok()
+                    .and_then(|dir| {
+                        let mounts = self.sys.mounts().unwrap_or_default();
+                        crate::observe::storage_alias(&dir, &res, &mounts)
+                    }),
                 PathState::Missing => Some("it does not exist".to_string()),
+                PathState::Unreachable { why } => Some(format!(
+                    "the directory holding it cannot be opened without following a symlink ({why})"
+                )),
                 _ => Some("it is not a directory".to_string()),
             }
         })
@@ -397,14 +485,27 @@ impl Engine {
 
     /// The recorded workspace at `path` (made absolute) that `release` acts on.
     pub fn release_target(&self, path: &Path) -> Result<WorkspaceEntry> {
+        self.release_target_for(path, &|_| true)
+    }
+
+    /// [`Engine::release_target`] among the workspaces `visible` accepts (the others answer
+    /// exactly as if they did not exist).
+    pub fn release_target_for(
+        &self,
+        path: &Path,
+        visible: &dyn Fn(&WorkspaceEntry) -> bool,
+    ) -> Result<WorkspaceEntry> {
         let path = absolute_user_path(path)?;
-        self.workspace_by_path(&path).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("{} is not a workspace", path.display()),
-            )
-            .hint("`ws-ckpt list` shows the workspaces")
-        })
+        self.workspace_by_path(&path)
+            .filter(|w| visible(w))
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::WorkspaceNotFound,
+                    format!("{} is not a workspace", path.display()),
+                )
+                .hint("`ws-ckpt list` shows the workspaces")
+            })
     }
 
     /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
@@ -412,7 +513,7 @@ impl Engine {
     pub fn release(
         &mut self,
         ws: &WorkspaceEntry,
-        progress: &mut dyn FnMut(&str, &crate::copy::Progress),
+        progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> Result<ReleaseReport> {
         let ws = ws.clone();
         let path = ws.workspace_path.clone();
@@ -426,7 +527,11 @@ impl Engine {
             }
         }
         self.reload_config()?;
-        let report = self.apply(ApplyOptions::default(), progress);
+        let explicit = ApplyOptions {
+            retry_failed: true,
+            ..ApplyOptions::default()
+        };
+        let report = self.apply(explicit, progress);
         if self.workspace_by_path(&path).is_some() {
             return Err(self.why_not_ready(&path, &report));
         }
@@ -445,8 +550,18 @@ impl Engine {
     /// Find a recorded workspace by ws_id or by path (relative paths are made absolute; the
     /// final component is not resolved because a workspace path is a symlink).
     pub fn resolve_workspace(&self, spec: &str) -> Result<WorkspaceEntry> {
+        self.resolve_workspace_for(spec, &|_| true)
+    }
+
+    /// [`Engine::resolve_workspace`] among the workspaces `visible` accepts: the others answer
+    /// exactly as if they did not exist (SPEC §7.2).
+    pub fn resolve_workspace_for(
+        &self,
+        spec: &str,
+        visible: &dyn Fn(&WorkspaceEntry) -> bool,
+    ) -> Result<WorkspaceEntry> {
         let state = self.store.p.state.as_ref();
-        if let Some(w) = state.and_then(|s| s.workspace(spec)) {
+        if let Some(w) = state.and_then(|s| s.workspace(spec)).filter(|w| visible(w)) {
             return Ok(w.clone());
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
@@ -459,6 +574,7 @@ impl Engine {
         let path = absolute_user_path(Path::new(spec))?;
         state
             .and_then(|s| s.workspace_by_path(&path))
+            .filter(|w| visible(w))
             .cloned()
             .ok_or_else(|| {
                 Error::new(

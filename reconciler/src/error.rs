@@ -80,10 +80,9 @@ impl Error {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
 
-// The copy module is being replaced (tree/); until then its conversion stays here (copy
-// depends on nothing in this crate, so this creates no cycle).
-impl From<crate::copy::CopyError> for Error {
-    fn from(e: crate::copy::CopyError) -> Self {
+// The tree engine depends on nothing in this crate, so this creates no cycle.
+impl From<crate::tree::TreeError> for Error {
+    fn from(e: crate::tree::TreeError) -> Self {
         Error::new(ErrorCode::OperationFailed, e.to_string())
     }
 }

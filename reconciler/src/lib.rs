@@ -16,12 +16,12 @@
 //! finish or revert what a crash interrupted; `ops` decides nothing the planner owns.
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;
-pub mod copy;
 pub mod daemon;
 pub mod diff;
 pub mod engine;

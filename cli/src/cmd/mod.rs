@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ws_ckpt::api::Request;
 use ws_ckpt::client::Client;
-use ws_ckpt::copy::Progress;
 use ws_ckpt::error::{Error, ErrorCode};
 use ws_ckpt::paths::absolute_user_path;
+use ws_ckpt::tree::Progress;
 
 /// Socket timeout for quick requests and for ones that may copy whole trees.
 const QUICK: Duration = Duration::from_secs(300);

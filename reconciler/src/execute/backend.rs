@@ -62,9 +62,13 @@ impl Executor<'_> {
                 }
             }
         }
-        for d in [&res.data_root, &res.snapshots_root] {
+        for d in res.root_dirs() {
+            // ws-ckpt's own storage (from the root-owned config), created private.
             if !d.is_dir() {
-                std::fs::create_dir_all(d).map_err(io_err("create directory", d))?;
+                if let Some(parent) = d.parent().filter(|p| !p.is_dir()) {
+                    std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
+                }
+                super::gates::open_or_create(&d, crate::resolve::ROOT_DIR_MODE)?;
                 change = Change::Created;
             }
         }
@@ -168,6 +172,7 @@ impl Executor<'_> {
                     last_clean_stop: None,
                     // A fresh host: whatever gets recorded is declared in the config.
                     config_declared: true,
+                    failures: Vec::new(),
                     extra: Default::default(),
                 });
             }
@@ -249,14 +254,18 @@ impl Executor<'_> {
             let idx = crate::state::parse_index(&bytes)
                 .map_err(|e| Error::io("parse legacy index", &legacy, e))?;
             self.store.set_index(&w.ws_id, idx)?;
-            let subvol = self.res.ws_subvol(&w.ws_id);
-            let owner = std::fs::metadata(&subvol).ok().map(|m| m.uid());
+            // A v0 layout keeps the subvolume where earlier versions did; the next pass
+            // moves it into its gate. (ws-ckpt's own storage path: nothing is followed.)
+            let subvol = self.res.legacy_ws_subvol(&w.ws_id);
+            let owner = std::fs::symlink_metadata(&subvol).ok().map(|m| m.uid());
             let entry = WorkspaceEntry {
                 ws_id: w.ws_id.clone(),
                 workspace_path: w.path.clone(),
                 registered_at: crate::time::now_rfc3339(),
                 origin_backend: self.res.backend_type,
                 owner_uid: owner,
+                parent: None,
+                others_search: None,
                 extra: Default::default(),
             };
             self.store.add_workspace(entry)?;

@@ -8,6 +8,7 @@
 //! "apply twice, the second changes nothing" is computed, not inferred.
 
 mod backend;
+pub mod gates;
 mod recovery;
 mod snapshots;
 #[cfg(test)]
@@ -15,19 +16,17 @@ mod tests;
 mod workspace;
 
 use crate::config::Config;
-use crate::copy::Progress;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::model::PathState;
-use crate::observe::path_state;
 use crate::plan::Action;
 use crate::resolve::Resolution;
 use crate::state::{PendingKind, SnapshotEntry, WorkspaceEntry};
 use crate::store::Store;
 use crate::sys::Sys;
+use crate::tree::Progress;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -148,16 +147,6 @@ pub fn sibling(path: &Path, tag: &str, op_id: &str) -> PathBuf {
     crate::tree::names::temp_sibling(path, tag, op_id)
 }
 
-/// Create-or-replace a symlink atomically (`tmp` + rename).
-fn replace_symlink(target: &Path, path: &Path) -> Result<()> {
-    let tmp = sibling(path, "link", &crate::store::new_op_id());
-    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("create symlink", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("replace symlink", path, e)
-    })
-}
-
 impl Executor<'_> {
     /// Run one action. State is persisted by each step.
     pub fn run(&mut self, action: &Action) -> Result<Change> {
@@ -192,18 +181,12 @@ impl Executor<'_> {
                 ws_id,
                 path,
                 create_symlink,
-            } => {
-                let subvol = self.res.ws_subvol(ws_id);
-                if *create_symlink {
-                    std::os::unix::fs::symlink(&subvol, path)
-                        .map_err(io_err("create symlink", path))?;
-                }
-                self.record_workspace(ws_id, path, &subvol).map(|()| DONE)
-            }
+            } => self.adopt_workspace(ws_id, path, *create_symlink),
             Action::AdoptSnapshot { ws_id, snapshots } => {
                 for id in snapshots {
                     let p = self.res.snapshot_path(ws_id, id);
-                    let created = std::fs::metadata(&p)
+                    // ws-ckpt's own storage path: its creation time, nothing followed.
+                    let created = std::fs::symlink_metadata(&p)
                         .and_then(|m| m.created())
                         .unwrap_or_else(|_| SystemTime::now());
                     let entry = new_entry(created, None, None, false);
@@ -211,20 +194,11 @@ impl Executor<'_> {
                 }
                 Ok(Change::from_changed(!snapshots.is_empty()))
             }
-            Action::RepairSymlink { path, target, .. } => match path_state(path) {
-                PathState::Missing => std::os::unix::fs::symlink(target, path)
-                    .map(|()| DONE)
-                    .map_err(io_err("create symlink", path)),
-                PathState::Symlink {
-                    target_exists: false,
-                    ..
-                } => replace_symlink(target, path).map(|()| DONE),
-                PathState::Symlink { target: t, .. } if t == *target => Ok(Change::AlreadyPresent),
-                other => Err(Error::new(
-                    ErrorCode::WorkspaceDetached,
-                    format!("{} is now {other:?}; not replacing it", path.display()),
-                )),
-            },
+            Action::RepairSymlink {
+                ws_id,
+                path,
+                target,
+            } => self.repair_symlink(ws_id, path, target),
             Action::MarkMissing { ws_id, snapshots } => self.set_missing(ws_id, snapshots, true),
             Action::ClearMissing { ws_id, snapshots } => self.set_missing(ws_id, snapshots, false),
             Action::ApplyRetention { ws_id, delete } => {
@@ -240,6 +214,103 @@ impl Executor<'_> {
             | Action::RevertInterrupted {
                 op_id, recovery, ..
             } => self.recover(op_id, &recovery.0),
+            Action::SecureStorage { dirs } => self.secure_storage(dirs),
+            Action::MigrateStorage {
+                ws_id,
+                path,
+                from,
+                to,
+                relink,
+            } => self.migrate_storage(ws_id, path, from, to, *relink),
+            Action::SetStorageAccess {
+                ws_id,
+                gates,
+                form,
+                record_others_search,
+                ..
+            } => self.set_storage_access(ws_id, gates, form, *record_others_search),
+            Action::RecordParent {
+                ws_id,
+                path,
+                parent,
+            } => self.record_parent(ws_id, path, parent),
+        }
+    }
+
+    /// `adopt-workspace`: record a workspace whose subvolume exists (in its gate, or where
+    /// earlier layouts kept it; the next pass moves it), creating the symlink when the path
+    /// is missing.
+    fn adopt_workspace(
+        &mut self,
+        ws_id: &str,
+        path: &Path,
+        create_symlink: bool,
+    ) -> Result<Change> {
+        let subvol = if self.sys.is_subvolume(&self.res.ws_subvol(ws_id))? {
+            self.res.ws_subvol(ws_id)
+        } else {
+            self.res.legacy_ws_subvol(ws_id)
+        };
+        let (parent, name) = gates::open_bound_parent(path, None)?;
+        let owner = crate::tree::Dir::open_no_symlinks(&subvol)
+            .and_then(|d| d.stat())
+            .ok()
+            .map(|s| s.uid);
+        if create_symlink {
+            let st = parent.symlink(name, &subvol).map_err(workspace::tree_err)?;
+            if let Some((uid, gid)) = gates::link_owner(owner) {
+                parent
+                    .chown_symlink(name, st.identity(), uid, gid)
+                    .map_err(workspace::tree_err)?;
+            }
+            parent.sync().map_err(workspace::tree_err)?;
+        }
+        let rec = parent.stat().map_err(workspace::tree_err)?;
+        let record = crate::state::ParentRecord {
+            dev: rec.dev,
+            ino: rec.ino,
+            uid: rec.uid,
+        };
+        self.record_workspace(ws_id, path, owner, Some(record), None)
+            .map(|()| Change::Created)
+    }
+
+    /// `repair-symlink`: in the recorded directory only; a missing path gets the link, a
+    /// dangling link to this workspace's subvolume (an earlier layout or mount point) is
+    /// replaced atomically; anything else is left alone.
+    fn repair_symlink(&mut self, ws_id: &str, path: &Path, target: &Path) -> Result<Change> {
+        let w = self
+            .store
+            .p
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(ws_id))
+            .cloned();
+        let recorded = w.as_ref().and_then(|w| w.parent);
+        let owner = gates::link_owner(w.as_ref().and_then(|w| w.owner_uid));
+        let (parent, name) = gates::open_bound_parent(path, recorded.as_ref())?;
+        match crate::observe::state_in(&parent, name) {
+            PathState::Missing => {
+                let st = parent.symlink(name, target).map_err(workspace::tree_err)?;
+                if let Some((uid, gid)) = owner {
+                    parent
+                        .chown_symlink(name, st.identity(), uid, gid)
+                        .map_err(workspace::tree_err)?;
+                }
+                parent.sync().map_err(workspace::tree_err)?;
+                Ok(Change::Created)
+            }
+            PathState::Symlink { target: t, .. } if t == target => Ok(Change::AlreadyPresent),
+            PathState::Symlink {
+                target: t,
+                target_exists: false,
+            } if crate::resolve::names_workspace_subvol(&t, ws_id) => {
+                gates::replace_symlink(&parent, name, target, owner).map(|()| Change::Created)
+            }
+            other => Err(Error::new(
+                ErrorCode::WorkspaceDetached,
+                format!("{} is now {other:?}; not replacing it", path.display()),
+            )),
         }
     }
 
@@ -266,14 +337,22 @@ impl Executor<'_> {
         Ok(change)
     }
 
-    fn record_workspace(&mut self, ws_id: &str, path: &Path, subvol: &Path) -> Result<()> {
-        let owner = std::fs::metadata(subvol).ok().map(|m| m.uid());
+    fn record_workspace(
+        &mut self,
+        ws_id: &str,
+        path: &Path,
+        owner: Option<u32>,
+        parent: Option<crate::state::ParentRecord>,
+        others_search: Option<bool>,
+    ) -> Result<()> {
         let entry = WorkspaceEntry {
             ws_id: ws_id.to_string(),
             workspace_path: path.to_path_buf(),
             registered_at: crate::time::now_rfc3339(),
             origin_backend: self.res.backend_type,
             owner_uid: owner,
+            parent,
+            others_search,
             extra: Default::default(),
         };
         self.store.add_workspace(entry)

@@ -1,13 +1,15 @@
 //! Finishing or reverting an interrupted operation by the step the planner proved, each
 //! precondition checked again.
 
+use super::gates::open_bound_parent;
+use super::workspace::{job_for, tree_err, InitRecord, ReleaseRecord};
 use super::{io_err, Change, Executor};
-use crate::copy;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::PathState;
-use crate::observe::path_state;
+use crate::observe::state_in;
 use crate::plan::RecoveryStep as Step;
 use crate::state::{PendingKind, PendingOp};
+use crate::tree::Kind;
 
 impl Executor<'_> {
     /// Finish or revert the interrupted operation `op_id` by `step`, re-checking what the
@@ -23,20 +25,52 @@ impl Executor<'_> {
                     path,
                     subvol,
                     tmp,
+                    parent,
+                    original,
+                    owner,
                     ..
                 },
                 Step::RemoveOriginalCopy { .. },
-            ) => self.finish_init(op_id, &ws_id, &path, &subvol, &tmp)?,
+            ) => self.finish_init(
+                &InitRecord {
+                    op: op_id,
+                    ws_id: &ws_id,
+                    path: &path,
+                    subvol: &subvol,
+                    tmp: &tmp,
+                    parent,
+                    original,
+                    owner,
+                },
+                true,
+            )?,
             (
                 PendingKind::Init {
-                    path, subvol, tmp, ..
+                    ws_id,
+                    path,
+                    subvol,
+                    tmp,
+                    parent,
+                    original,
+                    ..
                 },
                 Step::DeletePartialSubvolume { .. },
             ) => {
-                if let PathState::Symlink { .. } = path_state(&tmp) {
-                    std::fs::remove_file(&tmp).map_err(io_err("remove", &tmp))?;
+                let (dir, name) = open_bound_parent(&path, parent.as_ref())?;
+                let tmp_name = tmp.file_name().unwrap_or_default();
+                if let Ok(Some((st, target))) = dir.read_symlink(tmp_name) {
+                    if target == subvol {
+                        dir.unlink_expecting(tmp_name, st.identity())
+                            .map_err(tree_err)?;
+                    }
                 }
-                if !matches!(path_state(&path), PathState::Dir { .. }) {
+                let original_there = dir
+                    .child_stat(name)
+                    .map_err(tree_err)?
+                    .is_some_and(|st| {
+                        st.kind == Kind::Dir && original.is_none_or(|o| o == st.identity())
+                    });
+                if !original_there {
                     return Err(Error::new(
                         ErrorCode::OperationFailed,
                         format!(
@@ -46,21 +80,51 @@ impl Executor<'_> {
                     ));
                 }
                 self.sys.delete_subvolume_if_present(&subvol)?;
+                self.remove_gates(&ws_id)?;
                 self.store.end(op_id)?;
             }
             (
                 PendingKind::Release {
-                    ws_id, path, tmp, ..
+                    ws_id,
+                    path,
+                    subvol,
+                    tmp,
+                    parent,
+                    copy,
+                    link,
+                    owner,
+                    phase,
                 },
                 Step::RemoveWorkspaceSubvolume { .. },
-            ) => self.finish_release(op_id, &ws_id, &path, &tmp)?,
+            ) => self.finish_release(
+                &ReleaseRecord {
+                    op: op_id,
+                    ws_id: &ws_id,
+                    path: &path,
+                    subvol: &subvol,
+                    tmp: &tmp,
+                    parent,
+                    copy,
+                    link,
+                    owner,
+                    phase,
+                },
+                true,
+            )?,
             (
                 PendingKind::Release {
-                    path, subvol, tmp, ..
+                    path,
+                    subvol,
+                    tmp,
+                    parent,
+                    copy,
+                    owner,
+                    ..
                 },
                 Step::RemovePartialCopy { .. },
             ) => {
-                if !matches!(path_state(&path), PathState::Symlink { target, .. } if target == subvol)
+                let (dir, name) = open_bound_parent(&path, parent.as_ref())?;
+                if !matches!(state_in(&dir, name), PathState::Symlink { target, .. } if target == subvol)
                 {
                     return Err(Error::new(
                         ErrorCode::OperationFailed,
@@ -70,8 +134,20 @@ impl Executor<'_> {
                         ),
                     ));
                 }
-                if let PathState::Dir { .. } = path_state(&tmp) {
-                    copy::remove_tree(&tmp)?;
+                let tmp_name = tmp.file_name().unwrap_or_default();
+                if let Some(st) = dir.child_stat(tmp_name).map_err(tree_err)? {
+                    match copy {
+                        Some(c) if st.kind == Kind::Dir && st.identity() == c => {
+                            job_for(owner.unwrap_or(0))?
+                                .remove(&dir, tmp_name, c)
+                                .map_err(tree_err)?;
+                        }
+                        // Made by ws-ckpt (root's, empty) but not yet recorded.
+                        None if st.kind == Kind::Dir && st.uid == 0 => {
+                            let _ = dir.remove_empty_dir(tmp_name);
+                        }
+                        _ => tracing::warn!(tmp = %tmp.display(), "not ws-ckpt's copy; left alone"),
+                    }
                 }
                 self.store.end(op_id)?;
             }
@@ -102,8 +178,11 @@ impl Executor<'_> {
             ) => {
                 // The workspace symlink points at `subvol` by name; whichever subvolume holds
                 // that name is live (before or after the exchange). The other one is the copy
-                // to drop, whether finishing or reverting.
-                self.sys.delete_subvolume_if_present(&tmp)?;
+                // to drop, whether finishing or reverting; its deletion is committed before
+                // the record goes.
+                if self.sys.delete_subvolume_if_present(&tmp)? {
+                    self.sys.commit(&self.res.mount)?;
+                }
                 self.store.end(op_id)?;
             }
             (PendingKind::DeleteSnapshots { ws_id, snapshots }, Step::FinishDeleting { .. }) => {

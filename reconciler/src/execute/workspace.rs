@@ -1,34 +1,151 @@
-//! Workspace steps (SPEC §5.1, §5.4): a directory becomes a workspace and back, each phase
-//! recorded before its first irreversible step, nothing deleted unless it still matches.
+//! Workspace steps (SPEC §5.1, §5.4, §7.3): a directory becomes a workspace and back, each
+//! phase recorded before its first irreversible step, nothing deleted unless it still matches.
+//!
+//! Everything in the user's tree is done from descriptors (the tree engine's wiring guide):
+//! the directory holding the user path is opened once without following a symlink and, for
+//! a recorded workspace, checked to be the recorded one; every later step uses that
+//! descriptor and single names. The identity of what is exchanged or removed is recorded
+//! first and checked right before. The copy, its verification and the removal of the original
+//! run with the tree owner's credentials (a worker process, `tree::worker`), so the kernel
+//! enforces her permissions. Temporary names come from `tree::names`.
 
-use super::{exchange, fsync_dir, io_err, sibling, Executor, CLEANER_WAIT};
-use crate::copy;
+use super::gates::{link_owner, open_bound_parent, owner_access, write_gates};
+use super::{Executor, CLEANER_WAIT};
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::model::PathState;
-use crate::observe::path_state;
-use crate::state::{InitPhase, PendingKind, ReleasePhase};
-use std::path::Path;
+use crate::observe::{others_may_search, state_in, storage_alias};
+use crate::state::{InitPhase, ParentRecord, PendingKind, ReleasePhase, WorkspaceEntry};
+use crate::tree::{names, Compare, Dir, Identity, Job, Kind, Owner, TreeError};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+pub(super) fn tree_err(e: TreeError) -> Error {
+    Error::new(ErrorCode::OperationFailed, e.to_string())
+}
+
+/// The job that works on a tree owned by `uid`: in this process when that is this process's
+/// user, else in a worker that has become her.
+pub(super) fn job_for<'a>(uid: u32) -> Result<Job<'a>> {
+    if uid == nix::unistd::geteuid().as_raw() {
+        Ok(Job::in_process())
+    } else {
+        Ok(Job::as_owner(Owner::lookup(uid).map_err(tree_err)?))
+    }
+}
+
+fn record_of(d: &Dir) -> Result<ParentRecord> {
+    let st = d.stat().map_err(tree_err)?;
+    Ok(ParentRecord {
+        dev: st.dev,
+        ino: st.ino,
+        uid: st.uid,
+    })
+}
+
+fn tmp_name(tmp: &Path) -> Result<&OsStr> {
+    tmp.file_name().ok_or_else(|| {
+        Error::new(
+            ErrorCode::OperationFailed,
+            format!("{} has no last component", tmp.display()),
+        )
+    })
+}
+
+/// What an init needs to finish: the names and identities it recorded.
+pub(super) struct InitRecord<'a> {
+    pub op: &'a str,
+    pub ws_id: &'a str,
+    pub path: &'a Path,
+    pub subvol: &'a Path,
+    pub tmp: &'a Path,
+    pub parent: Option<ParentRecord>,
+    pub original: Option<Identity>,
+    pub owner: Option<u32>,
+}
+
+/// What a release needs to finish.
+pub(super) struct ReleaseRecord<'a> {
+    pub op: &'a str,
+    pub ws_id: &'a str,
+    pub path: &'a Path,
+    pub subvol: &'a Path,
+    pub tmp: &'a Path,
+    pub parent: Option<ParentRecord>,
+    pub copy: Option<Identity>,
+    pub link: Option<Identity>,
+    pub owner: Option<u32>,
+    pub phase: ReleasePhase,
+}
 
 impl Executor<'_> {
+    /// A workspace's data gate and snapshot gate (the gates directory created if missing).
+    fn gates_of(&self, ws_id: &str) -> [PathBuf; 2] {
+        [self.res.gate(ws_id), self.res.snap_dir(ws_id)]
+    }
+
+    fn ensure_gates_dir(&self) -> Result<()> {
+        super::gates::open_or_create(&self.res.gates_dir(), crate::resolve::ROOT_DIR_MODE).map(drop)
+    }
+
+    /// Remove the gates of a workspace that is no more: the data gate must be empty; what is
+    /// left in the snapshot gate once its snapshot subvolumes are deleted (a legacy
+    /// `index.json`) goes with it.
+    pub(super) fn remove_gates(&self, ws_id: &str) -> Result<()> {
+        let [gate, snaps] = self.gates_of(ws_id);
+        let fail = |g: &Path, e: TreeError| {
+            Error::new(
+                ErrorCode::OperationFailed,
+                format!("cannot remove the storage gate {}: {e}", g.display()),
+            )
+        };
+        if let Ok(pd) = Dir::open_no_symlinks(&self.res.gates_dir()) {
+            pd.remove_empty_dir(OsStr::new(ws_id))
+                .map_err(|e| fail(&gate, e))?;
+            pd.sync().map_err(tree_err)?;
+        }
+        if let Ok(pd) = Dir::open_no_symlinks(&self.res.snapshots_root) {
+            if let Some(st) = pd.child_stat(OsStr::new(ws_id)).map_err(tree_err)? {
+                Job::in_process()
+                    .remove(&pd, OsStr::new(ws_id), st.identity())
+                    .map_err(|e| fail(&snaps, e))?;
+                pd.sync().map_err(tree_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete a workspace subvolume that never became a workspace, and its gates.
+    fn drop_new_subvolume(&self, ws_id: &str, subvol: &Path) -> Result<()> {
+        self.sys.delete_subvolume_if_present(subvol)?;
+        self.remove_gates(ws_id)
+    }
+
     /// Directory → workspace (SPEC §5.1).
     pub(super) fn init_workspace(&mut self, ws_id: &str, path: &Path) -> Result<()> {
         let subvol = self.res.ws_subvol(ws_id);
-        if self.sys.is_subvolume(&subvol)? {
-            return Err(Error::new(
-                ErrorCode::OperationFailed,
-                format!("{} already exists; not overwriting it", subvol.display()),
-            ));
-        }
-        match path_state(path) {
-            PathState::Missing => {
-                // Nothing to move: an empty workspace. A crash in between leaves an unrecorded
-                // subvolume that the next pass adopts.
-                self.sys.create_subvolume(&subvol)?;
-                std::os::unix::fs::symlink(&subvol, path)
-                    .map_err(io_err("create symlink", path))?;
-                return self.record_workspace(ws_id, path, &subvol);
+        for s in [&subvol, &self.res.legacy_ws_subvol(ws_id)] {
+            if self.sys.is_subvolume(s)? {
+                return Err(Error::new(
+                    ErrorCode::OperationFailed,
+                    format!("{} already exists; not overwriting it", s.display()),
+                ));
             }
+        }
+        let (parent, name) = crate::observe::open_parent(path).map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidPath,
+                format!(
+                    "cannot make a workspace of {}: the directory holding it cannot be opened without following a symlink ({e})",
+                    path.display()
+                ),
+            )
+            .hint("name the directory by its real path (`realpath` prints it)")
+        })?;
+        let parent_rec = record_of(&parent)?;
+        let others = others_may_search(path.parent().unwrap_or(Path::new("/")));
+        match state_in(&parent, name) {
+            PathState::Missing => return self.init_empty(ws_id, path, &parent, name, parent_rec),
             PathState::Dir { .. } => {}
             other => {
                 return Err(Error::new(
@@ -37,29 +154,66 @@ impl Executor<'_> {
                 ))
             }
         }
+        let src = parent.open_dir(name).map_err(|e| {
+            Error::new(
+                ErrorCode::InvalidPath,
+                format!("cannot make a workspace of {}: {e}", path.display()),
+            )
+        })?;
+        let src_st = src.stat().map_err(tree_err)?;
+        if let Some(why) = storage_alias(&src, self.res, &self.sys.mounts()?) {
+            return Err(Error::new(
+                ErrorCode::InvalidPath,
+                format!("cannot make a workspace of {}: {why}", path.display()),
+            )
+            .hint("choose a project directory of your own"));
+        }
+        let owner = src_st.uid;
+        let mut job = job_for(owner)?;
         let op_id = crate::store::new_op_id();
-        let tmp = sibling(path, "init", &op_id);
+        let tmp_name = names::temp_sibling_name(name, "init", &op_id);
+        let tmp = path.with_file_name(&tmp_name);
         let mut kind = PendingKind::Init {
             ws_id: ws_id.to_string(),
             path: path.to_path_buf(),
             subvol: subvol.clone(),
             tmp: tmp.clone(),
             phase: InitPhase::Copying,
+            parent: Some(parent_rec),
+            original: Some(src_st.identity()),
+            owner: Some(owner),
         };
         let op = self.store.begin(kind.clone())?;
         fault::point("init:after-begin");
-        self.sys.create_subvolume(&subvol)?;
+        let prepared = self
+            .ensure_gates_dir()
+            .and_then(|_| {
+                write_gates(
+                    &self.gates_of(ws_id),
+                    &owner_access(Some(owner), others),
+                    Some(owner),
+                )
+            })
+            .and_then(|_| self.sys.create_subvolume(&subvol).map_err(Error::from));
+        if let Err(e) = prepared {
+            let _ = self.drop_new_subvolume(ws_id, &subvol);
+            self.withdraw(&op);
+            return Err(e);
+        }
         fault::point("init:after-subvol");
         let label = format!("copying {}", path.display());
         let progress = &mut *self.progress;
-        let copied = copy::copy_tree(path, &subvol, &mut |p| progress(&label, p)).and_then(|_| {
+        let mut report = |p: &crate::tree::Progress| progress(&label, p);
+        let copied = Dir::open_no_symlinks(&subvol).and_then(|dst| {
+            let mut job = std::mem::replace(&mut job, Job::in_process()).with_progress(&mut report);
+            job.copy(&src, &dst)?;
             fault::point("init:after-copy");
-            copy::verify_tree(path, &subvol)
+            job.verify(&src, &dst, Compare::Full)
         });
         if let Err(e) = copied {
             // Nothing irreversible happened: the original is untouched. Undo and report.
-            let _ = self.sys.delete_subvolume(&subvol);
-            self.store.end(&op)?;
+            let _ = self.drop_new_subvolume(ws_id, &subvol);
+            self.withdraw(&op);
             return Err(Error::new(
                 ErrorCode::OperationFailed,
                 format!(
@@ -71,59 +225,184 @@ impl Executor<'_> {
         if let PendingKind::Init { phase, .. } = &mut kind {
             *phase = InitPhase::Verified;
         }
-        self.store.update(&op, kind)?;
+        if let Err(e) = self.store.update(&op, kind) {
+            let _ = self.drop_new_subvolume(ws_id, &subvol);
+            self.withdraw(&op);
+            return Err(e);
+        }
         fault::point("init:after-verify");
-        std::os::unix::fs::symlink(&subvol, &tmp).map_err(io_err("create symlink", &tmp))?;
+        let link = parent.symlink(&tmp_name, &subvol).map_err(tree_err)?;
+        if let Some((uid, gid)) = link_owner(Some(owner)) {
+            parent
+                .chown_symlink(&tmp_name, link.identity(), uid, gid)
+                .map_err(tree_err)?;
+        }
         fault::point("init:after-link");
-        exchange(&tmp, path)?;
-        fsync_dir(path.parent().unwrap_or(Path::new("/")));
+        // The original must still be the directory that was copied.
+        let still = parent
+            .child_stat(name)
+            .map_err(tree_err)?
+            .is_some_and(|st| st.kind == Kind::Dir && st.identity() == src_st.identity());
+        if !still {
+            let _ = parent.unlink_expecting(&tmp_name, link.identity());
+            let _ = self.drop_new_subvolume(ws_id, &subvol);
+            self.withdraw(&op);
+            return Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "{} was replaced by another entry while it was being copied; nothing was changed",
+                    path.display()
+                ),
+            )
+            .hint("stop whatever renames it, then retry"));
+        }
+        parent.exchange(&tmp_name, name).map_err(tree_err)?;
+        parent.sync().map_err(tree_err)?;
         fault::point("init:after-exchange");
-        self.finish_init(&op, ws_id, path, &subvol, &tmp)
+        self.finish_init(
+            &InitRecord {
+                op: &op,
+                ws_id,
+                path,
+                subvol: &subvol,
+                tmp: &tmp,
+                parent: Some(parent_rec),
+                original: Some(src_st.identity()),
+                owner: Some(owner),
+            },
+            false,
+        )
     }
 
-    pub(super) fn finish_init(
+    /// A declared path that does not exist: an empty workspace, no copy.
+    fn init_empty(
         &mut self,
-        op: &str,
         ws_id: &str,
         path: &Path,
-        subvol: &Path,
-        tmp: &Path,
+        parent: &Dir,
+        name: &OsStr,
+        parent_rec: ParentRecord,
     ) -> Result<()> {
-        if let PathState::Dir { .. } = path_state(tmp) {
-            // The original is deleted only if it still matches the verified copy: a write
-            // that landed between the verification and the swap must not be lost.
-            if let Err(e) = copy::verify_tree_metadata(tmp, subvol) {
-                self.record_workspace(ws_id, path, subvol)?;
-                self.store.end(op)?;
-                return Err(Error::new(
-                    ErrorCode::OperationFailed,
-                    format!(
-                        "{} is now workspace {ws_id}, but the directory changed while it was being copied ({e}); the original is kept at {}",
-                        path.display(),
-                        tmp.display()
-                    ),
-                )
-                .hint(format!(
-                    "compare {} with the workspace, copy over what is missing, then delete it; stop programs writing into a directory before turning it into a workspace",
-                    tmp.display()
-                )));
+        // Owned by root: nobody owns a directory that does not exist. A crash in between
+        // leaves an unrecorded subvolume that the next pass adopts.
+        let subvol = self.res.ws_subvol(ws_id);
+        let others = others_may_search(path.parent().unwrap_or(Path::new("/")));
+        self.ensure_gates_dir()?;
+        write_gates(&self.gates_of(ws_id), &owner_access(None, others), None)?;
+        self.sys.create_subvolume(&subvol)?;
+        parent.symlink(name, &subvol).map_err(tree_err)?;
+        parent.sync().map_err(tree_err)?;
+        self.record_workspace(ws_id, path, None, Some(parent_rec), Some(others))
+    }
+
+    /// The original now sits at the temporary name: remove it, but only if it is still the
+    /// recorded directory and provably nothing is lost — after the exchange itself, equal to
+    /// the verified copy (metadata); in recovery, a subset of the workspace (entries may
+    /// already be removed). Then record the workspace and forget the operation.
+    pub(super) fn finish_init(&mut self, r: &InitRecord<'_>, recovering: bool) -> Result<()> {
+        let (parent, _) = open_bound_parent(r.path, r.parent.as_ref())?;
+        // A record of an earlier version has no parent: the one just opened (without a
+        // symlink, holding the workspace symlink the planner saw) is recorded.
+        let parent_rec = match r.parent {
+            Some(p) => p,
+            None => record_of(&parent)?,
+        };
+        let tmp_name = tmp_name(r.tmp)?;
+        let owner = r.owner.unwrap_or(0);
+        let others = others_may_search(r.path.parent().unwrap_or(Path::new("/")));
+        let at_tmp = parent.child_stat(tmp_name).map_err(tree_err)?;
+        let mut kept: Option<String> = None;
+        match (at_tmp, r.original) {
+            (None, _) => {}
+            (Some(st), Some(orig)) if st.kind == Kind::Dir && st.identity() == orig => {
+                let proof = Dir::open_no_symlinks(r.subvol).and_then(|live| {
+                    let o = parent.open_dir_expecting(tmp_name, orig)?;
+                    let mut job =
+                        job_for(owner).map_err(|e| TreeError::Worker { what: e.message })?;
+                    if recovering {
+                        job.prove_subset(&o, &live)?;
+                    } else {
+                        job.verify(&o, &live, Compare::Metadata)?;
+                    }
+                    job.remove(&parent, tmp_name, orig)
+                });
+                match proof {
+                    Ok(_) => {}
+                    Err(e @ (TreeError::Mismatch { .. } | TreeError::NotSubset { .. })) => {
+                        kept = Some(e.to_string())
+                    }
+                    Err(e) => return Err(tree_err(e)),
+                }
             }
-            copy::remove_tree(tmp)?;
-        } else if let PathState::Symlink { .. } = path_state(tmp) {
-            std::fs::remove_file(tmp).map_err(io_err("remove", tmp))?;
+            (Some(st), None) if st.kind == Kind::Symlink => {
+                // A record without identities (an earlier version): only our own link goes.
+                if let Ok(Some((_, t))) = parent.read_symlink(tmp_name) {
+                    if t == r.subvol {
+                        parent
+                            .unlink_expecting(tmp_name, st.identity())
+                            .map_err(tree_err)?;
+                    }
+                }
+            }
+            (Some(st), _) => {
+                kept = Some(format!(
+                    "{} is now a {} that is not the original directory, left alone",
+                    r.tmp.display(),
+                    st.kind.name()
+                ));
+            }
         }
         fault::point("init:after-remove-original");
-        self.record_workspace(ws_id, path, subvol)?;
-        self.store.end(op)
+        self.record_workspace(r.ws_id, r.path, r.owner, Some(parent_rec), Some(others))?;
+        self.store.end(r.op)?;
+        if let Some(why) = kept {
+            let when = if recovering {
+                "in the interrupted init"
+            } else {
+                "after it was copied"
+            };
+            return Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "{} is now workspace {}; the original directory was written to {when}, so it was not removed: {why}; it is at {}",
+                    r.path.display(),
+                    r.ws_id,
+                    r.tmp.display()
+                ),
+            )
+            .hint(format!(
+                "compare {} with the workspace, copy over what is missing, then remove it; stop programs writing into a directory before turning it into a workspace",
+                r.tmp.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Workspace → plain directory (SPEC §5.4).
     pub(super) fn release_workspace(&mut self, ws_id: &str, path: &Path) -> Result<()> {
+        let w: WorkspaceEntry = self
+            .store
+            .p
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(ws_id))
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::WorkspaceNotFound,
+                    format!("workspace {ws_id} is not recorded"),
+                )
+            })?;
         let subvol = self.res.ws_subvol(ws_id);
-        match path_state(path) {
-            PathState::Symlink { target, .. } if target == subvol => {}
+        let (parent, name) = open_bound_parent(path, w.parent.as_ref())?;
+        let link = match state_in(&parent, name) {
+            PathState::Symlink { target, .. } if target == subvol => parent
+                .read_symlink(name)
+                .map_err(tree_err)?
+                .map(|(st, _)| st.identity()),
             PathState::Missing => {
-                std::os::unix::fs::symlink(&subvol, path).map_err(io_err("create symlink", path))?
+                let st = parent.symlink(name, &subvol).map_err(tree_err)?;
+                Some(st.identity())
             }
             other => {
                 return Err(Error::new(
@@ -139,97 +418,234 @@ impl Executor<'_> {
                     subvol.display()
                 )))
             }
-        }
+        };
+        let live = Dir::open_no_symlinks(&subvol).map_err(tree_err)?;
+        let owner = w.owner_uid.unwrap_or(live.stat().map_err(tree_err)?.uid);
+        let mut job = job_for(owner)?;
         let op_id = crate::store::new_op_id();
-        let tmp = sibling(path, "release", &op_id);
+        let tmp_name = names::temp_sibling_name(name, "release", &op_id);
+        let tmp = path.with_file_name(&tmp_name);
         let mut kind = PendingKind::Release {
             ws_id: ws_id.to_string(),
             path: path.to_path_buf(),
             subvol: subvol.clone(),
             tmp: tmp.clone(),
             phase: ReleasePhase::Copying,
+            parent: Some(record_of(&parent)?),
+            copy: None,
+            link,
+            owner: Some(owner),
         };
         let op = self.store.begin(kind.clone())?;
         fault::point("release:after-begin");
-        let label = format!("copying {} back", path.display());
-        let progress = &mut *self.progress;
-        let copied = std::fs::create_dir(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))
-            .and_then(|_| {
-                copy::copy_tree(&subvol, &tmp, &mut |p| progress(&label, p)).map_err(Error::from)
-            })
-            .and_then(|_| {
-                fault::point("release:after-copy");
-                copy::verify_tree(&subvol, &tmp).map_err(Error::from)
-            });
-        if let Err(e) = copied {
-            let _ = copy::remove_tree(&tmp);
-            self.store.end(&op)?;
-            return Err(Error::new(
+        let stopped = |e: String| {
+            Error::new(
                 ErrorCode::OperationFailed,
                 format!(
-                    "release of {} stopped before anything was deleted: {}",
-                    path.display(),
-                    e.message
+                    "release of {} stopped before anything was deleted: {e}",
+                    path.display()
                 ),
             )
             .hint(
                 "the workspace is unchanged and usable; fix the cause (e.g. free space) and retry",
-            ));
+            )
+        };
+        let copy = match parent.create_dir(&tmp_name, 0o700) {
+            Ok(d) => d,
+            Err(e) => {
+                self.withdraw(&op);
+                return Err(stopped(e.to_string()));
+            }
+        };
+        let copy_id = copy.identity().map_err(tree_err)?;
+        if let PendingKind::Release { copy: c, .. } = &mut kind {
+            *c = Some(copy_id);
+        }
+        if let Err(e) = self.store.update(&op, kind.clone()) {
+            let _ = parent.remove_empty_dir(&tmp_name);
+            self.withdraw(&op);
+            return Err(e);
+        }
+        let label = format!("copying {} back", path.display());
+        let progress = &mut *self.progress;
+        let mut report = |p: &crate::tree::Progress| progress(&label, p);
+        let copied = {
+            let mut j = std::mem::replace(&mut job, Job::in_process()).with_progress(&mut report);
+            j.copy(&live, &copy).and_then(|_| {
+                fault::point("release:after-copy");
+                j.verify(&live, &copy, Compare::Full)
+            })
+        };
+        drop(copy);
+        let mut job = job_for(owner)?;
+        if let Err(e) = copied {
+            let _ = job.remove(&parent, &tmp_name, copy_id);
+            self.withdraw(&op);
+            return Err(stopped(e.to_string()));
         }
         if let PendingKind::Release { phase, .. } = &mut kind {
             *phase = ReleasePhase::Verified;
         }
-        self.store.update(&op, kind)?;
+        if let Err(e) = self.store.update(&op, kind) {
+            let _ = job.remove(&parent, &tmp_name, copy_id);
+            self.withdraw(&op);
+            return Err(e);
+        }
         fault::point("release:after-verify");
-        exchange(&tmp, path)?;
-        fsync_dir(path.parent().unwrap_or(Path::new("/")));
+        // Both names must still be what was recorded: the copy and the workspace symlink.
+        let copy_ok = parent
+            .child_stat(&tmp_name)
+            .map_err(tree_err)?
+            .is_some_and(|st| st.kind == Kind::Dir && st.identity() == copy_id);
+        let link_ok = parent
+            .read_symlink(name)
+            .ok()
+            .flatten()
+            .is_some_and(|(st, t)| Some(st.identity()) == link && t == subvol);
+        if !copy_ok || !link_ok {
+            if copy_ok {
+                let _ = job.remove(&parent, &tmp_name, copy_id);
+            }
+            self.withdraw(&op);
+            return Err(stopped(format!(
+                "{} was replaced by another entry while the release ran",
+                if copy_ok { path } else { &tmp }.display()
+            )));
+        }
+        parent.exchange(&tmp_name, name).map_err(tree_err)?;
+        parent.sync().map_err(tree_err)?;
         fault::point("release:after-exchange");
-        self.finish_release(&op, ws_id, path, &tmp)
+        self.finish_release(
+            &ReleaseRecord {
+                op: &op,
+                ws_id,
+                path,
+                subvol: &subvol,
+                tmp: &tmp,
+                parent: Some(record_of(&parent)?),
+                copy: Some(copy_id),
+                link,
+                owner: Some(owner),
+                phase: ReleasePhase::Verified,
+            },
+            false,
+        )
     }
 
-    pub(super) fn finish_release(
-        &mut self,
-        op: &str,
-        ws_id: &str,
-        path: &Path,
-        tmp: &Path,
-    ) -> Result<()> {
-        let subvol = self.res.ws_subvol(ws_id);
-        if let PathState::Symlink { .. } = path_state(tmp) {
-            // While the old symlink still exists the swap can be undone. Nothing is deleted
-            // unless the plain directory still matches the workspace: a write into the
-            // workspace after the verification must not be lost.
-            if let Err(e) = copy::verify_tree_metadata(&subvol, path) {
-                exchange(tmp, path)?;
-                fsync_dir(path.parent().unwrap_or(Path::new("/")));
-                copy::remove_tree(tmp)?;
-                self.store.end(op)?;
+    /// After the exchange: the plain directory is compared with the workspace once more
+    /// (in-flow, a difference undoes the exchange; in recovery, both are kept and it is
+    /// reported), the old symlink removed, then the subvolume, its snapshots and its gates
+    /// deleted, committed, and only then the workspace forgotten.
+    pub(super) fn finish_release(&mut self, r: &ReleaseRecord<'_>, recovering: bool) -> Result<()> {
+        let mut phase = r.phase;
+        if phase != ReleasePhase::Deleting {
+            let (parent, name) = open_bound_parent(r.path, r.parent.as_ref())?;
+            let tmp_name = tmp_name(r.tmp)?;
+            let owner = r.owner.unwrap_or(0);
+            let dir = parent.child_stat(name).map_err(tree_err)?;
+            let dir_ok = dir.is_some_and(|st| {
+                st.kind == Kind::Dir && r.copy.is_none_or(|c| st.identity() == c)
+            });
+            if !dir_ok {
                 return Err(Error::new(
                     ErrorCode::OperationFailed,
                     format!(
-                        "release of {} undone: the workspace changed while it was being copied ({e}); it is unchanged and still workspace {ws_id}",
-                        path.display()
+                        "release of {}: the path is no longer the copy that was made; nothing was deleted",
+                        r.path.display()
                     ),
-                )
-                .hint("stop programs writing into the workspace, then retry (`ws-ckpt apply` retries by itself)"));
+                ));
             }
-            std::fs::remove_file(tmp).map_err(io_err("remove", tmp))?;
+            let old_link = parent.read_symlink(tmp_name).ok().flatten();
+            if self.sys.is_subvolume(r.subvol)? {
+                let same = Dir::open_no_symlinks(r.subvol).and_then(|live| {
+                    let d = parent.open_dir(name)?;
+                    job_for(owner)
+                        .map_err(|e| TreeError::Worker { what: e.message })?
+                        .verify(&live, &d, Compare::Metadata)
+                });
+                match same {
+                    Ok(_) => {}
+                    Err(e) if recovering => {
+                        return Err(Error::new(
+                            ErrorCode::OperationFailed,
+                            format!(
+                                "interrupted release of {}: the plain directory differs from workspace {} ({e}); both are kept",
+                                r.path.display(),
+                                r.ws_id
+                            ),
+                        )
+                        .hint(format!(
+                            "compare {} with {}, keep what you need, then run `ws-ckpt apply` again",
+                            r.path.display(),
+                            r.subvol.display()
+                        )))
+                    }
+                    Err(e) => {
+                        let ours = old_link
+                            .as_ref()
+                            .is_some_and(|(st, t)| Some(st.identity()) == r.link && t == r.subvol);
+                        if ours {
+                            parent.exchange(tmp_name, name).map_err(tree_err)?;
+                            parent.sync().map_err(tree_err)?;
+                            if let Some(c) = r.copy {
+                                let _ = job_for(owner)?.remove(&parent, tmp_name, c);
+                            }
+                            self.store.end(r.op)?;
+                        }
+                        return Err(Error::new(
+                            ErrorCode::OperationFailed,
+                            format!(
+                                "release of {} undone: the workspace changed while it was being copied ({e}); it is unchanged and still workspace {}",
+                                r.path.display(),
+                                r.ws_id
+                            ),
+                        )
+                        .hint("stop programs writing into the workspace, then retry (`ws-ckpt apply` retries by itself)"));
+                    }
+                }
+            }
+            if let Some((st, t)) = old_link {
+                if t == r.subvol && r.link.is_none_or(|l| l == st.identity()) {
+                    parent
+                        .unlink_expecting(tmp_name, st.identity())
+                        .map_err(tree_err)?;
+                    parent.sync().map_err(tree_err)?;
+                }
+            }
+            phase = ReleasePhase::Deleting;
+            if let Some(mut op) = self.store.pending(r.op) {
+                if let PendingKind::Release { phase: p, .. } = &mut op.kind {
+                    *p = phase;
+                }
+                self.store.update(r.op, op.kind)?;
+            }
         }
-        let snap_dir = self.res.snap_dir(ws_id);
+        fault::point("release:deleting");
+        let snap_dir = self.res.snap_dir(r.ws_id);
         for name in self.sys.list_subvolumes(&snap_dir)? {
             self.sys.delete_subvolume(&snap_dir.join(name))?;
             fault::point("release:after-delete-snapshot");
         }
-        if snap_dir.exists() {
-            copy::remove_tree(&snap_dir)?;
-        }
-        self.sys.delete_subvolume_if_present(&subvol)?;
-        self.store.remove_workspace(ws_id)?;
-        self.store.end(op)?;
+        self.sys.delete_subvolume_if_present(r.subvol)?;
+        self.remove_gates(r.ws_id)?;
+        // The deletions are committed before the workspace is forgotten: a power cut leaves
+        // either the record (recovery finishes) or nothing.
+        self.sys.commit(&self.res.mount)?;
+        fault::point("release:after-commit");
+        self.store.remove_workspace(r.ws_id)?;
+        self.store.end(r.op)?;
         let _ = self
             .sys
             .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT);
         Ok(())
+    }
+
+    /// Forget an operation that failed before any irreversible step: in memory even when
+    /// the record cannot be written (a full state directory), so that it has no later effect.
+    pub(super) fn withdraw(&mut self, op: &str) {
+        if let Err(e) = self.store.end(op) {
+            tracing::warn!(op, error = %e, "could not persist the withdrawal of a failed operation");
+            self.store.forget_pending(op);
+        }
     }
 }

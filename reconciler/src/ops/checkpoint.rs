@@ -155,8 +155,8 @@ impl Engine {
             None => ids::generate_snapshot_id(now, taken),
         };
         let snap_dir = res.snap_dir(&ws_id);
-        std::fs::create_dir_all(&snap_dir)
-            .map_err(|e| Error::io("create directory", &snap_dir, e))?;
+        // Normally made (as a gate) at init; never created open (SPEC §7.3).
+        crate::execute::gates::ensure_private_dir(&snap_dir)?;
         let dest = snap_dir.join(&id);
         Ok(PreparedCheckpoint {
             empty: dir_is_empty(&subvol),

@@ -62,8 +62,7 @@ impl Engine {
                 })?;
                 let snap_dir = res.snap_dir(&ws.ws_id);
                 let tmp = snap_dir.join(&tmp_id);
-                let result = std::fs::create_dir_all(&snap_dir)
-                    .map_err(|e| Error::io("create directory", &snap_dir, e))
+                let result = crate::execute::gates::ensure_private_dir(&snap_dir)
                     .and_then(|_| {
                         self.sys()
                             .snapshot(&subvol, &tmp, true)

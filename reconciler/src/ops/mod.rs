@@ -67,6 +67,9 @@ fn describe_path(path: &Path, st: &PathState) -> String {
         PathState::Dir { empty: true, .. } => "an empty real directory".to_string(),
         PathState::Dir { .. } => "a real directory".to_string(),
         PathState::Other => "a file (not a directory)".to_string(),
+        PathState::Unreachable { why } => format!(
+            "unreachable: the directory holding it cannot be opened without following a symlink ({why})"
+        ),
     }
 }
 
@@ -195,15 +198,33 @@ impl Engine {
             )));
         }
         let path = &ws.workspace_path;
-        let st = path_state(path);
-        let ok = match &st {
-            PathState::Symlink { target, .. } => {
-                *target == subvol
-                    || matches!((std::fs::canonicalize(path), std::fs::canonicalize(&subvol)), (Ok(a), Ok(b)) if a == b)
+        // Re-resolved safely: the directory holding the path, opened without following a
+        // symlink, must be the one recorded at init (SPEC §7.3).
+        let st = match crate::observe::open_parent(path) {
+            Ok((dir, name)) => {
+                let same = ws.parent.is_none_or(|rec| {
+                    dir.stat()
+                        .is_ok_and(|s| (s.dev, s.ino) == (rec.dev, rec.ino))
+                });
+                if !same {
+                    return Err(Error::new(
+                        ErrorCode::WorkspaceDetached,
+                        format!(
+                            "workspace {} is detached: the directory holding {} is not the one recorded when it became a workspace",
+                            ws.ws_id,
+                            path.display()
+                        ),
+                    )
+                    .hint(format!(
+                        "put the original directory back (the data is safe in {}), then run `ws-ckpt apply`",
+                        subvol.display()
+                    )));
+                }
+                crate::observe::state_in(&dir, name)
             }
-            _ => false,
+            Err(_) => path_state(path),
         };
-        if ok {
+        if matches!(&st, PathState::Symlink { target, .. } if *target == subvol) {
             return Ok(subvol);
         }
         let hint = match st {

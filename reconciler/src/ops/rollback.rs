@@ -78,9 +78,7 @@ impl Engine {
                 .hint("stop them or change their directory, or pass --force (they keep seeing the old state until they re-enter the workspace)"));
             }
         }
-        let tmp = res
-            .data_root
-            .join(format!(".{ws_id}.rollback-{}", new_op_id()));
+        let tmp = res.rollback_tmp(&ws_id, &new_op_id());
         let mut kind = PendingKind::Rollback {
             ws_id: ws_id.clone(),
             snapshot: snapshot.to_string(),
@@ -113,7 +111,7 @@ impl Engine {
                 format!("rollback of workspace {ws_id} to {snapshot} failed; the workspace is unchanged: {}", e.message),
             ));
         }
-        fsync_dir(&res.data_root);
+        fsync_dir(&res.gate(&ws_id));
         fault::point("rollback:after-exchange");
         // `tmp` now holds the previous state of the workspace.
         if let Err(e) = self.sys().delete_subvolume(&tmp) {
@@ -127,6 +125,9 @@ impl Engine {
             .hint("move any nested subvolume out of it, then run `ws-ckpt apply` to finish"));
         }
         fault::point("rollback:after-delete-old");
+        // The deletion is committed before the end record: a power cut cannot leave the old
+        // state's copy behind while the operation is already forgotten (issue 10).
+        self.sys().commit(&res.mount)?;
         self.store.end(&op)?;
         Ok(RollbackResult {
             ws_id,

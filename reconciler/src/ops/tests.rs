@@ -430,8 +430,8 @@ fn rollback_restores_and_leaves_nothing_behind() {
     assert!(!env.sys.is_readonly(&res.ws_subvol(&id)).unwrap());
     std::fs::write(env.ws("a").join("after.txt"), b"x").unwrap();
     // No temporary subvolume, no pending operation.
-    let names = env.sys.list_subvolumes(&res.data_root).unwrap();
-    assert_eq!(names, [id.as_str()], "{names:?}");
+    let names = env.sys.list_subvolumes(&res.gate(&id)).unwrap();
+    assert_eq!(names, ["live"], "{names:?}");
     assert!(env.engine.store.p.pending().is_empty());
     // The snapshot itself is unchanged.
     assert_eq!(
@@ -700,7 +700,7 @@ fn interrupted_rollback_recovers_at_every_step() {
         let id = env.ws_id("a");
         let res = env.res();
         let subvol = res.ws_subvol(&id);
-        let tmp = res.data_root.join(format!(".{id}.rollback-test"));
+        let tmp = res.rollback_tmp(&id, "test");
         env.engine
             .store
             .begin(PendingKind::Rollback {
@@ -728,8 +728,8 @@ fn interrupted_rollback_recovers_at_every_step() {
         assert_eq!(env.content("a"), want, "{name}");
         assert!(env.engine.store.p.pending().is_empty(), "{name}");
         assert_eq!(
-            env.sys.list_subvolumes(&res.data_root).unwrap(),
-            [id.as_str()],
+            env.sys.list_subvolumes(&res.gate(&id)).unwrap(),
+            ["live"],
             "{name}"
         );
         // And the workspace works normally afterwards.
