@@ -182,6 +182,15 @@ impl Caller {
             pid: std::process::id() as i32,
         }
     }
+    /// root, as this process (for lookups that see everything).
+    pub fn this_process_as_root() -> Caller {
+        Caller {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id() as i32,
+        }
+    }
+
     /// True for root.
     pub fn is_root(&self) -> bool {
         self.uid == 0
@@ -202,7 +211,7 @@ pub struct CheckpointArgs {
 }
 
 /// Receives progress of long copies: (what is being copied, how far it got).
-pub type Progress<'a> = &'a mut dyn FnMut(&str, &crate::copy::Progress);
+pub type Progress<'a> = &'a mut dyn FnMut(&str, &crate::tree::Progress);
 
 /// A recorded workspace as a request named it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,10 +10,10 @@
 use crate::api::{Addressed, Caller, Request, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
+use crate::finding::Finding;
 use crate::paths::absolute_user_path;
 use crate::state::{StateFile, WorkspaceEntry};
 use crate::status::StatusReport;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 fn denied(msg: String) -> Error {
@@ -51,12 +51,40 @@ pub fn group_names(uid: u32, primary_gid: u32) -> Vec<String> {
         .collect()
 }
 
-/// True when `caller` may operate on workspace `w` (its owner, root, or allowed by the
-/// workspace's declaration in `config`).
-pub fn may_use(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
-    if caller.is_root() || w.owner_uid == Some(caller.uid) {
-        return true;
+/// What a caller is to a workspace (SPEC §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// root: anything.
+    Root,
+    /// The owner recorded at init: everything on it, release and cleanup included.
+    Owner,
+    /// Named by `allow_users`/`allow_groups`: checkpoint, rollback, list, diff, delete single
+    /// snapshots.
+    Allowed,
+    /// Nobody: the workspace does not exist as far as this caller can tell.
+    Stranger,
+}
+
+/// `caller`'s role for workspace `w`.
+pub fn role(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> Role {
+    if caller.is_root() {
+        Role::Root
+    } else if w.owner_uid == Some(caller.uid) {
+        Role::Owner
+    } else if allowed(config, caller, w) {
+        Role::Allowed
+    } else {
+        Role::Stranger
     }
+}
+
+/// True when `caller` may operate on workspace `w` (its owner, root, or allowed by the
+/// workspace's declaration in `config`); others cannot even learn that it exists.
+pub fn may_use(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
+    role(config, caller, w) != Role::Stranger
+}
+
+fn allowed(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
     let Some(decl) = config.workspace(&w.workspace_path) else {
         return false;
     };
@@ -80,18 +108,28 @@ pub fn may_use(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
     false
 }
 
-fn workspace_access(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> Result<()> {
-    if may_use(config, caller, w) {
-        Ok(())
-    } else {
-        Err(denied(format!(
-            "uid {} may not use workspace {} ({}): it belongs to uid {}",
-            caller.uid,
-            w.ws_id,
-            w.workspace_path.display(),
-            w.owner_uid.map(|u| u.to_string()).unwrap_or_else(|| "root".into())
+fn workspace_access(
+    config: &Config,
+    caller: &Caller,
+    req: &Request,
+    w: &WorkspaceEntry,
+) -> Result<()> {
+    let owner_only = matches!(req, Request::Release { .. } | Request::Cleanup { .. });
+    match role(config, caller, w) {
+        Role::Root | Role::Owner => Ok(()),
+        Role::Allowed if !owner_only => Ok(()),
+        Role::Allowed => Err(denied(format!(
+            "`{}` of workspace {} needs its owner or root: allow_users and allow_groups may checkpoint, roll back, list, diff and delete single snapshots",
+            req.op(),
+            w.ws_id
         ))
-        .hint("ask its owner or root to add you to allow_users / allow_groups in its [[workspace]] table"))
+        .hint("ask the workspace's owner or root to run it")),
+        // Resolution never hands a stranger another user's workspace; should it happen, say
+        // nothing about it.
+        Role::Stranger => Err(Error::new(
+            ErrorCode::WorkspaceNotFound,
+            format!("no workspace {}", w.ws_id),
+        )),
     }
 }
 
@@ -107,21 +145,23 @@ fn init_access(config: &Config, caller: &Caller, path: &Path) -> Result<()> {
         ));
     }
     let abs = absolute_user_path(path)?;
-    let meta = std::fs::symlink_metadata(&abs)
-        .map_err(|e| Error::new(ErrorCode::InvalidPath, format!("{}: {e}", abs.display())))?;
-    if !meta.is_dir() {
+    // Seen from the directory holding it, opened without following a symlink. What root sees
+    // of a path the caller may not reach is not told: one answer for missing, foreign and
+    // unreachable alike.
+    let mine = match crate::observe::path_state(&abs) {
+        crate::model::PathState::Dir { uid, .. } => uid == caller.uid,
+        _ => false,
+    };
+    if !mine {
         return Err(Error::new(
             ErrorCode::InvalidPath,
-            format!("{} is not a directory", abs.display()),
-        ));
-    }
-    if meta.uid() != caller.uid {
-        return Err(denied(format!(
-            "uid {} may not init {}: it is owned by uid {}",
-            caller.uid,
-            abs.display(),
-            meta.uid()
-        )));
+            format!(
+                "cannot make a workspace of {}: it is not a directory owned by uid {} (or it cannot be reached without following a symlink)",
+                abs.display(),
+                caller.uid
+            ),
+        )
+        .hint("give the path of a directory of your own, by its real location"));
     }
     Ok(())
 }
@@ -141,12 +181,15 @@ pub fn authorize(config: &Config, caller: &Caller, req: &Request, target: &Targe
         }
         (Request::Status { .. }, _) => Ok(()),
         (Request::Init { path }, _) => init_access(config, caller, path),
-        (_, Target::Workspace(Addressed { entry, .. })) => workspace_access(config, caller, entry),
+        (_, Target::Workspace(Addressed { entry, .. })) => {
+            workspace_access(config, caller, req, entry)
+        }
         (_, Target::Unrecorded { path, .. }) => init_access(config, caller, path),
-        // The operation picks the workspace by the (unique) ID; check every one holding it.
+        // The operation picks the workspace by the (unique) ID among those the caller may use
+        // (resolution drops the others); check every one holding it.
         (_, Target::Holders(holders)) => holders
             .iter()
-            .try_for_each(|w| workspace_access(config, caller, w)),
+            .try_for_each(|w| workspace_access(config, caller, req, w)),
         (_, Target::Host) => Ok(()),
     }
 }
@@ -162,13 +205,30 @@ pub fn filter_status(
     if caller.is_root() {
         return;
     }
-    let visible: Vec<String> = state
+    let visible = visible_workspaces(config, state, caller);
+    st.workspaces.retain(|w| visible.contains(&w.ws_id));
+    st.findings.retain(|f| finding_visible(f, &visible));
+}
+
+/// The workspaces `caller` may use.
+pub fn visible_workspaces(
+    config: &Config,
+    state: Option<&StateFile>,
+    caller: &Caller,
+) -> Vec<String> {
+    state
         .iter()
         .flat_map(|s| s.workspaces.iter())
         .filter(|w| may_use(config, caller, w))
         .map(|w| w.ws_id.clone())
-        .collect();
-    st.workspaces.retain(|w| visible.contains(&w.ws_id));
-    st.findings
-        .retain(|f| f.ws_id.as_ref().is_none_or(|id| visible.contains(id)));
+        .collect()
+}
+
+/// A finding a non-root caller may see: about one of `visible`, or about the host without
+/// naming any path (an orphan, a failing action of someone else's path, … are root's).
+pub fn finding_visible(f: &Finding, visible: &[String]) -> bool {
+    match &f.ws_id {
+        Some(id) => visible.contains(id),
+        None => f.path.is_none(),
+    }
 }

@@ -11,7 +11,7 @@
 //! operation (`ops`, `engine`).
 
 use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Request, Target};
-use crate::engine::{ApplyOptions, Engine};
+use crate::engine::{ApplyOptions, ApplyReport, Engine};
 use crate::error::{Error, ErrorCode, Result};
 use crate::paths::absolute_user_path;
 use crate::plan::PlanOptions;
@@ -91,7 +91,7 @@ fn run(
     let target = session.with_engine(|engine| {
         *state_dir = Some(engine.config.daemon.state_dir.clone());
         req.check_ids()?;
-        let target = resolve(engine, req)?;
+        let target = resolve_for(engine, caller, req)?;
         crate::auth::authorize(&engine.config, caller, req, &target)?;
         Ok::<_, Error>(target)
     })??;
@@ -105,15 +105,23 @@ fn run(
 
 /// What `req` names, looked up once (the step before authorization).
 pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
+    resolve_for(engine, &Caller::this_process_as_root(), req)
+}
+
+/// What `req` names for `caller`: workspaces the caller may not use are not found, exactly
+/// as if they did not exist (SPEC §7.2).
+pub fn resolve_for(engine: &Engine, caller: &Caller, req: &Request) -> Result<Target> {
+    let visible =
+        |w: &crate::state::WorkspaceEntry| crate::auth::may_use(&engine.config, caller, w);
     let workspace = |spec: &str| {
         engine
-            .resolve_workspace(spec)
+            .resolve_workspace_for(spec, &visible)
             .map(|w| Target::Workspace(Addressed::new(w, spec)))
     };
     match req {
         Request::Checkpoint {
             workspace: spec, ..
-        } => match engine.resolve_workspace(spec) {
+        } => match engine.resolve_workspace_for(spec, &visible) {
             Ok(w) => Ok(Target::Workspace(Addressed::new(w, spec))),
             Err(e) if e.code == ErrorCode::WorkspaceNotFound => Ok(Target::Unrecorded {
                 path: absolute_user_path(Path::new(spec))?,
@@ -144,9 +152,15 @@ pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
             workspace: None,
             snapshot,
             ..
-        } => Ok(Target::Holders(engine.snapshot_holders(snapshot))),
+        } => Ok(Target::Holders(
+            engine
+                .snapshot_holders(snapshot)
+                .into_iter()
+                .filter(|w| visible(w))
+                .collect(),
+        )),
         Request::Release { path } => {
-            let w = engine.release_target(path)?;
+            let w = engine.release_target_for(path, &visible)?;
             let spec = w.workspace_path.display().to_string();
             Ok(Target::Workspace(Addressed::new(w, &spec)))
         }
@@ -157,6 +171,26 @@ pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
         | Request::Apply { .. }
         | Request::Reload => Ok(Target::Host),
     }
+}
+
+/// Reduce the report of an apply that ran on `caller`'s behalf (init, release) to what the
+/// caller may see: actions and findings about its own workspaces (`own`: the one the request
+/// was about, recorded or no longer), and host findings naming no path.
+fn filter_apply(engine: &Engine, caller: &Caller, report: &mut ApplyReport, own: &str) {
+    if caller.is_root() {
+        return;
+    }
+    let mut visible =
+        crate::auth::visible_workspaces(&engine.config, engine.store.p.state.as_ref(), caller);
+    visible.push(own.to_string());
+    report.actions.retain(|a| {
+        a.action
+            .ws_id()
+            .is_some_and(|id| visible.iter().any(|v| v == id))
+    });
+    report
+        .findings
+        .retain(|f| crate::auth::finding_visible(f, &visible));
 }
 
 fn to_value<T: Serialize>(v: &T) -> Result<Value> {
@@ -274,8 +308,18 @@ fn dispatch(
         Request::Diff { from, to, .. } => {
             to_value(&engine.diff(&addressed(&target)?, from, to.as_deref())?)
         }
-        Request::Init { path } => to_value(&engine.init(path, progress)?),
-        Request::Release { .. } => to_value(&engine.release(&addressed(&target)?.entry, progress)?),
+        Request::Init { path } => {
+            let mut r = engine.init(path, progress)?;
+            if let Some(a) = r.apply.as_mut() {
+                filter_apply(engine, caller, a, &r.ws_id);
+            }
+            to_value(&r)
+        }
+        Request::Release { .. } => {
+            let mut r = engine.release(&addressed(&target)?.entry, progress)?;
+            filter_apply(engine, caller, &mut r.apply, &r.ws_id);
+            to_value(&r)
+        }
         Request::Status { workspace } => {
             let mut st = engine.status(daemon);
             crate::auth::filter_status(
@@ -290,11 +334,15 @@ fn dispatch(
             }
             to_value(&st)
         }
-        Request::Plan { prune } => to_value(&engine.plan(PlanOptions { prune: *prune })),
+        Request::Plan { prune } => to_value(&engine.plan(PlanOptions {
+            prune: *prune,
+            retry_failed: false,
+        })),
         Request::Apply { check, prune } => to_value(&engine.apply(
             ApplyOptions {
                 check: *check,
                 prune: *prune,
+                retry_failed: true,
             },
             progress,
         )),
