@@ -1176,6 +1176,12 @@ impl Layout {
         self.mount.join("snapshots")
     }
 
+    /// Where a workspace's subvolume is, as the storage layout documents it
+    /// (docs/security.md): `<mount>/gates/<ws_id>/live`.
+    pub fn ws_subvol(&self, ws_id: &str) -> PathBuf {
+        self.mount.join(ws_subvol_rel(ws_id))
+    }
+
     /// The main config file for this layout.
     pub fn config_text(&self) -> String {
         let q = |p: &Path| format!("{:?}", p.display().to_string());
@@ -1201,6 +1207,13 @@ impl Layout {
             q(&self.legacy_image),
         )
     }
+}
+
+/// A workspace subvolume's path relative to the top of the filesystem, as `btrfs subvolume
+/// list` prints it: `gates/<ws_id>/live` (each workspace's subvolume sits in its own
+/// root-owned gate directory).
+pub fn ws_subvol_rel(ws_id: &str) -> String {
+    format!("gates/{ws_id}/live")
 }
 
 /// Where a [`Rig`] keeps state_dir, the image and the user directories.
@@ -1641,10 +1654,28 @@ impl Rig {
         }
         let recorded: BTreeSet<&String> = obs.recorded.keys().collect();
         for (name, p) in dir_names(&self.layout.mount) {
-            if name == "snapshots" || recorded.contains(&name) || obs.subvols.contains_key(&name) {
+            if name == "snapshots" || name == "gates" || obs.subvols.contains_key(&name) {
                 continue;
             }
             left.push((p.clone(), describe_leftover(&p)));
+        }
+        // One gate per recorded workspace, holding its subvolume and nothing else.
+        for (ws_id, p) in dir_names(&self.layout.mount.join("gates")) {
+            if !recorded.contains(&ws_id) {
+                left.push((
+                    p.clone(),
+                    format!(
+                        "{} (storage gate of unrecorded workspace {ws_id})",
+                        describe_leftover(&p)
+                    ),
+                ));
+                continue;
+            }
+            for (name, q) in dir_names(&p) {
+                if name != "live" && !obs.subvols.contains_key(&format!("gates/{ws_id}/{name}")) {
+                    left.push((q.clone(), describe_leftover(&q)));
+                }
+            }
         }
         let listed: BTreeSet<(String, String)> = obs
             .listed
@@ -1805,7 +1836,7 @@ impl Rig {
         for m in models {
             for w in &m.ws {
                 if let (true, Some(id)) = (w.managed, &w.ws_id) {
-                    expected.insert(id.clone());
+                    expected.insert(ws_subvol_rel(id));
                     for s in w.snaps.keys() {
                         expected.insert(format!("snapshots/{id}/{s}"));
                     }
@@ -1850,7 +1881,7 @@ impl Rig {
         for m in models {
             for w in &m.ws {
                 if let (true, Some(id)) = (w.managed, &w.ws_id) {
-                    expected.insert(id.clone());
+                    expected.insert(ws_subvol_rel(id));
                     for s in w.snaps.keys() {
                         expected.insert(format!("snapshots/{id}/{s}"));
                     }
@@ -1882,7 +1913,7 @@ impl Rig {
             let Some(ws_id) = &w.ws_id else {
                 return vec!["harness: workspace without a known ws_id".into()];
             };
-            let subvol = self.layout.mount.join(ws_id);
+            let subvol = self.layout.ws_subvol(ws_id);
             match fs::read_link(&w.path) {
                 Ok(t) if t == subvol => {}
                 Ok(t) => d.push(format!(
@@ -1907,7 +1938,7 @@ impl Rig {
                 }
                 None => d.push("status does not record it as a workspace".into()),
             }
-            if !obs.subvols.contains_key(ws_id) {
+            if !obs.subvols.contains_key(&ws_subvol_rel(ws_id)) {
                 d.push(format!("its subvolume {} does not exist", subvol.display()));
             }
             if d.is_empty() {
@@ -2058,6 +2089,11 @@ impl Rig {
         }
         for (name, _) in dir_names(&self.layout.mount) {
             f.insert(format!("data:{name}"));
+        }
+        for (ws, p) in dir_names(&self.layout.mount.join("gates")) {
+            for (name, _) in dir_names(&p) {
+                f.insert(format!("gate:{ws}/{name}"));
+            }
         }
         for (ws, p) in dir_names(&self.layout.snapshots_root()) {
             for (name, _) in dir_names(&p) {

@@ -9,8 +9,8 @@ pub(crate) use std::time::{Duration, Instant};
 pub(crate) use nix::sys::signal::Signal;
 pub(crate) use serde_json::{json, Value};
 pub(crate) use ws_ckpt_integration_tests::torture_support::{
-    add_file, compare_tree, fill_to_enospc, gen_tree, indent, syncfs, write_tree, Inotify, Listed,
-    Rig, Rng, Storage, Tree, TreeSize,
+    add_file, compare_tree, fill_to_enospc, gen_tree, indent, syncfs, write_tree, ws_subvol_rel,
+    Inotify, Listed, Rig, Rng, Storage, Tree, TreeSize,
 };
 pub(crate) use ws_ckpt_integration_tests::{Run, Spawned};
 
@@ -121,7 +121,7 @@ pub(crate) fn unrecorded_subvolumes(rig: &Rig) -> Vec<String> {
     rig.subvolumes()
         .into_keys()
         .filter(|p| {
-            !recorded.contains(p)
+            !recorded.iter().any(|id| *p == ws_subvol_rel(id))
                 && !listed.iter().any(|l| {
                     l.ws_keys
                         .iter()

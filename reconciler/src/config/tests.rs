@@ -534,7 +534,7 @@ fn reserved_workspace_id_is_rejected() {
         3,
         6,
         "workspace.id",
-        "snapshot directory",
+        "own directories",
     );
 }
 
