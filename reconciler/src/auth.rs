@@ -11,7 +11,6 @@ use crate::api::{Addressed, Caller, Request, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::finding::Finding;
-use crate::paths::absolute_user_path;
 use crate::state::{StateFile, WorkspaceEntry};
 use crate::status::StatusReport;
 use std::path::Path;
@@ -144,7 +143,9 @@ fn init_access(config: &Config, caller: &Caller, path: &Path) -> Result<()> {
             "only root may create workspaces on this host ([access] user_init = false)".into(),
         ));
     }
-    let abs = absolute_user_path(path)?;
+    // Not resolved again: a symlink the caller put there since her CLI resolved it is refused
+    // below, never followed.
+    let abs = crate::paths::lexical_absolute(path)?;
     // Seen from the directory holding it, opened without following a symlink. What root sees
     // of a path the caller may not reach is not told: one answer for missing, foreign and
     // unreachable alike.

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 pub const MAX_ROUNDS: usize = 6;
 
 /// Options of `apply`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// Plan only (`--check`).
     pub check: bool,
@@ -37,6 +37,9 @@ pub struct ApplyOptions {
     /// Run actions that failed recently at once (an explicit `apply`, `init`, `release`)
     /// instead of waiting for their backoff (a pass of the daemon).
     pub retry_failed: bool,
+    /// An init on behalf of a user: the directory at this path must be owned by this uid
+    /// when the executor opens it (without following a symlink), else nothing is done.
+    pub init_owner: Option<(PathBuf, u32)>,
 }
 
 /// Result of `apply` (JSON: `{"changed", "actions", "findings"}`).
@@ -125,6 +128,7 @@ impl Engine {
             store: &mut self.store,
             res,
             progress,
+            init_owner: None,
         }
     }
 
@@ -220,6 +224,7 @@ impl Engine {
                     store: &mut self.store,
                     res: &res,
                     progress,
+                    init_owner: opts.init_owner.as_ref(),
                 }
                 .run(&action);
                 self.note_outcome(&action, result.as_ref().err());
@@ -335,7 +340,19 @@ impl Engine {
         path: &Path,
         progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> Result<InitReport> {
-        let path = absolute_user_path(path)?;
+        self.init_as(path, None, progress)
+    }
+
+    /// [`Engine::init`] on behalf of `owner` (a non-root caller): the directory must be hers
+    /// when it is opened for the copy. The path is taken as sent (made absolute, `.`/`..`
+    /// removed), never resolved again: the caller's CLI resolved it as her.
+    pub fn init_as(
+        &mut self,
+        path: &Path,
+        owner: Option<u32>,
+        progress: &mut dyn FnMut(&str, &crate::tree::Progress),
+    ) -> Result<InitReport> {
+        let path = crate::paths::lexical_absolute(path)?;
         if let Some(w) = self.workspace_by_path(&path) {
             let w = w.clone();
             if self
@@ -383,6 +400,7 @@ impl Engine {
         self.reload_config()?;
         let explicit = ApplyOptions {
             retry_failed: true,
+            init_owner: owner.map(|uid| (path.clone(), uid)),
             ..ApplyOptions::default()
         };
         let report = self.apply(explicit, progress);

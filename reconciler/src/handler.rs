@@ -309,7 +309,8 @@ fn dispatch(
             to_value(&engine.diff(&addressed(&target)?, from, to.as_deref())?)
         }
         Request::Init { path } => {
-            let mut r = engine.init(path, progress)?;
+            let owner = (!caller.is_root()).then_some(caller.uid);
+            let mut r = engine.init_as(path, owner, progress)?;
             if let Some(a) = r.apply.as_mut() {
                 filter_apply(engine, caller, a, &r.ws_id);
             }
@@ -343,6 +344,7 @@ fn dispatch(
                 check: *check,
                 prune: *prune,
                 retry_failed: true,
+                ..ApplyOptions::default()
             },
             progress,
         )),

@@ -340,14 +340,16 @@ impl Executor<'_> {
                     replace_symlink(&parent, name, to, link_owner(w.owner_uid))?
                 }
                 PathState::Symlink { target, .. } if target == to => {}
-                other => return Err(Error::new(
-                    ErrorCode::WorkspaceDetached,
-                    format!(
+                other => {
+                    return Err(Error::new(
+                        ErrorCode::WorkspaceDetached,
+                        format!(
                         "{} moved into its storage gate, but {} is now {other:?}; not replacing it",
                         to.display(),
                         path.display()
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(Change::Created)

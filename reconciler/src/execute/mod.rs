@@ -117,6 +117,9 @@ pub struct Executor<'a> {
     pub res: &'a Resolution,
     /// Progress sink for long copies.
     pub progress: ProgressFn<'a>,
+    /// An init on behalf of a user: (its path, her uid). The directory must be hers when it
+    /// is opened for the copy; nothing is done otherwise.
+    pub init_owner: Option<&'a (PathBuf, u32)>,
 }
 
 fn io_err<'p>(what: &str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {

@@ -144,7 +144,24 @@ impl Executor<'_> {
         })?;
         let parent_rec = record_of(&parent)?;
         let others = others_may_search(path.parent().unwrap_or(Path::new("/")));
+        let expected_owner = self
+            .init_owner
+            .filter(|(p, _)| p == path)
+            .map(|(_, uid)| *uid);
+        let not_hers = |uid: u32| {
+            Error::new(
+                ErrorCode::InvalidPath,
+                format!(
+                    "cannot make a workspace of {}: it is not a directory owned by uid {uid} (or it cannot be reached without following a symlink); nothing was changed",
+                    path.display()
+                ),
+            )
+            .hint("give the path of a directory of your own, by its real location")
+        };
         match state_in(&parent, name) {
+            PathState::Missing if expected_owner.is_some() => {
+                return Err(not_hers(expected_owner.unwrap_or_default()))
+            }
             PathState::Missing => return self.init_empty(ws_id, path, &parent, name, parent_rec),
             PathState::Dir { .. } => {}
             other => {
@@ -161,6 +178,9 @@ impl Executor<'_> {
             )
         })?;
         let src_st = src.stat().map_err(tree_err)?;
+        if let Some(uid) = expected_owner.filter(|uid| *uid != src_st.uid) {
+            return Err(not_hers(uid));
+        }
         if let Some(why) = storage_alias(&src, self.res, &self.sys.mounts()?) {
             return Err(Error::new(
                 ErrorCode::InvalidPath,
