@@ -84,12 +84,7 @@ pub fn observe_parent(parent: &Path) -> ParentObs {
     let found = opened
         .as_ref()
         .map_err(|e| e.to_string())
-        .and_then(|d| d.stat().map_err(|e| e.to_string()))
-        .map(|st| ParentRecord {
-            dev: st.dev,
-            ino: st.ino,
-            uid: st.uid,
-        });
+        .and_then(|d| parent_record(d).map_err(|e| e.to_string()));
     let temp_names = opened
         .as_ref()
         .ok()
@@ -103,6 +98,34 @@ pub fn observe_parent(parent: &Path) -> ParentObs {
         others_search: others_may_search(parent),
         temp_names,
     }
+}
+
+/// The record of directory `d`: identity, owner and filesystem ID.
+pub fn parent_record(d: &Dir) -> Result<ParentRecord, TreeError> {
+    let st = d.stat()?;
+    Ok(ParentRecord {
+        dev: st.dev,
+        ino: st.ino,
+        uid: st.uid,
+        fsid: fs_id(d),
+    })
+}
+
+/// `f_fsid` of the filesystem holding `d` (`fstatfs`), as one number; `None` when unknown.
+fn fs_id(d: &Dir) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `st` is a writable statfs buffer and the descriptor is live for the call.
+    let rc = unsafe { libc::fstatfs(d.as_fd().as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstatfs returned 0, so it filled the whole buffer.
+    let st = unsafe { st.assume_init() };
+    // SAFETY: `fsid_t` is two `c_int`s (its field is private in libc); reading it as such
+    // reinterprets the same 8 bytes.
+    let v: [i32; 2] = unsafe { std::mem::transmute(st.f_fsid) };
+    let id = (u64::from(v[0] as u32) << 32) | u64::from(v[1] as u32);
+    (id != 0).then_some(id)
 }
 
 /// True when `dir` and every directory above it can be searched by other users (`o+x`),

@@ -173,8 +173,8 @@ pub(crate) fn open_bound_parent<'p>(
         .hint("put the original directory back, then run `ws-ckpt apply`")
     })?;
     if let Some(rec) = recorded {
-        let st = dir.stat().map_err(tree_err)?;
-        if (st.dev, st.ino) != (rec.dev, rec.ino) {
+        let now = crate::observe::parent_record(&dir).map_err(tree_err)?;
+        if !rec.matches(&now) {
             return Err(Error::new(
                 ErrorCode::WorkspaceDetached,
                 format!(
@@ -403,7 +403,6 @@ impl Executor<'_> {
             return Ok(Change::AlreadyPresent);
         }
         let (dir, name) = open_bound_parent(path, Some(parent))?;
-        let st = dir.stat().map_err(tree_err)?;
         let expected = self.res.ws_subvol(ws_id);
         if !matches!(state_in(&dir, name), PathState::Symlink { target, .. } if target == expected)
         {
@@ -415,11 +414,7 @@ impl Executor<'_> {
                 ),
             ));
         }
-        w.parent = Some(ParentRecord {
-            dev: st.dev,
-            ino: st.ino,
-            uid: st.uid,
-        });
+        w.parent = Some(crate::observe::parent_record(&dir).map_err(tree_err)?);
         self.store.add_workspace(w)?;
         Ok(Change::Created)
     }

@@ -268,12 +268,7 @@ impl Executor<'_> {
             }
             parent.sync().map_err(workspace::tree_err)?;
         }
-        let rec = parent.stat().map_err(workspace::tree_err)?;
-        let record = crate::state::ParentRecord {
-            dev: rec.dev,
-            ino: rec.ino,
-            uid: rec.uid,
-        };
+        let record = crate::observe::parent_record(&parent).map_err(workspace::tree_err)?;
         self.record_workspace(ws_id, path, owner, Some(record), None)
             .map(|()| Change::Created)
     }

@@ -2,22 +2,61 @@
 //! precondition checked again.
 
 use super::gates::open_bound_parent;
-use super::workspace::{job_for, tree_err, InitRecord, ReleaseRecord};
+use super::workspace::{job_for, remove_tree, tree_err, InitRecord, ReleaseRecord};
 use super::{io_err, Change, Executor};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::PathState;
 use crate::observe::state_in;
 use crate::plan::RecoveryStep as Step;
-use crate::state::{PendingKind, PendingOp};
+use crate::state::{ParentRecord, PendingKind, PendingOp};
 use crate::tree::Kind;
+
+/// Identities recorded in the user's directory, moved to the device number its filesystem
+/// has now: after a reboot or a remount `st_dev` may differ while the filesystem (its ID) and
+/// the inodes are the same ([`ParentRecord::matches`]).
+fn rebase_identities(kind: &mut PendingKind) -> Result<()> {
+    let (path, parent, ids) = match kind {
+        PendingKind::Init {
+            path,
+            parent,
+            original,
+            ..
+        } => (path, parent, vec![original]),
+        PendingKind::Release {
+            path,
+            parent,
+            copy,
+            link,
+            ..
+        } => (path, parent, vec![copy, link]),
+        _ => return Ok(()),
+    };
+    let Some(rec) = parent.as_mut() else {
+        return Ok(());
+    };
+    let Ok((dir, _)) = open_bound_parent(path, Some(rec)) else {
+        // The step itself reports it, with its own wording.
+        return Ok(());
+    };
+    let now = crate::observe::parent_record(&dir).map_err(tree_err)?;
+    for id in ids.into_iter().flatten() {
+        *id = rec.rebase(&now, *id);
+    }
+    *rec = ParentRecord {
+        uid: rec.uid,
+        ..now
+    };
+    Ok(())
+}
 
 impl Executor<'_> {
     /// Finish or revert the interrupted operation `op_id` by `step`, re-checking what the
     /// planner proved. `AlreadyPresent` when the operation is no longer recorded.
     pub(super) fn recover(&mut self, op_id: &str, step: &Step) -> Result<Change> {
-        let Some(PendingOp { kind, .. }) = self.store.pending(op_id) else {
+        let Some(PendingOp { mut kind, .. }) = self.store.pending(op_id) else {
             return Ok(Change::AlreadyPresent);
         };
+        rebase_identities(&mut kind)?;
         match (kind, step) {
             (
                 PendingKind::Init {
@@ -138,8 +177,7 @@ impl Executor<'_> {
                 if let Some(st) = dir.child_stat(tmp_name).map_err(tree_err)? {
                     match copy {
                         Some(c) if st.kind == Kind::Dir && st.identity() == c => {
-                            job_for(owner.unwrap_or(0))?
-                                .remove(&dir, tmp_name, c)
+                            remove_tree(&mut job_for(owner.unwrap_or(0))?, &dir, tmp_name, c)
                                 .map_err(tree_err)?;
                         }
                         // Made by ws-ckpt (root's, empty) but not yet recorded.

@@ -34,13 +34,43 @@ pub(super) fn job_for<'a>(uid: u32) -> Result<Job<'a>> {
     }
 }
 
+/// Remove the tree `name` of `parent` (identity `id`) with `job`'s credentials. When the
+/// owner may not unlink it from `parent` (her tree in a directory of root's: the kernel
+/// refuses the last `rmdir`), the job has emptied it, and root removes the empty directory,
+/// its identity checked first: emptying it is the part that could reach into anything else,
+/// and that ran as her.
+pub(super) fn remove_tree(
+    job: &mut Job<'_>,
+    parent: &Dir,
+    name: &OsStr,
+    id: Identity,
+) -> std::result::Result<crate::tree::Removed, TreeError> {
+    let label = parent.child_label(name);
+    match job.remove(parent, name, id) {
+        Err(TreeError::Io { path, source, .. })
+            if path == label
+                && matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+        {
+            match parent.child_stat(name)? {
+                Some(st) if st.kind == Kind::Dir && st.identity() == id => {
+                    parent.remove_empty_dir(name)?;
+                    parent.sync()?;
+                    Ok(crate::tree::Removed::Removed { entries: 1 })
+                }
+                None => Ok(crate::tree::Removed::Absent),
+                Some(st) => Err(TreeError::IdentityMismatch {
+                    path: label,
+                    expected: id,
+                    found: st.identity(),
+                }),
+            }
+        }
+        other => other,
+    }
+}
+
 fn record_of(d: &Dir) -> Result<ParentRecord> {
-    let st = d.stat().map_err(tree_err)?;
-    Ok(ParentRecord {
-        dev: st.dev,
-        ino: st.ino,
-        uid: st.uid,
-    })
+    crate::observe::parent_record(d).map_err(tree_err)
 }
 
 fn tmp_name(tmp: &Path) -> Result<&OsStr> {
@@ -344,7 +374,7 @@ impl Executor<'_> {
                     } else {
                         job.verify(&o, &live, Compare::Metadata)?;
                     }
-                    job.remove(&parent, tmp_name, orig)
+                    remove_tree(&mut job, &parent, tmp_name, orig)
                 });
                 match proof {
                     Ok(_) => {}
@@ -384,7 +414,7 @@ impl Executor<'_> {
             return Err(Error::new(
                 ErrorCode::OperationFailed,
                 format!(
-                    "{} is now workspace {}; the original directory was written to {when}, so it was not removed: {why}; it is at {}",
+                    "{} is now workspace {}; the original directory changed {when} (it was written to), so it was not removed: {why}; it is at {}",
                     r.path.display(),
                     r.ws_id,
                     r.tmp.display()
@@ -499,7 +529,7 @@ impl Executor<'_> {
         drop(copy);
         let mut job = job_for(owner)?;
         if let Err(e) = copied {
-            let _ = job.remove(&parent, &tmp_name, copy_id);
+            let _ = remove_tree(&mut job, &parent, &tmp_name, copy_id);
             self.withdraw(&op);
             return Err(stopped(e.to_string()));
         }
@@ -507,7 +537,7 @@ impl Executor<'_> {
             *phase = ReleasePhase::Verified;
         }
         if let Err(e) = self.store.update(&op, kind) {
-            let _ = job.remove(&parent, &tmp_name, copy_id);
+            let _ = remove_tree(&mut job, &parent, &tmp_name, copy_id);
             self.withdraw(&op);
             return Err(e);
         }
@@ -524,7 +554,7 @@ impl Executor<'_> {
             .is_some_and(|(st, t)| Some(st.identity()) == link && t == subvol);
         if !copy_ok || !link_ok {
             if copy_ok {
-                let _ = job.remove(&parent, &tmp_name, copy_id);
+                let _ = remove_tree(&mut job, &parent, &tmp_name, copy_id);
             }
             self.withdraw(&op);
             return Err(stopped(format!(
@@ -608,7 +638,7 @@ impl Executor<'_> {
                             parent.exchange(tmp_name, name).map_err(tree_err)?;
                             parent.sync().map_err(tree_err)?;
                             if let Some(c) = r.copy {
-                                let _ = job_for(owner)?.remove(&parent, tmp_name, c);
+                                let _ = remove_tree(&mut job_for(owner)?, &parent, tmp_name, c);
                             }
                             self.store.end(r.op)?;
                         }

@@ -203,6 +203,12 @@ impl Planner<'_> {
                             tmp: tmp.clone(),
                         },
                     ),
+                    // The plain directory was verified again and the old symlink removed:
+                    // only the deletions (subvolume, snapshots, gates) remain.
+                    (false, true, _, ReleasePhase::Deleting) => self.interrupted(
+                        op,
+                        RecoveryStep::RemoveWorkspaceSubvolume { path: path.clone() },
+                    ),
                     (false, true, true, ReleasePhase::Verified)
                     | (false, true, false, ReleasePhase::Verified)
                         if !matches!(self.obs.path(tmp), PathState::Dir { .. }) =>

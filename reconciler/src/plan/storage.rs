@@ -96,7 +96,7 @@ impl Planner<'_> {
             return PathAccess::Bound;
         };
         match (&w.parent, &obs.found) {
-            (Some(rec), Ok(now)) if rec.dev == now.dev && rec.ino == now.ino => PathAccess::Bound,
+            (Some(rec), Ok(now)) if rec.matches(now) => PathAccess::Bound,
             (Some(rec), Ok(now)) => {
                 self.parent_replaced(
                     w,

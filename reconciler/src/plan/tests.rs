@@ -5,7 +5,7 @@ use crate::config::{BackendKind, Keep};
 use crate::model::{FileInfo, Observed, PathState, Persisted, StorageView};
 use crate::resolve::{image_creation_bytes, image_target_bytes, resolve_backend};
 use crate::state::{BackendType, SelectionMethod};
-use crate::state::{InitPhase, PendingEntry, PendingKind, PendingOp};
+use crate::state::{InitPhase, PendingEntry, PendingKind, PendingOp, ReleasePhase};
 use crate::state::{SnapshotEntry, StateFile, WorkspaceIndex};
 use crate::sys::FsUsage;
 use crate::sys::{LoopDevice, MountEntry};
@@ -967,6 +967,50 @@ fn interrupted_init_after_swap_is_finished() {
     obs.subvols.insert(format!("{MNT}/ws-cccccc").into(), true);
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
     assert_eq!(names(&p), ["finish-interrupted"]);
+}
+
+fn release_op(phase: ReleasePhase) -> PendingKind {
+    PendingKind::Release {
+        ws_id: "ws-cccccc".into(),
+        path: "/home/c".into(),
+        subvol: format!("{MNT}/ws-cccccc").into(),
+        tmp: "/home/.c.ws-ckpt-release-op1".into(),
+        phase,
+        parent: None,
+        copy: None,
+        link: None,
+        owner: None,
+    }
+}
+
+#[test]
+fn interrupted_release_in_its_deletions_is_finished() {
+    // The plain directory is in place and the old symlink is gone: with the deletions
+    // recorded as started, only they remain (a power cut after that record).
+    let (cfg, mut per, mut obs) = healthy();
+    with_pending(&mut per, release_op(ReleasePhase::Deleting));
+    obs.paths.insert(
+        "/home/c".into(),
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
+    );
+    let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
+    assert_eq!(names(&p), ["finish-interrupted"]);
+    // Copying with the same picture: nobody knows what the directory is; keep both.
+    let (cfg, mut per, mut obs) = healthy();
+    with_pending(&mut per, release_op(ReleasePhase::Copying));
+    obs.paths.insert(
+        "/home/c".into(),
+        PathState::Dir {
+            uid: 0,
+            empty: false,
+        },
+    );
+    let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(kinds(&p), [FindingKind::Ambiguous]);
 }
 
 #[test]

@@ -159,6 +159,32 @@ pub struct ParentRecord {
     pub ino: u64,
     /// Owner uid.
     pub uid: u32,
+    /// The filesystem's ID (`statfs` `f_fsid`, from its UUID on btrfs, ext4, xfs): unlike
+    /// `st_dev`, it survives a reboot or a remount on another device number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsid: Option<u64>,
+}
+
+impl ParentRecord {
+    /// Whether `now` is the directory this record names: the same inode of the same
+    /// filesystem — the same `st_dev`, or, when the device number changed (a reboot, a
+    /// remount), the same non-zero filesystem ID recorded on both sides.
+    pub fn matches(&self, now: &ParentRecord) -> bool {
+        self.ino == now.ino
+            && (self.dev == now.dev
+                || matches!((self.fsid, now.fsid), (Some(a), Some(b)) if a != 0 && a == b))
+    }
+
+    /// An identity recorded on this directory's filesystem, moved to the device number the
+    /// filesystem has `now` (unchanged when the device number did not change, or when it was
+    /// recorded on another filesystem).
+    pub fn rebase(&self, now: &ParentRecord, id: crate::tree::Identity) -> crate::tree::Identity {
+        if id.dev == self.dev && self.matches(now) {
+            crate::tree::Identity { dev: now.dev, ..id }
+        } else {
+            id
+        }
+    }
 }
 
 /// An action that failed and is retried with exponential backoff (SPEC §7.3): passes do not
@@ -684,5 +710,32 @@ mod tests {
         let err = load_state(&p, now()).unwrap_err();
         assert!(err.to_string().contains("state.json"), "{err}");
         assert!(p.is_dir());
+    }
+
+    #[test]
+    fn a_parent_is_the_same_across_a_new_device_number_only_by_its_filesystem_id() {
+        let rec = ParentRecord {
+            dev: 0x700,
+            ino: 42,
+            uid: 1000,
+            fsid: Some(7),
+        };
+        let moved = ParentRecord { dev: 0x701, ..rec };
+        assert!(rec.matches(&rec));
+        assert!(rec.matches(&moved), "same filesystem ID, new st_dev");
+        assert!(!rec.matches(&ParentRecord { ino: 43, ..moved }));
+        assert!(!rec.matches(&ParentRecord {
+            fsid: Some(8),
+            ..moved
+        }));
+        let unknown = ParentRecord { fsid: None, ..rec };
+        assert!(!unknown.matches(&moved), "no ID recorded: st_dev decides");
+        let id = crate::tree::Identity { dev: 0x700, ino: 9 };
+        assert_eq!(
+            rec.rebase(&moved, id),
+            crate::tree::Identity { dev: 0x701, ino: 9 }
+        );
+        let elsewhere = crate::tree::Identity { dev: 0x900, ino: 9 };
+        assert_eq!(rec.rebase(&moved, elsewhere), elsewhere);
     }
 }
