@@ -318,6 +318,12 @@ impl TestEnv {
         Some(env)
     }
 
+    /// Where workspace `ws_id`'s subvolume is, as `resolve.rs` lays storage out:
+    /// `<mount>/gates/<ws_id>/live` (each workspace behind its root-owned storage gate).
+    pub fn ws_subvol(&self, ws_id: &str) -> PathBuf {
+        self.mount.join("gates").join(ws_id).join("live")
+    }
+
     /// `<root>/logs`, where the output of every run and spawned process goes.
     pub fn logs_dir(&self) -> PathBuf {
         self.owned_root.join("logs")

@@ -861,11 +861,25 @@ fn sixteen_concurrent_clients_lose_nothing() {
         })
         .sum();
     assert_eq!(subvols, expected.len(), "one snapshot subvolume per entry");
-    let stray: Vec<String> = fs::read_dir(&env.mount)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "snapshots" && !n.starts_with("ws-"))
+    let names = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut stray: Vec<String> = names(&env.mount)
+        .into_iter()
+        .filter(|n| n != "snapshots" && n != "gates")
         .collect();
+    // Each workspace's storage gate holds its subvolume (`live`) and nothing else.
+    for ws in names(&env.mount.join("gates")) {
+        stray.extend(
+            names(&env.mount.join("gates").join(&ws))
+                .into_iter()
+                .filter(|n| n != "live")
+                .map(|n| format!("gates/{ws}/{n}")),
+        );
+    }
     assert!(stray.is_empty(), "temporary subvolumes left: {stray:?}");
     stop(&d);
 }

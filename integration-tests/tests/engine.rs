@@ -59,10 +59,33 @@ fn finding_kinds(report: &Value) -> Vec<String> {
 
 /// Names directly under data_root (workspace subvolumes and `snapshots`).
 fn data_root_entries(env: &TestEnv) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(&env.mount)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The `gates` directory is the layout; a gate holding only `live` is a workspace (named by
+    // its ws_id); anything else in a gate, or an empty gate, is named by its path.
+    let mut v: Vec<String> = names(&env.mount)
+        .into_iter()
+        .filter(|n| n != "gates")
         .collect();
+    for ws in names(&env.mount.join("gates")) {
+        let inside = names(&env.mount.join("gates").join(&ws));
+        if inside.is_empty() {
+            v.push(format!("gates/{ws}"));
+        }
+        for n in inside {
+            v.push(if n == "live" {
+                ws.clone()
+            } else {
+                format!("gates/{ws}/{n}")
+            });
+        }
+    }
     v.sort();
     v
 }
@@ -241,12 +264,24 @@ fn broken_symlink_is_repaired() {
     let r = env.run(&["--format", "json", "apply"]).ok().json();
     assert_eq!(action_names(&r), ["repair-symlink"]);
     assert_eq!(std::fs::read_link(&p).unwrap(), target);
-    // Dangling symlink (e.g. to an old mount point).
+    // Dangling symlink to where this workspace's subvolume was (an old mount point, the
+    // layout of an earlier version): re-pointed.
+    let id = ws_id(&env, &p);
     std::fs::remove_file(&p).unwrap();
-    std::os::unix::fs::symlink(env.root.join("nowhere/ws"), &p).unwrap();
+    std::os::unix::fs::symlink(env.root.join("old-mount").join(&id), &p).unwrap();
     env.run(&["apply"]).ok();
     assert_eq!(std::fs::read_link(&p).unwrap(), target);
     assert_eq!(TestEnv::tree_digest(&p), before);
+    // A dangling symlink that names something else is the user's: reported, left alone.
+    std::fs::remove_file(&p).unwrap();
+    std::os::unix::fs::symlink(env.root.join("nowhere/ws"), &p).unwrap();
+    let r = env.run(&["--format", "json", "apply"]);
+    assert_eq!(r.code(), Some(1), "{}", r.describe());
+    assert!(finding_kinds(&r.json()).contains(&"path-occupied".to_string()));
+    assert_eq!(std::fs::read_link(&p).unwrap(), env.root.join("nowhere/ws"));
+    std::fs::remove_file(&p).unwrap();
+    env.run(&["apply"]).ok();
+    assert_eq!(std::fs::read_link(&p).unwrap(), target);
     // A real directory at the path is never overwritten: detached, reported.
     std::fs::remove_file(&p).unwrap();
     std::fs::create_dir(&p).unwrap();
@@ -268,7 +303,7 @@ fn hand_deleted_snapshot_is_marked_missing_and_cleared_when_restored() {
     env.write_config(&ws_table(&p));
     env.run(&["apply"]).ok();
     let id = ws_id(&env, &p);
-    let sub = env.mount.join(&id);
+    let sub = env.ws_subvol(&id);
     let sdir = env.mount.join("snapshots").join(&id);
     std::fs::create_dir_all(&sdir).unwrap();
     for s in ["s1", "s2"] {
@@ -587,7 +622,11 @@ fn release_restores_identical_plain_directory_and_refuses_occupied_path() {
     let meta = std::fs::symlink_metadata(&p).unwrap();
     assert!(meta.is_dir() && !meta.file_type().is_symlink());
     assert_eq!(TestEnv::tree_digest(&p), before);
-    assert!(!env.mount.join(&id).exists() && !env.mount.join("snapshots").join(&id).exists());
+    assert!(!env.ws_subvol(&id).exists() && !env.mount.join("snapshots").join(&id).exists());
+    assert!(
+        !env.mount.join("gates").join(&id).exists(),
+        "its storage gate goes too"
+    );
     assert!(leftovers_beside(&p).is_empty());
     assert!(std::fs::read_to_string(&env.config)
         .unwrap()
@@ -605,7 +644,7 @@ fn release_restores_identical_plain_directory_and_refuses_occupied_path() {
     assert_eq!(r.code(), Some(1), "{}", r.describe());
     assert!(r.stderr.contains(q.to_str().unwrap()), "{}", r.stderr);
     assert_eq!(std::fs::read(q.join("precious")).unwrap(), b"keep me");
-    assert!(env.mount.join(&qid).exists(), "workspace data kept");
+    assert!(env.ws_subvol(&qid).exists(), "workspace data kept");
 }
 
 /// kill -9 at every step of init, then apply: nothing lost, no leftovers.
@@ -1035,7 +1074,7 @@ fn late_write_into_the_workspace_undoes_the_release() {
     );
     assert_eq!(r.code(), None, "{}", r.describe());
     // The path is already the plain copy; a program writes into the workspace itself.
-    let subvol = env.mount.join(&id);
+    let subvol = env.ws_subvol(&id);
     std::fs::write(subvol.join("late.txt"), b"late").unwrap();
     let r = env.run(&["--format", "json", "apply"]);
     assert_eq!(r.code(), Some(1), "{}", r.describe());

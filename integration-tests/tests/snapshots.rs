@@ -121,7 +121,7 @@ fn expected_subvolumes(ws_id: &str, snaps: &[&str]) -> BTreeSet<String> {
         .iter()
         .map(|id| format!("snapshots/{ws_id}/{id}"))
         .collect();
-    s.insert(ws_id.to_string());
+    s.insert(format!("gates/{ws_id}/live"));
     s
 }
 
@@ -460,7 +460,7 @@ fn missing_snapshot_scenario() {
             "subvolume",
             "snapshot",
             "-r",
-            &env.mount.join(&ws_id).display().to_string(),
+            &env.ws_subvol(&ws_id).display().to_string(),
         ],
         &c1,
     );
