@@ -842,7 +842,9 @@ where
         let _ = tx.send(done_rx.recv_timeout(wait).ok());
     });
     let m = main(engine);
-    let o = rx.recv_timeout(Duration::from_secs(60)).expect("the step was reached");
+    let o = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the step was reached");
     (m, o)
 }
 
@@ -897,7 +899,9 @@ fn a_checkpoint_of_b_completes_while_a_cleanup_of_a_waits_for_the_cleaner() {
         Duration::from_secs(20),
     );
     assert_eq!(cleanup.expect("cleanup").deleted.len(), 2);
-    assert!(other.expect("b's checkpoint waited for a's cleanup").is_ok());
+    assert!(other
+        .expect("b's checkpoint waited for a's cleanup")
+        .is_ok());
 }
 
 #[test]
@@ -917,7 +921,9 @@ fn a_checkpoint_of_b_completes_while_a_release_of_a_is_in_progress() {
         Duration::from_secs(20),
     );
     release.expect("release");
-    assert!(other.expect("b's checkpoint waited for a's release").is_ok());
+    assert!(other
+        .expect("b's checkpoint waited for a's release")
+        .is_ok());
 }
 
 #[test]
@@ -936,7 +942,10 @@ fn operations_on_one_workspace_run_one_at_a_time() {
         Duration::from_millis(300),
     );
     first.expect("first");
-    assert!(second.is_none(), "the second checkpoint ran inside the first");
+    assert!(
+        second.is_none(),
+        "the second checkpoint ran inside the first"
+    );
     // It completes once the first is done.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while engine.store.snapshot_entry(&a.ws_id, "second").is_none() {
