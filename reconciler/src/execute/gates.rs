@@ -250,7 +250,7 @@ impl Executor<'_> {
 
     fn recorded(&self, ws_id: &str) -> Result<WorkspaceEntry> {
         self.store
-            .p
+            .read()
             .state
             .as_ref()
             .and_then(|s| s.workspace(ws_id))

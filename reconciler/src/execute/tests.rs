@@ -78,7 +78,10 @@ impl Host {
     /// Run one action against the recorded backend.
     fn run(&mut self, action: &Action) -> Result<Change> {
         let res = self.engine.light_resolution().expect("backend");
-        self.engine.executor(&res, &mut |_, _| {}).run(action)
+        let config = self.engine.config();
+        self.engine
+            .executor(&config, &res, &mut |_, _| {})
+            .run(action)
     }
 }
 
@@ -118,7 +121,7 @@ fn a_fresh_host_is_bootstrapped_from_nothing_and_a_second_apply_changes_nothing(
             & 0o7777;
         assert_eq!(m, 0o711, "{d}");
     }
-    let state = h.engine.store.p.state.as_ref().expect("recorded");
+    let state = h.engine.store.read().state.clone().expect("recorded");
     assert_eq!(state.backend.backend_type, BackendType::BtrfsLoop);
     assert!(state.config_declared);
     assert!(state
@@ -168,7 +171,7 @@ fn a_directory_becomes_a_workspace_and_back_with_the_same_content() {
         .filter(|n| n.to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
     assert!(!h.apply().changed);
 
     write_config(&h.root, &[("a", "absent")]);
@@ -215,7 +218,7 @@ fn an_interrupted_init_is_reverted_before_the_swap_and_finished_after_it() {
     assert_eq!(names(&r), ["revert-interrupted", "init-workspace"]);
     assert_eq!(std::fs::read_link(h.path("a")).unwrap(), subvol);
     assert_eq!(std::fs::read(subvol.join("file.txt")).unwrap(), b"a");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
 
     // After the swap: the path already leads to the verified copy; the original left beside
     // it goes and the workspace is recorded.
@@ -257,7 +260,7 @@ fn an_interrupted_init_is_reverted_before_the_swap_and_finished_after_it() {
     assert!(!tmp.exists(), "the original copy is removed");
     assert_eq!(h.ws_id("b"), ws_id);
     assert_eq!(std::fs::read(path.join("file.txt")).unwrap(), b"b");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
     assert!(!h.apply().changed);
 }
 

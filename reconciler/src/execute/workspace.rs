@@ -432,7 +432,7 @@ impl Executor<'_> {
     pub(super) fn release_workspace(&mut self, ws_id: &str, path: &Path) -> Result<()> {
         let w: WorkspaceEntry = self
             .store
-            .p
+            .read()
             .state
             .as_ref()
             .and_then(|s| s.workspace(ws_id))
@@ -615,37 +615,55 @@ impl Executor<'_> {
                 });
                 match same {
                     Ok(_) => {}
-                    Err(e) if recovering => {
-                        return Err(Error::new(
-                            ErrorCode::OperationFailed,
-                            format!(
-                                "interrupted release of {}: the plain directory differs from workspace {} ({e}); both are kept",
-                                r.path.display(),
-                                r.ws_id
-                            ),
-                        )
-                        .hint(format!(
-                            "compare {} with {}, keep what you need, then run `ws-ckpt apply` again",
-                            r.path.display(),
-                            r.subvol.display()
-                        )))
-                    }
                     Err(e) => {
-                        let ours = old_link
-                            .as_ref()
-                            .is_some_and(|(st, t)| Some(st.identity()) == r.link && t == r.subvol);
-                        if ours {
-                            parent.exchange(tmp_name, name).map_err(tree_err)?;
-                            parent.sync().map_err(tree_err)?;
-                            if let Some(c) = r.copy {
-                                let _ = remove_tree(&mut job_for(owner)?, &parent, tmp_name, c);
-                            }
-                            self.store.end(r.op)?;
+                        let ours = old_link.as_ref().is_some_and(|(st, t)| {
+                            r.link.is_none_or(|l| l == st.identity()) && t == r.subvol
+                        });
+                        if !ours {
+                            // The old symlink is not there to undo the exchange with.
+                            return Err(Error::new(
+                                ErrorCode::OperationFailed,
+                                format!(
+                                    "release of {}: the plain directory differs from workspace {} ({e}) and the workspace symlink is gone; both are kept",
+                                    r.path.display(),
+                                    r.ws_id
+                                ),
+                            )
+                            .hint(format!(
+                                "compare {} with {}, keep what you need, then run `ws-ckpt apply` again",
+                                r.path.display(),
+                                r.subvol.display()
+                            )));
                         }
+                        // Undo: the workspace symlink goes back; the plain copy goes only if
+                        // nothing was written into it (in recovery, proven a subset of the
+                        // workspace), else it is kept beside the path.
+                        parent.exchange(tmp_name, name).map_err(tree_err)?;
+                        parent.sync().map_err(tree_err)?;
+                        let mut kept = false;
+                        if let Some(c) = r.copy {
+                            let removable = !recovering
+                                || Dir::open_no_symlinks(r.subvol)
+                                    .and_then(|live| {
+                                        let copy = parent.open_dir_expecting(tmp_name, c)?;
+                                        job_for(owner)
+                                            .map_err(|e| TreeError::Worker { what: e.message })?
+                                            .prove_subset(&copy, &live)
+                                    })
+                                    .is_ok();
+                            kept = !removable
+                                || remove_tree(&mut job_for(owner)?, &parent, tmp_name, c).is_err();
+                        }
+                        self.store.end(r.op)?;
+                        let keep_note = if kept {
+                            format!("; the copy is kept at {}", r.tmp.display())
+                        } else {
+                            String::new()
+                        };
                         return Err(Error::new(
                             ErrorCode::OperationFailed,
                             format!(
-                                "release of {} undone: the workspace changed while it was being copied ({e}); it is unchanged and still workspace {}",
+                                "release of {} undone: the workspace changed while it was being copied ({e}); it is unchanged and still workspace {}{keep_note}",
                                 r.path.display(),
                                 r.ws_id
                             ),

@@ -26,8 +26,13 @@ pub struct CleanupResult {
 impl Engine {
     /// `ws-ckpt cleanup` (SPEC §5.5): apply `keep` (or the workspace's retention policy) now.
     /// Never deletes pinned, MISSING or the newest snapshot.
-    pub fn cleanup(&mut self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
+    pub fn cleanup(&self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
+        self.in_workspace(addressed.ws_id(), || self.cleanup_locked(addressed, keep))
+    }
+
+    fn cleanup_locked(&self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
         let ws = addressed.entry.clone();
+        let config = self.config();
         let keep = match keep {
             Some(k) => Keep::from_str(k).map_err(|e| {
                 Error::new(
@@ -36,17 +41,16 @@ impl Engine {
                 )
                 .hint("use a count such as 20 or an age such as 30d")
             })?,
-            None => self
-                .config
+            None => config
                 .workspace(&ws.workspace_path)
-                .map(|d| self.config.effective_keep(d))
-                .unwrap_or(self.config.retention.keep),
+                .map(|d| config.effective_keep(d))
+                .unwrap_or(config.retention.keep),
         };
         let res = self.storage_for(Some(&ws))?;
         self.check_path_addressed(addressed, &res)?;
         let deleted = self
             .store
-            .p
+            .read()
             .indexes
             .get(&ws.ws_id)
             .map(|i| retention_deletions(i, keep, SystemTime::now()))

@@ -65,13 +65,14 @@ impl Engine {
                 (vec![w.clone()], Ok(res))
             }
             None => {
+                let config = self.config();
                 let all: Vec<WorkspaceEntry> = self
                     .store
-                    .p
+                    .read()
                     .state
                     .iter()
                     .flat_map(|s| s.workspaces.iter())
-                    .filter(|w| crate::auth::may_use(&self.config, caller, w))
+                    .filter(|w| crate::auth::may_use(&config, caller, w))
                     .cloned()
                     .collect();
                 (all, self.light_resolution())
@@ -86,11 +87,8 @@ impl Engine {
                 Err(e) => Some(e.message.clone()),
                 Ok(res) => self.attached_subvol(&w, res).err().map(|e| e.message),
             };
-            let snapshots = self
-                .store
-                .p
-                .indexes
-                .get(&w.ws_id)
+            let index = self.store.read().indexes.get(&w.ws_id).cloned();
+            let snapshots = index
                 .map(|i| {
                     i.snapshots
                         .iter()

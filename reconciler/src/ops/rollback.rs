@@ -30,26 +30,42 @@ impl Engine {
     /// subvolume, an atomic exchange of the two names, then deletion of the old state. The
     /// phase is recorded first so a crash at any point is finished or reverted by the next pass.
     pub fn rollback(
-        &mut self,
+        &self,
         ws: &WorkspaceEntry,
         snapshot: &str,
         force: bool,
     ) -> Result<RollbackResult> {
         check_snapshot_id(snapshot)?;
+        self.in_workspace(&ws.ws_id, || self.rollback_locked(ws, snapshot, force))
+    }
+
+    fn rollback_locked(
+        &self,
+        ws: &WorkspaceEntry,
+        snapshot: &str,
+        force: bool,
+    ) -> Result<RollbackResult> {
         let ws = ws.clone();
         let res = self.storage_for(Some(&ws))?;
         let subvol = self.attached_subvol(&ws, &res)?;
         let target = self.usable_snapshot(&ws, &res, snapshot)?;
         let ws_id = ws.ws_id.clone();
-        if let Some(op) = self.store.p.pending().into_iter().find(|o| {
-            o.kind.ws_id() == Some(ws_id.as_str())
-                && matches!(
-                    o.kind,
-                    PendingKind::Init { .. }
-                        | PendingKind::Release { .. }
-                        | PendingKind::Rollback { .. }
-                )
-        }) {
+        let busy = self
+            .store
+            .read()
+            .pending()
+            .into_iter()
+            .find(|o| {
+                o.kind.ws_id() == Some(ws_id.as_str())
+                    && matches!(
+                        o.kind,
+                        PendingKind::Init { .. }
+                            | PendingKind::Release { .. }
+                            | PendingKind::Rollback { .. }
+                    )
+            })
+            .cloned();
+        if let Some(op) = busy {
             return Err(Error::new(
                 ErrorCode::Busy,
                 format!(
@@ -137,7 +153,7 @@ impl Engine {
     }
 
     /// Undo a rollback that failed before the exchange: drop the copy, forget the operation.
-    fn abandon_rollback(&mut self, op: &str, tmp: &Path) {
+    fn abandon_rollback(&self, op: &str, tmp: &Path) {
         let cleaned = self.sys().delete_subvolume_if_present(tmp);
         match cleaned {
             // Keep the record when the copy could not be removed: the next pass retries.

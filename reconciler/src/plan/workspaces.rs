@@ -79,7 +79,11 @@ impl Planner<'_> {
             let expected = self.res.ws_subvol(ws_id);
             let legacy = self.res.legacy_ws_subvol(ws_id);
             let empty_index = WorkspaceIndex::new(path.clone());
-            let index = self.persisted.indexes.get(ws_id).unwrap_or(&empty_index);
+            let index = self
+                .persisted
+                .indexes
+                .get(ws_id)
+                .map_or(&empty_index, |i| &**i);
             let in_place = view.workspace_subvols.contains(ws_id);
             let in_legacy = view.legacy_subvols.contains(ws_id);
             if in_place && in_legacy {
