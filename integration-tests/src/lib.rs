@@ -17,6 +17,8 @@
 
 #![deny(missing_docs)]
 
+pub mod compat_support;
+
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
