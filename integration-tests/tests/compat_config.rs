@@ -278,6 +278,13 @@ fn config_refuses_mixed_scopes_and_global_only_flags_on_a_workspace() {
         return;
     };
     let w = c.workspace("ref");
+    let view = c.cli(&["config", "-w", &w]);
+    expect(
+        view.code() == Some(0),
+        "`config -w WS` (precondition: the scoped form exists, so the refusals below mean something)",
+        "exit 0",
+        &view,
+    );
     for argv in [
         vec!["config", "-w", w.as_str(), "--auto-cleanup-interval", "60"],
         vec!["config", "-w", w.as_str(), "--health-check-interval", "60"],

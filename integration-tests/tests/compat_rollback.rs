@@ -132,6 +132,13 @@ fn rollback_num_ancestors_beyond_the_lineage_fails_and_changes_nothing() {
     let w = c.workspace("beyond");
     c.checkpoint(&w, "only");
     write(&w, "live\n");
+    let one = c.cli(&["rollback", "-w", &w, "-n", "1", "--preview"]);
+    expect(
+        one.code() == Some(0),
+        "rollback -n 1 --preview with a single snapshot (precondition: -n exists)",
+        "exit 0",
+        &one,
+    );
     let before = TestEnv::tree_digest(Path::new(&w));
     let r = c.cli(&["rollback", "-w", &w, "-n", "2"]);
     expect(
