@@ -25,6 +25,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(120);
 pub struct Client {
     config: Result<Config>,
     socket: PathBuf,
+    /// The socket was named explicitly (`WS_CKPT_SOCKET`, as upstream's clients do): only a
+    /// daemon there may serve the command, never in-process work on the config's paths.
+    explicit: bool,
 }
 
 impl Client {
@@ -38,9 +41,23 @@ impl Client {
             Ok(c) => ipc::socket_path(c),
             Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
         };
-        Client { config, socket }
+        Client {
+            config,
+            socket,
+            explicit: false,
+        }
     }
 
+    /// Talk to the daemon on `socket` only (`WS_CKPT_SOCKET`): when nothing answers there,
+    /// every command fails with "daemon is not running" instead of running in-process on the
+    /// config's default paths (which may belong to another daemon, e.g. a sidecar's).
+    pub fn with_socket(mut self, socket: Option<PathBuf>) -> Client {
+        if let Some(s) = socket {
+            self.socket = s;
+            self.explicit = true;
+        }
+        self
+    }
     /// The daemon's socket.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -63,14 +80,15 @@ impl Client {
         if self.daemon_running() {
             return ipc::call(&self.socket, &req, timeout);
         }
+        if self.explicit {
+            return Err(Error::daemon_not_running(&self.socket, "WS_CKPT_SOCKET names it")
+                .hint("start the daemon that serves this socket, or unset WS_CKPT_SOCKET to use the configured one"));
+        }
         let config = self.config()?.clone();
         if !nix::unistd::geteuid().is_root() {
-            return Err(Error::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "no ws-ckpt daemon answers on {}, and running without it needs root",
-                    self.socket.display()
-                ),
+            return Err(Error::daemon_not_running(
+                &self.socket,
+                "and running without it needs root",
             )
             .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
         }
@@ -85,10 +103,7 @@ impl Client {
     /// Send `req` to the running daemon; an error saying so when none answers.
     pub fn call_daemon(&self, req: &Request, timeout: Duration) -> Result<Value> {
         if !self.daemon_running() {
-            return Err(Error::new(
-                ErrorCode::Io,
-                format!("no ws-ckpt daemon answers on {}", self.socket.display()),
-            )
+            return Err(Error::daemon_not_running(&self.socket, "this command needs it")
             .hint("start it (systemctl start ws-ckpt); without a daemon, `ws-ckpt apply` converges directly"));
         }
         ipc::call(&self.socket, req, timeout)
@@ -100,6 +115,12 @@ impl Client {
         let config = self.config()?;
         if self.daemon_running() {
             return ipc::call(&self.socket, &Request::Plan { prune: false }, timeout);
+        }
+        if self.explicit {
+            return Err(Error::daemon_not_running(
+                &self.socket,
+                "WS_CKPT_SOCKET names it",
+            ));
         }
         let sys = LinuxSys::new()?;
         let store = crate::store::Store::load(&config.daemon.state_dir, SystemTime::now())?;

@@ -130,8 +130,7 @@ impl Engine {
 
     /// Reload the config from its file (after our own edits, or on SIGHUP).
     pub fn reload_config(&mut self) -> Result<()> {
-        let path = self.config.config_path.clone();
-        self.config = Config::load(&path)?;
+        self.config = self.config.reload()?;
         Ok(())
     }
 
@@ -255,13 +254,21 @@ impl Engine {
         })
     }
 
-    /// `ws-ckpt init PATH`: declare in a drop-in, then apply; report the workspace.
+    /// `ws-ckpt init PATH`: declare in a drop-in, then apply; report the workspace. Unless
+    /// `force`, a directory in which a process other than `caller` (and this one) has its
+    /// working directory is refused before anything changes (as upstream 0.3.3+).
     pub fn init(
         &mut self,
         path: &Path,
+        force: bool,
+        caller: &crate::api::Caller,
         progress: &mut dyn FnMut(&str, &crate::copy::Progress),
     ) -> Result<InitReport> {
         let path = absolute_user_path(path)?;
+        let cwd_guard = || match force {
+            true => Ok(()),
+            false => crate::procs::guard_init(&path, caller),
+        };
         if let Some(w) = self.workspace_by_path(&path) {
             let w = w.clone();
             if self
@@ -281,8 +288,12 @@ impl Engine {
         }
         let mut newly_declared = false;
         let decl_file = match self.config.workspace(&path) {
-            Some(d) if d.state == DeclState::Present => d.source.clone(),
+            Some(d) if d.state == DeclState::Present => {
+                cwd_guard()?;
+                d.source.clone()
+            }
             Some(d) => {
+                cwd_guard()?;
                 edit::set_workspace_state(&d.source, &path, DeclState::Present)?;
                 d.source.clone()
             }
@@ -295,6 +306,7 @@ impl Engine {
                     )
                     .hint("choose a project directory of your own"));
                 }
+                cwd_guard()?;
                 let taken = |id: &str| {
                     self.store
                         .p
@@ -398,13 +410,9 @@ impl Engine {
     /// The recorded workspace at `path` (made absolute) that `release` acts on.
     pub fn release_target(&self, path: &Path) -> Result<WorkspaceEntry> {
         let path = absolute_user_path(path)?;
-        self.workspace_by_path(&path).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("{} is not a workspace", path.display()),
-            )
-            .hint("`ws-ckpt list` shows the workspaces")
-        })
+        self.workspace_by_path(&path)
+            .cloned()
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
@@ -416,6 +424,10 @@ impl Engine {
     ) -> Result<ReleaseReport> {
         let ws = ws.clone();
         let path = ws.workspace_path.clone();
+        // A real directory at the path is never overwritten: refuse before declaring anything.
+        if let Some(why) = release_blocker(&ws) {
+            return Err(Error::new(ErrorCode::WorkspaceDetached, why));
+        }
         match self.config.workspace(&path) {
             Some(d) => {
                 edit::set_workspace_state(&d.source, &path, DeclState::Absent)?;
@@ -450,26 +462,13 @@ impl Engine {
             return Ok(w.clone());
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("no workspace with ID {spec}"),
-            )
-            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
+            return Err(Error::workspace_not_found(spec));
         }
         let path = absolute_user_path(Path::new(spec))?;
         state
             .and_then(|s| s.workspace_by_path(&path))
             .cloned()
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::WorkspaceNotFound,
-                    format!("{} is not a workspace", path.display()),
-                )
-                .hint(format!(
-                    "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
-                    path.display()
-                ))
-            })
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
@@ -489,6 +488,19 @@ impl Engine {
     /// Path of the config lock-holder info etc. (state dir).
     pub fn state_dir(&self) -> &Path {
         &self.config.daemon.state_dir
+    }
+}
+
+/// Why releasing `w` cannot succeed now, as far as its path shows: a real directory or a file
+/// occupies it (never overwritten, SPEC §5.4).
+pub fn release_blocker(w: &WorkspaceEntry) -> Option<String> {
+    match crate::observe::path_state(&w.workspace_path) {
+        PathState::Dir { .. } | PathState::Other => Some(format!(
+            "cannot recover workspace {}: {p} is a real directory or file now, not the workspace symlink; move it aside (e.g. `mv {p} {p}.moved`) and retry; the workspace and its snapshots are kept",
+            w.ws_id,
+            p = w.workspace_path.display()
+        )),
+        _ => None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::model::{Persisted, StateProblem};
+use crate::state::lineage;
 use crate::state::{
     load_state, save_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
     WorkspaceEntry, WorkspaceIndex,
@@ -173,9 +174,34 @@ impl Store {
         self.apply_index_op(ws_id, op)
     }
 
-    /// Remove one snapshot entry (one journal append).
+    /// Record a new checkpoint's entry with its lineage links (it becomes the head; see
+    /// `state::lineage`): one journal append.
+    pub fn record_checkpoint(&mut self, ws_id: &str, id: &str, entry: SnapshotEntry) -> Result<()> {
+        let op = match self.p.indexes.get(ws_id) {
+            Some(idx) => lineage::checkpoint(idx, id, entry),
+            None => lineage::checkpoint(&WorkspaceIndex::new(Default::default()), id, entry),
+        };
+        self.apply_index_op(ws_id, op)
+    }
+
+    /// The live workspace now equals snapshot `id` (after a rollback): it becomes the lineage
+    /// head. One journal append.
+    pub fn set_head(&mut self, ws_id: &str, id: &str) -> Result<()> {
+        let Some(idx) = self.p.indexes.get(ws_id) else {
+            return Ok(());
+        };
+        let op = lineage::rolled_back_to(idx, id);
+        self.apply_index_op(ws_id, op)
+    }
+
+    /// Remove one snapshot entry, linking its lineage children to its parent (one journal
+    /// append).
     pub fn remove_snapshot(&mut self, ws_id: &str, id: &str) -> Result<()> {
-        self.apply_index_op(ws_id, IndexOp::Remove { id: id.to_string() })
+        let op = match self.p.indexes.get(ws_id) {
+            Some(idx) => lineage::remove(idx, id),
+            None => IndexOp::Remove { id: id.to_string() },
+        };
+        self.apply_index_op(ws_id, op)
     }
 
     fn apply_index_op(&mut self, ws_id: &str, op: IndexOp) -> Result<()> {

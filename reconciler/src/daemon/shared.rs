@@ -6,7 +6,6 @@
 
 use super::watch::{Event, WatchSet, Watches};
 use crate::api::{Caller, Request};
-use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::handler::Session;
@@ -97,7 +96,7 @@ impl Shared {
     /// applied).
     pub(super) fn refresh_config(&self, engine: &mut Engine) {
         let path = engine.config.config_path.clone();
-        let result = Config::load(&path).map_err(|e| e.to_string()).and_then(|c| {
+        let result = engine.config.reload().map_err(|e| e.to_string()).and_then(|c| {
             let old = &engine.config.daemon;
             if c.daemon.state_dir != old.state_dir || c.daemon.runtime_dir != old.runtime_dir {
                 Err(format!(

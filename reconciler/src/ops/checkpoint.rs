@@ -59,16 +59,8 @@ pub struct PreparedCheckpoint {
 pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
     sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
         if e.errno() == Some(libc::EEXIST) {
-            Error::new(
-                ErrorCode::SnapshotAlreadyExists,
-                format!(
-                    "workspace {} already has a snapshot {} ({} exists)",
-                    p.ws_id,
-                    p.id,
-                    p.dest.display()
-                ),
-            )
-            .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
+            Error::snapshot_exists(&p.ws_id, &p.id)
+                .hint(format!("choose another ID; {} exists on disk (`ws-ckpt apply` records snapshots found there)", p.dest.display()))
         } else {
             Error::from(e)
         }
@@ -99,6 +91,7 @@ impl Engine {
         path: &Path,
         not_found: Error,
         args: CheckpointArgs,
+        caller: &crate::api::Caller,
         progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
         match path_state(path) {
@@ -112,7 +105,7 @@ impl Engine {
             }
             _ => return Err(not_found),
         }
-        let report = self.init(path, progress)?;
+        let report = self.init(path, false, caller, progress)?;
         let ws = self.resolve_workspace(&report.ws_id)?;
         let prepared = self.checkpoint_prepare(&ws, args, report.changed)?;
         take_checkpoint_snapshot(self.sys(), &prepared)?;
@@ -144,11 +137,7 @@ impl Engine {
         let id = match args.snapshot {
             Some(id) => {
                 if taken(&id) {
-                    return Err(Error::new(
-                        ErrorCode::SnapshotAlreadyExists,
-                        format!("workspace {ws_id} already has a snapshot {id}"),
-                    )
-                    .hint("choose another ID, or omit -s to get a generated one"));
+                    return Err(Error::snapshot_exists(&ws_id, &id));
                 }
                 id
             }
@@ -196,7 +185,8 @@ impl Engine {
         }
         let entry = new_entry(p.created, p.message, p.metadata, p.pin);
         let created_at = entry.created_at.as_str().to_string();
-        self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
+        // The new snapshot becomes the lineage head (`rollback -n 1`), in the same journal line.
+        self.store.record_checkpoint(&p.ws_id, &p.id, entry)?;
         tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
         Ok(CheckpointResult {
             ws_id: p.ws_id,

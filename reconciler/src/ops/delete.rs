@@ -13,14 +13,23 @@ use serde::Serialize;
 pub struct DeleteResult {
     /// Workspace ID.
     pub ws_id: String,
-    /// Deleted snapshot IDs.
+    /// Deleted snapshot IDs (with `dry_run`: those that would be deleted).
     pub deleted: Vec<String>,
+    /// Nothing was deleted: `--dry-run`.
+    pub dry_run: bool,
 }
 
 impl Engine {
     /// `ws-ckpt delete` (SPEC §5.5): `-w` may be omitted when the ID is recorded in exactly one
-    /// workspace; pinned or MISSING snapshots need `force`.
-    pub fn delete(&mut self, ws: &Addressed, snapshot: &str, force: bool) -> Result<DeleteResult> {
+    /// workspace; pinned or MISSING snapshots need `force`. With `dry_run` every check is made
+    /// and nothing is deleted.
+    pub fn delete(
+        &mut self,
+        ws: &Addressed,
+        snapshot: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<DeleteResult> {
         check_snapshot_id(snapshot)?;
         let res = self.storage_for(Some(&ws.entry))?;
         self.check_path_addressed(ws, &res)?;
@@ -30,7 +39,10 @@ impl Engine {
         if entry.pinned && !force {
             return Err(Error::new(
                 ErrorCode::SnapshotPinned,
-                format!("snapshot {snapshot} of workspace {} is pinned", ws.ws_id),
+                format!(
+                    "snapshot {snapshot} of workspace {} is pinned: confirmation required",
+                    ws.ws_id
+                ),
             )
             .hint(format!(
                 "`ws-ckpt delete -w {} -s {snapshot} --force` deletes it anyway",
@@ -38,7 +50,7 @@ impl Engine {
             )));
         }
         if !force && (entry.missing || !self.sys().is_subvolume(&path)?) {
-            if !entry.missing {
+            if !entry.missing && !dry_run {
                 let mut e = entry;
                 e.missing = true;
                 self.store.put_snapshot(&ws.ws_id, snapshot, e)?;
@@ -46,10 +58,13 @@ impl Engine {
             return Err(Self::missing_error(&ws, snapshot, &path));
         }
         let ids = vec![snapshot.to_string()];
-        self.delete_recorded(&res, &ws.ws_id, &ids)?;
+        if !dry_run {
+            self.delete_recorded(&res, &ws.ws_id, &ids)?;
+        }
         Ok(DeleteResult {
             ws_id: ws.ws_id,
             deleted: ids,
+            dry_run,
         })
     }
 
@@ -87,9 +102,9 @@ impl Engine {
         match holders.len() {
             0 => Err(Error::new(
                 ErrorCode::SnapshotNotFound,
-                format!("no workspace has a snapshot {snapshot}"),
+                format!("snapshot not found: {snapshot} (in none of your workspaces)"),
             )
-            .hint("`ws-ckpt list` shows every snapshot")),
+            .hint("`ws-ckpt list` shows every snapshot you may use")),
             1 => {
                 let entry = holders.swap_remove(0);
                 let id = entry.ws_id.clone();
@@ -103,11 +118,11 @@ impl Engine {
                 Err(Error::new(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "snapshot {snapshot} exists in several workspaces: {}",
+                        "snapshot {snapshot} matches in multiple workspaces: {}",
                         names.join(", ")
                     ),
                 )
-                .hint("name the workspace with -w"))
+                .hint("please specify --workspace/-w"))
             }
         }
     }

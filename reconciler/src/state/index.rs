@@ -115,6 +115,18 @@ pub enum IndexOp {
         /// The new path.
         path: PathBuf,
     },
+    /// Set the lineage head: the snapshot the live workspace descends from (`head` of
+    /// ws-ckpt 0.4+; see `state::lineage`). `None` removes it.
+    SetHead {
+        /// The head snapshot ID.
+        head: Option<String>,
+    },
+    /// Several changes recorded as one journal line, so that they take effect together or
+    /// not at all (a checkpoint and the lineage links it moves).
+    Batch {
+        /// The changes, applied in order.
+        ops: Vec<IndexOp>,
+    },
 }
 
 impl WorkspaceIndex {
@@ -137,6 +149,8 @@ impl WorkspaceIndex {
                 self.snapshots.shift_remove(id);
             }
             IndexOp::SetWorkspacePath { path } => self.workspace_path = path.clone(),
+            IndexOp::SetHead { head } => self.set_head(head.as_deref()),
+            IndexOp::Batch { ops } => ops.iter().for_each(|op| self.apply(op)),
         }
     }
 }

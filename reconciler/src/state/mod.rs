@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub mod atomic;
 pub mod index;
+pub mod lineage;
 pub mod pending;
 pub mod statefile;
 
