@@ -93,9 +93,9 @@ impl Client {
             .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
         }
         let sys = LinuxSys::new()?;
-        let mut engine = Engine::open(config, Arc::new(sys), "cli", LOCK_WAIT)?;
+        let engine = Engine::open(config, Arc::new(sys), "cli", LOCK_WAIT)?;
         let result =
-            crate::handler::handle_in_process(&mut engine, &Caller::this_process(), req, progress);
+            crate::handler::handle_in_process(&engine, &Caller::this_process(), req, progress);
         engine.close();
         result
     }
@@ -124,10 +124,11 @@ impl Client {
         }
         let sys = LinuxSys::new()?;
         let store = crate::store::Store::load(&config.daemon.state_dir, SystemTime::now())?;
-        let (obs, res) = crate::observe::observe(&sys, config, &store.p);
+        let persisted = store.snapshot();
+        let (obs, res) = crate::observe::observe(&sys, config, &persisted);
         let p = crate::plan::plan(
             config,
-            &store.p,
+            &persisted,
             &obs,
             &res,
             PlanOptions::default(),

@@ -2,6 +2,13 @@
 //! handle, and offers every operation (apply, plan, status, init, release, …) as
 //! request-in/result-out functions. The CLI and the daemon both call it.
 //!
+//! It is shared between threads (every method takes `&self`): the daemon serves requests on
+//! it in parallel. Work on one workspace is serialized by that workspace's lock
+//! ([`Engine::in_workspace`]); work that concerns no workspace by the host lock
+//! ([`Engine::in_host`]); the persisted state by the store's own short critical section. A
+//! pass runs the host actions first, then each workspace's actions under its lock, one
+//! workspace at a time, re-planning a workspace whose state changed since the plan.
+//!
 //! It sequences observe → plan → execute; it contains no planning rules itself.
 
 use crate::config::{edit, Config, DeclState};
@@ -9,6 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{ActionOutcome, Executor, Outcome};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::lock::DaemonLock;
+use crate::locks::{ReentrantLock, WorkspaceLocks};
 use crate::model::{Observed, PathState};
 use crate::observe::observe;
 use crate::paths::absolute_user_path;
@@ -20,7 +28,7 @@ use crate::store::Store;
 use crate::sys::Sys;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// How many observe→plan→execute rounds one apply may take (bootstrap, then migrations, then
@@ -28,12 +36,15 @@ use std::time::{Duration, SystemTime};
 pub const MAX_ROUNDS: usize = 6;
 
 /// Options of `apply`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     /// Plan only (`--check`).
     pub check: bool,
     /// Release undeclared workspaces.
     pub prune: bool,
+    /// Only the host actions and those of the workspace at this path (init and release act
+    /// on their own workspace; the others are left to their own requests and passes).
+    pub only: Option<PathBuf>,
 }
 
 /// Result of `apply` (JSON: `{"changed", "actions", "findings"}`).
@@ -55,16 +66,29 @@ impl ApplyReport {
     }
 }
 
-/// The engine.
+/// The engine (shared: see the module documentation).
 pub struct Engine {
-    /// Effective config.
-    pub config: Config,
+    /// Effective config; replaced as a whole on reload.
+    config: RwLock<Arc<Config>>,
     sys: Arc<dyn Sys>,
-    /// Persisted state.
+    /// Persisted state (its own short critical section).
     pub store: Store,
-    lock: Option<DaemonLock>,
+    workspaces: WorkspaceLocks,
+    host: ReentrantLock,
+    lock: Mutex<Option<DaemonLock>>,
     /// The previous holder of the lock did not stop cleanly.
     pub unclean_detected: bool,
+}
+
+/// The path an action is about, when it names one.
+fn action_path(a: &Action) -> Option<&Path> {
+    match a {
+        Action::InitWorkspace { path, .. }
+        | Action::AdoptWorkspace { path, .. }
+        | Action::RepairSymlink { path, .. }
+        | Action::ReleaseWorkspace { path, .. } => Some(path),
+        _ => None,
+    }
 }
 
 impl Engine {
@@ -73,46 +97,78 @@ impl Engine {
     pub fn open(config: Config, sys: Arc<dyn Sys>, role: &str, wait: Duration) -> Result<Engine> {
         let lock = DaemonLock::acquire(&config.daemon.state_dir, wait, role)?;
         let store = Store::load(&config.daemon.state_dir, SystemTime::now())?;
-        let mut engine = Engine {
-            config,
+        let engine = Engine {
+            unclean_detected: lock.previous_unclean,
+            config: RwLock::new(Arc::new(config)),
             sys,
             store,
-            unclean_detected: lock.previous_unclean,
-            lock: Some(lock),
+            workspaces: WorkspaceLocks::default(),
+            host: ReentrantLock::default(),
+            lock: Mutex::new(Some(lock)),
         };
         if engine.unclean_detected {
             tracing::warn!(
-                lock = %engine.config.daemon.state_dir.join(crate::lock::LOCK_FILE).display(),
+                lock = %engine.state_dir().join(crate::lock::LOCK_FILE).display(),
                 "the previous ws-ckpt process did not stop cleanly; running crash recovery"
             );
-            if let Some(s) = engine.store.p.state.as_mut() {
-                s.last_unclean_shutdown = Some(crate::time::now_rfc3339());
-                if engine.store.p.problem.is_none() {
-                    engine.store.save()?;
-                }
+            if engine.store.read().problem.is_none() {
+                engine.store.update_state(|s| {
+                    if let Some(s) = s.as_mut() {
+                        s.last_unclean_shutdown = Some(crate::time::now_rfc3339());
+                    }
+                })?;
             }
         }
         Ok(engine)
     }
 
     /// Clean stop: remove the lock file. (Index journals compact themselves when they grow,
-    /// so a stop costs nothing per snapshot.)
-    pub fn close(mut self) {
-        if let Some(lock) = self.lock.take() {
+    /// so a stop costs nothing per snapshot.) Further calls do nothing.
+    pub fn close(&self) {
+        let lock = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = lock {
             lock.release();
         }
     }
 
-    /// An executor over this engine's system handle, config and store.
+    /// The effective config (a snapshot: a reload replaces it, never changes it in place).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replace the effective config.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// Run `f` holding workspace `ws_id`: operations and pass steps on one workspace run one
+    /// at a time; different workspaces proceed in parallel. Reentrant for this thread.
+    pub fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
+        self.workspaces.run(ws_id, f)
+    }
+
+    /// True when some thread holds workspace `ws_id` (diagnostics and tests).
+    pub fn workspace_busy(&self, ws_id: &str) -> bool {
+        self.workspaces.is_held(ws_id)
+    }
+
+    /// Run `f` holding the host lock (steps that concern no single workspace: bootstrap,
+    /// image growth and migration, config edits). Never taken while holding a workspace.
+    pub fn in_host<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.host.run(f)
+    }
+
+    /// An executor over this engine's system handle and store, with `config`.
     pub fn executor<'a>(
-        &'a mut self,
+        &'a self,
+        config: &'a Config,
         res: &'a Resolution,
         progress: crate::execute::ProgressFn<'a>,
     ) -> Executor<'a> {
         Executor {
             sys: self.sys.as_ref(),
-            config: &self.config,
-            store: &mut self.store,
+            config,
+            store: &self.store,
             res,
             progress,
         }
@@ -129,32 +185,42 @@ impl Engine {
     }
 
     /// Reload the config from its file (after our own edits, or on SIGHUP).
-    pub fn reload_config(&mut self) -> Result<()> {
-        self.config = self.config.reload()?;
+    pub fn reload_config(&self) -> Result<()> {
+        // `reload` keeps the command-line settings (`daemon --mount-path`, `--socket`, …).
+        self.set_config(self.config().reload()?);
         Ok(())
     }
 
     /// Observe the system now (host, then the backend resolved once, then its storage).
     pub fn observe(&self) -> (Observed, Resolution) {
-        observe(self.sys.as_ref(), &self.config, &self.store.p)
+        let persisted = self.store.snapshot();
+        observe(self.sys.as_ref(), &self.config(), &persisted)
     }
 
     /// Plan against a fresh observation.
     pub fn plan(&self, opts: PlanOptions) -> Plan {
-        let (obs, res) = self.observe();
-        plan(
-            &self.config,
-            &self.store.p,
-            &obs,
-            &res,
-            opts,
-            SystemTime::now(),
-        )
+        let persisted = self.store.snapshot();
+        self.plan_from(&self.config(), &persisted, opts)
+    }
+
+    fn plan_from(
+        &self,
+        config: &Config,
+        persisted: &crate::model::Persisted,
+        opts: PlanOptions,
+    ) -> Plan {
+        let (obs, res) = observe(self.sys.as_ref(), config, persisted);
+        plan(config, persisted, &obs, &res, opts, SystemTime::now())
     }
 
     /// Converge: repeat observe → plan → execute until nothing is left to do (bounded).
+    ///
+    /// Each round runs the host actions first (under the host lock), then the actions of each
+    /// workspace under that workspace's lock, one workspace at a time. A workspace whose
+    /// recorded state changed between the plan and taking its lock (a request ran on it
+    /// meanwhile) is planned again first, so no step runs on a stale plan.
     pub fn apply(
-        &mut self,
+        &self,
         opts: ApplyOptions,
         progress: &mut dyn FnMut(&str, &crate::copy::Progress),
     ) -> ApplyReport {
@@ -165,14 +231,37 @@ impl Engine {
         };
         let popts = PlanOptions { prune: opts.prune };
         for round in 0..MAX_ROUNDS {
-            let p = self.plan(popts);
+            let config = self.config();
+            let (persisted, generations) = self.store.snapshot_with_generations();
+            let p = self.plan_from(&config, &persisted, popts);
             report.findings = p.findings.clone();
-            if p.actions.is_empty() || p.blocked() {
+            let recorded = opts
+                .only
+                .as_deref()
+                .and_then(|path| persisted.state.as_ref()?.workspace_by_path(path))
+                .map(|w| w.ws_id.clone());
+            let in_scope = |a: &Action| match (&opts.only, a.ws_id()) {
+                (None, _) | (_, None) => true,
+                (Some(only), Some(ws)) => {
+                    action_path(a) == Some(only.as_path()) || recorded.as_deref() == Some(ws)
+                }
+            };
+            let scope: Vec<String> = p
+                .actions
+                .iter()
+                .filter(|a| in_scope(a))
+                .filter_map(|a| a.ws_id().map(str::to_string))
+                .collect();
+            let actions: Vec<Action> = p
+                .actions
+                .into_iter()
+                .filter(|a| a.ws_id().is_none_or(|w| scope.iter().any(|s| s == w)))
+                .collect();
+            if actions.is_empty() || p.findings.iter().any(|f| f.is_blocking()) {
                 break;
             }
             if opts.check {
-                report.actions = p
-                    .actions
+                report.actions = actions
                     .into_iter()
                     .map(|action| ActionOutcome {
                         action,
@@ -185,43 +274,73 @@ impl Engine {
                 break;
             }
             let Some(res) = p.backend.clone() else { break };
+            // Host actions first, then one workspace at a time, in plan order.
+            let mut groups: Vec<(Option<String>, Vec<Action>)> = Vec::new();
+            for action in actions {
+                let ws = action.ws_id().map(str::to_string);
+                match groups.iter_mut().find(|(w, _)| *w == ws) {
+                    Some((_, list)) => list.push(action),
+                    None => groups.push((ws, vec![action])),
+                }
+            }
+            groups.sort_by_key(|(ws, _)| ws.is_some());
             let mut failed = false;
             let mut config_touched = false;
-            for action in p.actions {
-                config_touched |= matches!(
-                    action,
-                    Action::DeclareMigrated { .. } | Action::MigrateV0Indexes { .. }
-                );
-                let result = Executor {
-                    sys: self.sys.as_ref(),
-                    config: &self.config,
-                    store: &mut self.store,
-                    res: &res,
-                    progress,
-                }
-                .run(&action);
-                let outcome = match result {
-                    Ok(change) => {
-                        report.changed |= change.changed();
-                        ActionOutcome {
-                            action,
-                            result: Outcome::Done,
-                            changed: change.changed(),
-                            error: None,
+            for (ws, planned) in groups {
+                let mut run_group = |planned: Vec<Action>| {
+                    let config = self.config();
+                    let actions = match &ws {
+                        Some(w)
+                            if self.store.generation(Some(w))
+                                != generations.get(&Some(w.clone())).copied().unwrap_or(0) =>
+                        {
+                            // Changed since the plan: plan again for this workspace.
+                            let fresh = self.plan(popts);
+                            if fresh.findings.iter().any(|f| f.is_blocking()) {
+                                Vec::new()
+                            } else {
+                                fresh
+                                    .actions
+                                    .into_iter()
+                                    .filter(|a| a.ws_id() == Some(w.as_str()))
+                                    .collect()
+                            }
                         }
-                    }
-                    Err(e) => {
-                        failed = true;
-                        tracing::error!(action = action.name(), error = %e, "action failed");
-                        ActionOutcome {
+                        _ => planned,
+                    };
+                    for action in actions {
+                        config_touched |= matches!(
                             action,
-                            result: Outcome::Failed,
-                            changed: false,
-                            error: Some(e),
-                        }
+                            Action::DeclareMigrated { .. } | Action::MigrateV0Indexes { .. }
+                        );
+                        let result = self.executor(&config, &res, progress).run(&action);
+                        report.actions.push(match result {
+                            Ok(change) => {
+                                report.changed |= change.changed();
+                                ActionOutcome {
+                                    action,
+                                    result: Outcome::Done,
+                                    changed: change.changed(),
+                                    error: None,
+                                }
+                            }
+                            Err(e) => {
+                                failed = true;
+                                tracing::error!(action = action.name(), error = %e, "action failed");
+                                ActionOutcome {
+                                    action,
+                                    result: Outcome::Failed,
+                                    changed: false,
+                                    error: Some(e),
+                                }
+                            }
+                        });
                     }
                 };
-                report.actions.push(outcome);
+                match &ws {
+                    Some(w) => self.in_workspace(w, || run_group(planned)),
+                    None => self.in_host(|| run_group(planned)),
+                }
             }
             if config_touched {
                 if let Err(e) = self.reload_config() {
@@ -254,11 +373,12 @@ impl Engine {
         })
     }
 
-    /// `ws-ckpt init PATH`: declare in a drop-in, then apply; report the workspace. Unless
-    /// `force`, a directory in which a process other than `caller` (and this one) has its
-    /// working directory is refused before anything changes (as upstream 0.3.3+).
+    /// `ws-ckpt init PATH`: declare in a drop-in, then apply (the host steps and this
+    /// workspace's only); report the workspace. Unless `force`, a directory in which a process
+    /// other than `caller` (and this one) has its working directory is refused before anything
+    /// changes (as upstream 0.3.3+).
     pub fn init(
-        &mut self,
+        &self,
         path: &Path,
         force: bool,
         caller: &crate::api::Caller,
@@ -269,37 +389,81 @@ impl Engine {
             true => Ok(()),
             false => crate::procs::guard_init(&path, caller),
         };
-        if let Some(w) = self.workspace_by_path(&path) {
-            let w = w.clone();
-            if self
-                .config
-                .workspace(&path)
+        let declared = self.in_host(|| self.declare_for_init(&path, &cwd_guard))?;
+        let (decl_file, newly_declared) = match declared {
+            Declared::Already(report) => return Ok(report),
+            Declared::In { file, new } => (file, new),
+        };
+        let report = self.apply(
+            ApplyOptions {
+                only: Some(path.clone()),
+                ..Default::default()
+            },
+            progress,
+        );
+        match self.workspace_by_path(&path) {
+            Some(w) => Ok(InitReport {
+                ws_id: w.ws_id,
+                path,
+                changed: report.changed,
+                declared_in: Some(decl_file),
+                apply: Some(report),
+            }),
+            None => {
+                let err = self.why_not_ready(&path, &report);
+                let interrupted = self.store.read().pending().iter().any(
+                    |o| matches!(&o.kind, crate::state::PendingKind::Init { path: p, .. } if *p == path),
+                );
+                if newly_declared && !interrupted {
+                    // Nothing was converted: take the declaration back so the config does not
+                    // keep asking for a workspace that cannot be made.
+                    self.in_host(|| {
+                        if let Err(e) = edit::remove_workspace(&decl_file, &path) {
+                            tracing::warn!(file = %decl_file.display(), error = %e, "could not withdraw the declaration");
+                        }
+                        let _ = self.reload_config();
+                    });
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The config side of `init` (under the host lock): already a workspace, or declared now
+    /// (in which file, and whether this call added the declaration).
+    fn declare_for_init(
+        &self,
+        path: &Path,
+        cwd_guard: &dyn Fn() -> Result<()>,
+    ) -> Result<Declared> {
+        let config = self.config();
+        if let Some(w) = self.workspace_by_path(path) {
+            if config
+                .workspace(path)
                 .is_none_or(|d| d.state == DeclState::Present)
             {
-                let declared_in = self.config.workspace(&path).map(|d| d.source.clone());
-                return Ok(InitReport {
+                let declared_in = config.workspace(path).map(|d| d.source.clone());
+                return Ok(Declared::Already(InitReport {
                     ws_id: w.ws_id,
-                    path,
+                    path: path.to_path_buf(),
                     changed: false,
                     declared_in,
                     apply: None,
-                });
+                }));
             }
         }
-        let mut newly_declared = false;
-        let decl_file = match self.config.workspace(&path) {
+        let (file, new) = match config.workspace(path) {
             Some(d) if d.state == DeclState::Present => {
                 cwd_guard()?;
-                d.source.clone()
+                (d.source.clone(), false)
             }
             Some(d) => {
                 cwd_guard()?;
-                edit::set_workspace_state(&d.source, &path, DeclState::Present)?;
-                d.source.clone()
+                edit::set_workspace_state(&d.source, path, DeclState::Present)?;
+                (d.source.clone(), false)
             }
             None => {
-                newly_declared = true;
-                if let Some(why) = self.quick_guard(&path) {
+                if let Some(why) = self.quick_guard(path) {
                     return Err(Error::new(
                         ErrorCode::InvalidPath,
                         format!("cannot make a workspace of {}: {why}", path.display()),
@@ -309,53 +473,33 @@ impl Engine {
                 cwd_guard()?;
                 let taken = |id: &str| {
                     self.store
-                        .p
+                        .read()
                         .state
                         .as_ref()
                         .is_some_and(|s| s.workspace(id).is_some())
                 };
-                let ws_id = crate::ids::allocate_ws_id(&path, taken);
-                edit::declare_workspace(&self.config.dropin_dir, &ws_id, &path)?.0
+                let ws_id = crate::ids::allocate_ws_id(path, taken);
+                (
+                    edit::declare_workspace(&config.dropin_dir, &ws_id, path)?.0,
+                    true,
+                )
             }
         };
         self.reload_config()?;
-        let report = self.apply(ApplyOptions::default(), progress);
-        match self.workspace_by_path(&path) {
-            Some(w) => Ok(InitReport {
-                ws_id: w.ws_id.clone(),
-                path,
-                changed: report.changed,
-                declared_in: Some(decl_file),
-                apply: Some(report),
-            }),
-            None => {
-                let err = self.why_not_ready(&path, &report);
-                let interrupted = self.store.p.pending().iter().any(
-                    |o| matches!(&o.kind, crate::state::PendingKind::Init { path: p, .. } if *p == path),
-                );
-                if newly_declared && !interrupted {
-                    // Nothing was converted: take the declaration back so the config does not
-                    // keep asking for a workspace that cannot be made.
-                    if let Err(e) = edit::remove_workspace(&decl_file, &path) {
-                        tracing::warn!(file = %decl_file.display(), error = %e, "could not withdraw the declaration");
-                    }
-                    let _ = self.reload_config();
-                }
-                Err(err)
-            }
-        }
+        Ok(Declared::In { file, new })
     }
 
     fn quick_guard(&self, path: &Path) -> Option<String> {
         let res = self.plan(PlanOptions::default()).backend?;
+        let config = self.config();
         let others: Vec<PathBuf> = self
             .store
-            .p
+            .read()
             .state
             .iter()
             .flat_map(|s| s.workspaces.iter().map(|w| w.workspace_path.clone()))
             .chain(
-                self.config
+                config
                     .workspaces
                     .iter()
                     .filter(|w| w.state == DeclState::Present)
@@ -363,7 +507,7 @@ impl Engine {
             )
             .collect();
         let refs: Vec<&Path> = others.iter().map(PathBuf::as_path).collect();
-        crate::plan::init_guard(path, &res, &self.config.daemon.state_dir, &refs).or_else(|| {
+        crate::plan::init_guard(path, &res, &config.daemon.state_dir, &refs).or_else(|| {
             match crate::observe::path_state(path) {
                 PathState::Dir { .. } => None,
                 PathState::Missing => Some("it does not exist".to_string()),
@@ -411,14 +555,14 @@ impl Engine {
     pub fn release_target(&self, path: &Path) -> Result<WorkspaceEntry> {
         let path = absolute_user_path(path)?;
         self.workspace_by_path(&path)
-            .cloned()
             .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
-    /// is declared (or declare it so), then apply; the workspace is gone on success.
+    /// is declared (or declare it so), then apply (the host steps and this workspace's only);
+    /// the workspace is gone on success.
     pub fn release(
-        &mut self,
+        &self,
         ws: &WorkspaceEntry,
         progress: &mut dyn FnMut(&str, &crate::copy::Progress),
     ) -> Result<ReleaseReport> {
@@ -428,17 +572,26 @@ impl Engine {
         if let Some(why) = release_blocker(&ws) {
             return Err(Error::new(ErrorCode::WorkspaceDetached, why));
         }
-        match self.config.workspace(&path) {
-            Some(d) => {
-                edit::set_workspace_state(&d.source, &path, DeclState::Absent)?;
+        self.in_host(|| {
+            let config = self.config();
+            match config.workspace(&path) {
+                Some(d) => {
+                    edit::set_workspace_state(&d.source, &path, DeclState::Absent)?;
+                }
+                None => {
+                    let (file, _) = edit::declare_workspace(&config.dropin_dir, &ws.ws_id, &path)?;
+                    edit::set_workspace_state(&file, &path, DeclState::Absent)?;
+                }
             }
-            None => {
-                let (file, _) = edit::declare_workspace(&self.config.dropin_dir, &ws.ws_id, &path)?;
-                edit::set_workspace_state(&file, &path, DeclState::Absent)?;
-            }
-        }
-        self.reload_config()?;
-        let report = self.apply(ApplyOptions::default(), progress);
+            self.reload_config()
+        })?;
+        let report = self.apply(
+            ApplyOptions {
+                only: Some(path.clone()),
+                ..Default::default()
+            },
+            progress,
+        );
         if self.workspace_by_path(&path).is_some() {
             return Err(self.why_not_ready(&path, &report));
         }
@@ -450,44 +603,54 @@ impl Engine {
     }
 
     /// Recorded workspace at this path.
-    pub fn workspace_by_path(&self, path: &Path) -> Option<&WorkspaceEntry> {
-        self.store.p.state.as_ref()?.workspace_by_path(path)
+    pub fn workspace_by_path(&self, path: &Path) -> Option<WorkspaceEntry> {
+        self.store
+            .read()
+            .state
+            .as_ref()?
+            .workspace_by_path(path)
+            .cloned()
     }
 
     /// Find a recorded workspace by ws_id or by path (relative paths are made absolute; the
     /// final component is not resolved because a workspace path is a symlink).
     pub fn resolve_workspace(&self, spec: &str) -> Result<WorkspaceEntry> {
-        let state = self.store.p.state.as_ref();
-        if let Some(w) = state.and_then(|s| s.workspace(spec)) {
-            return Ok(w.clone());
+        let by_id = self
+            .store
+            .read()
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(spec).cloned());
+        if let Some(w) = by_id {
+            return Ok(w);
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
             return Err(Error::workspace_not_found(spec));
         }
         let path = absolute_user_path(Path::new(spec))?;
-        state
-            .and_then(|s| s.workspace_by_path(&path))
-            .cloned()
+        self.workspace_by_path(&path)
             .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
     pub fn status(&self, daemon: Option<&DaemonInfo>) -> StatusReport {
-        let (obs, res) = self.observe();
+        let config = self.config();
+        let persisted = self.store.snapshot();
+        let (obs, res) = observe(self.sys.as_ref(), &config, &persisted);
         let p = plan(
-            &self.config,
-            &self.store.p,
+            &config,
+            &persisted,
             &obs,
             &res,
             PlanOptions::default(),
             SystemTime::now(),
         );
-        crate::status::build(&self.config, &self.store.p, &obs, &p, daemon)
+        crate::status::build(&config, &persisted, &obs, &p, daemon)
     }
 
-    /// Path of the config lock-holder info etc. (state dir).
-    pub fn state_dir(&self) -> &Path {
-        &self.config.daemon.state_dir
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.config().daemon.state_dir.clone()
     }
 }
 
@@ -502,6 +665,14 @@ pub fn release_blocker(w: &WorkspaceEntry) -> Option<String> {
         )),
         _ => None,
     }
+}
+
+/// What the config side of `init` found or did.
+enum Declared {
+    /// The path already is a declared, recorded workspace.
+    Already(InitReport),
+    /// Declared (now or before) in `file`; `new` when this call added it.
+    In { file: PathBuf, new: bool },
 }
 
 /// Result of `init`.

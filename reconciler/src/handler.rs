@@ -3,9 +3,10 @@
 //! audit it once. The result is a JSON value, so the CLI prints the same thing either way.
 //!
 //! How the path reaches the engine is the [`Session`]: an in-process command owns its engine
-//! ([`handle_in_process`]); the daemon shares one between threads and serializes the requests
-//! on one workspace ([`Session::in_workspace`]). The engine is held only for what needs it:
-//! a checkpoint's snapshot ioctl runs without it.
+//! ([`handle_in_process`]); the daemon shares one between its threads. Either way the engine
+//! is shared, not locked: each operation takes its own workspace's lock, and the only
+//! host-wide critical section is the store's (one record at a time), so requests on
+//! different workspaces run in parallel whatever they do.
 //!
 //! This module routes; it decides nothing about authorization (`auth`) and implements no
 //! operation (`ops`, `engine`).
@@ -20,29 +21,21 @@ use crate::policy::ConfigScope;
 use crate::status::DaemonInfo;
 use serde::Serialize;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::path::Path;
 
 /// How the request path reaches the engine.
 pub trait Session {
-    /// Run `f` with exclusive use of the engine (the host-wide critical section). Fails when
-    /// there is no engine any more (a daemon shutting down).
-    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R>;
-
-    /// Run `f` while holding workspace `ws_id`, so that requests on one workspace run one at a
-    /// time. Never called with the engine held. Default: nothing to hold.
-    fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
-        let _ = ws_id;
-        f()
-    }
+    /// Run `f` with the engine. Holds nothing host-wide: the engine serializes what it must
+    /// itself. Fails when there is no engine any more (a daemon shutting down).
+    fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R>;
 
     /// The daemon serving the request, if one does (shown by `status`).
     fn daemon_info(&self) -> Option<DaemonInfo> {
         None
     }
 
-    /// Called with the engine after a mutating request ran under it (the daemon watches the
-    /// snapshot directories of new workspaces). Default: nothing.
+    /// Called with the engine after a mutating request ran (the daemon watches the snapshot
+    /// directories of new workspaces). Default: nothing.
     fn after_mutation(&self, engine: &Engine) {
         let _ = engine;
     }
@@ -56,53 +49,58 @@ pub fn handle(
     req: Request,
     progress: Progress<'_>,
 ) -> Result<Value> {
-    let mut state_dir = None;
-    let result = run(session, caller, &req, progress, &mut state_dir);
-    if let Some(dir) = state_dir {
-        crate::audit::record(&dir, caller, &req, &result);
-    }
-    result
+    session.with_engine(|engine| {
+        let result = run(session, engine, caller, &req, progress);
+        crate::audit::record(&engine.state_dir(), caller, &req, &result);
+        result
+    })?
 }
 
 /// [`handle`] for a command that owns its engine.
 pub fn handle_in_process(
-    engine: &mut Engine,
+    engine: &Engine,
     caller: &Caller,
     req: Request,
     progress: Progress<'_>,
 ) -> Result<Value> {
-    handle(&Exclusive(RefCell::new(engine)), caller, req, progress)
+    handle(&Exclusive(engine), caller, req, progress)
 }
 
 /// The session of a command that owns its engine.
-struct Exclusive<'a>(RefCell<&'a mut Engine>);
+struct Exclusive<'a>(&'a Engine);
 
 impl Session for Exclusive<'_> {
-    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R> {
-        Ok(f(&mut self.0.borrow_mut()))
+    fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R> {
+        Ok(f(self.0))
     }
 }
 
 fn run(
     session: &impl Session,
+    engine: &Engine,
     caller: &Caller,
     req: &Request,
     progress: Progress<'_>,
-    state_dir: &mut Option<std::path::PathBuf>,
 ) -> Result<Value> {
-    let target = session.with_engine(|engine| {
-        *state_dir = Some(engine.config.daemon.state_dir.clone());
-        req.check_ids()?;
-        let target = resolve(engine, req)?;
-        crate::auth::authorize(&engine.config, caller, req, &target)?;
-        Ok::<_, Error>(target)
-    })??;
-    match target.ws_id().map(str::to_string) {
-        Some(ws_id) => session.in_workspace(&ws_id, || {
-            execute(session, caller, req.clone(), target, progress)
-        }),
-        None => execute(session, caller, req.clone(), target, progress),
+    req.check_ids()?;
+    let target = resolve(engine, req)?;
+    crate::auth::authorize(&engine.config(), caller, req, &target)?;
+    let daemon = match req {
+        Request::Status { .. } => session.daemon_info(),
+        _ => None,
+    };
+    let result = dispatch(
+        engine,
+        caller,
+        req.clone(),
+        target,
+        daemon.as_ref(),
+        progress,
+    );
+    if req.is_mutating() {
+        session.after_mutation(engine);
     }
+    result
 }
 
 /// What `req` names, looked up once (the step before authorization).
@@ -180,57 +178,9 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value> {
         .map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
 }
 
-/// Run an authorized request. A checkpoint of a recorded workspace holds the engine only to
-/// prepare and to record it; everything else runs under the engine.
-fn execute(
-    session: &impl Session,
-    caller: &Caller,
-    req: Request,
-    target: Target,
-    progress: Progress<'_>,
-) -> Result<Value> {
-    if let (
-        Request::Checkpoint {
-            snapshot,
-            message,
-            metadata,
-            pin,
-            ..
-        },
-        Target::Workspace(ws),
-    ) = (&req, &target)
-    {
-        let args = CheckpointArgs {
-            snapshot: snapshot.clone(),
-            message: message.clone(),
-            metadata: metadata.clone(),
-            pin: *pin,
-        };
-        let (prepared, sys) = session.with_engine(|engine| {
-            engine
-                .checkpoint_prepare(&ws.entry, args, false)
-                .map(|p| (p, engine.sys_handle()))
-        })??;
-        crate::ops::take_checkpoint_snapshot(sys.as_ref(), &prepared)?;
-        let done = session.with_engine(|engine| engine.checkpoint_commit(prepared))??;
-        return to_value(&done);
-    }
-    let daemon = match req {
-        Request::Status { .. } => session.daemon_info(),
-        _ => None,
-    };
-    let mutating = req.is_mutating();
-    session.with_engine(|engine| {
-        let result = dispatch(engine, caller, req, target, daemon.as_ref(), progress);
-        if mutating {
-            session.after_mutation(engine);
-        }
-        result
-    })?
-}
-
+/// Run an authorized request (each operation takes its workspace's lock itself).
 fn dispatch(
-    engine: &mut Engine,
+    engine: &Engine,
     caller: &Caller,
     req: Request,
     target: Target,
@@ -355,12 +305,8 @@ fn dispatch(
         Request::Release { .. } => to_value(&engine.release(&addressed(&target)?.entry, progress)?),
         Request::Status { workspace } => {
             let mut st = engine.status(daemon);
-            crate::auth::filter_status(
-                &engine.config,
-                engine.store.p.state.as_ref(),
-                caller,
-                &mut st,
-            );
+            let state = engine.store.read().state.clone();
+            crate::auth::filter_status(&engine.config(), state.as_ref(), caller, &mut st);
             if workspace.is_some() {
                 let ws = addressed(&target)?;
                 // Named by its path, a detached workspace is an error (SPEC §4 rule 5, as
@@ -378,6 +324,7 @@ fn dispatch(
             ApplyOptions {
                 check: *check,
                 prune: *prune,
+                only: None,
             },
             progress,
         )),
@@ -394,7 +341,6 @@ mod tests {
     use crate::config::Config;
     use crate::sys::fake::FakeSys;
     use crate::sys::Sys;
-    use std::cell::RefCell;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -406,99 +352,101 @@ mod tests {
 
     /// A bootstrapped fake backend with workspace `<root>/home/a`.
     fn engine(dir: &Path) -> Engine {
+        engine_with(dir, Arc::new(FakeSys::new()), &["a"])
+    }
+
+    /// A bootstrapped fake backend with workspaces `<root>/home/<name>`.
+    fn engine_with(dir: &Path, sys: Arc<FakeSys>, names: &[&str]) -> Engine {
         let d = dir.display();
         std::fs::create_dir_all(dir.join("etc")).unwrap();
-        std::fs::create_dir_all(dir.join("home/a")).unwrap();
         std::fs::create_dir_all(dir.join("img")).unwrap();
+        let mut decls = String::new();
+        for n in names {
+            std::fs::create_dir_all(dir.join("home").join(n)).unwrap();
+            decls += &format!("[[workspace]]\npath = \"{d}/home/{n}\"\n");
+        }
         std::fs::write(
             dir.join("etc/config.toml"),
-            format!("[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[backend]\ntype = \"btrfs-loop\"\n[backend.btrfs-loop]\nimage = \"{d}/img/i\"\nmount = \"{d}/mnt\"\nlegacy_image = \"{d}/legacy.img\"\nimg_size = 1\n[[workspace]]\npath = \"{d}/home/a\"\n"),
+            format!("[daemon]\nstate_dir = \"{d}/state\"\nruntime_dir = \"{d}/run\"\n[backend]\ntype = \"btrfs-loop\"\n[backend.btrfs-loop]\nimage = \"{d}/img/i\"\nmount = \"{d}/mnt\"\nlegacy_image = \"{d}/legacy.img\"\nimg_size = 1\n{decls}"),
         )
         .unwrap();
         let config = Config::load(&dir.join("etc/config.toml")).unwrap();
-        let sys = Arc::new(FakeSys::new());
         sys.create_image(&dir.join("img/i"), 1 << 30).unwrap();
-        let mut e = Engine::open(config, sys, "cli", Duration::ZERO).unwrap();
+        let e = Engine::open(config, sys, "cli", Duration::ZERO).unwrap();
         assert!(e.apply(ApplyOptions::default(), &mut |_, _| {}).ok());
         e
     }
 
-    /// A session that records what the request path asked of it.
-    struct Recording<'a> {
-        engine: RefCell<&'a mut Engine>,
-        log: RefCell<Vec<String>>,
-    }
-
-    impl Session for Recording<'_> {
-        fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R> {
-            self.log.borrow_mut().push("engine".into());
-            Ok(f(&mut self.engine.borrow_mut()))
-        }
-        fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
-            self.log.borrow_mut().push(format!("lock {ws_id}"));
-            let r = f();
-            self.log.borrow_mut().push(format!("unlock {ws_id}"));
-            r
-        }
-    }
-
     fn audit_lines(e: &Engine) -> Vec<Value> {
-        std::fs::read_to_string(e.config.daemon.state_dir.join("audit.jsonl"))
+        std::fs::read_to_string(e.config().daemon.state_dir.join("audit.jsonl"))
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
 
-    #[test]
-    fn a_checkpoint_resolves_once_locks_its_workspace_and_snapshots_outside_the_engine() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut e = engine(dir.path());
-        let path = dir.path().join("home/a").display().to_string();
-        let ws_id = e.resolve_workspace(&path).unwrap().ws_id;
-        let session = Recording {
-            engine: RefCell::new(&mut e),
-            log: RefCell::new(Vec::new()),
-        };
-        let req = Request::Checkpoint {
-            workspace: path,
-            snapshot: Some("c1".into()),
+    fn checkpoint_req(workspace: &Path, id: &str) -> Request {
+        Request::Checkpoint {
+            workspace: workspace.display().to_string(),
+            snapshot: Some(id.into()),
             message: None,
             metadata: None,
             pin: false,
-        };
-        let v = handle(&session, &ROOT, req, &mut |_, _| {}).unwrap();
-        assert_eq!(v["snapshot"], "c1");
-        // resolve + authorize, then (holding the workspace) prepare and commit: the snapshot
-        // ioctl in between runs without the engine.
-        assert_eq!(
-            *session.log.borrow(),
-            [
-                "engine".to_string(),
-                format!("lock {ws_id}"),
-                "engine".into(),
-                "engine".into(),
-                format!("unlock {ws_id}"),
-            ]
-        );
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_holds_only_its_workspace_during_the_snapshot_ioctl() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = Arc::new(FakeSys::new());
+        let e = Arc::new(engine_with(dir.path(), Arc::clone(&sys), &["a", "b"]));
+        let (a, b) = (dir.path().join("home/a"), dir.path().join("home/b"));
+        let ws_a = e.resolve_workspace(&a.display().to_string()).unwrap().ws_id;
+        // While a's snapshot ioctl runs: a is held, the store is free, and a checkpoint of b
+        // (another thread) runs to its end.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e2 = Arc::clone(&e);
+        sys.on_next("snapshot", move || {
+            let a_held = e2.workspace_busy(&ws_a);
+            let e3 = Arc::clone(&e2);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let r = handle_in_process(&e3, &ROOT, checkpoint_req(&b, "b1"), &mut |_, _| {});
+                let _ = done_tx.send(r);
+            });
+            let other = done_rx.recv_timeout(Duration::from_secs(20));
+            let _ = tx.send((a_held, other));
+        });
+        let v = handle_in_process(&e, &ROOT, checkpoint_req(&a, "a1"), &mut |_, _| {}).unwrap();
+        assert_eq!(v["snapshot"], "a1");
+        let (a_held, other) = rx.recv().unwrap();
+        assert!(a_held, "the snapshot ioctl runs holding its workspace");
+        let other = other.expect("a checkpoint of another workspace waited for this one");
+        assert_eq!(other.unwrap()["snapshot"], "b1");
         let audit = audit_lines(&e);
-        assert_eq!(audit.len(), 1);
-        assert_eq!(audit[0]["op"], "checkpoint");
-        assert_eq!(audit[0]["snapshot"], "c1");
-        assert_eq!(audit[0]["result"], "ok");
+        let ops: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|l| {
+                (
+                    l["snapshot"].as_str().unwrap(),
+                    l["result"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ops, [("b1", "ok"), ("a1", "ok")], "audited once each");
     }
 
     #[test]
     fn refusals_are_audited_and_ids_are_checked_before_any_lookup() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = engine(dir.path());
+        let e = engine(dir.path());
         let user = Caller {
             uid: 4242,
             gid: 4242,
             pid: 2,
         };
         let err = handle_in_process(
-            &mut e,
+            &e,
             &user,
             Request::Apply {
                 check: false,
@@ -515,7 +463,7 @@ mod tests {
             preview: false,
             force: false,
         };
-        let err = handle_in_process(&mut e, &ROOT, req, &mut |_, _| {}).unwrap_err();
+        let err = handle_in_process(&e, &ROOT, req, &mut |_, _| {}).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
         let audit = audit_lines(&e);
         let results: Vec<&str> = audit
@@ -525,7 +473,7 @@ mod tests {
         assert_eq!(results, ["PermissionDenied", "InvalidArgument"]);
         // Read-only requests are not audited.
         handle_in_process(
-            &mut e,
+            &e,
             &user,
             Request::Status { workspace: None },
             &mut |_, _| {},
@@ -537,9 +485,9 @@ mod tests {
     #[test]
     fn status_describes_the_serving_daemon_without_patching_json() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = engine(dir.path());
+        let e = engine(dir.path());
         let v = handle_in_process(
-            &mut e,
+            &e,
             &ROOT,
             Request::Status { workspace: None },
             &mut |_, _| {},

@@ -33,6 +33,7 @@ pub mod handler;
 pub mod ids;
 pub mod ipc;
 pub mod lock;
+pub mod locks;
 pub mod model;
 pub mod observe;
 pub mod ops;

@@ -8,6 +8,7 @@ use crate::state::{PendingOp, StateFile, WorkspaceIndex};
 use crate::sys::{FsUsage, LoopDevice, MountEntry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Something wrong with the persisted state file itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +38,9 @@ pub struct Persisted {
     pub state: Option<StateFile>,
     /// A problem found while loading it.
     pub problem: Option<StateProblem>,
-    /// ws_id → index (from `<state_dir>/indexes`).
-    pub indexes: BTreeMap<String, WorkspaceIndex>,
+    /// ws_id → index (from `<state_dir>/indexes`). Shared, so that a copy of the whole
+    /// persisted state (for a plan) costs nothing per snapshot; replaced when it changes.
+    pub indexes: BTreeMap<String, Arc<WorkspaceIndex>>,
     /// Indexes that were corrupt and moved aside: ws_id → moved-to path.
     pub corrupt_indexes: BTreeMap<String, PathBuf>,
 }

@@ -224,30 +224,30 @@ impl Engine {
     /// empty), then return the scope's document. `caller` limits the overview's workspace
     /// counts to its own workspaces.
     pub fn config_request(
-        &mut self,
+        &self,
         caller: &Caller,
         scope: ConfigScope<'_>,
         change: &ConfigChange,
     ) -> Result<Value> {
         check_change(scope, change)?;
         if !change.is_empty() {
-            self.change_config(scope, change)?;
+            // Config edits are host steps (never two at once, never during an apply's).
+            self.in_host(|| self.change_config(scope, change))?;
         }
+        let config = self.config();
         Ok(match scope {
             ConfigScope::Overview => self.overview_document(caller),
-            ConfigScope::Global => global_document(&self.config),
+            ConfigScope::Global => global_document(&config),
             ConfigScope::Workspace(w) => {
-                policy_document(&self.config, w.ws_id(), &w.entry.workspace_path)
+                policy_document(&config, w.ws_id(), &w.entry.workspace_path)
             }
         })
     }
 
     fn overview_document(&self, caller: &Caller) -> Value {
-        let c = &self.config;
-        let mine: Vec<&crate::state::WorkspaceEntry> = self
-            .store
-            .p
-            .state
+        let c = &*self.config();
+        let state = self.store.read().state.clone();
+        let mine: Vec<&crate::state::WorkspaceEntry> = state
             .iter()
             .flat_map(|s| s.workspaces.iter())
             .filter(|w| crate::auth::may_use(c, caller, w))
@@ -283,7 +283,7 @@ impl Engine {
     }
 
     /// Edit the files, reload; on a reload failure put every edited file back as it was.
-    fn change_config(&mut self, scope: ConfigScope<'_>, c: &ConfigChange) -> Result<()> {
+    fn change_config(&self, scope: ConfigScope<'_>, c: &ConfigChange) -> Result<()> {
         let mut saved: Vec<(PathBuf, Option<String>)> = Vec::new();
         let result = match scope {
             ConfigScope::Workspace(w) => self.change_policy(w, c, &mut saved),
@@ -311,21 +311,19 @@ impl Engine {
     }
 
     fn change_policy(
-        &mut self,
+        &self,
         w: &Addressed,
         c: &ConfigChange,
         saved: &mut Vec<(PathBuf, Option<String>)>,
     ) -> Result<()> {
         let path = w.entry.workspace_path.clone();
-        let file = match self.config.workspace(&path) {
+        let config = self.config();
+        let file = match config.workspace(&path) {
             Some(d) => d.source.clone(),
             None => {
-                let file = self
-                    .config
-                    .dropin_dir
-                    .join(format!("50-{}.toml", w.ws_id()));
+                let file = config.dropin_dir.join(format!("50-{}.toml", w.ws_id()));
                 remember(saved, &file);
-                edit::declare_workspace(&self.config.dropin_dir, w.ws_id(), &path)?.0
+                edit::declare_workspace(&config.dropin_dir, w.ws_id(), &path)?.0
             }
         };
         remember(saved, &file);
@@ -347,7 +345,7 @@ impl Engine {
     }
 
     fn change_global(
-        &mut self,
+        &self,
         c: &ConfigChange,
         saved: &mut Vec<(PathBuf, Option<String>)>,
     ) -> Result<()> {
@@ -393,7 +391,8 @@ impl Engine {
             ));
         }
         for (key, value, alias) in sets {
-            let file = edit::setting_file(&self.config.files, &self.config.config_path, key);
+            let config = self.config();
+            let file = edit::setting_file(&config.files, &config.config_path, key);
             remember(saved, &file);
             edit::set_global(&file, key, value, alias)?;
         }

@@ -1,9 +1,21 @@
-//! The persisted-state store used by the executor: state.json plus the indexes, loaded once,
-//! changed in memory and written after every change (atomically, or by journal append).
+//! The persisted-state store: state.json plus the indexes, loaded once, changed in memory and
+//! written after every change (atomically, or by journal append).
+//!
+//! The store is shared: every method takes `&self` and holds the store's own mutex for
+//! exactly one in-memory update and the write that makes it durable. That mutex is the
+//! host-wide critical section of ws-ckpt; nothing else is ever done while holding it (no
+//! copy, verify, ioctl, cleaner wait, process scan). Long steps run without it and call the
+//! short methods here between their phases. Every change is all-or-nothing: when the write
+//! fails, the in-memory state is put back as it was, so a record that could not be persisted
+//! has no later effect.
+//!
+//! Readers use [`Store::read`] (a guard: keep it for one expression, never across another
+//! store call or any I/O) or [`Store::snapshot`] (a consistent copy for observe/plan/status;
+//! cheap, indexes are shared until changed).
 //!
 //! It never decides anything; it only loads, holds and persists.
 
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Persisted, StateProblem};
 use crate::state::lineage;
 use crate::state::{
@@ -11,16 +23,94 @@ use crate::state::{
     WorkspaceEntry, WorkspaceIndex,
 };
 use crate::state::{PendingEntry, PendingKind, PendingOp};
+use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-/// state.json + indexes, in memory and on disk.
+/// state.json + indexes, in memory and on disk, safe to share between threads.
 #[derive(Debug)]
 pub struct Store {
-    /// What was loaded (kept current with every change).
-    pub p: Persisted,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    p: Persisted,
     indexes: IndexStore,
+    /// ws_id → changes recorded for that workspace (its index, its pending operations, its
+    /// entry); `None` → host-level changes. A plan made from a snapshot is still valid for a
+    /// workspace whose generation did not move.
+    generations: BTreeMap<Option<String>, u64>,
+}
+
+impl Inner {
+    fn bump(&mut self, ws_id: Option<&str>) {
+        *self
+            .generations
+            .entry(ws_id.map(str::to_string))
+            .or_default() += 1;
+    }
+
+    fn save(&self) -> Result<()> {
+        if let Some(s) = &self.p.state {
+            save_state(&self.p.state_path, s)?;
+        }
+        Ok(())
+    }
+
+    /// Change the state with `f`, write it when it changed, and put it back when the write
+    /// fails.
+    fn update_state<R>(&mut self, f: impl FnOnce(&mut Option<StateFile>) -> R) -> Result<R> {
+        let before = self.p.state.clone();
+        let r = f(&mut self.p.state);
+        if self.p.state == before {
+            return Ok(r);
+        }
+        if let Err(e) = self.save() {
+            self.p.state = before;
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    fn apply_index_op(&mut self, ws_id: &str, op: IndexOp) -> Result<()> {
+        let path = self
+            .p
+            .state
+            .as_ref()
+            .and_then(|s| s.workspace(ws_id))
+            .map(|w| w.workspace_path.clone())
+            .unwrap_or_default();
+        let mut after = self
+            .p
+            .indexes
+            .get(ws_id)
+            .map(|i| WorkspaceIndex::clone(i))
+            .unwrap_or_else(|| WorkspaceIndex::new(path));
+        after.apply(&op);
+        self.indexes.append(ws_id, &op, &after)?;
+        self.p.indexes.insert(ws_id.to_string(), Arc::new(after));
+        self.bump(Some(ws_id));
+        Ok(())
+    }
+}
+
+/// A read guard on the store's state (see [`Store::read`]).
+pub struct StoreRead<'a>(MutexGuard<'a, Inner>);
+
+impl Deref for StoreRead<'_> {
+    type Target = Persisted;
+    fn deref(&self) -> &Persisted {
+        &self.0.p
+    }
+}
+
+fn no_state() -> Error {
+    Error::new(ErrorCode::OperationFailed, "no backend is recorded yet")
+        .hint("run `ws-ckpt apply` first")
 }
 
 impl Store {
@@ -50,7 +140,7 @@ impl Store {
         for ws_id in indexes.list()? {
             match indexes.load(&ws_id, now)? {
                 IndexLoad::Loaded(i) => {
-                    p.indexes.insert(ws_id, i);
+                    p.indexes.insert(ws_id, Arc::new(i));
                 }
                 IndexLoad::Corrupt { moved_to, error } => {
                     tracing::warn!(ws_id, moved_to = %moved_to.display(), %error, "index is corrupt; moved aside");
@@ -59,167 +149,239 @@ impl Store {
                 IndexLoad::Missing => {}
             }
         }
-        Ok(Store { p, indexes })
+        Ok(Store::from_parts(p, indexes))
     }
 
-    /// Write state.json (no-op when there is no state yet).
-    pub fn save(&self) -> Result<()> {
-        if let Some(s) = &self.p.state {
-            save_state(&self.p.state_path, s)?;
+    /// A store holding `p`, persisting under `indexes` (tests, and [`Store::load`]).
+    pub fn from_parts(p: Persisted, indexes: IndexStore) -> Store {
+        Store {
+            inner: Mutex::new(Inner {
+                p,
+                indexes,
+                generations: BTreeMap::new(),
+            }),
         }
-        Ok(())
     }
 
-    /// The state, which must exist (after bootstrap).
-    pub fn state_mut(&mut self) -> Result<&mut StateFile> {
-        self.p.state.as_mut().ok_or_else(|| {
-            crate::error::Error::new(
-                crate::error::ErrorCode::OperationFailed,
-                "no backend is recorded yet",
-            )
-            .hint("run `ws-ckpt apply` first")
-        })
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the store never leaves memory ahead of the disk (every change
+        // is written before it is kept), so the state behind a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current state, for reading. Holds the store's lock: keep it for one expression
+    /// (`store.read().indexes.get(..).cloned()`), never across another store call or I/O.
+    pub fn read(&self) -> StoreRead<'_> {
+        StoreRead(self.lock())
+    }
+
+    /// A consistent copy of the state (indexes shared until they change), for work that must
+    /// not hold the lock: observation, planning, status.
+    pub fn snapshot(&self) -> Persisted {
+        self.lock().p.clone()
+    }
+
+    /// [`Store::snapshot`] with the generation of every workspace at that instant (see
+    /// [`Store::generation`]).
+    pub fn snapshot_with_generations(&self) -> (Persisted, BTreeMap<Option<String>, u64>) {
+        let g = self.lock();
+        (g.p.clone(), g.generations.clone())
+    }
+
+    /// How many changes were recorded for workspace `ws_id` (`None`: host-level changes) since
+    /// the store was loaded. Unchanged generation ⇒ a plan made before is still current for it.
+    pub fn generation(&self, ws_id: Option<&str>) -> u64 {
+        self.lock()
+            .generations
+            .get(&ws_id.map(str::to_string))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Write state.json as it is (no-op when there is no state yet).
+    pub fn save(&self) -> Result<()> {
+        self.lock().save()
+    }
+
+    /// Change the state (creating or replacing it as `f` likes), then write it when it
+    /// changed. When the write fails the change is undone in memory too.
+    pub fn update_state<R>(&self, f: impl FnOnce(&mut Option<StateFile>) -> R) -> Result<R> {
+        let mut g = self.lock();
+        let r = g.update_state(f)?;
+        g.bump(None);
+        Ok(r)
+    }
+
+    /// [`Store::update_state`] of a state that must exist (after bootstrap).
+    pub fn modify_state<R>(&self, f: impl FnOnce(&mut StateFile) -> R) -> Result<R> {
+        self.update_state(|s| s.as_mut().map(f))?
+            .ok_or_else(no_state)
     }
 
     /// Record a pending operation durably; returns its ID.
-    pub fn begin(&mut self, kind: PendingKind) -> Result<String> {
+    pub fn begin(&self, kind: PendingKind) -> Result<String> {
         let op_id = new_op_id();
+        let ws = kind.ws_id().map(str::to_string);
         let op = PendingOp {
             op_id: op_id.clone(),
             started_at: crate::time::now_rfc3339(),
             kind,
         };
-        self.state_mut()?.pending.push(PendingEntry::Op(op));
-        self.save()?;
+        let mut g = self.lock();
+        g.update_state(|s| s.as_mut().map(|s| s.pending.push(PendingEntry::Op(op))))?
+            .ok_or_else(no_state)?;
+        g.bump(ws.as_deref());
         Ok(op_id)
     }
 
     /// Replace a pending operation's recorded kind (phase change) durably.
-    pub fn update(&mut self, op_id: &str, kind: PendingKind) -> Result<()> {
-        let state = self.state_mut()?;
-        for entry in state.pending.iter_mut() {
-            if let PendingEntry::Op(op) = entry {
-                if op.op_id == op_id {
-                    op.kind = kind.clone();
+    pub fn update(&self, op_id: &str, kind: PendingKind) -> Result<()> {
+        let ws = kind.ws_id().map(str::to_string);
+        let mut g = self.lock();
+        g.update_state(|s| {
+            s.as_mut().map(|s| {
+                for entry in s.pending.iter_mut() {
+                    if let PendingEntry::Op(op) = entry {
+                        if op.op_id == op_id {
+                            op.kind = kind.clone();
+                        }
+                    }
                 }
-            }
-        }
-        self.save()
+            })
+        })?
+        .ok_or_else(no_state)?;
+        g.bump(ws.as_deref());
+        Ok(())
     }
 
     /// Forget a finished pending operation durably.
-    pub fn end(&mut self, op_id: &str) -> Result<()> {
-        self.state_mut()?
-            .pending
-            .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
-        self.save()
+    pub fn end(&self, op_id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let ws =
+            g.p.pending()
+                .into_iter()
+                .find(|o| o.op_id == op_id)
+                .and_then(|o| o.kind.ws_id().map(str::to_string));
+        g.update_state(|s| {
+            s.as_mut().map(|s| {
+                s.pending
+                    .retain(|e| e.op().is_none_or(|op| op.op_id != op_id))
+            })
+        })?
+        .ok_or_else(no_state)?;
+        g.bump(ws.as_deref());
+        Ok(())
     }
 
     /// The pending operation with this ID.
     pub fn pending(&self, op_id: &str) -> Option<PendingOp> {
-        self.p
+        self.lock()
+            .p
             .pending()
             .into_iter()
             .find(|o| o.op_id == op_id)
             .cloned()
     }
 
+    /// The recorded index entry of snapshot `id` of `ws_id`.
+    pub fn snapshot_entry(&self, ws_id: &str, id: &str) -> Option<SnapshotEntry> {
+        self.lock()
+            .p
+            .indexes
+            .get(ws_id)
+            .and_then(|i| i.snapshots.get(id))
+            .cloned()
+    }
+
     /// Record a workspace (replacing one with the same ID) and give it an index.
-    pub fn add_workspace(&mut self, entry: WorkspaceEntry) -> Result<()> {
+    pub fn add_workspace(&self, entry: WorkspaceEntry) -> Result<()> {
         let ws_id = entry.ws_id.clone();
         let path = entry.workspace_path.clone();
-        let state = self.state_mut()?;
-        state.workspaces.retain(|w| w.ws_id != ws_id);
-        state.workspaces.push(entry);
-        self.save()?;
-        match self.p.indexes.get_mut(&ws_id) {
-            Some(idx) if idx.workspace_path == path => {}
-            Some(idx) => {
-                idx.workspace_path = path.clone();
-                let op = IndexOp::SetWorkspacePath { path };
-                let after = idx.clone();
-                self.indexes.append(&ws_id, &op, &after)?;
-            }
+        let mut g = self.lock();
+        g.update_state(|s| {
+            s.as_mut().map(|s| {
+                s.workspaces.retain(|w| w.ws_id != ws_id);
+                s.workspaces.push(entry);
+            })
+        })?
+        .ok_or_else(no_state)?;
+        g.bump(Some(&ws_id));
+        let current = g.p.indexes.get(&ws_id).map(|i| i.workspace_path.clone());
+        match current {
+            Some(p) if p == path => {}
+            Some(_) => g.apply_index_op(&ws_id, IndexOp::SetWorkspacePath { path })?,
             None => {
                 let idx = WorkspaceIndex::new(path);
-                self.indexes.write_full(&ws_id, &idx)?;
-                self.p.indexes.insert(ws_id, idx);
+                g.indexes.write_full(&ws_id, &idx)?;
+                g.p.indexes.insert(ws_id, Arc::new(idx));
             }
         }
         Ok(())
     }
 
     /// Forget a workspace and its index.
-    pub fn remove_workspace(&mut self, ws_id: &str) -> Result<()> {
-        self.state_mut()?.workspaces.retain(|w| w.ws_id != ws_id);
-        self.save()?;
-        self.indexes.remove(ws_id)?;
-        self.p.indexes.remove(ws_id);
+    pub fn remove_workspace(&self, ws_id: &str) -> Result<()> {
+        let mut g = self.lock();
+        g.update_state(|s| {
+            s.as_mut()
+                .map(|s| s.workspaces.retain(|w| w.ws_id != ws_id))
+        })?
+        .ok_or_else(no_state)?;
+        g.bump(Some(ws_id));
+        g.indexes.remove(ws_id)?;
+        g.p.indexes.remove(ws_id);
         Ok(())
     }
 
     /// Replace a whole index (migration).
-    pub fn set_index(&mut self, ws_id: &str, index: WorkspaceIndex) -> Result<()> {
-        self.indexes.write_full(ws_id, &index)?;
-        self.p.indexes.insert(ws_id.to_string(), index);
+    pub fn set_index(&self, ws_id: &str, index: WorkspaceIndex) -> Result<()> {
+        let mut g = self.lock();
+        g.indexes.write_full(ws_id, &index)?;
+        g.p.indexes.insert(ws_id.to_string(), Arc::new(index));
+        g.bump(Some(ws_id));
         Ok(())
     }
 
     /// Add or replace one snapshot entry (one journal append).
-    pub fn put_snapshot(&mut self, ws_id: &str, id: &str, entry: SnapshotEntry) -> Result<()> {
+    pub fn put_snapshot(&self, ws_id: &str, id: &str, entry: SnapshotEntry) -> Result<()> {
         let op = IndexOp::Put {
             id: id.to_string(),
             entry,
         };
-        self.apply_index_op(ws_id, op)
+        self.lock().apply_index_op(ws_id, op)
     }
 
     /// Record a new checkpoint's entry with its lineage links (it becomes the head; see
-    /// `state::lineage`): one journal append.
-    pub fn record_checkpoint(&mut self, ws_id: &str, id: &str, entry: SnapshotEntry) -> Result<()> {
-        let op = match self.p.indexes.get(ws_id) {
+    /// `state::lineage`): one journal append, computed and written under the store's lock.
+    pub fn record_checkpoint(&self, ws_id: &str, id: &str, entry: SnapshotEntry) -> Result<()> {
+        let mut g = self.lock();
+        let op = match g.p.indexes.get(ws_id) {
             Some(idx) => lineage::checkpoint(idx, id, entry),
             None => lineage::checkpoint(&WorkspaceIndex::new(Default::default()), id, entry),
         };
-        self.apply_index_op(ws_id, op)
+        g.apply_index_op(ws_id, op)
     }
 
     /// The live workspace now equals snapshot `id` (after a rollback): it becomes the lineage
     /// head. One journal append.
-    pub fn set_head(&mut self, ws_id: &str, id: &str) -> Result<()> {
-        let Some(idx) = self.p.indexes.get(ws_id) else {
+    pub fn set_head(&self, ws_id: &str, id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let Some(idx) = g.p.indexes.get(ws_id) else {
             return Ok(());
         };
         let op = lineage::rolled_back_to(idx, id);
-        self.apply_index_op(ws_id, op)
+        g.apply_index_op(ws_id, op)
     }
 
     /// Remove one snapshot entry, linking its lineage children to its parent (one journal
     /// append).
-    pub fn remove_snapshot(&mut self, ws_id: &str, id: &str) -> Result<()> {
-        let op = match self.p.indexes.get(ws_id) {
+    pub fn remove_snapshot(&self, ws_id: &str, id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let op = match g.p.indexes.get(ws_id) {
             Some(idx) => lineage::remove(idx, id),
             None => IndexOp::Remove { id: id.to_string() },
         };
-        self.apply_index_op(ws_id, op)
-    }
-
-    fn apply_index_op(&mut self, ws_id: &str, op: IndexOp) -> Result<()> {
-        let path = self
-            .p
-            .state
-            .as_ref()
-            .and_then(|s| s.workspace(ws_id))
-            .map(|w| w.workspace_path.clone())
-            .unwrap_or_default();
-        let idx = self
-            .p
-            .indexes
-            .entry(ws_id.to_string())
-            .or_insert_with(|| WorkspaceIndex::new(path));
-        idx.apply(&op);
-        self.indexes.append(ws_id, &op, idx)?;
-        Ok(())
+        g.apply_index_op(ws_id, op)
     }
 }
 

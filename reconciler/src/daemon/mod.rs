@@ -3,7 +3,8 @@
 //!
 //! Threads and one channel, no async runtime: watches, the mount table, signals and the
 //! periodic timer only send "reconcile now" ([`watch::Event`]); ONE loop debounces them and
-//! runs a full, level-triggered pass under the engine mutex. Requests take the same mutex.
+//! runs a full, level-triggered pass. Requests and the pass share the engine, which
+//! serializes work per workspace (different workspaces proceed in parallel).
 //! This module must not plan or change the system itself: it calls the engine. (`daemon
 //! --check`, which only plans and never takes the lock, is the client's: `client`.)
 
@@ -151,8 +152,8 @@ fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32,
     match Watches::new(tx.clone()) {
         Ok(w) => {
             *lock(&shared.watches) = Some(w);
-            if let Some(engine) = lock(&shared.engine).as_ref() {
-                shared.refresh_watches(engine);
+            if let Some(engine) = shared.engine() {
+                shared.refresh_watches(&engine);
             }
         }
         Err(e) => {

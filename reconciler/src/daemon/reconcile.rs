@@ -1,6 +1,7 @@
 //! The reconcile loop: block until a trigger (then swallow the burst that follows), run one
-//! full level-triggered pass under the engine, log what changed and tell systemd a one-line
-//! health summary.
+//! full level-triggered pass (workspaces one at a time, each under its own lock, while
+//! requests on the others go on), log what changed and tell systemd a one-line health
+//! summary.
 
 use super::notify;
 use super::shared::{lock, Shared};
@@ -63,21 +64,20 @@ impl Shared {
     /// One full pass. Returns the reconcile interval now in force.
     pub(super) fn pass(&self, why: &str) -> Duration {
         let start = Instant::now();
-        let mut guard = lock(&self.engine);
-        let Some(engine) = guard.as_mut() else {
+        let Some(engine) = self.engine() else {
             return Duration::ZERO;
         };
-        self.refresh_config(engine);
+        self.refresh_config(&engine);
         let report = engine.apply(ApplyOptions::default(), &mut |_, _| {});
         let workspaces = engine
             .store
-            .p
+            .read()
             .state
             .as_ref()
             .map_or(0, |s| s.workspaces.len());
-        self.refresh_watches(engine);
-        let interval = engine.config.daemon.reconcile_interval;
-        drop(guard);
+        self.refresh_watches(&engine);
+        let interval = engine.config().daemon.reconcile_interval;
+        drop(engine);
         *lock(&self.last_pass) = Some(crate::time::now_rfc3339());
         self.log_report(why, &report, start.elapsed());
         let summary = summarize(&report, workspaces, lock(&self.config_error).as_deref());

@@ -1,8 +1,9 @@
-//! The daemon's shared state (one engine behind a mutex, one lock per workspace, the
-//! trigger channel, what status reports about the daemon) and its side of the request path.
+//! The daemon's shared state (the engine, shared by every thread; the trigger channel; what
+//! status reports about the daemon) and its side of the request path.
 //!
-//! Lock order: a workspace lock, then the engine lock; never a workspace lock while holding
-//! the engine. A panicked request never takes the daemon down (poisoned locks are taken over).
+//! The engine is not behind a daemon-wide lock: it serializes work per workspace itself (see
+//! `engine`). The slot holding it is only emptied at shutdown. A panicked request never takes
+//! the daemon down (poisoned locks are taken over).
 
 use super::watch::{Event, WatchSet, Watches};
 use crate::api::{Caller, Request};
@@ -11,16 +12,15 @@ use crate::error::{Error, ErrorCode};
 use crate::handler::Session;
 use crate::status::DaemonInfo;
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 /// State shared by the loop, the accept thread and connection threads.
 pub(super) struct Shared {
     /// `None` once stopped.
-    pub(super) engine: Mutex<Option<Engine>>,
+    pub(super) engine: RwLock<Option<Arc<Engine>>>,
     pub(super) watches: Mutex<Option<Watches>>,
     pub(super) started: Instant,
     pub(super) last_pass: Mutex<Option<String>>,
@@ -30,9 +30,6 @@ pub(super) struct Shared {
     /// Requests being handled right now.
     pub(super) busy: AtomicUsize,
     pub(super) tx: Mutex<Sender<Event>>,
-    /// One lock per workspace: operations on a workspace are serialized, different
-    /// workspaces proceed in parallel. Order: a workspace lock, then the engine lock.
-    pub(super) ws_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,7 +53,7 @@ pub(super) fn shutting_down() -> Error {
 impl Shared {
     pub(super) fn new(engine: Engine, tx: Sender<Event>) -> Arc<Shared> {
         Arc::new(Shared {
-            engine: Mutex::new(Some(engine)),
+            engine: RwLock::new(Some(Arc::new(engine))),
             watches: Mutex::new(None),
             started: Instant::now(),
             last_pass: Mutex::new(None),
@@ -65,12 +62,23 @@ impl Shared {
             stopping: Arc::new(AtomicBool::new(false)),
             busy: AtomicUsize::new(0),
             tx: Mutex::new(tx),
-            ws_locks: Mutex::new(HashMap::new()),
         })
     }
 
-    pub(super) fn ws_lock(&self, ws_id: &str) -> Arc<Mutex<()>> {
-        Arc::clone(lock(&self.ws_locks).entry(ws_id.to_string()).or_default())
+    /// The engine, while the daemon runs.
+    pub(super) fn engine(&self) -> Option<Arc<Engine>> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Take the engine out (shutdown); requests that still hold it finish with it.
+    pub(super) fn take_engine(&self) -> Option<Arc<Engine>> {
+        self.engine
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub(super) fn tick(&self, why: &'static str) {
@@ -94,10 +102,12 @@ impl Shared {
 
     /// Re-read the config; keep the last good one when it fails (reported, never partially
     /// applied).
-    pub(super) fn refresh_config(&self, engine: &mut Engine) {
-        let path = engine.config.config_path.clone();
-        let result = engine.config.reload().map_err(|e| e.to_string()).and_then(|c| {
-            let old = &engine.config.daemon;
+    pub(super) fn refresh_config(&self, engine: &Engine) {
+        let current = engine.config();
+        let path = current.config_path.clone();
+        // `reload` keeps the daemon's command-line settings (--mount-path, --socket, …).
+        let result = current.reload().map_err(|e| e.to_string()).and_then(|c| {
+            let old = &current.daemon;
             if c.daemon.state_dir != old.state_dir || c.daemon.runtime_dir != old.runtime_dir {
                 Err(format!(
                     "[daemon] state_dir or runtime_dir changed (now {} and {}); restart the daemon to use them",
@@ -114,9 +124,9 @@ impl Shared {
                 if err.take().is_some() {
                     tracing::info!(config = %path.display(), "config is valid again");
                 }
-                if c != engine.config {
+                if c != *current {
                     tracing::info!(config = %path.display(), files = c.files.len(), workspaces = c.workspaces.len(), "config changed");
-                    engine.config = c;
+                    engine.set_config(c);
                 }
             }
             Err(e) => {
@@ -135,19 +145,11 @@ impl Shared {
     }
 }
 
-/// The daemon's side of the request path: one engine behind a mutex (the host-wide critical
-/// section), one lock per workspace (taken before the engine, never while holding it).
+/// The daemon's side of the request path: the shared engine, held by nothing host-wide.
 impl Session for Shared {
-    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Error> {
-        let mut guard = lock(&self.engine);
-        let engine = guard.as_mut().ok_or_else(shutting_down)?;
-        Ok(f(engine))
-    }
-
-    fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
-        let ws_lock = self.ws_lock(ws_id);
-        let _held = lock(&ws_lock);
-        f()
+    fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, Error> {
+        let engine = self.engine().ok_or_else(shutting_down)?;
+        Ok(f(&engine))
     }
 
     fn daemon_info(&self) -> Option<DaemonInfo> {
@@ -167,13 +169,13 @@ impl Session for Shared {
 
 /// What to watch for this engine's config and state.
 fn watch_set(engine: &Engine) -> WatchSet {
-    let cfg = &engine.config;
+    let cfg = engine.config();
     let mut set = WatchSet {
         config_file: cfg.config_path.clone(),
         dropin_dir: cfg.dropin_dir.clone(),
         ..Default::default()
     };
-    if let Some(state) = engine.store.p.state.as_ref() {
+    if let Some(state) = engine.store.read().state.as_ref() {
         let root = &state.paths.snapshots_root;
         set.snapshot_dirs.insert(root.clone());
         for w in &state.workspaces {

@@ -2,28 +2,30 @@
 //! stop, release the lock and remove the socket.
 
 use super::notify;
-use super::shared::{lock, Shared};
+use super::shared::Shared;
 use super::STOP_TIMEOUT;
 use crate::engine::Engine;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) fn close_engine(shared: &Shared) {
-    let engine = lock(&shared.engine).take();
-    if let Some(engine) = engine {
-        close(engine);
+    if let Some(engine) = shared.take_engine() {
+        close(&engine);
     }
 }
 
 /// Record the clean stop (unless the state must not be written) and release the lock.
-pub(super) fn close(mut engine: Engine) {
-    if engine.store.p.problem.is_none() {
-        if let Some(s) = engine.store.p.state.as_mut() {
-            s.last_clean_stop = Some(crate::time::now_rfc3339());
-            if let Err(e) = engine.store.save() {
-                tracing::warn!(error = %e, "cannot record the clean stop in state.json");
+pub(super) fn close(engine: &Engine) {
+    if engine.store.read().problem.is_none() {
+        let recorded = engine.store.update_state(|s| {
+            if let Some(s) = s.as_mut() {
+                s.last_clean_stop = Some(crate::time::now_rfc3339());
             }
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the clean stop in state.json");
         }
     }
     engine.close();
@@ -45,28 +47,24 @@ pub(super) fn stop(shared: &Shared, socket: &Path, accept: std::thread::JoinHand
     while shared.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    loop {
-        let engine = match shared.engine.try_lock() {
-            Ok(mut g) => g.take(),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().take(),
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(std::sync::TryLockError::WouldBlock) => {
-                tracing::error!(
-                    timeout_secs = STOP_TIMEOUT.as_secs(),
-                    "a request is still running; exiting without a clean stop (the next start runs crash recovery)"
-                );
-                return 1;
-            }
-        };
-        if let Some(engine) = engine {
-            close(engine);
-        }
+    // New requests now fail with "shutting down"; wait for those holding the engine.
+    let Some(engine) = shared.take_engine() else {
         tracing::info!("ws-ckpt daemon stopped cleanly");
         return 0;
+    };
+    while Arc::strong_count(&engine) > 1 {
+        if Instant::now() >= deadline {
+            tracing::error!(
+                timeout_secs = STOP_TIMEOUT.as_secs(),
+                "a request is still running; exiting without a clean stop (the next start runs crash recovery)"
+            );
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    close(&engine);
+    tracing::info!("ws-ckpt daemon stopped cleanly");
+    0
 }
 
 fn remove_socket(socket: &Path) {

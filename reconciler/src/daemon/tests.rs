@@ -3,7 +3,7 @@
 
 use super::reconcile::{summarize, wait_for_trigger};
 use super::server;
-use super::shared::{lock, Shared};
+use super::shared::Shared;
 use super::shutdown::stop;
 use super::watch::Event;
 use super::{open_engine, DEBOUNCE, MAX_DEBOUNCE};
@@ -111,12 +111,7 @@ fn status_over_the_socket_describes_this_daemon() {
     assert!(err.contains("bogus_key"), "{v}");
     assert_ne!(v["health"], "healthy");
     assert_eq!(
-        lock(&shared.engine)
-            .as_ref()
-            .unwrap()
-            .config
-            .daemon
-            .state_dir,
+        shared.engine().unwrap().config().daemon.state_dir,
         dir.path().join("state")
     );
     // Reload requests tick the loop.
@@ -148,7 +143,7 @@ fn stop_releases_the_lock_and_refuses_later_requests() {
 fn second_daemon_is_refused_naming_the_pid() {
     let dir = tempfile::tempdir().unwrap();
     let first = fake_engine(dir.path());
-    let e = match open_engine(first.config.clone()) {
+    let e = match open_engine((*first.config()).clone()) {
         Err(e) => e,
         Ok(_) => panic!("second engine opened while the first holds the lock"),
     };

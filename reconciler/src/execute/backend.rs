@@ -87,14 +87,13 @@ impl Executor<'_> {
         image_target: Option<u64>,
     ) -> Result<Change> {
         let res = self.res;
-        let before = self.store.p.state.clone();
         let now = crate::time::now_rfc3339();
         let loop_img = match &res.image {
             Some(img) => {
                 let size = std::fs::metadata(img).map(|m| m.len()).unwrap_or(0);
                 let prev = self
                     .store
-                    .p
+                    .read()
                     .state
                     .as_ref()
                     .and_then(|s| s.paths.loop_img.clone());
@@ -137,46 +136,46 @@ impl Executor<'_> {
             }
             b
         };
-        match self.store.p.state.as_mut() {
-            Some(s) => {
-                s.backend = identity(Some(&s.backend));
-                let extra = std::mem::take(&mut s.paths.extra);
-                s.paths = BackendPaths {
-                    backend: res.backend_type,
-                    mount_path: res.mount.clone(),
-                    data_root: res.data_root.clone(),
-                    snapshots_root: res.snapshots_root.clone(),
-                    loop_img,
-                    extra,
-                };
-            }
-            None => {
-                self.store.p.state = Some(StateFile {
-                    version: STATE_VERSION,
-                    backend: identity(None),
-                    paths: BackendPaths {
+        let changed = self.store.update_state(|state| {
+            let before = state.clone();
+            match state.as_mut() {
+                Some(s) => {
+                    s.backend = identity(Some(&s.backend));
+                    let extra = std::mem::take(&mut s.paths.extra);
+                    s.paths = BackendPaths {
                         backend: res.backend_type,
                         mount_path: res.mount.clone(),
                         data_root: res.data_root.clone(),
                         snapshots_root: res.snapshots_root.clone(),
                         loop_img,
+                        extra,
+                    };
+                }
+                None => {
+                    *state = Some(StateFile {
+                        version: STATE_VERSION,
+                        backend: identity(None),
+                        paths: BackendPaths {
+                            backend: res.backend_type,
+                            mount_path: res.mount.clone(),
+                            data_root: res.data_root.clone(),
+                            snapshots_root: res.snapshots_root.clone(),
+                            loop_img,
+                            extra: Default::default(),
+                        },
+                        workspaces: Vec::new(),
+                        pending: Vec::new(),
+                        last_unclean_shutdown: None,
+                        last_clean_stop: None,
+                        // A fresh host: whatever gets recorded is declared in the config.
+                        config_declared: true,
                         extra: Default::default(),
-                    },
-                    workspaces: Vec::new(),
-                    pending: Vec::new(),
-                    last_unclean_shutdown: None,
-                    last_clean_stop: None,
-                    // A fresh host: whatever gets recorded is declared in the config.
-                    config_declared: true,
-                    extra: Default::default(),
-                });
+                    });
+                }
             }
-        }
-        if self.store.p.state == before {
-            return Ok(Change::AlreadyPresent);
-        }
-        self.store.save()?;
-        Ok(Change::Created)
+            *state != before
+        })?;
+        Ok(Change::from_changed(changed))
     }
 
     /// Grow the image to `to_bytes` (never shrinking it) and the filesystem with it.
@@ -199,12 +198,12 @@ impl Executor<'_> {
             ));
         }
         self.sys.grow_image(image, &self.res.mount, to_bytes)?;
-        let state = self.store.state_mut()?;
-        if let Some(li) = state.paths.loop_img.as_mut() {
-            li.img_size_bytes = to_bytes.max(cur);
-            li.img_target_bytes = Some(to_bytes);
-        }
-        self.store.save()?;
+        self.store.modify_state(|state| {
+            if let Some(li) = state.paths.loop_img.as_mut() {
+                li.img_size_bytes = to_bytes.max(cur);
+                li.img_target_bytes = Some(to_bytes);
+            }
+        })?;
         Ok(Change::from_changed(cur < to_bytes))
     }
 
@@ -215,7 +214,7 @@ impl Executor<'_> {
         let tmp = sibling(to, "migrating", &op_id);
         // The pending record needs a state file; before the first bootstrap there may be none,
         // in which case the move is protected by its own ordering (tmp, fsync, rename, unlink).
-        let op = if self.store.p.state.is_some() {
+        let op = if self.store.read().state.is_some() {
             Some(self.store.begin(PendingKind::MigrateImage {
                 from: from.to_path_buf(),
                 to: to.to_path_buf(),
@@ -290,10 +289,12 @@ impl Executor<'_> {
             let (_, written) = edit::write_migrated_decls(&self.config.dropin_dir, &entries)?;
             change = Change::from_changed(written);
         }
-        let state = self.store.state_mut()?;
-        if !state.config_declared {
+        let declared_now = self.store.modify_state(|state| {
+            let was = state.config_declared;
             state.config_declared = true;
-            self.store.save()?;
+            !was
+        })?;
+        if declared_now {
             change = Change::Created;
         }
         Ok(change)

@@ -112,8 +112,9 @@ pub struct Executor<'a> {
     pub sys: &'a dyn Sys,
     /// Effective config.
     pub config: &'a Config,
-    /// Persisted state.
-    pub store: &'a mut Store,
+    /// Persisted state (shared: each call is one short critical section; long steps run
+    /// between calls, holding only the workspace's lock, which the caller took).
+    pub store: &'a Store,
     /// Effective backend.
     pub res: &'a Resolution,
     /// Progress sink for long copies.
@@ -246,14 +247,7 @@ impl Executor<'_> {
     fn set_missing(&mut self, ws_id: &str, snapshots: &[String], missing: bool) -> Result<Change> {
         let mut change = Change::AlreadyPresent;
         for id in snapshots {
-            let Some(mut e) = self
-                .store
-                .p
-                .indexes
-                .get(ws_id)
-                .and_then(|i| i.snapshots.get(id))
-                .cloned()
-            else {
+            let Some(mut e) = self.store.snapshot_entry(ws_id, id) else {
                 continue;
             };
             if e.missing == missing {

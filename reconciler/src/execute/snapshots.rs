@@ -26,12 +26,7 @@ impl Executor<'_> {
             let p = self.res.snapshot_path(ws_id, id);
             self.sys.delete_subvolume_if_present(&p)?;
             fault::point("delete:after-subvolume");
-            let known = self
-                .store
-                .p
-                .indexes
-                .get(ws_id)
-                .is_some_and(|i| i.snapshots.contains_key(id));
+            let known = self.store.snapshot_entry(ws_id, id).is_some();
             if known {
                 self.store.remove_snapshot(ws_id, id)?;
             }

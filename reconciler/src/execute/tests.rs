@@ -77,7 +77,10 @@ impl Host {
     /// Run one action against the recorded backend.
     fn run(&mut self, action: &Action) -> Result<Change> {
         let res = self.engine.light_resolution().expect("backend");
-        self.engine.executor(&res, &mut |_, _| {}).run(action)
+        let config = self.engine.config();
+        self.engine
+            .executor(&config, &res, &mut |_, _| {})
+            .run(action)
     }
 }
 
@@ -109,7 +112,7 @@ fn a_fresh_host_is_bootstrapped_from_nothing_and_a_second_apply_changes_nothing(
         "{calls:?}"
     );
     assert!(h.root.join("mnt/snapshots").is_dir());
-    let state = h.engine.store.p.state.as_ref().expect("recorded");
+    let state = h.engine.store.read().state.clone().expect("recorded");
     assert_eq!(state.backend.backend_type, BackendType::BtrfsLoop);
     assert!(state.config_declared);
     assert!(state
@@ -156,7 +159,7 @@ fn a_directory_becomes_a_workspace_and_back_with_the_same_content() {
         .filter(|n| n.to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
     assert!(!h.apply().changed);
 
     write_config(&h.root, &[("a", "absent")]);
@@ -199,7 +202,7 @@ fn an_interrupted_init_is_reverted_before_the_swap_and_finished_after_it() {
     assert_eq!(names(&r), ["revert-interrupted", "init-workspace"]);
     assert_eq!(std::fs::read_link(h.path("a")).unwrap(), subvol);
     assert_eq!(std::fs::read(subvol.join("file.txt")).unwrap(), b"a");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
 
     // After the swap: the path already leads to the verified copy; the original left beside
     // it goes and the workspace is recorded.
@@ -232,7 +235,7 @@ fn an_interrupted_init_is_reverted_before_the_swap_and_finished_after_it() {
     assert!(!tmp.exists(), "the original copy is removed");
     assert_eq!(h.ws_id("b"), ws_id);
     assert_eq!(std::fs::read(path.join("file.txt")).unwrap(), b"b");
-    assert!(h.engine.store.p.pending().is_empty());
+    assert!(h.engine.store.read().pending().is_empty());
     assert!(!h.apply().changed);
 }
 

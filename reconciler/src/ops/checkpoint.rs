@@ -1,5 +1,6 @@
-//! `checkpoint` (SPEC §5.2): prepare under the engine, one snapshot ioctl, record under the
-//! engine (one index-journal append). A plain directory is initialized first.
+//! `checkpoint` (SPEC §5.2), under the workspace's lock: prepare, one snapshot ioctl, record
+//! (one index-journal append, the store's only critical section). A plain directory is
+//! initialized first.
 
 use super::dir_is_empty;
 use crate::api::{CheckpointArgs, Progress};
@@ -33,7 +34,7 @@ pub struct CheckpointResult {
     pub initialized: bool,
 }
 
-/// A checkpoint validated under the engine lock, waiting for its snapshot ioctl.
+/// A checkpoint validated under its workspace's lock, waiting for its snapshot ioctl.
 #[derive(Debug, Clone)]
 pub struct PreparedCheckpoint {
     /// Workspace ID.
@@ -54,8 +55,8 @@ pub struct PreparedCheckpoint {
     initialized: bool,
 }
 
-/// The snapshot ioctl of a prepared checkpoint (no engine state touched: safe to run without
-/// the engine lock, under the workspace's own lock).
+/// The snapshot ioctl of a prepared checkpoint (no engine state touched; runs under the
+/// workspace's own lock only).
 pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
     sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
         if e.errno() == Some(libc::EEXIST) {
@@ -68,26 +69,35 @@ pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoin
 }
 
 impl Engine {
-    /// `ws-ckpt checkpoint` (SPEC §5.2) of the recorded workspace `ws`: a read-only snapshot
-    /// by ioctl, then one index-journal append. Equivalent to [`Engine::checkpoint_prepare`] +
-    /// [`take_checkpoint_snapshot`] + [`Engine::checkpoint_commit`]; the request path runs the
-    /// middle step without holding the engine, so that checkpoints of different workspaces
-    /// proceed in parallel in the daemon.
+    /// `ws-ckpt checkpoint` (SPEC §5.2) of the recorded workspace `ws`, holding its lock: a
+    /// read-only snapshot by ioctl, then one index-journal append. Checkpoints of different
+    /// workspaces proceed in parallel.
     pub fn checkpoint(
-        &mut self,
+        &self,
         ws: &WorkspaceEntry,
         args: CheckpointArgs,
     ) -> Result<CheckpointResult> {
-        let prepared = self.checkpoint_prepare(ws, args, false)?;
-        take_checkpoint_snapshot(self.sys(), &prepared)?;
-        self.checkpoint_commit(prepared)
+        self.checkpoint_of(ws, args, false)
+    }
+
+    fn checkpoint_of(
+        &self,
+        ws: &WorkspaceEntry,
+        args: CheckpointArgs,
+        initialized: bool,
+    ) -> Result<CheckpointResult> {
+        self.in_workspace(&ws.ws_id, || {
+            let prepared = self.checkpoint_prepare(ws, args, initialized)?;
+            take_checkpoint_snapshot(self.sys(), &prepared)?;
+            self.checkpoint_commit(prepared)
+        })
     }
 
     /// `ws-ckpt checkpoint` of `path`, which is not a recorded workspace: a directory is
     /// initialized first (SPEC §5.2); anything else fails (`not_found` when it is neither
     /// missing nor a directory).
     pub fn checkpoint_unrecorded(
-        &mut self,
+        &self,
         path: &Path,
         not_found: Error,
         args: CheckpointArgs,
@@ -107,16 +117,14 @@ impl Engine {
         }
         let report = self.init(path, false, caller, progress)?;
         let ws = self.resolve_workspace(&report.ws_id)?;
-        let prepared = self.checkpoint_prepare(&ws, args, report.changed)?;
-        take_checkpoint_snapshot(self.sys(), &prepared)?;
-        self.checkpoint_commit(prepared)
+        self.checkpoint_of(&ws, args, report.changed)
     }
 
     /// Everything a checkpoint of `ws` does before its snapshot ioctl: check storage and
     /// attachment, validate or generate the ID, create the workspace's snapshot directory.
     /// `initialized`: this request made `ws` a workspace first (reported in the result).
-    pub fn checkpoint_prepare(
-        &mut self,
+    fn checkpoint_prepare(
+        &self,
         ws: &WorkspaceEntry,
         args: CheckpointArgs,
         initialized: bool,
@@ -128,9 +136,9 @@ impl Engine {
         let res = self.storage_for(Some(ws))?;
         let subvol = self.attached_subvol(ws, &res)?;
         let ws_id = ws.ws_id.clone();
-        let index = self.store.p.indexes.get(&ws_id);
+        let index = self.store.read().indexes.get(&ws_id).cloned();
         let taken = |id: &str| {
-            index.is_some_and(|i| i.snapshots.contains_key(id))
+            index.as_ref().is_some_and(|i| i.snapshots.contains_key(id))
                 || std::fs::symlink_metadata(res.snapshot_path(&ws_id, id)).is_ok()
         };
         let now = SystemTime::now();
@@ -164,10 +172,10 @@ impl Engine {
 
     /// Record a checkpoint whose snapshot exists. Re-checks that the workspace is still
     /// recorded (it may have been released meanwhile; then the stray snapshot is removed).
-    pub fn checkpoint_commit(&mut self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
+    fn checkpoint_commit(&self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
         let still = self
             .store
-            .p
+            .read()
             .state
             .as_ref()
             .and_then(|s| s.workspace(&p.ws_id))

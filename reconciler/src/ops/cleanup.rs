@@ -30,12 +30,24 @@ impl Engine {
     /// Never deletes pinned, MISSING or the newest snapshot. With `dry_run` it only reports
     /// what it would delete.
     pub fn cleanup(
-        &mut self,
+        &self,
+        addressed: &Addressed,
+        keep: Option<&str>,
+        dry_run: bool,
+    ) -> Result<CleanupResult> {
+        self.in_workspace(addressed.ws_id(), || {
+            self.cleanup_locked(addressed, keep, dry_run)
+        })
+    }
+
+    fn cleanup_locked(
+        &self,
         addressed: &Addressed,
         keep: Option<&str>,
         dry_run: bool,
     ) -> Result<CleanupResult> {
         let ws = addressed.entry.clone();
+        let config = self.config();
         let keep = match keep {
             Some(k) => Keep::from_str(k).map_err(|e| {
                 Error::new(
@@ -44,17 +56,16 @@ impl Engine {
                 )
                 .hint("use a count such as 20 or an age such as 30d")
             })?,
-            None => self
-                .config
+            None => config
                 .workspace(&ws.workspace_path)
-                .map(|d| self.config.effective_keep(d))
-                .unwrap_or(self.config.retention.keep),
+                .map(|d| config.effective_keep(d))
+                .unwrap_or(config.retention.keep),
         };
         let res = self.storage_for(Some(&ws))?;
         self.check_path_addressed(addressed, &res)?;
         let deleted = self
             .store
-            .p
+            .read()
             .indexes
             .get(&ws.ws_id)
             .map(|i| retention_deletions(i, keep, SystemTime::now()))

@@ -24,13 +24,25 @@ impl Engine {
     /// workspace; pinned or MISSING snapshots need `force`. With `dry_run` every check is made
     /// and nothing is deleted.
     pub fn delete(
-        &mut self,
+        &self,
         ws: &Addressed,
         snapshot: &str,
         force: bool,
         dry_run: bool,
     ) -> Result<DeleteResult> {
         check_snapshot_id(snapshot)?;
+        self.in_workspace(ws.ws_id(), || {
+            self.delete_locked(ws, snapshot, force, dry_run)
+        })
+    }
+
+    fn delete_locked(
+        &self,
+        ws: &Addressed,
+        snapshot: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<DeleteResult> {
         let res = self.storage_for(Some(&ws.entry))?;
         self.check_path_addressed(ws, &res)?;
         let ws = ws.entry.clone();
@@ -70,15 +82,12 @@ impl Engine {
 
     /// Every recorded workspace whose index records `snapshot` (a delete without `-w`).
     pub fn snapshot_holders(&self, snapshot: &str) -> Vec<WorkspaceEntry> {
-        self.store
-            .p
-            .state
+        let p = self.store.read();
+        p.state
             .iter()
             .flat_map(|s| s.workspaces.iter())
             .filter(|w| {
-                self.store
-                    .p
-                    .indexes
+                p.indexes
                     .get(&w.ws_id)
                     .is_some_and(|i| i.snapshots.contains_key(snapshot))
             })
@@ -96,7 +105,7 @@ impl Engine {
     ) -> Result<Addressed> {
         let mut holders: Vec<WorkspaceEntry> = holders
             .iter()
-            .filter(|w| crate::auth::may_use(&self.config, caller, w))
+            .filter(|w| crate::auth::may_use(&self.config(), caller, w))
             .cloned()
             .collect();
         match holders.len() {

@@ -28,16 +28,22 @@ impl Engine {
     /// `ws-ckpt diff` (SPEC §5.5): entries between two snapshots, or between a snapshot and
     /// the live workspace (through a temporary read-only snapshot that a crash cannot strand:
     /// it is recorded as a pending deletion first).
-    pub fn diff(
-        &mut self,
-        addressed: &Addressed,
-        from: &str,
-        to: Option<&str>,
-    ) -> Result<DiffResult> {
+    pub fn diff(&self, addressed: &Addressed, from: &str, to: Option<&str>) -> Result<DiffResult> {
         check_snapshot_id(from)?;
         if let Some(t) = to {
             check_snapshot_id(t)?;
         }
+        // The live diff records a temporary snapshot as a pending deletion: a pass must not
+        // finish it while the stream runs.
+        self.in_workspace(addressed.ws_id(), || self.diff_locked(addressed, from, to))
+    }
+
+    fn diff_locked(
+        &self,
+        addressed: &Addressed,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<DiffResult> {
         let ws = addressed.entry.clone();
         let res = self.storage_for(Some(&ws))?;
         self.check_path_addressed(addressed, &res)?;

@@ -258,13 +258,14 @@ impl Engine {
                 (vec![w.entry.clone()], Ok(res))
             }
             None => {
+                let config = self.config();
                 let all: Vec<WorkspaceEntry> = self
                     .store
-                    .p
+                    .read()
                     .state
                     .iter()
                     .flat_map(|s| s.workspaces.iter())
-                    .filter(|w| crate::auth::may_use(&self.config, caller, w))
+                    .filter(|w| crate::auth::may_use(&config, caller, w))
                     .cloned()
                     .collect();
                 (all, self.light_resolution())
@@ -279,8 +280,9 @@ impl Engine {
                 Err(e) => Some(e.message.clone()),
                 Ok(res) => self.attached_subvol(&w, res).err().map(|e| e.message),
             };
-            let index = self.store.p.indexes.get(&w.ws_id);
-            let head = index.and_then(|i| i.head());
+            let index = self.store.read().indexes.get(&w.ws_id).cloned();
+            let head = index.as_ref().and_then(|i| i.head().map(str::to_string));
+            let head = head.as_deref();
             let mut snapshots: Vec<ListSnapshot> = index
                 .map(|i| {
                     i.snapshots

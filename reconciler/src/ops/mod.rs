@@ -1,6 +1,12 @@
 //! Snapshot operations on one workspace: checkpoint, rollback, list, delete, cleanup and diff
 //! (SPEC §5.2, §5.3, §5.5), each crash-safe where it has more than one step (§5.6).
 //!
+//! Each operation that changes a workspace runs under that workspace's lock
+//! ([`Engine::in_workspace`]): operations on one workspace are serialized, different
+//! workspaces proceed in parallel, and nothing here holds a host-wide lock across a snapshot
+//! ioctl, a send stream, a cleaner wait or a process scan (the store's critical section is
+//! taken only for each record).
+//!
 //! These are the fast paths agents call around every risky step, so they never run a full
 //! observe → plan pass (which lists every snapshot directory): [`Engine::light_resolution`]
 //! reads only the mount table, the loop devices and the image file, and each operation then
@@ -90,18 +96,20 @@ impl Engine {
 
     /// [`Engine::light_resolution`], with errors naming the workspace when there is one.
     fn storage_for(&self, ws: Option<&WorkspaceEntry>) -> Result<Resolution> {
-        if let Some(StateProblem::NewerVersion { version, path }) = &self.store.p.problem {
+        let problem = self.store.read().problem.clone();
+        if let Some(StateProblem::NewerVersion { version, path }) = &problem {
             return Err(Error::new(
                 ErrorCode::Blocked,
                 format!("{} was written by a newer ws-ckpt (state version {version}); nothing may change", path.display()),
             )
             .hint("upgrade ws-ckpt, or restore a state.json written by this version"));
         }
-        let obs = observe_host(self.sys(), &self.config);
+        let config = self.config();
+        let obs = observe_host(self.sys(), &config);
         if let Some(e) = &obs.storage_error {
             return Err(Error::new(ErrorCode::Io, e.clone()));
         }
-        let res = resolve_backend(&self.config, &self.store.p, &obs);
+        let res = resolve_backend(&config, &self.store.read(), &obs);
         if let Some(f) = &res.conflict {
             let code = if f.is_blocking() || f.kind == FindingKind::BackendConflict {
                 ErrorCode::Blocked
@@ -118,7 +126,7 @@ impl Engine {
 
     fn snapshot_count(&self, ws_id: &str) -> usize {
         self.store
-            .p
+            .read()
             .indexes
             .get(ws_id)
             .map(|i| i.snapshots.len())
@@ -244,11 +252,7 @@ impl Engine {
 
     fn index_entry(&self, ws: &WorkspaceEntry, id: &str) -> Result<SnapshotEntry> {
         self.store
-            .p
-            .indexes
-            .get(&ws.ws_id)
-            .and_then(|i| i.snapshots.get(id))
-            .cloned()
+            .snapshot_entry(&ws.ws_id, id)
             .ok_or_else(|| Error::snapshot_not_found(&ws.ws_id, id))
     }
 
@@ -257,7 +261,7 @@ impl Engine {
     /// prefix of several → an error listing them.
     pub fn resolve_snapshot(&self, ws: &WorkspaceEntry, spec: &str) -> Result<String> {
         check_snapshot_id(spec)?;
-        let Some(index) = self.store.p.indexes.get(&ws.ws_id) else {
+        let Some(index) = self.store.read().indexes.get(&ws.ws_id).cloned() else {
             return Err(Error::snapshot_not_found(&ws.ws_id, spec));
         };
         if index.snapshots.contains_key(spec) {
@@ -305,12 +309,7 @@ impl Engine {
 
     /// The entry of a snapshot that must be usable (rollback, diff): recorded, not MISSING,
     /// and its subvolume present (else it is marked MISSING now).
-    fn usable_snapshot(
-        &mut self,
-        ws: &WorkspaceEntry,
-        res: &Resolution,
-        id: &str,
-    ) -> Result<PathBuf> {
+    fn usable_snapshot(&self, ws: &WorkspaceEntry, res: &Resolution, id: &str) -> Result<PathBuf> {
         let entry = self.index_entry(ws, id)?;
         let path = res.snapshot_path(&ws.ws_id, id);
         if entry.missing {
@@ -338,7 +337,7 @@ impl Engine {
     }
 
     fn pending_delete_of(&self, ws_id: &str, id: &str) -> bool {
-        self.store.p.pending().iter().any(|o| {
+        self.store.read().pending().iter().any(|o| {
             matches!(&o.kind, PendingKind::DeleteSnapshots { ws_id: w, snapshots } if w == ws_id && snapshots.iter().any(|s| s == id))
         })
     }
@@ -346,8 +345,9 @@ impl Engine {
     /// Delete recorded snapshots crash-safely: the list is recorded first, then each subvolume
     /// is deleted and then its entry; a restart finishes the list (the executor's recovery of
     /// `PendingKind::DeleteSnapshots`). Finally commits and waits (bounded) for the cleaner.
-    fn delete_recorded(&mut self, res: &Resolution, ws_id: &str, ids: &[String]) -> Result<()> {
-        self.executor(res, &mut |_, _| {})
+    fn delete_recorded(&self, res: &Resolution, ws_id: &str, ids: &[String]) -> Result<()> {
+        let config = self.config();
+        self.executor(&config, res, &mut |_, _| {})
             .delete_snapshots(ws_id, ids)
             .map(drop)
     }

@@ -39,11 +39,12 @@ impl Engine {
         caller: &Caller,
         workspace: Option<&Addressed>,
     ) -> RecoverPreview {
+        let config = self.config();
         let entries: Vec<WorkspaceEntry> = match workspace {
             Some(w) => vec![w.entry.clone()],
             None => self
                 .store
-                .p
+                .snapshot()
                 .state
                 .iter()
                 .flat_map(|s| s.workspaces.iter())
@@ -53,7 +54,7 @@ impl Engine {
                     };
                     let id = w.ws_id.clone();
                     let t = Target::Workspace(Addressed::new((*w).clone(), &id));
-                    crate::auth::authorize(&self.config, caller, &req, &t).is_ok()
+                    crate::auth::authorize(&config, caller, &req, &t).is_ok()
                 })
                 .cloned()
                 .collect(),

@@ -63,9 +63,13 @@ impl Engine {
         match target {
             RollbackTarget::Named(spec) => self.resolve_snapshot(ws, spec),
             RollbackTarget::Ancestors(n) => {
-                let empty = crate::state::WorkspaceIndex::new(ws.workspace_path.clone());
-                let index = self.store.p.indexes.get(&ws.ws_id).unwrap_or(&empty);
-                lineage::ancestor(index, *n)
+                let index = self.store.read().indexes.get(&ws.ws_id).cloned();
+                let index = index.unwrap_or_else(|| {
+                    std::sync::Arc::new(crate::state::WorkspaceIndex::new(
+                        ws.workspace_path.clone(),
+                    ))
+                });
+                lineage::ancestor(&index, *n)
                     .map(str::to_string)
                     .map_err(|e| match e {
                         lineage::AncestorError::Zero => {
@@ -88,7 +92,15 @@ impl Engine {
     /// then the changes in the live workspace since it. Changes nothing, and processes inside
     /// the workspace do not matter (as upstream).
     pub fn rollback_preview(
-        &mut self,
+        &self,
+        ws: &Addressed,
+        target: &RollbackTarget,
+    ) -> Result<RollbackPreview> {
+        self.in_workspace(ws.ws_id(), || self.rollback_preview_locked(ws, target))
+    }
+
+    fn rollback_preview_locked(
+        &self,
         ws: &Addressed,
         target: &RollbackTarget,
     ) -> Result<RollbackPreview> {
@@ -112,7 +124,7 @@ impl Engine {
     /// Unless `force`, refused while a process other than the caller has its working directory
     /// inside the workspace.
     pub fn rollback(
-        &mut self,
+        &self,
         ws: &WorkspaceEntry,
         target: &RollbackTarget,
         force: bool,
@@ -121,6 +133,18 @@ impl Engine {
         if let RollbackTarget::Named(id) = target {
             check_snapshot_id(id)?;
         }
+        self.in_workspace(&ws.ws_id, || {
+            self.rollback_locked(ws, target, force, caller)
+        })
+    }
+
+    fn rollback_locked(
+        &self,
+        ws: &WorkspaceEntry,
+        target: &RollbackTarget,
+        force: bool,
+        caller: &Caller,
+    ) -> Result<RollbackResult> {
         let ws = ws.clone();
         let res = self.storage_for(Some(&ws))?;
         let subvol = self.attached_subvol(&ws, &res)?;
@@ -128,15 +152,22 @@ impl Engine {
         let snapshot = snapshot.as_str();
         let target = self.usable_snapshot(&ws, &res, snapshot)?;
         let ws_id = ws.ws_id.clone();
-        if let Some(op) = self.store.p.pending().into_iter().find(|o| {
-            o.kind.ws_id() == Some(ws_id.as_str())
-                && matches!(
-                    o.kind,
-                    PendingKind::Init { .. }
-                        | PendingKind::Release { .. }
-                        | PendingKind::Rollback { .. }
-                )
-        }) {
+        let busy = self
+            .store
+            .read()
+            .pending()
+            .into_iter()
+            .find(|o| {
+                o.kind.ws_id() == Some(ws_id.as_str())
+                    && matches!(
+                        o.kind,
+                        PendingKind::Init { .. }
+                            | PendingKind::Release { .. }
+                            | PendingKind::Rollback { .. }
+                    )
+            })
+            .cloned();
+        if let Some(op) = busy {
             return Err(Error::new(
                 ErrorCode::Busy,
                 format!(
@@ -222,7 +253,7 @@ impl Engine {
     }
 
     /// Undo a rollback that failed before the exchange: drop the copy, forget the operation.
-    fn abandon_rollback(&mut self, op: &str, tmp: &Path) {
+    fn abandon_rollback(&self, op: &str, tmp: &Path) {
         let cleaned = self.sys().delete_subvolume_if_present(tmp);
         match cleaned {
             // Keep the record when the copy could not be removed: the next pass retries.

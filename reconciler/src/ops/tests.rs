@@ -64,7 +64,7 @@ fn setup_with(workspaces: &[&str], extra: &str) -> Env {
     std::fs::write(&cfg, config_text(&root, workspaces, extra)).expect("config");
     let config = Config::load(&cfg).expect("config loads");
     let sys = Arc::new(FakeSys::new());
-    let mut engine = Engine::open(config, sys.clone(), "cli", Duration::ZERO).expect("open");
+    let engine = Engine::open(config, sys.clone(), "cli", Duration::ZERO).expect("open");
     let report = engine.apply(ApplyOptions::default(), &mut |_, _| {});
     assert!(report.ok(), "{report:#?}");
     Env {
@@ -186,7 +186,7 @@ impl Env {
     }
     fn ids(&self, name: &str) -> Vec<String> {
         let id = self.ws_id(name);
-        self.engine.store.p.indexes[&id]
+        self.engine.store.read().indexes[&id]
             .snapshots
             .keys()
             .cloned()
@@ -326,7 +326,7 @@ fn checkpoint_initializes_a_plain_directory_and_reports_empty() {
     assert!(r.initialized && r.empty, "{r:?}");
     assert!(matches!(path_state(&dir), PathState::Symlink { .. }));
     // Declared in a drop-in, so the config remains the source of truth.
-    assert!(env.engine.config.workspace(&dir).is_some());
+    assert!(env.engine.config().workspace(&dir).is_some());
     let again = env.checkpoint("fresh", None).expect("second");
     assert!(!again.initialized);
     // A path that does not exist is an error naming it, and nothing is created.
@@ -446,7 +446,7 @@ fn rollback_restores_and_leaves_nothing_behind() {
     // No temporary subvolume, no pending operation.
     let names = env.sys.list_subvolumes(&res.data_root).unwrap();
     assert_eq!(names, [id.as_str()], "{names:?}");
-    assert!(env.engine.store.p.pending().is_empty());
+    assert!(env.engine.store.read().pending().is_empty());
     // The snapshot itself is unchanged.
     assert_eq!(
         std::fs::read_to_string(res.snapshot_path(&id, "c1").join("file.txt")).unwrap(),
@@ -505,7 +505,7 @@ fn missing_snapshots_are_refused_with_the_hint() {
         .unwrap()
         .contains(&format!("ws-ckpt delete -w {id} -s c1 --force")));
     // Marked in the index now.
-    assert!(env.engine.store.p.indexes[&id].snapshots["c1"].missing);
+    assert!(env.engine.store.read().indexes[&id].snapshots["c1"].missing);
     assert_eq!(code(env.diff(&id, "c1", None)), ErrorCode::SnapshotMissing);
     // Other snapshots unaffected.
     env.rollback(&id, "c2", true).expect("rollback to c2");
@@ -553,7 +553,7 @@ fn delete_pinned_needs_force_and_unique_id_finds_workspace() {
     env.delete(&ROOT, Some(&env.ws_str("b")), "both", false)
         .expect("with -w");
     assert_eq!(env.ids("a"), ["both"]);
-    assert!(env.engine.store.p.pending().is_empty());
+    assert!(env.engine.store.read().pending().is_empty());
 }
 
 #[test]
@@ -621,7 +621,7 @@ fn list_shows_only_usable_workspaces_for_other_users() {
 
 #[test]
 fn list_sorts_by_creation_time() {
-    let mut env = setup(&["a"]);
+    let env = setup(&["a"]);
     let id = env.ws_id("a");
     // Recorded out of order (e.g. adopted later): list still shows newest last.
     env.engine
@@ -740,7 +740,7 @@ fn interrupted_rollback_recovers_at_every_step() {
         let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
         assert!(report.ok(), "{name}: {report:#?}");
         assert_eq!(env.content("a"), want, "{name}");
-        assert!(env.engine.store.p.pending().is_empty(), "{name}");
+        assert!(env.engine.store.read().pending().is_empty(), "{name}");
         assert_eq!(
             env.sys.list_subvolumes(&res.data_root).unwrap(),
             [id.as_str()],
@@ -763,7 +763,7 @@ fn failed_rollback_snapshot_changes_nothing() {
     assert_eq!(e.code, ErrorCode::OperationFailed);
     assert!(e.message.contains("before changing anything"), "{e:?}");
     assert_eq!(env.content("a"), "live");
-    assert!(env.engine.store.p.pending().is_empty());
+    assert!(env.engine.store.read().pending().is_empty());
 }
 
 #[test]
@@ -784,11 +784,11 @@ fn interrupted_delete_is_finished_by_the_next_pass() {
     env.sys
         .delete_subvolume(&res.snapshot_path(&id, "c1"))
         .unwrap();
-    let mut env = env.reopen();
+    let env = env.reopen();
     let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
     assert!(report.ok(), "{report:#?}");
     assert_eq!(env.ids("a"), ["c2"]);
-    assert!(env.engine.store.p.pending().is_empty());
+    assert!(env.engine.store.read().pending().is_empty());
 }
 
 #[test]
@@ -816,4 +816,154 @@ fn light_resolution_matches_the_full_plan_and_skips_snapshot_dirs() {
         calls.iter().filter(|c| c.starts_with("snapshot")).count(),
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks by workspace (issue 9): a long step on one workspace never stalls another.
+// ---------------------------------------------------------------------------------------------
+
+fn args(id: &str) -> CheckpointArgs {
+    CheckpointArgs {
+        snapshot: Some(id.to_string()),
+        message: None,
+        metadata: None,
+        pin: false,
+    }
+}
+
+/// Run `main` on the engine; when it enters the fake's `op`, run `other` on another thread and
+/// wait for it (bounded). Returns what `main` returned and whether `other` finished while
+/// `main` was inside `op` (with `other`'s result).
+fn while_inside<M, O>(
+    engine: &Arc<Engine>,
+    sys: &FakeSys,
+    op: &str,
+    main: impl FnOnce(&Engine) -> M,
+    other: impl FnOnce(&Engine) -> O + Send + 'static,
+    wait: Duration,
+) -> (M, Option<O>)
+where
+    O: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e2 = Arc::clone(engine);
+    sys.on_next(op, move || {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let e3 = Arc::clone(&e2);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(other(&e3));
+        });
+        let _ = tx.send(done_rx.recv_timeout(wait).ok());
+    });
+    let m = main(engine);
+    let o = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the step was reached");
+    (m, o)
+}
+
+fn shared(env: Env) -> (TempDir, PathBuf, Arc<FakeSys>, Arc<Engine>) {
+    let Env {
+        _t,
+        root,
+        sys,
+        engine,
+    } = env;
+    (_t, root, sys, Arc::new(engine))
+}
+
+#[test]
+fn a_checkpoint_of_b_completes_while_an_init_of_a_is_in_progress() {
+    let env = setup(&["b"]);
+    let (_t, root, sys, engine) = shared(env);
+    let a = root.join("home/a");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::write(a.join("f"), b"a").unwrap();
+    let b = engine
+        .resolve_workspace(&root.join("home/b").display().to_string())
+        .unwrap();
+    let (init, other) = while_inside(
+        &engine,
+        &sys,
+        "create_subvolume",
+        |e| e.init(&a, false, &ROOT, &mut |_, _| {}),
+        move |e| e.checkpoint(&b, args("during-init")),
+        Duration::from_secs(20),
+    );
+    init.expect("init");
+    let other = other.expect("b's checkpoint waited for a's init");
+    assert_eq!(other.unwrap().snapshot, "during-init");
+}
+
+#[test]
+fn a_checkpoint_of_b_completes_while_a_cleanup_of_a_waits_for_the_cleaner() {
+    let mut env = setup(&["a", "b"]);
+    for i in 0..3 {
+        env.checkpoint("a", Some(&format!("c{i}"))).unwrap();
+    }
+    let a = env.addressed(&env.ws_str("a")).unwrap();
+    let b = env.addressed(&env.ws_str("b")).unwrap().entry;
+    let (_t, _root, sys, engine) = shared(env);
+    let (cleanup, other) = while_inside(
+        &engine,
+        &sys,
+        "sync_and_wait_cleaner",
+        |e| e.cleanup(&a, Some("1"), false),
+        move |e| e.checkpoint(&b, args("during-cleanup")),
+        Duration::from_secs(20),
+    );
+    assert_eq!(cleanup.expect("cleanup").deleted.len(), 2);
+    assert!(other
+        .expect("b's checkpoint waited for a's cleanup")
+        .is_ok());
+}
+
+#[test]
+fn a_checkpoint_of_b_completes_while_a_release_of_a_is_in_progress() {
+    let mut env = setup(&["a", "b"]);
+    // The release deletes this snapshot after its copy and swap, still holding a.
+    env.checkpoint("a", Some("c1")).unwrap();
+    let a = env.addressed(&env.ws_str("a")).unwrap().entry;
+    let b = env.addressed(&env.ws_str("b")).unwrap().entry;
+    let (_t, _root, sys, engine) = shared(env);
+    let (release, other) = while_inside(
+        &engine,
+        &sys,
+        "delete_subvolume",
+        |e| e.release(&a, &mut |_, _| {}),
+        move |e| e.checkpoint(&b, args("during-release")),
+        Duration::from_secs(20),
+    );
+    release.expect("release");
+    assert!(other
+        .expect("b's checkpoint waited for a's release")
+        .is_ok());
+}
+
+#[test]
+fn operations_on_one_workspace_run_one_at_a_time() {
+    let env = setup(&["a"]);
+    let a = env.addressed(&env.ws_str("a")).unwrap().entry;
+    let a2 = a.clone();
+    let (_t, _root, sys, engine) = shared(env);
+    // A second checkpoint of a, started while the first is inside its ioctl, waits for it.
+    let (first, second) = while_inside(
+        &engine,
+        &sys,
+        "snapshot",
+        |e| e.checkpoint(&a, args("first")),
+        move |e| e.checkpoint(&a2, args("second")),
+        Duration::from_millis(300),
+    );
+    first.expect("first");
+    assert!(
+        second.is_none(),
+        "the second checkpoint ran inside the first"
+    );
+    // It completes once the first is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.store.snapshot_entry(&a.ws_id, "second").is_none() {
+        assert!(std::time::Instant::now() < deadline, "second never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

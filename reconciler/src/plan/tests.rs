@@ -172,7 +172,7 @@ fn healthy() -> (Config, Persisted, Observed) {
     let mut per = persisted(Some(state_json("BtrfsLoop", &[("ws-aaaaaa", "/home/a")])));
     per.indexes.insert(
         "ws-aaaaaa".into(),
-        index("/home/a", &[("c1", 100), ("c2", 200)]),
+        index("/home/a", &[("c1", 100), ("c2", 200)]).into(),
     );
     let mut obs = mounted();
     let view = obs.storage.as_mut().unwrap();
@@ -271,9 +271,7 @@ fn unmounted_existing_image_is_reattached_before_anything_else() {
 #[test]
 fn missing_image_with_workspaces_is_storage_unavailable_never_a_fresh_image() {
     let (cfg, mut per, mut obs) = healthy();
-    per.indexes
-        .get_mut("ws-aaaaaa")
-        .unwrap()
+    std::sync::Arc::make_mut(per.indexes.get_mut("ws-aaaaaa").unwrap())
         .snapshots
         .insert("c3".into(), entry(300));
     obs.image = None;
@@ -502,7 +500,8 @@ fn missing_snapshot_is_marked_and_cleared_when_back() {
         }]
     );
     // Once marked, nothing more to do while it stays gone.
-    per.indexes.get_mut("ws-aaaaaa").unwrap().snapshots["c1"].missing = true;
+    std::sync::Arc::make_mut(per.indexes.get_mut("ws-aaaaaa").unwrap()).snapshots["c1"].missing =
+        true;
     assert!(plan(&cfg, &per, &obs, PlanOptions::default(), now())
         .actions
         .is_empty());
@@ -699,7 +698,7 @@ fn retention_is_planned_only_with_auto_cleanup() {
     let (_, mut per, obs) = healthy();
     per.indexes.insert(
         "ws-aaaaaa".into(),
-        index("/home/a", &[("c1", 100), ("c2", 200)]),
+        index("/home/a", &[("c1", 100), ("c2", 200)]).into(),
     );
     let cfg = config("[[workspace]]\npath = \"/home/a\"\nauto_cleanup = true\nkeep = 1\n");
     let p = plan(&cfg, &per, &obs, PlanOptions::default(), now());

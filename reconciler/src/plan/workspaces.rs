@@ -77,7 +77,11 @@ impl Planner<'_> {
             let path = &w.workspace_path;
             let expected = self.res.ws_subvol(ws_id);
             let empty_index = WorkspaceIndex::new(path.clone());
-            let index = self.persisted.indexes.get(ws_id).unwrap_or(&empty_index);
+            let index = self
+                .persisted
+                .indexes
+                .get(ws_id)
+                .map_or(&empty_index, |i| &**i);
             if !view.workspace_subvols.contains(ws_id) {
                 let f = Finding::new(
                     FindingKind::StorageUnavailable,

@@ -287,27 +287,44 @@ impl IndexStore {
     }
 
     /// Append one op as one line with `O_APPEND` + `fdatasync`; O(1) in the number of snapshots.
-    /// `after` is the index with the op applied: once the journal is larger than both
-    /// [`COMPACT_MIN_JOURNAL_BYTES`] and `index.json`, `index.json` is rewritten from `after`
-    /// and the journal dropped (amortised O(1)). Without an `index.json`, writes it from `after`.
-    /// Creates directories as needed.
+    /// `before` is the index as it is before the op (what `index.json` + journal hold now):
+    /// once the journal is larger than both [`COMPACT_MIN_JOURNAL_BYTES`] and `index.json`,
+    /// `index.json` is first rewritten from `before` and the journal restarted (amortised
+    /// O(1)); without an `index.json`, it is written from `before` first. The op itself always
+    /// lands in the journal, so it is never folded into `index.json` before the caller has
+    /// seen it succeed. Creates directories as needed. On error nothing the op says is on
+    /// disk (a partial line is cut or ignored by the next load).
     pub fn append(
         &self,
         ws_id: &str,
         op: &IndexOp,
-        after: &WorkspaceIndex,
+        before: &WorkspaceIndex,
     ) -> Result<(), StateError> {
         let dir = self.checked_dir(ws_id)?;
         let index_path = dir.join(INDEX_FILE);
         let journal_path = dir.join(JOURNAL_FILE);
-        let index_meta = match fs::metadata(&index_path) {
+        let mut index_meta = match fs::metadata(&index_path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return self.write_full(ws_id, after);
+                self.write_full(ws_id, before)?;
+                fs::metadata(&index_path).map_err(|e| StateError::io(&index_path, e))?
             }
             Err(e) => return Err(StateError::io(&index_path, e)),
         };
         self.ensure_journal(&dir, &index_meta)?;
+        let journal_len = fs::metadata(&journal_path).map_or(0, |m| m.len());
+        if journal_len > COMPACT_MIN_JOURNAL_BYTES.max(index_meta.len()) {
+            // Fold what is recorded so far; a failure leaves the journal as it was.
+            match install(&dir, before) {
+                Ok(()) => {
+                    tracing::debug!(ws_id, journal_len, "compacted index journal");
+                    index_meta =
+                        fs::metadata(&index_path).map_err(|e| StateError::io(&index_path, e))?;
+                    self.ensure_journal(&dir, &index_meta)?;
+                }
+                Err(e) => tracing::warn!(ws_id, error = %e, "index compaction failed; will retry"),
+            }
+        }
 
         let mut file = OpenOptions::new()
             .append(true)
@@ -326,18 +343,7 @@ impl IndexStore {
             let _ = file.set_len(len);
             return Err(StateError::io(&journal_path, e));
         }
-        drop(file);
         tracing::debug!(ws_id, journal = %journal_path.display(), "appended index op");
-
-        let journal_len = len + line.len() as u64;
-        if journal_len > COMPACT_MIN_JOURNAL_BYTES.max(index_meta.len()) {
-            // The op is durable already; a failed compaction is retried by the next append.
-            if let Err(e) = install(&dir, after) {
-                tracing::warn!(ws_id, error = %e, "index compaction failed; will retry");
-            } else {
-                tracing::debug!(ws_id, journal_len, "compacted index journal");
-            }
-        }
         Ok(())
     }
 
@@ -661,10 +667,10 @@ mod tests {
         }
     }
 
-    /// Apply `op` in memory and append it, like the executor does.
+    /// Append `op`, then apply it in memory, like the store does.
     fn record(store: &IndexStore, ws: &str, index: &mut WorkspaceIndex, op: IndexOp) {
-        index.apply(&op);
         store.append(ws, &op, index).unwrap();
+        index.apply(&op);
     }
 
     fn journal_lines(store: &IndexStore, ws: &str) -> usize {
@@ -770,8 +776,9 @@ mod tests {
 
         let mut idx = WorkspaceIndex::new("/w1".into());
         record(&store, "ws-1", &mut idx, put("c1", 1));
-        // The first append writes index.json directly.
-        assert_eq!(names(&store.dir("ws-1")), [INDEX_FILE]);
+        // The first append writes the (empty) index.json, then journals the op.
+        assert_eq!(names(&store.dir("ws-1")), [INDEX_FILE, JOURNAL_FILE]);
+        assert_eq!(journal_lines(&store, "ws-1"), 2, "header + 1 op");
         for i in 2..=5 {
             record(&store, "ws-1", &mut idx, put(&format!("c{i}"), i));
         }
@@ -781,7 +788,7 @@ mod tests {
             &mut idx,
             IndexOp::Remove { id: "c3".into() },
         );
-        assert_eq!(journal_lines(&store, "ws-1"), 1 + 5, "header + 5 ops");
+        assert_eq!(journal_lines(&store, "ws-1"), 1 + 6, "header + 6 ops");
         assert_eq!(load_ok(&store, "ws-1"), idx);
 
         store.write_full("ws-1", &idx).unwrap();

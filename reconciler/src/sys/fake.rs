@@ -22,9 +22,20 @@ use super::{
 const GIB: u64 = 1024 * 1024 * 1024;
 
 /// In-memory fake of [`Sys`]; see the module documentation.
-#[derive(Debug)]
 pub struct FakeSys {
     state: Mutex<State>,
+    hooks: Mutex<HashMap<String, Hook>>,
+}
+
+/// Code run (once) when a trait method is entered, outside the fake's own lock.
+type Hook = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for FakeSys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeSys")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -68,7 +79,17 @@ impl FakeSys {
                 next_mount_id: 1000,
                 next_loop: 0,
             }),
+            hooks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Run `hook` (once) when trait method `op` is next entered, before it does anything,
+    /// without holding the fake's lock: tests use it to act while a step is in progress.
+    pub fn on_next(&self, op: &str, hook: impl FnOnce() + Send + 'static) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(op.to_owned(), Box::new(hook));
     }
 
     /// Value returned by every later [`Sys::fs_usage`] call.
@@ -132,6 +153,14 @@ impl FakeSys {
         args: &[&dyn std::fmt::Display],
         path: &Path,
     ) -> SysResult<MutexGuard<'_, State>> {
+        let hook = self
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(op);
+        if let Some(hook) = hook {
+            hook();
+        }
         let mut st = self.lock();
         let mut line = String::from(op);
         for a in args {
