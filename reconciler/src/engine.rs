@@ -106,6 +106,11 @@ impl Engine {
             host: ReentrantLock::default(),
             lock: Mutex::new(Some(lock)),
         };
+        if engine.store.has_unsettled() {
+            // A checkpoint whose process stopped after its record: kept when its snapshot is
+            // there (resolving the storage settles it), else withdrawn.
+            let _ = engine.light_resolution();
+        }
         if engine.unclean_detected {
             tracing::warn!(
                 lock = %engine.state_dir().join(crate::lock::LOCK_FILE).display(),
@@ -231,6 +236,13 @@ impl Engine {
         };
         let popts = PlanOptions { prune: opts.prune };
         for round in 0..MAX_ROUNDS {
+            if self.store.has_unsettled() {
+                // Interrupted checkpoints keep their message, metadata and pin (never adopted
+                // bare) once their snapshot is seen.
+                if let Ok(res) = self.light_resolution() {
+                    self.settle_checkpoints(&res);
+                }
+            }
             let config = self.config();
             let (persisted, generations) = self.store.snapshot_with_generations();
             let p = self.plan_from(&config, &persisted, popts);

@@ -7,6 +7,7 @@ use crate::api::{CheckpointArgs, Progress};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::execute::new_entry;
+use crate::fault;
 use crate::ids::{self, check_snapshot_id};
 use crate::model::PathState;
 use crate::observe::path_state;
@@ -96,8 +97,36 @@ impl Engine {
     ) -> Result<CheckpointResult> {
         self.in_workspace(&ws.ws_id, || {
             let prepared = self.checkpoint_prepare(ws, args, initialized)?;
-            take_checkpoint_snapshot(self.sys(), &prepared)?;
-            self.checkpoint_commit(prepared)
+            // Intent before effect: the one durable record, then the snapshot.
+            let entry = new_entry(
+                prepared.created,
+                prepared.message.clone(),
+                prepared.metadata.clone(),
+                prepared.pin,
+            );
+            self.store
+                .record_checkpoint(&prepared.ws_id, &prepared.id, &entry)
+                .map_err(|e| {
+                    Error::new(
+                        e.code,
+                        format!(
+                            "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
+                            prepared.id, prepared.ws_id, e.message
+                        ),
+                    )
+                    .hint(format!(
+                        "free space in {} (`df {}`) and retry; nothing was changed",
+                        self.state_dir().display(),
+                        self.state_dir().display()
+                    ))
+                })?;
+            fault::point("checkpoint:after-record");
+            if let Err(e) = take_checkpoint_snapshot(self.sys(), &prepared) {
+                self.store.withdraw_checkpoint(&prepared.ws_id, &prepared.id);
+                return Err(e);
+            }
+            fault::point("checkpoint:after-snapshot");
+            self.checkpoint_commit(prepared, entry)
         })
     }
 
@@ -181,30 +210,15 @@ impl Engine {
         })
     }
 
-    /// Record a checkpoint whose snapshot exists. Re-checks that the workspace is still
-    /// recorded (it may have been released meanwhile; then the stray snapshot is removed).
-    fn checkpoint_commit(&self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
-        let still = self
-            .store
-            .read()
-            .state
-            .as_ref()
-            .and_then(|s| s.workspace(&p.ws_id))
-            .is_some_and(|w| w.workspace_path == p.workspace);
-        if !still {
-            let _ = self.sys().delete_subvolume_if_present(&p.dest);
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!(
-                    "workspace {} ({}) was released while the checkpoint was taken",
-                    p.ws_id,
-                    p.workspace.display()
-                ),
-            ));
-        }
-        let entry = new_entry(p.created, p.message, p.metadata, p.pin);
+    /// A recorded checkpoint whose snapshot now exists: list it (no further write; see
+    /// [`crate::store::Store::confirm_checkpoint`]).
+    fn checkpoint_commit(
+        &self,
+        p: PreparedCheckpoint,
+        entry: crate::state::SnapshotEntry,
+    ) -> Result<CheckpointResult> {
         let created_at = entry.created_at.as_str().to_string();
-        self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
+        self.store.confirm_checkpoint(&p.ws_id, &p.id, entry);
         tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
         Ok(CheckpointResult {
             ws_id: p.ws_id,
