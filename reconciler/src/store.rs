@@ -417,14 +417,20 @@ impl Store {
         Ok(())
     }
 
-    /// The snapshot of a recorded checkpoint exists: it is listed from now on (no write: the
-    /// next line of the journal, or the snapshot itself after a crash, confirms it).
+    /// The snapshot of a recorded checkpoint exists: it is listed from now on, and a
+    /// `confirm` line is appended without `fdatasync` (a later process must not withdraw an
+    /// acknowledged checkpoint whose snapshot was deleted behind our back; when the line is
+    /// lost in a power cut, the snapshot itself confirms it, and so does any later line).
     pub fn confirm_checkpoint(&self, ws_id: &str, id: &str, entry: SnapshotEntry) {
         let mut g = self.lock();
         let idx = g.index_or_new(ws_id);
         g.change_index(ws_id, idx, |i| {
             i.snapshots.insert(id.to_string(), entry);
         });
+        let op = IndexOp::Confirm { id: id.to_string() };
+        if let Err(e) = g.indexes.append_unsynced(ws_id, &op) {
+            tracing::warn!(ws_id, snapshot = id, error = %e, "cannot append the confirmation of a checkpoint; the next line of the journal confirms it");
+        }
     }
 
     /// The snapshot of a recorded checkpoint was not made: withdraw the record (a `remove`

@@ -1124,3 +1124,20 @@ fn a_pending_record_that_cannot_be_written_is_not_kept_in_memory() {
     assert!(r.is_err());
     assert!(env.engine.store.read().pending().is_empty());
 }
+
+#[test]
+fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() {
+    let mut env = setup(&["a"]);
+    let r = env.checkpoint("a", Some("gone")).expect("checkpoint");
+    // Deleted behind ws-ckpt's back; the next process must not take it for an interrupted
+    // intent (which it would withdraw).
+    env.sys
+        .delete_subvolume(&env.res().snapshot_path(&r.ws_id, "gone"))
+        .unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["gone"]);
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    let got = env.engine.store.snapshot_entry(&r.ws_id, "gone").unwrap();
+    assert!(got.missing, "shown as MISSING: {got:?}");
+}

@@ -6,8 +6,11 @@
 //! A checkpoint is ONE line, written before its snapshot exists ([`IndexOp::Checkpoint`]: the
 //! intent, with message, metadata and pin). A later line in the same journal means it
 //! completed (the workspace's operations are serialized, and a checkpoint whose snapshot
-//! failed is withdrawn by a `remove` line); an intent that is the journal's last line is
-//! returned unsettled ([`WorkspaceIndex::unsettled`]): whoever can see the snapshot directory
+//! failed is withdrawn by a `remove` line). Once the snapshot exists, a `confirm` line is
+//! appended without `fdatasync` (an acknowledged checkpoint whose snapshot is later deleted
+//! behind our back stays listed, as MISSING, instead of being withdrawn; a power cut that
+//! loses that line leaves the intent last, settled as below). An intent that is the
+//! journal's last line is returned unsettled ([`WorkspaceIndex::unsettled`]): whoever can see the snapshot directory
 //! keeps it when its snapshot exists and withdraws it otherwise.
 //!
 //! Callers must serialize changes to one workspace (the store does). This module must not
@@ -122,6 +125,12 @@ pub enum IndexOp {
         /// The entry.
         entry: SnapshotEntry,
     },
+    /// The snapshot of the checkpoint just before exists (changes nothing by itself: any
+    /// later line completes a checkpoint; this one makes sure there is one).
+    Confirm {
+        /// Snapshot ID.
+        id: String,
+    },
 }
 
 impl WorkspaceIndex {
@@ -145,6 +154,7 @@ impl WorkspaceIndex {
                 self.snapshots.shift_remove(id);
             }
             IndexOp::SetWorkspacePath { path } => self.workspace_path = path.clone(),
+            IndexOp::Confirm { .. } => {}
         }
     }
 }
@@ -319,6 +329,18 @@ impl IndexStore {
         files.append_line(&line)?;
         tracing::debug!(ws_id, journal = %files.journal.display(), "appended index op");
         Ok(())
+    }
+
+    /// Append `op` without `fdatasync` and without compaction, for a line whose loss in a
+    /// power cut is harmless ([`IndexOp::Confirm`]). Needs the journal's base to exist (it
+    /// does once the op it confirms was appended).
+    pub fn append_unsynced(&self, ws_id: &str, op: &IndexOp) -> Result<(), StateError> {
+        let files = self.files(ws_id)?;
+        let line = serde_json::to_vec(op).map_err(|e| StateError::Encode {
+            path: files.journal.clone(),
+            source: e,
+        })?;
+        files.append_line_synced(&line, false)
     }
 
     /// Write `index.json` atomically from `index` and remove the journal (creating directories

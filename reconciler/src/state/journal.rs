@@ -149,6 +149,13 @@ impl JournalFiles {
     /// restarting the journal when it does not name the current base (which must exist). On
     /// error nothing of the line stays in the journal (a partial line is cut).
     pub(crate) fn append_line(&self, line: &[u8]) -> Result<(), StateError> {
+        self.append_line_synced(line, true)
+    }
+
+    /// [`JournalFiles::append_line`], with the `fdatasync` only when `sync` (a line whose
+    /// loss in a power cut is harmless: it only confirms what a crash recovery would conclude
+    /// anyway).
+    pub(crate) fn append_line_synced(&self, line: &[u8], sync: bool) -> Result<(), StateError> {
         let base_meta = fs::metadata(&self.base).map_err(|e| StateError::io(&self.base, e))?;
         self.ensure(&base_meta)?;
         let mut file = OpenOptions::new()
@@ -161,7 +168,10 @@ impl JournalFiles {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
-        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+        let written = file
+            .write_all(&bytes)
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
             // Leave the journal as it was; a partial line would be ignored anyway.
             let _ = file.set_len(len);
             return Err(StateError::io(&self.journal, e));
