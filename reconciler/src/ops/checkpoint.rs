@@ -77,6 +77,40 @@ pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoin
     })
 }
 
+/// Largest checkpoint message, in bytes of UTF-8 (SPEC §7.3).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
+/// Largest checkpoint metadata, in bytes of compact JSON (SPEC §7.3).
+pub(crate) const MAX_METADATA_BYTES: usize = 65536;
+
+/// Refuse a message or metadata over its limit, naming the limit.
+pub(crate) fn check_limits(args: &CheckpointArgs) -> Result<()> {
+    if let Some(m) = &args.message {
+        if m.len() > MAX_MESSAGE_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the checkpoint message is {} bytes; the limit is {MAX_MESSAGE_BYTES} bytes (4 KiB)",
+                    m.len()
+                ),
+            )
+            .hint("shorten the message; put longer text in a file inside the workspace"));
+        }
+    }
+    if let Some(meta) = &args.metadata {
+        let len = serde_json::to_string(meta).map_or(usize::MAX, |t| t.len());
+        if len > MAX_METADATA_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the checkpoint metadata is {len} bytes of JSON; the limit is {MAX_METADATA_BYTES} bytes (64 KiB)"
+                ),
+            )
+            .hint("keep metadata small (IDs, labels); put large data in a file inside the workspace"));
+        }
+    }
+    Ok(())
+}
+
 impl Engine {
     /// `ws-ckpt checkpoint` (SPEC §5.2) of the recorded workspace `ws`, holding its lock: a
     /// read-only snapshot by ioctl, then one index-journal append. Checkpoints of different
@@ -140,6 +174,7 @@ impl Engine {
         args: CheckpointArgs,
         progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
+        check_limits(&args)?;
         match path_state(path) {
             PathState::Dir { .. } => {}
             PathState::Missing => {
@@ -169,6 +204,7 @@ impl Engine {
         if let Some(id) = &args.snapshot {
             check_snapshot_id(id)?;
         }
+        check_limits(&args)?;
         let res = self.storage_for(Some(ws))?;
         let subvol = self.attached_subvol(ws, &res)?;
         let ws_id = ws.ws_id.clone();
@@ -177,6 +213,24 @@ impl Engine {
             index.as_ref().is_some_and(|i| i.snapshots.contains_key(id))
                 || std::fs::symlink_metadata(res.snapshot_path(&ws_id, id)).is_ok()
         };
+        let config = self.config();
+        let max = config
+            .workspace(&ws.workspace_path)
+            .map_or(config.retention.max_snapshots, |d| {
+                config.effective_max_snapshots(d)
+            });
+        let held = index.as_ref().map_or(0, |i| i.snapshots.len());
+        if held >= max as usize {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "workspace {ws_id} already holds {held} snapshots, its limit (max_snapshots = {max}); checkpoint refused"
+                ),
+            )
+            .hint(format!(
+                "delete snapshots (`ws-ckpt delete -w {ws_id} -s ID`, `ws-ckpt cleanup -w {ws_id}`), or raise max_snapshots in the workspace's [[workspace]] table or [retention]"
+            )));
+        }
         let now = SystemTime::now();
         let id = match args.snapshot {
             Some(id) => {

@@ -1126,6 +1126,40 @@ fn a_pending_record_that_cannot_be_written_is_not_kept_in_memory() {
 }
 
 #[test]
+fn message_metadata_and_snapshot_count_are_bounded() {
+    let mut env = setup_with(&["a"], "[retention]\nmax_snapshots = 2\n");
+    let with =
+        |id: &str, message: Option<String>, metadata: Option<serde_json::Value>| CheckpointArgs {
+            snapshot: Some(id.to_string()),
+            message,
+            metadata,
+            pin: false,
+        };
+    let spec = env.ws_str("a");
+    // At the limits: accepted.
+    env.checkpoint_of(&spec, with("m", Some("m".repeat(4096)), None))
+        .expect("a 4096-byte message");
+    let meta = |n: usize| serde_json::json!({ "k": "x".repeat(n - 8) });
+    assert_eq!(serde_json::to_string(&meta(65536)).unwrap().len(), 65536);
+    env.checkpoint_of(&spec, with("d", None, Some(meta(65536))))
+        .expect("65536 bytes of metadata");
+    // Over them: refused before anything else, naming the limit.
+    let e = env
+        .checkpoint_of(&spec, with("m2", Some("m".repeat(4097)), None))
+        .unwrap_err();
+    assert!(e.message.contains("4096"), "{e:?}");
+    let e = env
+        .checkpoint_of(&spec, with("d2", None, Some(meta(65537))))
+        .unwrap_err();
+    assert!(e.message.contains("65536"), "{e:?}");
+    // The third snapshot is over max_snapshots = 2.
+    let e = env.checkpoint("a", Some("c3")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("max_snapshots = 2"), "{e:?}");
+    assert_eq!(env.ids("a"), ["m", "d"]);
+}
+
+#[test]
 fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() {
     let mut env = setup(&["a"]);
     let r = env.checkpoint("a", Some("gone")).expect("checkpoint");
