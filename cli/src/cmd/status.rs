@@ -106,7 +106,7 @@ fn print_status(st: &StatusReport) {
         );
         for w in &st.workspaces {
             if let Some(d) = &w.detail {
-                println!("  {}: {d}", w.ws_id);
+                println!("  {}: {}", w.ws_id, output::esc(d));
             }
         }
     }
