@@ -398,13 +398,32 @@ impl Engine {
             Declared::Already(report) => return Ok(report),
             Declared::In { file, new } => (file, new),
         };
-        let report = self.apply(
-            ApplyOptions {
-                only: Some(path.clone()),
-                ..Default::default()
-            },
-            progress,
-        );
+        let opts = || ApplyOptions {
+            only: Some(path.clone()),
+            ..Default::default()
+        };
+        let mut report = self.apply(opts(), progress);
+        for _ in 0..3 {
+            if self.workspace_by_path(&path).is_some() {
+                break;
+            }
+            // Another pass (a watch trigger, a concurrent request) may be initializing it
+            // right now: its pending init is recorded. Wait for that workspace, look again.
+            let in_flight = self
+                .store
+                .read()
+                .pending()
+                .iter()
+                .find_map(|o| match &o.kind {
+                    crate::state::PendingKind::Init { path: p, ws_id, .. } if *p == path => {
+                        Some(ws_id.clone())
+                    }
+                    _ => None,
+                });
+            let Some(ws_id) = in_flight else { break };
+            self.in_workspace(&ws_id, || ());
+            report = self.apply(opts(), progress);
+        }
         match self.workspace_by_path(&path) {
             Some(w) => Ok(InitReport {
                 ws_id: w.ws_id,
