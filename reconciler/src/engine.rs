@@ -106,6 +106,11 @@ impl Engine {
             host: ReentrantLock::default(),
             lock: Mutex::new(Some(lock)),
         };
+        if engine.store.has_unsettled() {
+            // A checkpoint whose process stopped after its record: kept when its snapshot is
+            // there (resolving the storage settles it), else withdrawn.
+            let _ = engine.light_resolution();
+        }
         if engine.unclean_detected {
             tracing::warn!(
                 lock = %engine.state_dir().join(crate::lock::LOCK_FILE).display(),
@@ -231,6 +236,13 @@ impl Engine {
         };
         let popts = PlanOptions { prune: opts.prune };
         for round in 0..MAX_ROUNDS {
+            if self.store.has_unsettled() {
+                // Interrupted checkpoints keep their message, metadata and pin (never adopted
+                // bare) once their snapshot is seen.
+                if let Ok(res) = self.light_resolution() {
+                    self.settle_checkpoints(&res);
+                }
+            }
             let config = self.config();
             let (persisted, generations) = self.store.snapshot_with_generations();
             let p = self.plan_from(&config, &persisted, popts);
@@ -394,13 +406,32 @@ impl Engine {
             Declared::Already(report) => return Ok(report),
             Declared::In { file, new } => (file, new),
         };
-        let report = self.apply(
-            ApplyOptions {
-                only: Some(path.clone()),
-                ..Default::default()
-            },
-            progress,
-        );
+        let opts = || ApplyOptions {
+            only: Some(path.clone()),
+            ..Default::default()
+        };
+        let mut report = self.apply(opts(), progress);
+        for _ in 0..3 {
+            if self.workspace_by_path(&path).is_some() {
+                break;
+            }
+            // Another pass (a watch trigger, a concurrent request) may be initializing it
+            // right now: its pending init is recorded. Wait for that workspace, look again.
+            let in_flight = self
+                .store
+                .read()
+                .pending()
+                .iter()
+                .find_map(|o| match &o.kind {
+                    crate::state::PendingKind::Init { path: p, ws_id, .. } if *p == path => {
+                        Some(ws_id.clone())
+                    }
+                    _ => None,
+                });
+            let Some(ws_id) = in_flight else { break };
+            self.in_workspace(&ws_id, || ());
+            report = self.apply(opts(), progress);
+        }
         match self.workspace_by_path(&path) {
             Some(w) => Ok(InitReport {
                 ws_id: w.ws_id,

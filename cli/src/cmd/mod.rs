@@ -243,9 +243,10 @@ fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Error> {
         .map_err(|e| Error::new(ErrorCode::Io, format!("unexpected reply from ws-ckpt: {e}")))
 }
 
+/// A JSON value as text for a terminal (control characters escaped: [`output::esc`]).
 fn str_of(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::output::esc(s).into_owned(),
         Value::Null => String::new(),
         other => other.to_string(),
     }

@@ -66,8 +66,9 @@ fn severity_label(s: Severity) -> &'static str {
 pub(super) fn print_findings(findings: &[Finding]) {
     for f in findings {
         let kind = str_of(&serde_json::to_value(f.kind).unwrap_or_default());
-        println!("{} [{kind}] {}", severity_label(f.severity), f.message);
-        println!("    fix: {}", f.hint);
+        let (message, hint) = (output::esc(&f.message), output::esc(&f.hint));
+        println!("{} [{kind}] {message}", severity_label(f.severity));
+        println!("    fix: {hint}");
     }
 }
 
@@ -77,7 +78,7 @@ fn print_plan(p: &Plan) {
     } else {
         println!("{} action(s) pending:", p.actions.len());
         for a in &p.actions {
-            println!("  {:<20} {}", a.name(), a.describe());
+            println!("  {:<20} {}", a.name(), output::esc(&a.describe()));
         }
     }
     print_findings(&p.findings);
@@ -89,7 +90,7 @@ fn print_apply(r: &ApplyReport, diff: bool) {
     }
     for a in &r.actions {
         let detail = if diff || a.result != Outcome::Done {
-            format!(" {}", a.action.describe())
+            format!(" {}", output::esc(&a.action.describe()))
         } else {
             a.action
                 .ws_id()
@@ -98,9 +99,9 @@ fn print_apply(r: &ApplyReport, diff: bool) {
         };
         println!("{:<8} {}{detail}", a.result.to_string(), a.action.name());
         if let Some(e) = &a.error {
-            println!("    error: {}", e.message);
+            println!("    error: {}", output::esc(&e.message));
             if let Some(h) = &e.hint {
-                println!("    hint: {h}");
+                println!("    hint: {}", output::esc(h));
             }
         }
     }

@@ -116,8 +116,8 @@ fn print_status(st: &StatusReport) {
     if !st.attention.is_empty() {
         println!("needs attention:");
         for a in &st.attention {
-            println!("  - {}", a.message);
-            println!("    fix: {}", a.fix);
+            println!("  - {}", output::esc(&a.message));
+            println!("    fix: {}", output::esc(&a.fix));
         }
     }
     let info: Vec<_> = st

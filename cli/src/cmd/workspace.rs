@@ -19,9 +19,11 @@ pub(super) fn init(cli: &Cli, path: &Path, force: bool) -> Result<i32, Error> {
     if json_mode(cli) {
         output::json(&v)
     } else if r.changed {
-        println!("{} is now workspace {}", r.path.display(), r.ws_id);
+        let path = r.path.display().to_string();
+        println!("{} is now workspace {}", output::esc(&path), r.ws_id);
     } else {
-        println!("{} is already workspace {}", r.path.display(), r.ws_id);
+        let path = r.path.display().to_string();
+        println!("{} is already workspace {}", output::esc(&path), r.ws_id);
     }
     Ok(0)
 }
@@ -35,7 +37,7 @@ pub(super) fn release(cli: &Cli, path: &Path) -> Result<i32, Error> {
     } else {
         println!(
             "{} is a plain directory again (workspace {} released)",
-            r.path.display(),
+            output::esc(&r.path.display().to_string()),
             r.ws_id
         );
     }

@@ -199,6 +199,8 @@ pub struct RetentionSettings {
     pub keep: Keep,
     /// How often the retention pass runs (never zero).
     pub interval: Duration,
+    /// Most snapshots a workspace may hold; a checkpoint beyond it is refused.
+    pub max_snapshots: u32,
 }
 
 /// `[access]`.
@@ -219,6 +221,8 @@ pub struct WorkspaceDecl {
     pub keep: Option<Keep>,
     /// Overrides `[retention] auto_cleanup`.
     pub auto_cleanup: Option<bool>,
+    /// Overrides `[retention] max_snapshots`.
+    pub max_snapshots: Option<u32>,
     /// Users allowed besides the owner and root.
     pub allow_users: Vec<String>,
     /// Groups whose members are allowed.
@@ -308,6 +312,11 @@ impl Config {
     /// The workspace's `keep`, else `[retention] keep`.
     pub fn effective_keep(&self, ws: &WorkspaceDecl) -> Keep {
         ws.keep.unwrap_or(self.retention.keep)
+    }
+
+    /// The workspace's `max_snapshots`, else `[retention] max_snapshots`.
+    pub fn effective_max_snapshots(&self, ws: &WorkspaceDecl) -> u32 {
+        ws.max_snapshots.unwrap_or(self.retention.max_snapshots)
     }
 
     /// The workspace's `auto_cleanup`, else `[retention] auto_cleanup`.

@@ -31,6 +31,30 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server waits for a client to accept a response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a request may take from its first byte to its newline (a client that sends a
+/// line byte by byte cannot hold a connection longer than this; SPEC §7.3).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The server's time limits on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the first byte of the next request.
+    pub idle: Duration,
+    /// From the first byte of a request to its newline.
+    pub request: Duration,
+    /// Waiting for the client to accept a response.
+    pub write: Duration,
+}
+
+impl Timeouts {
+    /// The daemon's limits.
+    pub const DAEMON: Timeouts = Timeouts {
+        idle: IDLE_TIMEOUT,
+        request: REQUEST_DEADLINE,
+        write: WRITE_TIMEOUT,
+    };
+}
+
 /// Errors of the wire layer itself (before a request reaches the engine, or after the
 /// engine answered). They become [`Error`]s with a code at the API boundary.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +90,12 @@ pub enum IpcError {
         /// What is wrong.
         why: String,
     },
+    /// The request line did not end within the whole-request deadline.
+    #[error("request not complete within {}s of its first byte; send each request as one line at once", .limit.as_secs())]
+    Deadline {
+        /// The deadline.
+        limit: Duration,
+    },
     /// Socket I/O failed.
     #[error("{what}: {source}")]
     Io {
@@ -84,7 +114,8 @@ impl From<IpcError> for Error {
             | IpcError::NotUtf8
             | IpcError::Malformed(_)
             | IpcError::Version { .. }
-            | IpcError::Invalid(_) => ErrorCode::InvalidArgument,
+            | IpcError::Invalid(_)
+            | IpcError::Deadline { .. } => ErrorCode::InvalidArgument,
             IpcError::BadResponse { .. } | IpcError::Io { .. } => ErrorCode::Io,
         };
         Error::new(code, e.to_string())
@@ -244,20 +275,80 @@ fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Read the next request line from a server connection: wait up to `t.idle` for its first
+/// byte, then at most `t.request` in total for its newline ([`IpcError::Deadline`]). An idle
+/// timeout is an [`IpcError::Io`] (the connection just ends).
+fn read_request_line(reader: &mut BufReader<UnixStream>, t: Timeouts) -> Result<Line, IpcError> {
+    let mut buf = Vec::new();
+    let mut started: Option<std::time::Instant> = None;
+    loop {
+        if started.is_none() && (!buf.is_empty() || !reader.buffer().is_empty()) {
+            started = Some(std::time::Instant::now());
+        }
+        let wait = match started {
+            None => t.idle,
+            Some(at) => match t.request.checked_sub(at.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Err(IpcError::Deadline { limit: t.request }),
+            },
+        };
+        if reader.buffer().is_empty() {
+            // `Some(ZERO)` is refused by the socket: an unset limit waits indefinitely.
+            let _ = reader
+                .get_ref()
+                .set_read_timeout(Some(wait).filter(|d| !d.is_zero()));
+        }
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e)
+                if started.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(IpcError::Deadline { limit: t.request })
+            }
+            Err(source) => {
+                return Err(IpcError::Io {
+                    what: "reading from the socket".into(),
+                    source,
+                })
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Data(buf)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > MAX_REQUEST_BYTES {
+            return Err(IpcError::TooLong {
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Line::Data(buf));
+        }
+    }
+}
+
 /// Serve one connection: read request lines until EOF, answer each with `handler`. A line
-/// that cannot be decoded (oversized, not UTF-8, malformed, wrong version, unknown op) gets
-/// an error response and the connection is closed. Empty lines are ignored. Returns the
-/// number of requests handled. `handler` is never called for undecodable input.
+/// that cannot be decoded (oversized, not UTF-8, malformed, wrong version, unknown op) or
+/// that does not end within `t.request` of its first byte gets an error response and the
+/// connection is closed; so does a connection idle for `t.idle`. Empty lines are ignored.
+/// Returns the number of requests handled. `handler` is never called for undecodable input.
 pub fn serve_connection(
     stream: UnixStream,
-    idle_timeout: Duration,
-    write_timeout: Duration,
+    t: Timeouts,
     handler: &mut dyn FnMut(Request) -> Result<Value, Error>,
 ) -> usize {
-    let (Ok(()), Ok(())) = (
-        stream.set_read_timeout(Some(idle_timeout).filter(|d| !d.is_zero())),
-        stream.set_write_timeout(Some(write_timeout).filter(|d| !d.is_zero())),
-    ) else {
+    let Ok(()) = stream.set_write_timeout(Some(t.write).filter(|d| !d.is_zero())) else {
         return 0;
     };
     let Ok(mut writer) = stream.try_clone() else {
@@ -266,7 +357,7 @@ pub fn serve_connection(
     let mut reader = BufReader::new(stream);
     let mut handled = 0;
     loop {
-        let line = match read_line_bounded(&mut reader, MAX_REQUEST_BYTES) {
+        let line = match read_request_line(&mut reader, t) {
             Ok(Line::Eof) => break,
             Ok(Line::Data(l)) => l,
             Err(IpcError::Io { source, .. }) => {
@@ -522,8 +613,11 @@ mod tests {
             let mut seen = Vec::new();
             let n = serve_connection(
                 server,
-                Duration::from_secs(5),
-                Duration::from_secs(5),
+                Timeouts {
+                    idle: Duration::from_secs(5),
+                    request: Duration::from_secs(5),
+                    write: Duration::from_secs(5),
+                },
                 &mut |req| {
                     seen.push(req.clone());
                     Ok(Value::from(req.op()))
@@ -607,14 +701,58 @@ mod tests {
         let t = std::thread::spawn(move || {
             serve_connection(
                 server,
-                Duration::from_millis(100),
-                Duration::from_secs(1),
+                Timeouts {
+                    idle: Duration::from_millis(100),
+                    request: Duration::from_secs(5),
+                    write: Duration::from_secs(1),
+                },
                 &mut |_| Ok(Value::Null),
             )
         });
         let mut r = BufReader::new(client);
         assert!(matches!(read_line_bounded(&mut r, 100).unwrap(), Line::Eof));
         assert_eq!(t.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_request_trickled_byte_by_byte_is_cut_at_the_whole_request_deadline() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            serve_connection(
+                server,
+                Timeouts {
+                    idle: Duration::from_secs(5),
+                    request: Duration::from_millis(300),
+                    write: Duration::from_secs(1),
+                },
+                &mut |_| Ok(Value::Null),
+            )
+        });
+        let mut w = client.try_clone().unwrap();
+        let start = std::time::Instant::now();
+        // One byte every 50 ms: each read is quick, the whole line is not.
+        let trickle = std::thread::spawn(move || {
+            for b in b"{\"v\":1,\"op\":\"status\",\"workspace\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" {
+                if w.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut r = BufReader::new(client);
+        let resp = read_response(&mut r);
+        let took = start.elapsed();
+        assert_eq!(resp["error"]["code"], "InvalidArgument", "{resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("first byte"),
+            "{resp}"
+        );
+        assert!(took < Duration::from_secs(2), "cut after {took:?}");
+        assert_eq!(t.join().unwrap(), 0);
+        trickle.join().unwrap();
     }
 
     #[test]
@@ -640,15 +778,10 @@ mod tests {
         let t = std::thread::spawn(move || {
             for _ in 0..3 {
                 let (s, _) = listener.accept().unwrap();
-                serve_connection(
-                    s,
-                    Duration::from_secs(5),
-                    Duration::from_secs(5),
-                    &mut |req| match req {
-                        Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
-                        _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
-                    },
-                );
+                serve_connection(s, Timeouts::DAEMON, &mut |req| match req {
+                    Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
+                    _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
+                });
             }
         });
         assert!(daemon_running(&sock));

@@ -121,7 +121,18 @@ impl Engine {
         if !storage_mounted(&obs, &res) {
             return Err(self.storage_unavailable(&obs, &res, ws));
         }
+        self.settle_checkpoints(&res);
         Ok(res)
+    }
+
+    /// Settle the checkpoints an interrupted process recorded without seeing their end
+    /// (see `Store::settle_checkpoints`), by whether their snapshot exists on `res`.
+    pub fn settle_checkpoints(&self, res: &Resolution) {
+        if self.store.has_unsettled() {
+            self.store.settle_checkpoints(|ws_id, id| {
+                self.sys().is_subvolume(&res.snapshot_path(ws_id, id)).ok()
+            });
+        }
     }
 
     fn snapshot_count(&self, ws_id: &str) -> usize {

@@ -967,3 +967,239 @@ fn operations_on_one_workspace_run_one_at_a_time() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// One durable record per checkpoint, written before the snapshot (issue 9 item 4, issue 10
+// items 5 and 7); phases of a rollback in the journal.
+// ---------------------------------------------------------------------------------------------
+
+fn pinned_args(id: &str) -> CheckpointArgs {
+    CheckpointArgs {
+        snapshot: Some(id.to_string()),
+        message: Some("agent step".into()),
+        metadata: Some(serde_json::json!({"tool": "edit"})),
+        pin: true,
+    }
+}
+
+/// Make the workspace's index journal unwritable (a directory where the file goes); returns
+/// a closure that puts it back.
+fn break_journal(env: &Env, ws_id: &str) -> impl FnOnce() {
+    let j = env
+        .root
+        .join("state/indexes")
+        .join(ws_id)
+        .join(crate::state::JOURNAL_FILE);
+    let kept = std::fs::read(&j).ok();
+    let _ = std::fs::remove_file(&j);
+    std::fs::create_dir_all(j.join("x")).unwrap();
+    move || {
+        std::fs::remove_dir_all(&j).unwrap();
+        if let Some(bytes) = kept {
+            std::fs::write(&j, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_recorded_takes_no_snapshot() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("s1")).unwrap();
+    let ws_id = env.ws_id("a");
+    let restore = break_journal(&env, &ws_id);
+    let e = env
+        .checkpoint_of(&env.ws_str("a"), pinned_args("c9"))
+        .unwrap_err();
+    assert!(e.message.contains("was not taken"), "{}", e.message);
+    let snap = env.res().snapshot_path(&ws_id, "c9");
+    assert!(!env.sys.is_subvolume(&snap).unwrap(), "no snapshot left");
+    assert!(
+        !env.sys.calls().iter().any(|c| c.contains("/c9 ")),
+        "no ioctl"
+    );
+    assert_eq!(env.ids("a"), ["s1"]);
+    restore();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["s1"], "list and disk agree after a restart");
+}
+
+#[test]
+fn a_checkpoint_interrupted_after_its_snapshot_keeps_message_metadata_and_pin() {
+    let env = setup(&["a"]);
+    let ws_id = env.ws_id("a");
+    let res = env.res();
+    // The process stopped between the ioctl and anything after it: the record and the
+    // snapshot exist, nothing else.
+    let entry = new_entry(
+        SystemTime::now(),
+        Some("agent step".into()),
+        Some(serde_json::json!({"tool": "edit"})),
+        true,
+    );
+    env.engine
+        .store
+        .record_checkpoint(&ws_id, "k1", &entry)
+        .unwrap();
+    std::fs::create_dir_all(res.snap_dir(&ws_id)).unwrap();
+    env.sys
+        .snapshot(
+            &res.ws_subvol(&ws_id),
+            &res.snapshot_path(&ws_id, "k1"),
+            true,
+        )
+        .unwrap();
+    // And one whose snapshot never happened.
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["k1"]);
+    let got = env.engine.store.snapshot_entry(&ws_id, "k1").unwrap();
+    assert_eq!(
+        (&got.message, &got.metadata, got.pinned, &got.created_at),
+        (
+            &entry.message,
+            &entry.metadata,
+            entry.pinned,
+            &entry.created_at
+        ),
+        "kept with message, metadata and pin"
+    );
+    assert_eq!(
+        got.child_ids(),
+        [crate::state::lineage::LIVE_CHILD],
+        "and its lineage: the live workspace descends from it"
+    );
+    env.engine
+        .store
+        .record_checkpoint(&ws_id, "never", &entry)
+        .unwrap();
+    let mut env = env.reopen();
+    assert_eq!(
+        env.ids("a"),
+        ["k1"],
+        "an intent without snapshot is withdrawn"
+    );
+    // The withdrawal is written before the next record, so a later line cannot revive it.
+    env.checkpoint("a", Some("c2")).unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["k1", "c2"]);
+    // Retention keeps what was pinned.
+    let mut env = env;
+    env.cleanup(&env.ws_str("a"), Some("1")).unwrap();
+    assert_eq!(env.ids("a"), ["k1", "c2"]);
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok() && !report.changed, "{report:#?}");
+}
+
+#[test]
+fn a_failed_snapshot_ioctl_withdraws_its_record() {
+    let mut env = setup(&["a"]);
+    env.sys.fail_next("snapshot", libc::ENOSPC);
+    assert!(env.checkpoint("a", Some("c1")).is_err());
+    assert!(env.ids("a").is_empty());
+    let mut env = env.reopen();
+    assert!(env.ids("a").is_empty());
+    env.checkpoint("a", Some("c2")).unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["c2"]);
+}
+
+#[test]
+fn a_rollback_records_its_phases_without_rewriting_state_json() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    let state = env.root.join("state/state.json");
+    let journal = env
+        .root
+        .join("state")
+        .join(crate::state::STATE_JOURNAL_FILE);
+    let before = std::fs::read(&state).unwrap();
+    let lines_before = std::fs::read_to_string(&journal).map_or(1, |j| j.lines().count());
+    env.rollback(&env.ws_str("a"), "c1", true).unwrap();
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "state.json untouched"
+    );
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    let ops: Vec<String> = journal
+        .lines()
+        .skip(lines_before)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ops, ["begin", "update", "end"]);
+    let env = env.reopen();
+    assert!(env.engine.store.read().pending().is_empty());
+}
+
+#[test]
+fn a_pending_record_that_cannot_be_written_is_not_kept_in_memory() {
+    let env = setup(&["a"]);
+    let j = env
+        .root
+        .join("state")
+        .join(crate::state::STATE_JOURNAL_FILE);
+    let _ = std::fs::remove_file(&j);
+    std::fs::create_dir_all(j.join("x")).unwrap();
+    let ws_id = env.ws_id("a");
+    let r = env.engine.store.begin(PendingKind::DeleteSnapshots {
+        ws_id: ws_id.clone(),
+        snapshots: vec!["x".into()],
+    });
+    assert!(r.is_err());
+    assert!(env.engine.store.read().pending().is_empty());
+}
+
+#[test]
+fn message_metadata_and_snapshot_count_are_bounded() {
+    let mut env = setup_with(&["a"], "[retention]\nmax_snapshots = 2\n");
+    let with =
+        |id: &str, message: Option<String>, metadata: Option<serde_json::Value>| CheckpointArgs {
+            snapshot: Some(id.to_string()),
+            message,
+            metadata,
+            pin: false,
+        };
+    let spec = env.ws_str("a");
+    // At the limits: accepted.
+    env.checkpoint_of(&spec, with("m", Some("m".repeat(4096)), None))
+        .expect("a 4096-byte message");
+    let meta = |n: usize| serde_json::json!({ "k": "x".repeat(n - 8) });
+    assert_eq!(serde_json::to_string(&meta(65536)).unwrap().len(), 65536);
+    env.checkpoint_of(&spec, with("d", None, Some(meta(65536))))
+        .expect("65536 bytes of metadata");
+    // Over them: refused before anything else, naming the limit.
+    let e = env
+        .checkpoint_of(&spec, with("m2", Some("m".repeat(4097)), None))
+        .unwrap_err();
+    assert!(e.message.contains("4096"), "{e:?}");
+    let e = env
+        .checkpoint_of(&spec, with("d2", None, Some(meta(65537))))
+        .unwrap_err();
+    assert!(e.message.contains("65536"), "{e:?}");
+    // The third snapshot is over max_snapshots = 2.
+    let e = env.checkpoint("a", Some("c3")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("max_snapshots = 2"), "{e:?}");
+    assert_eq!(env.ids("a"), ["m", "d"]);
+}
+
+#[test]
+fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() {
+    let mut env = setup(&["a"]);
+    let r = env.checkpoint("a", Some("gone")).expect("checkpoint");
+    // Deleted behind ws-ckpt's back; the next process must not take it for an interrupted
+    // intent (which it would withdraw).
+    env.sys
+        .delete_subvolume(&env.res().snapshot_path(&r.ws_id, "gone"))
+        .unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["gone"]);
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    let got = env.engine.store.snapshot_entry(&r.ws_id, "gone").unwrap();
+    assert!(got.missing, "shown as MISSING: {got:?}");
+}

@@ -180,6 +180,26 @@ pub fn rolled_back_to(index: &WorkspaceIndex, target: &str) -> IndexOp {
     IndexOp::Batch { ops }
 }
 
+/// Withdraw the checkpoint intent `id` that was recorded against `index` but never listed
+/// (its snapshot was not made): `index` does not hold it, but a replay of the journal applies
+/// the intent's lineage links before this line, so the line puts the head and its entry back
+/// as `index` has them, and removes `id`. Applied to `index` itself it changes nothing.
+pub fn withdraw(index: &WorkspaceIndex, id: &str) -> IndexOp {
+    let head = index.head().map(str::to_string);
+    let mut ops = Vec::new();
+    if let Some(h) = &head {
+        if let Some(e) = index.snapshots.get(h) {
+            ops.push(IndexOp::Put {
+                id: h.clone(),
+                entry: e.clone(),
+            });
+        }
+    }
+    ops.push(IndexOp::Remove { id: id.to_string() });
+    ops.push(IndexOp::SetHead { head });
+    IndexOp::Batch { ops }
+}
+
 /// Remove snapshot `id`, linking its children to its parent (and moving the head to the
 /// parent when it was the head).
 pub fn remove(index: &WorkspaceIndex, id: &str) -> IndexOp {
@@ -301,6 +321,31 @@ mod tests {
             .into_iter()
             .map(str::to_string)
             .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_intent_line_links_the_lineage_and_a_withdrawal_undoes_it_on_replay() {
+        let mut before = WorkspaceIndex::new("/w".into());
+        take(&mut before, "a");
+        take(&mut before, "b");
+        // As a journal replays them: the intent, then its withdrawal computed from memory
+        // (which never listed the intent).
+        let mut replayed = before.clone();
+        replayed.apply(&IndexOp::Checkpoint {
+            id: "c".into(),
+            entry: entry(),
+        });
+        assert_eq!(replayed.head(), Some("c"));
+        assert_eq!(children(&replayed, "b"), ["c"]);
+        assert_eq!(replayed.snapshots["c"].parent_id(), Some("b"));
+        replayed.apply(&withdraw(&before, "c"));
+        assert_eq!(replayed.head(), Some("b"));
+        assert_eq!(replayed.snapshots, before.snapshots);
+        // Applied to memory itself, the withdrawal changes nothing.
+        let mut same = before.clone();
+        same.apply(&withdraw(&before, "c"));
+        assert_eq!(same.snapshots, before.snapshots);
+        assert_eq!(same.head(), before.head());
     }
 
     #[test]
