@@ -12,6 +12,11 @@ use ws_ckpt::api::Request;
 use ws_ckpt::error::Error;
 use ws_ckpt::ops::{RecoverPreview, RecoverTarget};
 
+/// A path for a terminal (control characters escaped).
+fn shown(p: &std::path::Path) -> String {
+    output::esc(&p.display().to_string()).into_owned()
+}
+
 fn snapshots(n: usize) -> String {
     if n == 1 {
         "1 snapshot".to_string()
@@ -57,17 +62,13 @@ pub(super) fn recover(
             let t = &targets[0];
             say(format!(
                 "Workspace: {} ({})",
-                t.path.display(),
+                shown(&t.path),
                 snapshots(t.snapshots)
             ));
         } else {
             say(format!("Recovering {} workspace(s):", targets.len()));
             for t in &targets {
-                say(format!(
-                    "  {} ({})",
-                    t.path.display(),
-                    snapshots(t.snapshots)
-                ));
+                say(format!("  {} ({})", shown(&t.path), snapshots(t.snapshots)));
             }
         }
         say(
@@ -93,7 +94,7 @@ pub(super) fn recover(
         match call(cli, req, SLOW) {
             Ok(_) => {
                 if !json {
-                    println!("✓ Workspace recovered: {}", t.path.display());
+                    println!("✓ Workspace recovered: {}", shown(&t.path));
                 }
                 recovered.push(t);
             }
@@ -104,11 +105,11 @@ pub(super) fn recover(
                 eprintln!(
                     "Error [{:?}] recovering {}: {}",
                     e.code,
-                    t.path.display(),
-                    e.message
+                    shown(&t.path),
+                    output::esc(&e.message)
                 );
                 if let Some(h) = &e.hint {
-                    eprintln!("hint: {h}");
+                    eprintln!("hint: {}", output::esc(h));
                 }
                 failed.push((t, e));
             }
@@ -136,7 +137,7 @@ pub(super) fn recover(
     );
     if !json {
         for (t, _) in &failed {
-            eprintln!("  {} ({})", t.path.display(), str_of(&json!(t.ws_id)));
+            eprintln!("  {} ({})", shown(&t.path), str_of(&json!(t.ws_id)));
         }
     }
     Ok(1)

@@ -149,7 +149,7 @@ pub(super) fn delete(
                 && std::io::stdin().is_terminal()
                 && std::io::stderr().is_terminal() =>
         {
-            eprintln!("⚠ {}", e.message);
+            eprintln!("⚠ {}", output::esc(&e.message));
             if !confirm("Delete it anyway?") {
                 eprintln!("Operation cancelled: {snapshot} was not deleted.");
                 return Ok(0);
@@ -239,9 +239,9 @@ fn print_list(v: &ListResult) {
         if w.snapshots.is_empty() && w.problem.is_none() {
             continue;
         }
-        println!("{} {}", w.ws_id, w.path.display());
+        println!("{} {}", w.ws_id, output::esc(&w.path.display().to_string()));
         if let Some(p) = &w.problem {
-            println!("  problem: {p}");
+            println!("  problem: {}", output::esc(p));
         }
         if w.snapshots.is_empty() {
             println!("  (no snapshots)");
