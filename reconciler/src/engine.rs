@@ -127,6 +127,29 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Open for a command that only reads (`status`, `plan`, `list`, `apply --check`) while
+    /// the state directory does not exist: nothing is recorded yet, so there is nothing to
+    /// lock, and nothing is created (check modes leave no trace; SPEC §7.1). `None` when the
+    /// state directory exists: such a command takes the lock with [`Engine::open`].
+    pub fn open_if_nothing_recorded(config: &Config, sys: Arc<dyn Sys>) -> Result<Option<Engine>> {
+        let state_dir = &config.daemon.state_dir;
+        match std::fs::symlink_metadata(state_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("inspect", state_dir, e)),
+            Ok(_) => return Ok(None),
+        }
+        let store = Store::load(state_dir, SystemTime::now())?;
+        Ok(Some(Engine {
+            unclean_detected: false,
+            config: RwLock::new(Arc::new(config.clone())),
+            sys,
+            store,
+            workspaces: WorkspaceLocks::default(),
+            host: ReentrantLock::default(),
+            lock: Mutex::new(None),
+        }))
+    }
+
     /// Clean stop: remove the lock file. (Index journals compact themselves when they grow,
     /// so a stop costs nothing per snapshot.) Further calls do nothing.
     pub fn close(&self) {

@@ -187,9 +187,6 @@ impl Drop for ConnGuard {
 pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: Arc<Handler>) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
@@ -199,6 +196,12 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
                 continue;
             }
         };
+        if stopping.load(Ordering::SeqCst) {
+            // Say so (the request is not run: the client may take it elsewhere); connections
+            // still queued are reset when the listener closes, which says the same.
+            refuse(stream, super::shared::shutting_down());
+            break;
+        }
         let caller = match peer_caller(&stream) {
             Ok(c) => c,
             Err(e) => {

@@ -46,7 +46,7 @@ impl Drop for BusyGuard<'_> {
 }
 
 pub(super) fn shutting_down() -> Error {
-    Error::new(ErrorCode::Busy, "the ws-ckpt daemon is shutting down")
+    Error::new(ErrorCode::Busy, crate::ipc::SHUTTING_DOWN)
         .hint("retry when it is back (systemctl status ws-ckpt)")
 }
 

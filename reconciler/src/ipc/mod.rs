@@ -4,7 +4,7 @@
 //!
 //! This module holds the wire codec, the bounded line reader, the server side of one
 //! connection ([`serve_connection`], generic over the request handler) and the client
-//! ([`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
+//! ([`connect`] + [`exchange`], [`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
 //! decide what a request does: the daemon passes a handler in.
 
 use crate::api::{Request, PROTOCOL_VERSION};
@@ -393,30 +393,47 @@ pub fn serve_connection(
     handled
 }
 
-fn not_running(socket: &Path, e: &std::io::Error) -> Error {
+/// The error of a command that needs the daemon when none answers on `socket`.
+pub fn not_running(socket: &Path) -> Error {
     Error::new(
         ErrorCode::Io,
-        format!("the ws-ckpt daemon is not running (cannot connect to {}: {e})", socket.display()),
+        format!("the ws-ckpt daemon is not running (nothing answers on {})", socket.display()),
     )
     .hint("start it (systemctl start ws-ckpt, or `ws-ckpt daemon`), or run the command as root to work without it")
 }
 
-/// Client: connect to `socket`, send one request line `{"v":1, ...Request}`, read one
-/// response line. `Ok(result)` or the daemon's `Err(Error)`. No socket or connection refused
-/// → an `Io` error saying the daemon is not running. `timeout` bounds each read and write
-/// (zero = wait indefinitely, for long operations such as a large init).
-pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Error> {
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Err(not_running(socket, &e))
-        }
+/// The message of the refusal a stopping daemon sends instead of running a request (the
+/// request was not run: a client may send it elsewhere).
+pub const SHUTTING_DOWN: &str = "the ws-ckpt daemon is shutting down";
+
+/// Client: connect to the daemon's socket. `Ok(None)` when no daemon answers (no socket, or
+/// connection refused); other failures (permission) are errors.
+pub fn connect(socket: &Path) -> Result<Option<UnixStream>, Error> {
+    match UnixStream::connect(socket) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => Ok(None),
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-            return Err(Error::new(ErrorCode::PermissionDenied, format!("cannot connect to the ws-ckpt daemon at {}: {e}", socket.display()))
+            Err(Error::new(ErrorCode::PermissionDenied, format!("cannot connect to the ws-ckpt daemon at {}: {e}", socket.display()))
                 .hint("the socket should be mode 0666 and its directory world-searchable; check the runtime_dir permissions"))
         }
-        Err(e) => return Err(Error::io("cannot connect to the ws-ckpt daemon at", socket, e)),
-    };
+        Err(e) => Err(Error::io("cannot connect to the ws-ckpt daemon at", socket, e)),
+    }
+}
+
+/// What became of a request sent on a connection.
+#[derive(Debug)]
+pub enum Exchange {
+    /// The daemon answered (a result or its error).
+    Answered(Result<Value, Error>),
+    /// The daemon did not run the request: it is shutting down, or the connection was reset
+    /// before the request was read. Safe to send it elsewhere (a new daemon, in-process).
+    NotTaken(Error),
+}
+
+/// Client: send one request line `{"v":1, ...Request}` on `stream` (connected to `socket`)
+/// and read one response line. `timeout` bounds each read and write (zero = wait
+/// indefinitely, for long operations such as a large init).
+pub fn exchange(stream: UnixStream, socket: &Path, req: &Request, timeout: Duration) -> Exchange {
     let t = Some(timeout).filter(|d| !d.is_zero());
     let io = |what: &str, e: std::io::Error| -> Error {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
@@ -429,32 +446,59 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Er
             Error::io(what, socket, e)
         }
     };
-    stream
+    let reset =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+    let answered = Exchange::Answered;
+    if let Err(e) = stream
         .set_read_timeout(t)
-        .map_err(|e| io("cannot configure", e))?;
-    stream
-        .set_write_timeout(t)
-        .map_err(|e| io("cannot configure", e))?;
-    let mut writer = stream.try_clone().map_err(|e| io("cannot use", e))?;
-    write_line(&mut writer, &encode_request(req))
-        .map_err(|e| io("cannot send the request to", e))?;
+        .and_then(|()| stream.set_write_timeout(t))
+    {
+        return answered(Err(io("cannot configure", e)));
+    }
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return answered(Err(io("cannot use", e))),
+    };
+    if let Err(e) = write_line(&mut writer, &encode_request(req)) {
+        let err = io("cannot send the request to", e);
+        return Exchange::NotTaken(err);
+    }
     let mut reader = BufReader::new(stream.take(MAX_RESPONSE_BYTES as u64 + 1));
     match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
-        Ok(Line::Data(line)) => decode_response(&line, socket),
-        Ok(Line::Eof) => Err(Error::new(
+        Ok(Line::Data(line)) => match decode_response(&line, socket) {
+            Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
+            r => answered(r),
+        },
+        Ok(Line::Eof) => answered(Err(Error::new(
             ErrorCode::Io,
             format!(
                 "the ws-ckpt daemon at {} closed the connection without answering",
                 socket.display()
             ),
         )
-        .hint("it may be shutting down; retry, and check `journalctl -u ws-ckpt`")),
-        Err(IpcError::Io { source, .. }) => Err(io("cannot read the answer from", source)),
-        Err(e) => Err(IpcError::BadResponse {
+        .hint("it may have stopped while running the request; check with `ws-ckpt list` or `ws-ckpt status`, and `journalctl -u ws-ckpt`"))),
+        // Reset with our request unread: the daemon never took it.
+        Err(IpcError::Io { source, .. }) if reset(&source) => {
+            Exchange::NotTaken(io("the connection was reset by", source))
+        }
+        Err(IpcError::Io { source, .. }) => answered(Err(io("cannot read the answer from", source))),
+        Err(e) => answered(Err(IpcError::BadResponse {
             socket: socket.display().to_string(),
             why: e.to_string(),
         }
-        .into()),
+        .into())),
+    }
+}
+
+/// Client: [`connect`] then [`exchange`]: `Ok(result)` or the daemon's `Err(Error)`. No
+/// daemon → an `Io` error saying the daemon is not running.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Error> {
+    let Some(stream) = connect(socket)? else {
+        return Err(not_running(socket));
+    };
+    match exchange(stream, socket, req, timeout) {
+        Exchange::Answered(r) => r,
+        Exchange::NotTaken(e) => Err(e),
     }
 }
 
