@@ -2,7 +2,36 @@
 //! line of how to fix it.
 
 use serde::Serialize;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use ws_ckpt::error::Error;
+
+/// A string made safe for a terminal: control characters (C0 including newline and tab,
+/// DEL, C1) are written as escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{9b}`), so a path, message
+/// or file name can neither move the cursor, set the clipboard, nor start a line of its own.
+/// Text without them is returned as is. JSON output is never passed through this.
+pub(crate) fn esc(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control();
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && unsafe_char(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Print a value as pretty JSON on stdout.
 pub(crate) fn json<T: Serialize>(v: &T) {
@@ -12,22 +41,27 @@ pub(crate) fn json<T: Serialize>(v: &T) {
     }
 }
 
-/// Print an error (JSON on stdout in JSON mode, else two lines on stderr).
+/// Print an error: two lines on stderr (what failed, how to fix it), and in JSON mode the
+/// error document on stdout as well. stdout stays empty in table mode, and the message is on
+/// stderr in both modes, because upstream's agent plugins read the phrase from there.
 pub(crate) fn error(e: &Error, as_json: bool) {
     if as_json {
         json(&serde_json::json!({ "error": e }));
-    } else {
-        eprintln!("error: {}", e.message);
-        if let Some(h) = &e.hint {
-            eprintln!("hint: {h}");
-        }
+    }
+    eprintln!("error: {}", esc(&e.message));
+    if let Some(h) = &e.hint {
+        eprintln!("hint: {}", esc(h));
     }
 }
 
-/// A simple left-aligned table.
+/// A simple left-aligned table (every cell escaped with [`esc`]).
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| esc(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if i < widths.len() {
                 widths[i] = widths[i].max(c.chars().count());
@@ -46,7 +80,22 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
         println!("{}", s.trim_end());
     };
     line(headers.to_vec());
-    for r in rows {
+    for r in &rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_untouched() {
+        assert_eq!(esc("plain/path é"), "plain/path é");
+        assert!(matches!(esc("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            esc("a\u{1b}[31mb\u{7}\r\n\tc\u{7f}\u{9b}d"),
+            "a\\x1b[31mb\\x07\\r\\n\\tc\\x7f\\u{9b}d"
+        );
     }
 }

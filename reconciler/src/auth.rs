@@ -107,28 +107,54 @@ fn allowed(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
     false
 }
 
-fn workspace_access(
-    config: &Config,
-    caller: &Caller,
-    req: &Request,
-    w: &WorkspaceEntry,
-) -> Result<()> {
-    let owner_only = matches!(req, Request::Release { .. } | Request::Cleanup { .. });
-    match role(config, caller, w) {
+/// A workspace the caller may not use is answered exactly like one that does not exist
+/// (SPEC §7.2): the error names only what the caller itself gave (the ws_id or the path).
+/// `allow_users`/`allow_groups` may checkpoint, roll back, list, diff and delete single
+/// snapshots; release and cleanup need the owner or root.
+fn workspace_access(config: &Config, caller: &Caller, req: &Request, w: &Addressed) -> Result<()> {
+    let owner_only = matches!(
+        req,
+        Request::Release { .. } | Request::Cleanup { .. } | Request::RecoverPreview { .. }
+    );
+    match role(config, caller, &w.entry) {
         Role::Root | Role::Owner => Ok(()),
         Role::Allowed if !owner_only => Ok(()),
         Role::Allowed => Err(denied(format!(
             "`{}` of workspace {} needs its owner or root: allow_users and allow_groups may checkpoint, roll back, list, diff and delete single snapshots",
             req.op(),
-            w.ws_id
+            w.entry.ws_id
         ))
         .hint("ask the workspace's owner or root to run it")),
-        // Resolution never hands a stranger another user's workspace; should it happen, say
-        // nothing about it.
-        Role::Stranger => Err(Error::new(
-            ErrorCode::WorkspaceNotFound,
-            format!("no workspace {}", w.ws_id),
-        )),
+        Role::Stranger => Err(not_found_as_given(w)),
+    }
+}
+
+/// [`Error::workspace_not_found`] for `w` as the request named it.
+fn not_found_as_given(w: &Addressed) -> Error {
+    if w.by_id {
+        Error::workspace_not_found(&w.entry.ws_id)
+    } else {
+        Error::workspace_not_found(&w.entry.workspace_path.display().to_string())
+    }
+}
+
+/// Retention-policy changes (`config -w WS --…`) delete snapshots in bulk: only the owner
+/// (or root) may make them; `allow_users` may look.
+fn policy_change_access(
+    config: &Config,
+    caller: &Caller,
+    req: &Request,
+    w: &Addressed,
+) -> Result<()> {
+    workspace_access(config, caller, req, w)?;
+    if w.entry.owner_uid == Some(caller.uid) {
+        Ok(())
+    } else {
+        Err(denied(format!(
+            "only the owner of workspace {} or root may change its retention policy",
+            w.entry.ws_id
+        ))
+        .hint("ask its owner or root"))
     }
 }
 
@@ -181,16 +207,29 @@ pub fn authorize(config: &Config, caller: &Caller, req: &Request, target: &Targe
             .hint("run it as root (sudo ws-ckpt ...)"))
         }
         (Request::Status { .. }, _) => Ok(()),
-        (Request::Init { path }, _) => init_access(config, caller, path),
-        (_, Target::Workspace(Addressed { entry, .. })) => {
-            workspace_access(config, caller, req, entry)
+        (Request::Init { path, .. }, _) => init_access(config, caller, path),
+        (Request::Config { change, .. }, Target::Host) if !change.is_empty() => Err(denied(
+            "changing the global configuration needs root".to_string(),
+        )
+        .hint("run it as root (sudo ws-ckpt config -g ...), or change your own workspace's policy with -w")),
+        (Request::Config { change, .. }, Target::Workspace(w)) if !change.is_empty() => {
+            policy_change_access(config, caller, req, w)
         }
+        // Whoever may release a workspace may see what releasing it would delete.
+        (Request::RecoverPreview { .. }, Target::Workspace(w)) => authorize(
+            config,
+            caller,
+            &Request::Release {
+                path: w.entry.workspace_path.clone(),
+            },
+            target,
+        ),
+        (_, Target::Workspace(w)) => workspace_access(config, caller, req, w),
         (_, Target::Unrecorded { path, .. }) => init_access(config, caller, path),
-        // The operation picks the workspace by the (unique) ID among those the caller may use
-        // (resolution drops the others); check every one holding it.
-        (_, Target::Holders(holders)) => holders
-            .iter()
-            .try_for_each(|w| workspace_access(config, caller, req, w)),
+        // The operation picks the one holder among those the caller may use
+        // (`Engine::unique_holder`); refusing here because of another user's workspace would
+        // tell the caller that workspace holds the ID.
+        (_, Target::Holders(_)) => Ok(()),
         (_, Target::Host) => Ok(()),
     }
 }
@@ -209,6 +248,8 @@ pub fn filter_status(
     let visible = visible_workspaces(config, state, caller);
     st.workspaces.retain(|w| visible.contains(&w.ws_id));
     st.findings.retain(|f| finding_visible(f, &visible));
+    // The verdict and its reasons are those of what is left.
+    st.judge();
 }
 
 /// The workspaces `caller` may use.

@@ -2,8 +2,15 @@
 //! socket when one answers; otherwise, for root, in-process on an engine of its own (same
 //! request path, same lock, same JSON result, so the output does not depend on the route).
 //!
-//! This module chooses the transport and nothing else: it neither prints (the CLI does) nor
-//! interprets results.
+//! Hand-off with a daemon that is starting or stopping (SPEC §7.1): one connection per
+//! command (no separate probe); when nothing answers and the lock is held by a daemon, the
+//! command waits for that daemon's socket (bounded by [`START_WAIT`], saying so once on a
+//! terminal) instead of waiting on the lock; a request a stopping daemon did not take (it
+//! says it is shutting down, or the connection is reset) goes to the next daemon or runs
+//! in-process. It never waits on the lock of a running daemon: a daemon that answers is used.
+//!
+//! This module chooses the transport and nothing else: it does not interpret results, and it
+//! prints nothing but that one waiting line (on stderr, only when stderr is a terminal).
 
 use crate::api::{Caller, Progress, Request};
 use crate::config::{Config, DEFAULT_RUNTIME_DIR};
@@ -15,16 +22,38 @@ use crate::sys::linux::LinuxSys;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long an in-process command waits for another in-process command to finish.
 pub const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// How long a command waits for a starting daemon to open its socket (or for the lock).
+pub const START_WAIT: Duration = Duration::from_secs(120);
+
+/// Pause between two looks at the socket and the lock while waiting.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The one line a waiting command prints (stderr, terminals only).
+fn notice(text: &str) {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!("ws-ckpt: {text}");
+    }
+}
+
+/// True when the running process is root.
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
 
 /// The client of one command: the config it was started with and the daemon's socket.
 #[derive(Debug)]
 pub struct Client {
     config: Result<Config>,
     socket: PathBuf,
+    /// The socket was named explicitly (`WS_CKPT_SOCKET`, as upstream's clients do): only a
+    /// daemon there may serve the command, never in-process work on the config's paths.
+    explicit: bool,
 }
 
 impl Client {
@@ -38,9 +67,23 @@ impl Client {
             Ok(c) => ipc::socket_path(c),
             Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
         };
-        Client { config, socket }
+        Client {
+            config,
+            socket,
+            explicit: false,
+        }
     }
 
+    /// Talk to the daemon on `socket` only (`WS_CKPT_SOCKET`): when nothing answers there,
+    /// every command fails with "daemon is not running" instead of running in-process on the
+    /// config's default paths (which may belong to another daemon, e.g. a sidecar's).
+    pub fn with_socket(mut self, socket: Option<PathBuf>) -> Client {
+        if let Some(s) = socket {
+            self.socket = s;
+            self.explicit = true;
+        }
+        self
+    }
     /// The daemon's socket.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -58,48 +101,136 @@ impl Client {
 
     /// Send `req` to the daemon when one answers (each read and write bounded by `timeout`),
     /// else run it in-process as the current user, which needs root. `progress` receives
-    /// progress of long copies in-process.
+    /// progress of long copies in-process. See the module documentation for the hand-off
+    /// with a daemon that is starting or stopping.
     pub fn call(&self, req: Request, timeout: Duration, progress: Progress<'_>) -> Result<Value> {
-        if self.daemon_running() {
-            return ipc::call(&self.socket, &req, timeout);
+        let deadline = Instant::now() + START_WAIT;
+        let mut waited_for: Option<String> = None;
+        let mut wait = |what: String| {
+            if waited_for.as_deref() != Some(what.as_str()) {
+                notice(&format!(
+                    "waiting for {what} (at most {}s)",
+                    START_WAIT.as_secs()
+                ));
+                waited_for = Some(what);
+            }
+            std::thread::sleep(POLL);
+        };
+        loop {
+            let last_chance = Instant::now() >= deadline;
+            if let Some(stream) = ipc::connect(&self.socket)? {
+                match ipc::exchange(stream, &self.socket, &req, timeout) {
+                    ipc::Exchange::Answered(r) => return r,
+                    ipc::Exchange::NotTaken(e) if last_chance => return Err(e),
+                    ipc::Exchange::NotTaken(_) => {
+                        wait("the ws-ckpt daemon to restart".into());
+                        continue;
+                    }
+                }
+            }
+            // Nothing answers. WS_CKPT_SOCKET names one daemon: never fall back to the
+            // configured paths.
+            if self.explicit {
+                return Err(Error::daemon_not_running(&self.socket, "WS_CKPT_SOCKET names it")
+                    .hint("start the daemon that serves this socket, or unset WS_CKPT_SOCKET to use the configured one"));
+            }
+            // A daemon holding the lock is starting: wait for its socket.
+            let config = self.config()?;
+            let holder = crate::lock::holder(&config.daemon.state_dir);
+            let starting = holder.as_ref().filter(|h| h.is_daemon() && h.alive());
+            if let (Some(h), false) = (starting, last_chance) {
+                wait(format!(
+                    "the ws-ckpt daemon (pid {}) to start",
+                    h.pid_text()
+                ));
+                continue;
+            }
+            if !is_root() {
+                return Err(Error::daemon_not_running(
+                    &self.socket,
+                    "and running without it needs root",
+                )
+                .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
+            }
+            match self.in_process(config, &req, progress) {
+                Err(e) if e.code == ErrorCode::Locked && !last_chance => {
+                    // Another in-process command, or a daemon that took the lock just now.
+                    let h = crate::lock::holder(&config.daemon.state_dir);
+                    let who = match &h {
+                        Some(h) if h.is_daemon() => {
+                            format!("the ws-ckpt daemon (pid {}) to start", h.pid_text())
+                        }
+                        Some(h) => format!("ws-ckpt (pid {}) to finish", h.pid_text()),
+                        None => "the ws-ckpt state lock".to_string(),
+                    };
+                    wait(who);
+                }
+                r => return r,
+            }
         }
-        let config = self.config()?.clone();
-        if !nix::unistd::geteuid().is_root() {
-            return Err(Error::new(
-                ErrorCode::PermissionDenied,
-                format!(
-                    "no ws-ckpt daemon answers on {}, and running without it needs root",
-                    self.socket.display()
-                ),
-            )
-            .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
-        }
-        let sys = LinuxSys::new()?;
-        let engine = Engine::open(config, Arc::new(sys), "cli", LOCK_WAIT)?;
-        let result =
-            crate::handler::handle_in_process(&engine, &Caller::this_process(), req, progress);
+    }
+
+    /// Run `req` in-process, taking the state lock without waiting (a read-only request with
+    /// no state directory takes none and creates nothing).
+    fn in_process(&self, config: &Config, req: &Request, progress: Progress<'_>) -> Result<Value> {
+        let sys: Arc<dyn crate::sys::Sys> = Arc::new(LinuxSys::new()?);
+        let reads_only = matches!(
+            req,
+            Request::Status { .. }
+                | Request::Plan { .. }
+                | Request::List { .. }
+                | Request::Apply { check: true, .. }
+        );
+        let unlocked = match reads_only {
+            true => Engine::open_if_nothing_recorded(config, Arc::clone(&sys))?,
+            false => None,
+        };
+        let engine = match unlocked {
+            Some(e) => e,
+            None => Engine::open(config.clone(), sys, "cli", Duration::ZERO)?,
+        };
+        let result = crate::handler::handle_in_process(
+            &engine,
+            &Caller::this_process(),
+            req.clone(),
+            progress,
+        );
         engine.close();
         result
     }
 
-    /// Send `req` to the running daemon; an error saying so when none answers.
+    /// Send `req` to the running daemon (one connection); an error saying so when none
+    /// answers.
     pub fn call_daemon(&self, req: &Request, timeout: Duration) -> Result<Value> {
-        if !self.daemon_running() {
-            return Err(Error::new(
-                ErrorCode::Io,
-                format!("no ws-ckpt daemon answers on {}", self.socket.display()),
-            )
+        let Some(stream) = ipc::connect(&self.socket)? else {
+            return Err(Error::daemon_not_running(&self.socket, "this command needs it")
             .hint("start it (systemctl start ws-ckpt); without a daemon, `ws-ckpt apply` converges directly"));
+        };
+        match ipc::exchange(stream, &self.socket, req, timeout) {
+            ipc::Exchange::Answered(r) => r,
+            ipc::Exchange::NotTaken(e) => Err(e),
         }
-        ipc::call(&self.socket, req, timeout)
     }
 
     /// `daemon --check`: the plan of the running daemon, or (none running) one planning pass
     /// in-process that neither takes nor changes the lock. The plan as JSON.
     pub fn check_plan(&self, timeout: Duration) -> Result<Value> {
         let config = self.config()?;
-        if self.daemon_running() {
-            return ipc::call(&self.socket, &Request::Plan { prune: false }, timeout);
+        if let Some(stream) = ipc::connect(&self.socket)? {
+            if let ipc::Exchange::Answered(r) = ipc::exchange(
+                stream,
+                &self.socket,
+                &Request::Plan { prune: false },
+                timeout,
+            ) {
+                return r;
+            }
+        }
+        if self.explicit {
+            return Err(Error::daemon_not_running(
+                &self.socket,
+                "WS_CKPT_SOCKET names it",
+            ));
         }
         let sys = LinuxSys::new()?;
         let store = crate::store::Store::load(&config.daemon.state_dir, SystemTime::now())?;

@@ -119,6 +119,11 @@ impl Engine {
             host: ReentrantLock::default(),
             lock: Mutex::new(Some(lock)),
         };
+        if engine.store.has_unsettled() {
+            // A checkpoint whose process stopped after its record: kept when its snapshot is
+            // there (resolving the storage settles it), else withdrawn.
+            let _ = engine.light_resolution();
+        }
         if engine.unclean_detected {
             tracing::warn!(
                 lock = %engine.state_dir().join(crate::lock::LOCK_FILE).display(),
@@ -133,6 +138,29 @@ impl Engine {
             }
         }
         Ok(engine)
+    }
+
+    /// Open for a command that only reads (`status`, `plan`, `list`, `apply --check`) while
+    /// the state directory does not exist: nothing is recorded yet, so there is nothing to
+    /// lock, and nothing is created (check modes leave no trace; SPEC §7.1). `None` when the
+    /// state directory exists: such a command takes the lock with [`Engine::open`].
+    pub fn open_if_nothing_recorded(config: &Config, sys: Arc<dyn Sys>) -> Result<Option<Engine>> {
+        let state_dir = &config.daemon.state_dir;
+        match std::fs::symlink_metadata(state_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("inspect", state_dir, e)),
+            Ok(_) => return Ok(None),
+        }
+        let store = Store::load(state_dir, SystemTime::now())?;
+        Ok(Some(Engine {
+            unclean_detected: false,
+            config: RwLock::new(Arc::new(config.clone())),
+            sys,
+            store,
+            workspaces: WorkspaceLocks::default(),
+            host: ReentrantLock::default(),
+            lock: Mutex::new(None),
+        }))
     }
 
     /// Clean stop: remove the lock file. (Index journals compact themselves when they grow,
@@ -200,8 +228,8 @@ impl Engine {
 
     /// Reload the config from its file (after our own edits, or on SIGHUP).
     pub fn reload_config(&self) -> Result<()> {
-        let path = self.config().config_path.clone();
-        self.set_config(Config::load(&path)?);
+        // `reload` keeps the command-line settings (`daemon --mount-path`, `--socket`, …).
+        self.set_config(self.config().reload()?);
         Ok(())
     }
 
@@ -253,6 +281,13 @@ impl Engine {
             ..popts
         };
         for round in 0..MAX_ROUNDS {
+            if self.store.has_unsettled() {
+                // Interrupted checkpoints keep their message, metadata and pin (never adopted
+                // bare) once their snapshot is seen.
+                if let Ok(res) = self.light_resolution() {
+                    self.settle_checkpoints(&res);
+                }
+            }
             let config = self.config();
             let (persisted, generations) = self.store.snapshot_with_generations();
             let p = self.plan_from(&config, &persisted, popts);
@@ -453,39 +488,57 @@ impl Engine {
     }
 
     /// `ws-ckpt init PATH`: declare in a drop-in, then apply (the host steps and this
-    /// workspace's only); report the workspace.
+    /// workspace's only); report the workspace. Unless `force`, a directory in which a process
+    /// other than `caller` (and this one) has its working directory is refused before anything
+    /// changes (as upstream 0.3.3+).
     pub fn init(
         &self,
         path: &Path,
+        force: bool,
+        caller: &crate::api::Caller,
         progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> Result<InitReport> {
-        self.init_as(path, None, progress)
-    }
-
-    /// [`Engine::init`] on behalf of `owner` (a non-root caller): the directory must be hers
-    /// when it is opened for the copy. The path is taken as sent (made absolute, `.`/`..`
-    /// removed), never resolved again: the caller's CLI resolved it as her.
-    pub fn init_as(
-        &self,
-        path: &Path,
-        owner: Option<u32>,
-        progress: &mut dyn FnMut(&str, &crate::tree::Progress),
-    ) -> Result<InitReport> {
+        // Taken as sent (made absolute, `.`/`..` removed), never resolved again as root: the
+        // caller's CLI resolved it as the caller.
         let path = crate::paths::lexical_absolute(path)?;
-        let declared = self.in_host(|| self.declare_for_init(&path))?;
+        let owner = (!caller.is_root()).then_some(caller.uid);
+        let cwd_guard = || match force {
+            true => Ok(()),
+            false => crate::procs::guard_init(&path, caller),
+        };
+        let declared = self.in_host(|| self.declare_for_init(&path, &cwd_guard))?;
         let (decl_file, newly_declared) = match declared {
             Declared::Already(report) => return Ok(report),
             Declared::In { file, new } => (file, new),
         };
-        let report = self.apply(
-            ApplyOptions {
-                only: Some(path.clone()),
-                retry_failed: true,
-                init_owner: owner.map(|uid| (path.clone(), uid)),
-                ..Default::default()
-            },
-            progress,
-        );
+        let opts = || ApplyOptions {
+            only: Some(path.clone()),
+            retry_failed: true,
+            init_owner: owner.map(|uid| (path.clone(), uid)),
+            ..Default::default()
+        };
+        let mut report = self.apply(opts(), progress);
+        for _ in 0..3 {
+            if self.workspace_by_path(&path).is_some() {
+                break;
+            }
+            // Another pass (a watch trigger, a concurrent request) may be initializing it
+            // right now: its pending init is recorded. Wait for that workspace, look again.
+            let in_flight = self
+                .store
+                .read()
+                .pending()
+                .iter()
+                .find_map(|o| match &o.kind {
+                    crate::state::PendingKind::Init { path: p, ws_id, .. } if *p == path => {
+                        Some(ws_id.clone())
+                    }
+                    _ => None,
+                });
+            let Some(ws_id) = in_flight else { break };
+            self.in_workspace(&ws_id, || ());
+            report = self.apply(opts(), progress);
+        }
         match self.workspace_by_path(&path) {
             Some(w) => Ok(InitReport {
                 ws_id: w.ws_id,
@@ -516,7 +569,11 @@ impl Engine {
 
     /// The config side of `init` (under the host lock): already a workspace, or declared now
     /// (in which file, and whether this call added the declaration).
-    fn declare_for_init(&self, path: &Path) -> Result<Declared> {
+    fn declare_for_init(
+        &self,
+        path: &Path,
+        cwd_guard: &dyn Fn() -> Result<()>,
+    ) -> Result<Declared> {
         let config = self.config();
         if let Some(w) = self.workspace_by_path(path) {
             if config
@@ -534,8 +591,12 @@ impl Engine {
             }
         }
         let (file, new) = match config.workspace(path) {
-            Some(d) if d.state == DeclState::Present => (d.source.clone(), false),
+            Some(d) if d.state == DeclState::Present => {
+                cwd_guard()?;
+                (d.source.clone(), false)
+            }
             Some(d) => {
+                cwd_guard()?;
                 edit::set_workspace_state(&d.source, path, DeclState::Present)?;
                 (d.source.clone(), false)
             }
@@ -547,6 +608,7 @@ impl Engine {
                     )
                     .hint("choose a project directory of your own"));
                 }
+                cwd_guard()?;
                 let taken = |id: &str| {
                     self.store
                         .read()
@@ -652,13 +714,7 @@ impl Engine {
         let path = absolute_user_path(path)?;
         self.workspace_by_path(&path)
             .filter(|w| visible(w))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::WorkspaceNotFound,
-                    format!("{} is not a workspace", path.display()),
-                )
-                .hint("`ws-ckpt list` shows the workspaces")
-            })
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
@@ -671,6 +727,10 @@ impl Engine {
     ) -> Result<ReleaseReport> {
         let ws = ws.clone();
         let path = ws.workspace_path.clone();
+        // A real directory at the path is never overwritten: refuse before declaring anything.
+        if let Some(why) = release_blocker(&ws) {
+            return Err(Error::new(ErrorCode::WorkspaceDetached, why));
+        }
         self.in_host(|| {
             let config = self.config();
             match config.workspace(&path) {
@@ -736,25 +796,12 @@ impl Engine {
             return Ok(w);
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("no workspace with ID {spec}"),
-            )
-            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
+            return Err(Error::workspace_not_found(spec));
         }
         let path = absolute_user_path(Path::new(spec))?;
         self.workspace_by_path(&path)
             .filter(|w| visible(w))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::WorkspaceNotFound,
-                    format!("{} is not a workspace", path.display()),
-                )
-                .hint(format!(
-                    "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
-                    path.display()
-                ))
-            })
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
@@ -776,6 +823,19 @@ impl Engine {
     /// The state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.config().daemon.state_dir.clone()
+    }
+}
+
+/// Why releasing `w` cannot succeed now, as far as its path shows: a real directory or a file
+/// occupies it (never overwritten, SPEC §5.4).
+pub fn release_blocker(w: &WorkspaceEntry) -> Option<String> {
+    match crate::observe::path_state(&w.workspace_path) {
+        PathState::Dir { .. } | PathState::Other => Some(format!(
+            "cannot recover workspace {}: {p} is a real directory or file now, not the workspace symlink; move it aside (e.g. `mv {p} {p}.moved`) and retry; the workspace and its snapshots are kept",
+            w.ws_id,
+            p = w.workspace_path.display()
+        )),
+        _ => None,
     }
 }
 

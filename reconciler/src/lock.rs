@@ -134,6 +134,51 @@ impl DaemonLock {
     }
 }
 
+/// Who holds (or last held) the lock, as its holder wrote it in the lock file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid (`None`: not written yet, or unreadable).
+    pub pid: Option<u32>,
+    /// `daemon` or `cli` (`None`: not written yet).
+    pub role: Option<String>,
+}
+
+impl Holder {
+    /// The holder is a daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.role.as_deref() == Some("daemon")
+    }
+
+    /// The pid for messages (`unknown` when not written yet).
+    pub fn pid_text(&self) -> String {
+        self.pid
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string())
+    }
+
+    /// Its process exists (a pid that was written and is alive).
+    pub fn alive(&self) -> bool {
+        let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) else {
+            return false;
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(()) => true,
+            Err(e) => e == nix::errno::Errno::EPERM,
+        }
+    }
+}
+
+/// What the lock file of `state_dir` says about its holder; `None` when there is no lock file
+/// (or it cannot be read, e.g. by a user who may not read the state directory). Says nothing
+/// about whether the lock is held now.
+pub fn holder(state_dir: &Path) -> Option<Holder> {
+    let content = std::fs::read_to_string(state_dir.join(LOCK_FILE)).ok()?;
+    let mut words = content.split_whitespace();
+    Some(Holder {
+        pid: words.next().and_then(|p| p.parse().ok()),
+        role: words.next().map(str::to_string),
+    })
+}
+
 impl From<LockError> for crate::error::Error {
     fn from(e: LockError) -> Self {
         use crate::error::{Error, ErrorCode};

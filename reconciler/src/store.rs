@@ -17,11 +17,12 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Persisted, StateProblem};
+use crate::state::lineage;
 use crate::state::{
-    load_state, save_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
+    load_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
     WorkspaceEntry, WorkspaceIndex,
 };
-use crate::state::{PendingEntry, PendingKind, PendingOp};
+use crate::state::{PendingChange, PendingKind, PendingOp, StateJournal};
 use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::Path;
@@ -39,6 +40,11 @@ pub struct Store {
 struct Inner {
     p: Persisted,
     indexes: IndexStore,
+    /// state.json and the journal of its pending operations.
+    journal: StateJournal,
+    /// ws_id → checkpoint intents withdrawn in memory whose `remove` line could not be
+    /// written yet: written before anything else is appended to that journal.
+    withdrawn: BTreeMap<String, Vec<String>>,
     /// ws_id → changes recorded for that workspace (its index, its pending operations, its
     /// entry); `None` → host-level changes. A plan made from a snapshot is still valid for a
     /// workspace whose generation did not move.
@@ -55,9 +61,57 @@ impl Inner {
 
     fn save(&self) -> Result<()> {
         if let Some(s) = &self.p.state {
-            save_state(&self.p.state_path, s)?;
+            self.journal.save(s)?;
         }
         Ok(())
+    }
+
+    /// Record one change of the pending operations (one journal line), then apply it.
+    fn change_pending(&mut self, change: PendingChange, ws_id: Option<&str>) -> Result<()> {
+        let state = self.p.state.as_ref().ok_or_else(no_state)?;
+        self.journal.append(&change, state)?;
+        if let Some(s) = self.p.state.as_mut() {
+            change.apply(s);
+        }
+        self.bump(ws_id);
+        Ok(())
+    }
+
+    /// Before another line goes to `ws_id`'s journal: write the withdrawals still owed, and
+    /// keep an intent left unsettled since the load (the next line would confirm it anyway;
+    /// kept, a snapshot that does not exist shows as MISSING, never a pin silently lost).
+    fn prepare_append(&mut self, ws_id: &str) -> Result<()> {
+        if let Some(ids) = self.withdrawn.get(ws_id).cloned() {
+            for id in ids {
+                let before = self.index_or_new(ws_id);
+                self.indexes
+                    .append(ws_id, &lineage::withdraw(&before, &id), &before)?;
+                if let Some(list) = self.withdrawn.get_mut(ws_id) {
+                    list.retain(|x| *x != id);
+                }
+            }
+            self.withdrawn.remove(ws_id);
+        }
+        if let Some(idx) = self.p.indexes.get_mut(ws_id) {
+            if let Some((id, entry)) = Arc::make_mut(idx).unsettled.take() {
+                tracing::warn!(ws_id, snapshot = %id, "keeping an unsettled checkpoint record");
+                Arc::make_mut(idx).apply(&IndexOp::Checkpoint { id, entry });
+            }
+        }
+        Ok(())
+    }
+
+    fn index_or_new(&self, ws_id: &str) -> Arc<WorkspaceIndex> {
+        self.p.indexes.get(ws_id).cloned().unwrap_or_else(|| {
+            let path = self
+                .p
+                .state
+                .as_ref()
+                .and_then(|s| s.workspace(ws_id))
+                .map(|w| w.workspace_path.clone())
+                .unwrap_or_default();
+            Arc::new(WorkspaceIndex::new(path))
+        })
     }
 
     /// Change the state with `f`, write it when it changed, and put it back when the write
@@ -75,25 +129,26 @@ impl Inner {
         Ok(r)
     }
 
+    /// Append `op` to `ws_id`'s journal, then apply it in memory (never before).
     fn apply_index_op(&mut self, ws_id: &str, op: IndexOp) -> Result<()> {
-        let path = self
-            .p
-            .state
-            .as_ref()
-            .and_then(|s| s.workspace(ws_id))
-            .map(|w| w.workspace_path.clone())
-            .unwrap_or_default();
-        let mut after = self
-            .p
-            .indexes
-            .get(ws_id)
-            .map(|i| WorkspaceIndex::clone(i))
-            .unwrap_or_else(|| WorkspaceIndex::new(path));
-        after.apply(&op);
-        self.indexes.append(ws_id, &op, &after)?;
-        self.p.indexes.insert(ws_id.to_string(), Arc::new(after));
-        self.bump(Some(ws_id));
+        self.prepare_append(ws_id)?;
+        let before = self.index_or_new(ws_id);
+        self.indexes.append(ws_id, &op, &before)?;
+        self.change_index(ws_id, before, |i| i.apply(&op));
         Ok(())
+    }
+
+    /// Replace `ws_id`'s index by `idx` changed by `f` (in place when nothing else shares it).
+    fn change_index(
+        &mut self,
+        ws_id: &str,
+        mut idx: Arc<WorkspaceIndex>,
+        f: impl FnOnce(&mut WorkspaceIndex),
+    ) {
+        self.p.indexes.remove(ws_id);
+        f(Arc::make_mut(&mut idx));
+        self.p.indexes.insert(ws_id.to_string(), idx);
+        self.bump(Some(ws_id));
     }
 }
 
@@ -121,9 +176,13 @@ impl Store {
             state_path: state_path.clone(),
             ..Default::default()
         };
+        let journal = StateJournal::new(&state_path);
         match load_state(&state_path, now)? {
             StateLoad::Missing => {}
-            StateLoad::Loaded(s) => p.state = Some(s),
+            StateLoad::Loaded(mut s) => {
+                journal.replay_into(&mut s, now)?;
+                p.state = Some(s)
+            }
             StateLoad::Corrupt { moved_to, error } => {
                 tracing::warn!(path = %state_path.display(), moved_to = %moved_to.display(), %error, "state.json is corrupt; moved aside, rebuilding from disk");
                 p.problem = Some(StateProblem::Corrupt { moved_to, error })
@@ -155,8 +214,10 @@ impl Store {
     pub fn from_parts(p: Persisted, indexes: IndexStore) -> Store {
         Store {
             inner: Mutex::new(Inner {
+                journal: StateJournal::new(&p.state_path),
                 p,
                 indexes,
+                withdrawn: BTreeMap::new(),
                 generations: BTreeMap::new(),
             }),
         }
@@ -217,43 +278,32 @@ impl Store {
             .ok_or_else(no_state)
     }
 
-    /// Record a pending operation durably; returns its ID.
+    /// Record a pending operation durably (one journal line); returns its ID. When it cannot
+    /// be written it is not recorded in memory either.
     pub fn begin(&self, kind: PendingKind) -> Result<String> {
         let op_id = new_op_id();
         let ws = kind.ws_id().map(str::to_string);
-        let op = PendingOp {
+        let pending = PendingOp {
             op_id: op_id.clone(),
             started_at: crate::time::now_rfc3339(),
             kind,
         };
-        let mut g = self.lock();
-        g.update_state(|s| s.as_mut().map(|s| s.pending.push(PendingEntry::Op(op))))?
-            .ok_or_else(no_state)?;
-        g.bump(ws.as_deref());
+        self.lock()
+            .change_pending(PendingChange::Begin { pending }, ws.as_deref())?;
         Ok(op_id)
     }
 
-    /// Replace a pending operation's recorded kind (phase change) durably.
+    /// Replace a pending operation's recorded kind (phase change) durably (one journal line).
     pub fn update(&self, op_id: &str, kind: PendingKind) -> Result<()> {
         let ws = kind.ws_id().map(str::to_string);
-        let mut g = self.lock();
-        g.update_state(|s| {
-            s.as_mut().map(|s| {
-                for entry in s.pending.iter_mut() {
-                    if let PendingEntry::Op(op) = entry {
-                        if op.op_id == op_id {
-                            op.kind = kind.clone();
-                        }
-                    }
-                }
-            })
-        })?
-        .ok_or_else(no_state)?;
-        g.bump(ws.as_deref());
-        Ok(())
+        let change = PendingChange::Update {
+            op_id: op_id.to_string(),
+            kind,
+        };
+        self.lock().change_pending(change, ws.as_deref())
     }
 
-    /// Forget a finished pending operation durably.
+    /// Forget a finished pending operation durably (one journal line).
     pub fn end(&self, op_id: &str) -> Result<()> {
         let mut g = self.lock();
         let ws =
@@ -261,15 +311,10 @@ impl Store {
                 .into_iter()
                 .find(|o| o.op_id == op_id)
                 .and_then(|o| o.kind.ws_id().map(str::to_string));
-        g.update_state(|s| {
-            s.as_mut().map(|s| {
-                s.pending
-                    .retain(|e| e.op().is_none_or(|op| op.op_id != op_id))
-            })
-        })?
-        .ok_or_else(no_state)?;
-        g.bump(ws.as_deref());
-        Ok(())
+        let change = PendingChange::End {
+            op_id: op_id.to_string(),
+        };
+        g.change_pending(change, ws.as_deref())
     }
 
     /// Drop a pending operation from memory only (its removal could not be written): it has
@@ -345,6 +390,7 @@ impl Store {
         g.bump(Some(ws_id));
         g.indexes.remove(ws_id)?;
         g.p.indexes.remove(ws_id);
+        g.withdrawn.remove(ws_id);
         Ok(())
     }
 
@@ -366,10 +412,124 @@ impl Store {
         self.lock().apply_index_op(ws_id, op)
     }
 
-    /// Remove one snapshot entry (one journal append).
+    /// The live workspace now equals snapshot `id` (after a rollback): it becomes the lineage
+    /// head. One journal append.
+    pub fn set_head(&self, ws_id: &str, id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let Some(idx) = g.p.indexes.get(ws_id) else {
+            return Ok(());
+        };
+        let op = lineage::rolled_back_to(idx, id);
+        g.apply_index_op(ws_id, op)
+    }
+
+    /// Remove one snapshot entry, linking its lineage children to its parent (one journal
+    /// append).
     pub fn remove_snapshot(&self, ws_id: &str, id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let op = match g.p.indexes.get(ws_id) {
+            Some(idx) => lineage::remove(idx, id),
+            None => IndexOp::Remove { id: id.to_string() },
+        };
+        g.apply_index_op(ws_id, op)
+    }
+
+    /// The one durable record of a checkpoint, written BEFORE its snapshot ioctl (message,
+    /// metadata and pin included): a checkpoint interrupted after its snapshot is adopted with
+    /// them. Memory is unchanged until [`Store::confirm_checkpoint`]; on error nothing is
+    /// recorded. The caller holds the workspace's lock until it confirms or withdraws.
+    pub fn record_checkpoint(&self, ws_id: &str, id: &str, entry: &SnapshotEntry) -> Result<()> {
+        let mut g = self.lock();
+        g.prepare_append(ws_id)?;
+        let before = g.index_or_new(ws_id);
+        let op = IndexOp::Checkpoint {
+            id: id.to_string(),
+            entry: entry.clone(),
+        };
+        g.indexes.append(ws_id, &op, &before)?;
+        Ok(())
+    }
+
+    /// The snapshot of a recorded checkpoint exists: it is listed from now on, and a
+    /// `confirm` line is appended without `fdatasync` (a later process must not withdraw an
+    /// acknowledged checkpoint whose snapshot was deleted behind our back; when the line is
+    /// lost in a power cut, the snapshot itself confirms it, and so does any later line).
+    pub fn confirm_checkpoint(&self, ws_id: &str, id: &str, entry: SnapshotEntry) {
+        let mut g = self.lock();
+        let idx = g.index_or_new(ws_id);
+        g.change_index(ws_id, idx, |i| {
+            // With its lineage links, as the intent line is applied on the next load.
+            i.apply(&IndexOp::Checkpoint {
+                id: id.to_string(),
+                entry,
+            });
+        });
+        let op = IndexOp::Confirm { id: id.to_string() };
+        if let Err(e) = g.indexes.append_unsynced(ws_id, &op) {
+            tracing::warn!(ws_id, snapshot = id, error = %e, "cannot append the confirmation of a checkpoint; the next line of the journal confirms it");
+        }
+    }
+
+    /// The snapshot of a recorded checkpoint was not made: withdraw the record (a `remove`
+    /// line; when that cannot be written now, it is written before the next line of this
+    /// journal, and a restart settles the intent by the snapshot's absence anyway).
+    pub fn withdraw_checkpoint(&self, ws_id: &str, id: &str) {
+        let mut g = self.lock();
+        let before = g.index_or_new(ws_id);
+        let op = lineage::withdraw(&before, id);
+        if let Err(e) = g.indexes.append(ws_id, &op, &before) {
+            tracing::warn!(ws_id, snapshot = id, error = %e, "cannot write the withdrawal of a failed checkpoint yet");
+            g.withdrawn
+                .entry(ws_id.to_string())
+                .or_default()
+                .push(id.to_string());
+        }
+    }
+
+    /// Settle the checkpoint intents left unsettled by an interrupted process (see
+    /// `state::index`): `exists(ws_id, id)` says whether the snapshot exists (`None`: cannot
+    /// tell now, e.g. storage unavailable; it stays unsettled). Existing ones are kept with
+    /// their message, metadata and pin; the others are withdrawn. No write unless a
+    /// withdrawal is owed (and then at the next append). Returns how many were settled.
+    pub fn settle_checkpoints(&self, exists: impl Fn(&str, &str) -> Option<bool>) -> usize {
+        let mut g = self.lock();
+        let pending: Vec<(String, String)> =
+            g.p.indexes
+                .iter()
+                .filter_map(|(ws, i)| i.unsettled.as_ref().map(|(id, _)| (ws.clone(), id.clone())))
+                .collect();
+        let mut settled = 0;
+        for (ws_id, id) in pending {
+            let Some(found) = exists(&ws_id, &id) else {
+                continue;
+            };
+            let Some(idx) = g.p.indexes.get_mut(&ws_id) else {
+                continue;
+            };
+            let idx = Arc::make_mut(idx);
+            let Some((id, entry)) = idx.unsettled.take() else {
+                continue;
+            };
+            if found {
+                tracing::info!(ws_id, snapshot = %id, "an interrupted checkpoint's snapshot exists: kept with its message, metadata and pin");
+                idx.apply(&IndexOp::Checkpoint { id, entry });
+            } else {
+                tracing::info!(ws_id, snapshot = %id, "an interrupted checkpoint has no snapshot: withdrawn");
+                g.withdrawn.entry(ws_id.clone()).or_default().push(id);
+            }
+            g.bump(Some(&ws_id));
+            settled += 1;
+        }
+        settled
+    }
+
+    /// Whether some workspace has an unsettled checkpoint intent.
+    pub fn has_unsettled(&self) -> bool {
         self.lock()
-            .apply_index_op(ws_id, IndexOp::Remove { id: id.to_string() })
+            .p
+            .indexes
+            .values()
+            .any(|i| i.unsettled.is_some())
     }
 }
 

@@ -4,7 +4,6 @@ use super::{call, json_mode, parse, str_of, QUICK, SLOW};
 use crate::args::Cli;
 use crate::output;
 use ws_ckpt::api::Request;
-use ws_ckpt::client::Client;
 use ws_ckpt::engine::ApplyReport;
 use ws_ckpt::error::Error;
 use ws_ckpt::execute::Outcome;
@@ -45,7 +44,7 @@ pub(super) fn apply(cli: &Cli, check: bool, diff: bool, prune: bool) -> Result<i
 
 /// `reload`: only through the daemon.
 pub(super) fn reload(cli: &Cli) -> Result<i32, Error> {
-    let v = Client::new(&cli.config).call_daemon(&Request::Reload, SLOW)?;
+    let v = super::client(cli).call_daemon(&Request::Reload, SLOW)?;
     let r: ApplyReport = parse(&v)?;
     if json_mode(cli) {
         output::json(&v)
@@ -67,8 +66,9 @@ fn severity_label(s: Severity) -> &'static str {
 pub(super) fn print_findings(findings: &[Finding]) {
     for f in findings {
         let kind = str_of(&serde_json::to_value(f.kind).unwrap_or_default());
-        println!("{} [{kind}] {}", severity_label(f.severity), f.message);
-        println!("    fix: {}", f.hint);
+        let (message, hint) = (output::esc(&f.message), output::esc(&f.hint));
+        println!("{} [{kind}] {message}", severity_label(f.severity));
+        println!("    fix: {hint}");
     }
 }
 
@@ -78,7 +78,7 @@ fn print_plan(p: &Plan) {
     } else {
         println!("{} action(s) pending:", p.actions.len());
         for a in &p.actions {
-            println!("  {:<20} {}", a.name(), a.describe());
+            println!("  {:<20} {}", a.name(), output::esc(&a.describe()));
         }
     }
     print_findings(&p.findings);
@@ -90,7 +90,7 @@ fn print_apply(r: &ApplyReport, diff: bool) {
     }
     for a in &r.actions {
         let detail = if diff || a.result != Outcome::Done {
-            format!(" {}", a.action.describe())
+            format!(" {}", output::esc(&a.action.describe()))
         } else {
             a.action
                 .ws_id()
@@ -99,9 +99,9 @@ fn print_apply(r: &ApplyReport, diff: bool) {
         };
         println!("{:<8} {}{detail}", a.result.to_string(), a.action.name());
         if let Some(e) = &a.error {
-            println!("    error: {}", e.message);
+            println!("    error: {}", output::esc(&e.message));
             if let Some(h) = &e.hint {
-                println!("    hint: {h}");
+                println!("    hint: {}", output::esc(h));
             }
         }
     }

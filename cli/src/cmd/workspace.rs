@@ -8,16 +8,22 @@ use ws_ckpt::api::Request;
 use ws_ckpt::engine::{InitReport, ReleaseReport};
 use ws_ckpt::error::Error;
 
-/// `init PATH`.
-pub(super) fn init(cli: &Cli, path: &Path) -> Result<i32, Error> {
-    let v = call(cli, Request::Init { path: abs(path)? }, SLOW)?;
+/// `init PATH` / `init -w PATH` [`--force`].
+pub(super) fn init(cli: &Cli, path: &Path, force: bool) -> Result<i32, Error> {
+    let req = Request::Init {
+        path: abs(path)?,
+        force,
+    };
+    let v = call(cli, req, SLOW)?;
     let r: InitReport = parse(&v)?;
     if json_mode(cli) {
         output::json(&v)
     } else if r.changed {
-        println!("{} is now workspace {}", r.path.display(), r.ws_id);
+        let path = r.path.display().to_string();
+        println!("{} is now workspace {}", output::esc(&path), r.ws_id);
     } else {
-        println!("{} is already workspace {}", r.path.display(), r.ws_id);
+        let path = r.path.display().to_string();
+        println!("{} is already workspace {}", output::esc(&path), r.ws_id);
     }
     Ok(0)
 }
@@ -31,7 +37,7 @@ pub(super) fn release(cli: &Cli, path: &Path) -> Result<i32, Error> {
     } else {
         println!(
             "{} is a plain directory again (workspace {} released)",
-            r.path.display(),
+            output::esc(&r.path.display().to_string()),
             r.ws_id
         );
     }

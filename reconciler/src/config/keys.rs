@@ -174,6 +174,11 @@ pub const DOCS: &[KeyDoc] = &[
         text: "How often the automatic retention pass runs (when auto_cleanup is true).",
     },
     KeyDoc {
+        key: "retention.max_snapshots",
+        value: "integer (1 to 1000000; default 10000)",
+        text: "Most snapshots one workspace may hold. A checkpoint beyond it is refused with an error naming max_snapshots; delete or clean up snapshots (or raise the limit) to take more.",
+    },
+    KeyDoc {
         key: "access.user_init",
         value: "boolean",
         text: "Let a non-root caller `ws-ckpt init` (or checkpoint) a directory it owns, which declares it in config.d. When false only root declares workspaces.",
@@ -197,6 +202,11 @@ pub const DOCS: &[KeyDoc] = &[
         key: "workspace.auto_cleanup",
         value: "boolean",
         text: "Overrides retention.auto_cleanup for this workspace.",
+    },
+    KeyDoc {
+        key: "workspace.max_snapshots",
+        value: "integer (1 to 1000000)",
+        text: "Overrides retention.max_snapshots for this workspace.",
     },
     KeyDoc {
         key: "workspace.allow_users",

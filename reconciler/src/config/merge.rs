@@ -10,8 +10,8 @@ use super::types::{
 };
 use super::validate::validate_file;
 use super::{
-    DEFAULT_IMAGE_NAME, DEFAULT_LEGACY_IMAGE, DEFAULT_LOOP_MOUNT, DEFAULT_RUNTIME_DIR,
-    DEFAULT_STATE_DIR, DROPIN_DIR_NAME,
+    DEFAULT_IMAGE_NAME, DEFAULT_LEGACY_IMAGE, DEFAULT_LOOP_MOUNT, DEFAULT_MAX_SNAPSHOTS,
+    DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, DROPIN_DIR_NAME,
 };
 use indexmap::IndexMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,9 @@ fn decl_differences(a: &WorkspaceDecl, b: &WorkspaceDecl) -> Vec<&'static str> {
     }
     if a.auto_cleanup != b.auto_cleanup {
         out.push("auto_cleanup");
+    }
+    if a.max_snapshots != b.max_snapshots {
+        out.push("max_snapshots");
     }
     if a.allow_users != b.allow_users {
         out.push("allow_users");
@@ -75,12 +78,14 @@ impl Config {
                 auto_cleanup: false,
                 keep: Keep::Count(20),
                 interval: Duration::from_secs(24 * 3600),
+                max_snapshots: DEFAULT_MAX_SNAPSHOTS,
             },
             access: AccessSettings { user_init: true },
             workspaces: Vec::new(),
             config_path: config_path.to_path_buf(),
             dropin_dir: dropin_dir_for(config_path),
             files: Vec::new(),
+            overrides: Default::default(),
         }
     }
 
@@ -169,6 +174,7 @@ impl Config {
             set(&mut r.auto_cleanup, layer.auto_cleanup);
             set(&mut r.keep, layer.keep);
             set(&mut r.interval, layer.retention_interval);
+            set(&mut r.max_snapshots, layer.max_snapshots);
             set(&mut config.access.user_init, layer.user_init);
 
             for (decl, loc, id_loc) in layer.workspaces {

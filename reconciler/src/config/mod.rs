@@ -29,14 +29,15 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use edit::{
-    declare_workspace, remove_workspace, set_workspace_state, write_migrated, EditError,
+    declare_workspace, remove_workspace, set_workspace_state, write_migrated, EditError, GlobalKey,
+    MigratedDecl, MigratedPolicy, SettingValue,
 };
 pub(crate) use error::error_at;
 pub use error::ConfigError;
 pub use merge::dropin_dir_for;
 pub use types::{
     AccessSettings, BackendKind, BackendSettings, BaseSettings, Config, DaemonSettings, DeclState,
-    InvalidValue, Keep, LoopSettings, RetentionSettings, WorkspaceDecl,
+    InvalidValue, Keep, LoopSettings, Overrides, RetentionSettings, WorkspaceDecl,
 };
 pub(crate) use validate::normalize_abs_path;
 
@@ -52,6 +53,10 @@ pub const DEFAULT_RUNTIME_DIR: &str = "/run/ws-ckpt";
 pub const DEFAULT_LEGACY_IMAGE: &str = "/data/ws-ckpt/btrfs-data.img";
 /// Default `[backend.btrfs-loop] mount`.
 pub const DEFAULT_LOOP_MOUNT: &str = "/mnt/btrfs-workspace";
+/// Default `[retention] max_snapshots` (snapshots one workspace may hold).
+pub const DEFAULT_MAX_SNAPSHOTS: u32 = 10_000;
+/// Largest accepted `max_snapshots`.
+pub const MAX_MAX_SNAPSHOTS: u32 = 1_000_000;
 /// File name of the loop image inside `state_dir` when `image` is not set.
 pub const DEFAULT_IMAGE_NAME: &str = "btrfs-data.img";
 

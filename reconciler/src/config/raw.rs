@@ -77,6 +77,7 @@ pub(crate) struct RawRetention {
     /// Integer count or duration string.
     pub keep: Option<Spanned<toml::Value>>,
     pub interval: Option<Spanned<toml::Value>>,
+    pub max_snapshots: Option<Spanned<i64>>,
 }
 
 /// `[access]`.
@@ -94,6 +95,7 @@ pub(crate) struct RawWorkspace {
     pub id: Option<Spanned<String>>,
     pub keep: Option<Spanned<toml::Value>>,
     pub auto_cleanup: Option<bool>,
+    pub max_snapshots: Option<Spanned<i64>>,
     #[serde(default)]
     pub allow_users: Vec<Spanned<String>>,
     #[serde(default)]

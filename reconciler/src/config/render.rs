@@ -106,6 +106,7 @@ struct RetentionView {
     interval: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     interval_secs: Option<u64>,
+    max_snapshots: u32,
 }
 
 #[derive(Serialize)]
@@ -122,6 +123,8 @@ struct WorkspaceView<'a> {
     keep: Unset<KeepView>,
     #[serde(skip_serializing_if = "Unset::is_unset")]
     auto_cleanup: Unset<bool>,
+    #[serde(skip_serializing_if = "Unset::is_unset")]
+    max_snapshots: Unset<u32>,
     /// Omitted in TOML when empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_users: Option<&'a [String]>,
@@ -134,6 +137,8 @@ struct WorkspaceView<'a> {
     effective_keep: Option<KeepView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     effective_auto_cleanup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective_max_snapshots: Option<u32>,
 }
 
 impl Config {
@@ -180,6 +185,7 @@ impl Config {
                 keep: r.keep.into(),
                 interval: format_duration(r.interval),
                 interval_secs: json.then_some(r.interval.as_secs()),
+                max_snapshots: r.max_snapshots,
             },
             access: AccessView {
                 user_init: self.access.user_init,
@@ -197,12 +203,14 @@ impl Config {
             id: Unset(w.id.as_deref(), form),
             keep: Unset(w.keep.map(KeepView::from), form),
             auto_cleanup: Unset(w.auto_cleanup, form),
+            max_snapshots: Unset(w.max_snapshots, form),
             allow_users: list(&w.allow_users),
             allow_groups: list(&w.allow_groups),
             state: w.state.as_str(),
             source: json.then_some(w.source.as_path()),
             effective_keep: json.then(|| self.effective_keep(w).into()),
             effective_auto_cleanup: json.then(|| self.effective_auto_cleanup(w)),
+            effective_max_snapshots: json.then(|| self.effective_max_snapshots(w)),
         }
     }
 

@@ -61,6 +61,7 @@ pub(super) struct Layer {
     pub(super) auto_cleanup: Option<bool>,
     pub(super) keep: Option<Keep>,
     pub(super) retention_interval: Option<Duration>,
+    pub(super) max_snapshots: Option<u32>,
     pub(super) user_init: Option<bool>,
     pub(super) workspaces: Vec<(WorkspaceDecl, Loc, Option<Loc>)>,
 }
@@ -331,6 +332,8 @@ pub(super) fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigErro
     layer.retention_interval =
         duration_value(&src, retention.interval, "retention.interval", false)?.or(legacy_interval);
 
+    layer.max_snapshots =
+        max_snapshots_value(&src, retention.max_snapshots, "retention.max_snapshots")?;
     layer.user_init = raw.access.unwrap_or_default().user_init;
 
     for table in raw.workspace {
@@ -357,6 +360,7 @@ pub(super) fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigErro
             None => None,
         };
         let keep = keep_value(&src, ws.keep, "workspace.keep")?;
+        let max_snapshots = max_snapshots_value(&src, ws.max_snapshots, "workspace.max_snapshots")?;
         let allow_users = name_list(&src, ws.allow_users, "workspace.allow_users", "user")?;
         let allow_groups = name_list(&src, ws.allow_groups, "workspace.allow_groups", "group")?;
         let state = match ws.state {
@@ -372,6 +376,7 @@ pub(super) fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigErro
                 id,
                 keep,
                 auto_cleanup: ws.auto_cleanup,
+                max_snapshots,
                 allow_users,
                 allow_groups,
                 state,
@@ -382,4 +387,25 @@ pub(super) fn validate_file(file: &Path, text: &str) -> Result<Layer, ConfigErro
         ));
     }
     Ok(layer)
+}
+
+/// `max_snapshots`: an integer from 1 to [`super::MAX_MAX_SNAPSHOTS`].
+fn max_snapshots_value(
+    src: &Source<'_>,
+    value: Option<Spanned<i64>>,
+    key: &str,
+) -> Result<Option<u32>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let n = *v.get_ref();
+    match u32::try_from(n) {
+        Ok(m) if (1..=super::MAX_MAX_SNAPSHOTS).contains(&m) => Ok(Some(m)),
+        _ => Err(src.err(
+            Some(v.span()),
+            key,
+            format!(
+                "max_snapshots must be between 1 and {}, not {n}",
+                super::MAX_MAX_SNAPSHOTS
+            ),
+        )),
+    }
 }

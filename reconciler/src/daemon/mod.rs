@@ -61,7 +61,13 @@ impl From<Error> for DaemonError {
 /// `ws-ckpt daemon`: returns the process exit code. (`daemon --check` plans without a
 /// daemon: see `client::Client::check_plan`.)
 pub fn run(config_path: &Path) -> i32 {
-    match serve(config_path) {
+    run_with(config_path, crate::config::Overrides::default())
+}
+
+/// [`run`] with upstream's command-line settings (`daemon --mount-path M --socket S
+/// --log-level L`) applied over the config.
+pub fn run_with(config_path: &Path, overrides: crate::config::Overrides) -> i32 {
+    match serve(config_path, overrides) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "ws-ckpt daemon cannot start");
@@ -71,35 +77,62 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
+/// How long a starting daemon waits for an in-process command that holds the lock.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(120);
+
+/// Take the lock and open the engine. Held by another daemon → refuse to start, naming its
+/// pid. Held by an in-process command (or by a holder that has not written its name yet) →
+/// wait for it (at most [`COMMAND_WAIT`]) instead of refusing: a `status` issued right
+/// before the start must not keep the daemon from starting.
 fn open_engine(config: Config) -> Result<Engine, Error> {
     let state_dir = config.daemon.state_dir.clone();
-    let sys = LinuxSys::new()?;
-    Engine::open(config, Arc::new(sys), "daemon", Duration::ZERO).map_err(|e| {
-        if e.code != ErrorCode::Locked {
-            return e;
+    let sys: Arc<dyn crate::sys::Sys> = Arc::new(LinuxSys::new()?);
+    let lock_path = state_dir.join(crate::lock::LOCK_FILE);
+    let deadline = std::time::Instant::now() + COMMAND_WAIT;
+    let mut waiting_for = None;
+    loop {
+        let e = match Engine::open(config.clone(), Arc::clone(&sys), "daemon", Duration::ZERO) {
+            Err(e) if e.code == ErrorCode::Locked => e,
+            r => return r,
+        };
+        let holder = crate::lock::holder(&state_dir);
+        let pid = holder
+            .as_ref()
+            .map_or_else(|| "unknown".to_string(), |h| h.pid_text());
+        if holder.as_ref().is_some_and(|h| h.is_daemon() && h.alive()) {
+            return Err(Error::new(ErrorCode::Locked, format!("another ws-ckpt daemon (pid {pid}) is running (it holds {})", lock_path.display()))
+                .hint("stop it first (systemctl stop ws-ckpt), or use it: commands talk to the running daemon"));
         }
-        let lock_path = state_dir.join(crate::lock::LOCK_FILE);
-        let content = std::fs::read_to_string(&lock_path).unwrap_or_default();
-        let mut words = content.split_whitespace();
-        let pid = words.next().unwrap_or("unknown").to_string();
-        match words.next() {
-            Some("daemon") | None => Error::new(ErrorCode::Locked, format!("another ws-ckpt daemon (pid {pid}) is running (it holds {})", lock_path.display()))
-                .hint("stop it first (systemctl stop ws-ckpt), or use it: commands talk to the running daemon"),
-            Some(role) => Error::new(ErrorCode::Locked, format!("another ws-ckpt process (pid {pid}, {role}) holds {}", lock_path.display()))
-                .hint("wait for that command to finish, then start the daemon again"),
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorCode::Locked,
+                format!(
+                    "{} (waited {}s for it to finish)",
+                    e.message,
+                    COMMAND_WAIT.as_secs()
+                ),
+            )
+            .hint("wait for that command to finish, then start the daemon again"));
         }
-    })
+        if waiting_for.as_ref() != Some(&pid) {
+            tracing::info!(pid = %pid, lock = %lock_path.display(), "an in-process ws-ckpt command holds the lock; waiting for it to finish");
+            waiting_for = Some(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-fn serve(config_path: &Path) -> Result<i32, DaemonError> {
-    let config = Config::load(config_path).map_err(Error::from)?;
+fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32, DaemonError> {
+    let config = Config::load(config_path)
+        .map_err(Error::from)?
+        .with_overrides(overrides);
     tracing::info!(
         config = %config_path.display(),
         state_dir = %config.daemon.state_dir.display(),
         log_level = %config.daemon.log_level,
         "ws-ckpt daemon starting"
     );
-    let runtime_dir = config.daemon.runtime_dir.clone();
+    let socket_path = crate::ipc::socket_path(&config);
     let engine = open_engine(config)?;
     if engine.unclean_detected {
         tracing::error!(
@@ -115,7 +148,7 @@ fn serve(config_path: &Path) -> Result<i32, DaemonError> {
         return Err(e.into());
     }
     let mut interval = shared.pass("startup");
-    let (listener, socket) = match server::bind(&runtime_dir) {
+    let (listener, socket) = match server::bind_at(&socket_path) {
         Ok(x) => x,
         Err(e) => {
             close_engine(&shared);

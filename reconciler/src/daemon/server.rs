@@ -8,15 +8,22 @@
 use crate::api::{Caller, Request};
 use crate::error::{Error, ErrorCode};
 use crate::ipc;
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Most connections served at once; more get a "busy" error and are closed.
+/// Most connections of non-root callers served at once; more get a "busy" error and are
+/// closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections one non-root uid may hold at once (so one user cannot take every slot).
+pub const MAX_PER_UID: usize = 16;
+/// Slots beyond [`MAX_CONNECTIONS`] that only root can take: root's commands are served even
+/// when other users hold every slot.
+pub const ROOT_RESERVE: usize = 16;
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +58,17 @@ pub enum ServerError {
 /// Create `runtime_dir` (0755) when missing, remove a stale socket (only when nobody answers
 /// on it), bind, and make the socket mode 0666 (authorization is by `SO_PEERCRED`).
 pub fn bind(runtime_dir: &Path) -> Result<(UnixListener, PathBuf), ServerError> {
+    bind_at(&runtime_dir.join(ipc::SOCKET_NAME))
+}
+
+/// [`bind`] for the socket path itself (`daemon --socket S`): its directory is created when
+/// missing.
+pub fn bind_at(socket: &Path) -> Result<(UnixListener, PathBuf), ServerError> {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| ServerError::Io { what, path, source }
     };
+    let runtime_dir = socket.parent().unwrap_or(Path::new("/"));
     if !runtime_dir.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -62,7 +76,7 @@ pub fn bind(runtime_dir: &Path) -> Result<(UnixListener, PathBuf), ServerError> 
             .create(runtime_dir)
             .map_err(io("create the runtime directory", runtime_dir))?;
     }
-    let path = runtime_dir.join(ipc::SOCKET_NAME);
+    let path = socket.to_path_buf();
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if ipc::daemon_running(&path) {
@@ -100,24 +114,79 @@ pub fn peer_caller(stream: &UnixStream) -> Result<Caller, Error> {
 /// Handles one decoded request for one caller.
 pub type Handler = dyn Fn(&Caller, Request) -> Result<serde_json::Value, Error> + Send + Sync;
 
-/// Counts a live connection while it exists.
-struct ConnGuard(Arc<AtomicUsize>);
+/// Live connections: all of them, and per uid.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// Why a connection gets no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoSlot {
+    /// Every slot for non-root callers is taken.
+    Full,
+    /// This uid holds [`MAX_PER_UID`] already.
+    PerUid,
+}
+
+impl Slots {
+    /// Take a slot for `uid`: root while fewer than `MAX_CONNECTIONS + ROOT_RESERVE` are
+    /// live; another uid while it holds fewer than `MAX_PER_UID` and non-root callers hold
+    /// fewer than `MAX_CONNECTIONS`.
+    fn take(&mut self, uid: u32) -> Result<(), NoSlot> {
+        let mine = self.by_uid.get(&uid).copied().unwrap_or(0);
+        if uid == 0 {
+            if self.total >= MAX_CONNECTIONS + ROOT_RESERVE {
+                return Err(NoSlot::Full);
+            }
+        } else {
+            let root = self.by_uid.get(&0).copied().unwrap_or(0);
+            if mine >= MAX_PER_UID {
+                return Err(NoSlot::PerUid);
+            }
+            if self.total - root >= MAX_CONNECTIONS {
+                return Err(NoSlot::Full);
+            }
+        }
+        self.total += 1;
+        *self.by_uid.entry(uid).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn give_back(&mut self, uid: u32) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.by_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// Holds a connection's slot while it exists.
+struct ConnGuard {
+    slots: Arc<Mutex<Slots>>,
+    uid: u32,
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .give_back(self.uid);
     }
 }
 
 /// Accept connections until `stopping` is set (wake the thread with a connection after
-/// setting it). Each connection gets its own thread; beyond [`MAX_CONNECTIONS`] a
-/// connection gets a `Busy` error and is closed.
+/// setting it). Each connection gets its own thread; beyond the slots its caller may take
+/// (see [`MAX_CONNECTIONS`], [`MAX_PER_UID`], [`ROOT_RESERVE`]) a connection gets a `Busy`
+/// error and is closed.
 pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: Arc<Handler>) {
-    let live = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     for conn in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
@@ -127,18 +196,38 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
                 continue;
             }
         };
-        if live.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            live.fetch_sub(1, Ordering::SeqCst);
-            refuse_busy(stream);
+        if stopping.load(Ordering::SeqCst) {
+            // Say so (the request is not run: the client may take it elsewhere); connections
+            // still queued are reset when the listener closes, which says the same.
+            refuse(stream, super::shared::shutting_down());
+            break;
+        }
+        let caller = match peer_caller(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a connection");
+                refuse(stream, e);
+                continue;
+            }
+        };
+        let taken = slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(caller.uid);
+        if let Err(why) = taken {
+            refuse_busy(stream, &caller, why);
             continue;
         }
-        let guard = ConnGuard(Arc::clone(&live));
+        let guard = ConnGuard {
+            slots: Arc::clone(&slots),
+            uid: caller.uid,
+        };
         let handler = Arc::clone(&handler);
         let spawned = std::thread::Builder::new()
             .name("ws-ckpt-conn".into())
             .spawn(move || {
                 let _guard = guard;
-                serve(stream, handler.as_ref());
+                serve(stream, caller, handler.as_ref());
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a connection thread");
@@ -147,21 +236,9 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
     tracing::debug!("no longer accepting connections");
 }
 
-fn serve(stream: UnixStream, handler: &Handler) {
-    let caller = match peer_caller(&stream) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "refusing a connection");
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = std::io::Write::write_all(
-                &mut &stream,
-                format!("{}\n", ipc::encode_response(&Err(e))).as_bytes(),
-            );
-            return;
-        }
-    };
+fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
     tracing::debug!(uid = caller.uid, pid = caller.pid, "connection");
-    ipc::serve_connection(stream, ipc::IDLE_TIMEOUT, ipc::WRITE_TIMEOUT, &mut |req| {
+    ipc::serve_connection(stream, ipc::Timeouts::DAEMON, &mut |req| {
         let op = req.op();
         let r = handler(&caller, req);
         match &r {
@@ -174,18 +251,38 @@ fn serve(stream: UnixStream, handler: &Handler) {
     });
 }
 
-fn refuse_busy(stream: UnixStream) {
-    tracing::warn!(max = MAX_CONNECTIONS, "too many connections; refusing one");
-    let e = Error::new(
-        ErrorCode::Busy,
-        format!("the ws-ckpt daemon is serving {MAX_CONNECTIONS} connections already"),
-    )
-    .hint("retry in a moment; close idle connections");
+/// Answer `e` on a connection that is not served, without waiting for the client.
+fn refuse(stream: UnixStream, e: Error) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let _ = std::io::Write::write_all(
         &mut &stream,
         format!("{}\n", ipc::encode_response(&Err(e))).as_bytes(),
     );
+}
+
+fn refuse_busy(stream: UnixStream, caller: &Caller, why: NoSlot) {
+    tracing::warn!(
+        uid = caller.uid,
+        pid = caller.pid,
+        ?why,
+        "too many connections; refusing one"
+    );
+    let e = match why {
+        NoSlot::PerUid => Error::new(
+            ErrorCode::Busy,
+            format!(
+                "uid {} holds {MAX_PER_UID} connections to the ws-ckpt daemon already (the per-user limit)",
+                caller.uid
+            ),
+        )
+        .hint("close idle connections of this user, or retry in a moment"),
+        NoSlot::Full => Error::new(
+            ErrorCode::Busy,
+            format!("the ws-ckpt daemon is serving {MAX_CONNECTIONS} connections already"),
+        )
+        .hint("retry in a moment; close idle connections"),
+    };
+    refuse(stream, e);
 }
 
 #[cfg(test)]
@@ -272,8 +369,14 @@ mod tests {
         let handler: Arc<Handler> = Arc::new(|_: &Caller, _: Request| Ok(serde_json::Value::Null));
         let s2 = Arc::clone(&stopping);
         let t = std::thread::spawn(move || accept_loop(l, s2, handler));
-        // Idle connections occupy every slot (the server waits for their first line).
-        let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS)
+        // Idle connections occupy every slot this uid may take (the server waits for their
+        // first line).
+        let mine = if nix::unistd::geteuid().is_root() {
+            MAX_CONNECTIONS + ROOT_RESERVE
+        } else {
+            MAX_PER_UID
+        };
+        let idle: Vec<UnixStream> = (0..mine)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
         let extra = UnixStream::connect(&path).unwrap();
@@ -288,5 +391,29 @@ mod tests {
         stopping.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&path);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn one_uid_cannot_take_every_slot_and_root_always_gets_one() {
+        let mut slots = Slots::default();
+        // Alice takes what she can: her per-uid share.
+        let alice = (0..100).filter(|_| slots.take(1001).is_ok()).count();
+        assert_eq!(alice, MAX_PER_UID);
+        assert_eq!(slots.take(1001), Err(NoSlot::PerUid));
+        // Other users fill the rest of the non-root slots.
+        let mut uid = 2000;
+        while slots.total < MAX_CONNECTIONS {
+            if slots.take(uid).is_err() {
+                uid += 1;
+            }
+        }
+        assert_eq!(slots.take(3000), Err(NoSlot::Full));
+        // Root still gets its reserve, and only that.
+        let root = (0..100).filter(|_| slots.take(0).is_ok()).count();
+        assert_eq!(root, ROOT_RESERVE);
+        // A freed slot goes back to whoever asks next.
+        slots.give_back(1001);
+        assert_eq!(slots.take(3000), Ok(()));
+        assert_eq!(slots.by_uid.get(&1001), Some(&(MAX_PER_UID - 1)));
     }
 }

@@ -32,6 +32,7 @@ impl Executor<'_> {
             }
         }
         self.store.end(op)?;
+        fault::point("delete:before-cleaner-wait");
         if let Err(e) = self
             .sys
             .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT)

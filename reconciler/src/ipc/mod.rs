@@ -4,7 +4,7 @@
 //!
 //! This module holds the wire codec, the bounded line reader, the server side of one
 //! connection ([`serve_connection`], generic over the request handler) and the client
-//! ([`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
+//! ([`connect`] + [`exchange`], [`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
 //! decide what a request does: the daemon passes a handler in.
 
 use crate::api::{Request, PROTOCOL_VERSION};
@@ -30,6 +30,30 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the server waits for a client to accept a response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a request may take from its first byte to its newline (a client that sends a
+/// line byte by byte cannot hold a connection longer than this; SPEC §7.3).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The server's time limits on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the first byte of the next request.
+    pub idle: Duration,
+    /// From the first byte of a request to its newline.
+    pub request: Duration,
+    /// Waiting for the client to accept a response.
+    pub write: Duration,
+}
+
+impl Timeouts {
+    /// The daemon's limits.
+    pub const DAEMON: Timeouts = Timeouts {
+        idle: IDLE_TIMEOUT,
+        request: REQUEST_DEADLINE,
+        write: WRITE_TIMEOUT,
+    };
+}
 
 /// Errors of the wire layer itself (before a request reaches the engine, or after the
 /// engine answered). They become [`Error`]s with a code at the API boundary.
@@ -66,6 +90,12 @@ pub enum IpcError {
         /// What is wrong.
         why: String,
     },
+    /// The request line did not end within the whole-request deadline.
+    #[error("request not complete within {}s of its first byte; send each request as one line at once", .limit.as_secs())]
+    Deadline {
+        /// The deadline.
+        limit: Duration,
+    },
     /// Socket I/O failed.
     #[error("{what}: {source}")]
     Io {
@@ -84,7 +114,8 @@ impl From<IpcError> for Error {
             | IpcError::NotUtf8
             | IpcError::Malformed(_)
             | IpcError::Version { .. }
-            | IpcError::Invalid(_) => ErrorCode::InvalidArgument,
+            | IpcError::Invalid(_)
+            | IpcError::Deadline { .. } => ErrorCode::InvalidArgument,
             IpcError::BadResponse { .. } | IpcError::Io { .. } => ErrorCode::Io,
         };
         Error::new(code, e.to_string())
@@ -244,20 +275,80 @@ fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
     w.flush()
 }
 
+/// Read the next request line from a server connection: wait up to `t.idle` for its first
+/// byte, then at most `t.request` in total for its newline ([`IpcError::Deadline`]). An idle
+/// timeout is an [`IpcError::Io`] (the connection just ends).
+fn read_request_line(reader: &mut BufReader<UnixStream>, t: Timeouts) -> Result<Line, IpcError> {
+    let mut buf = Vec::new();
+    let mut started: Option<std::time::Instant> = None;
+    loop {
+        if started.is_none() && (!buf.is_empty() || !reader.buffer().is_empty()) {
+            started = Some(std::time::Instant::now());
+        }
+        let wait = match started {
+            None => t.idle,
+            Some(at) => match t.request.checked_sub(at.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => return Err(IpcError::Deadline { limit: t.request }),
+            },
+        };
+        if reader.buffer().is_empty() {
+            // `Some(ZERO)` is refused by the socket: an unset limit waits indefinitely.
+            let _ = reader
+                .get_ref()
+                .set_read_timeout(Some(wait).filter(|d| !d.is_zero()));
+        }
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e)
+                if started.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                return Err(IpcError::Deadline { limit: t.request })
+            }
+            Err(source) => {
+                return Err(IpcError::Io {
+                    what: "reading from the socket".into(),
+                    source,
+                })
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Data(buf)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > MAX_REQUEST_BYTES {
+            return Err(IpcError::TooLong {
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Line::Data(buf));
+        }
+    }
+}
+
 /// Serve one connection: read request lines until EOF, answer each with `handler`. A line
-/// that cannot be decoded (oversized, not UTF-8, malformed, wrong version, unknown op) gets
-/// an error response and the connection is closed. Empty lines are ignored. Returns the
-/// number of requests handled. `handler` is never called for undecodable input.
+/// that cannot be decoded (oversized, not UTF-8, malformed, wrong version, unknown op) or
+/// that does not end within `t.request` of its first byte gets an error response and the
+/// connection is closed; so does a connection idle for `t.idle`. Empty lines are ignored.
+/// Returns the number of requests handled. `handler` is never called for undecodable input.
 pub fn serve_connection(
     stream: UnixStream,
-    idle_timeout: Duration,
-    write_timeout: Duration,
+    t: Timeouts,
     handler: &mut dyn FnMut(Request) -> Result<Value, Error>,
 ) -> usize {
-    let (Ok(()), Ok(())) = (
-        stream.set_read_timeout(Some(idle_timeout).filter(|d| !d.is_zero())),
-        stream.set_write_timeout(Some(write_timeout).filter(|d| !d.is_zero())),
-    ) else {
+    let Ok(()) = stream.set_write_timeout(Some(t.write).filter(|d| !d.is_zero())) else {
         return 0;
     };
     let Ok(mut writer) = stream.try_clone() else {
@@ -266,7 +357,7 @@ pub fn serve_connection(
     let mut reader = BufReader::new(stream);
     let mut handled = 0;
     loop {
-        let line = match read_line_bounded(&mut reader, MAX_REQUEST_BYTES) {
+        let line = match read_request_line(&mut reader, t) {
             Ok(Line::Eof) => break,
             Ok(Line::Data(l)) => l,
             Err(IpcError::Io { source, .. }) => {
@@ -302,30 +393,47 @@ pub fn serve_connection(
     handled
 }
 
-fn not_running(socket: &Path, e: &std::io::Error) -> Error {
+/// The error of a command that needs the daemon when none answers on `socket`.
+pub fn not_running(socket: &Path) -> Error {
     Error::new(
         ErrorCode::Io,
-        format!("the ws-ckpt daemon is not running (cannot connect to {}: {e})", socket.display()),
+        format!("the ws-ckpt daemon is not running (nothing answers on {})", socket.display()),
     )
     .hint("start it (systemctl start ws-ckpt, or `ws-ckpt daemon`), or run the command as root to work without it")
 }
 
-/// Client: connect to `socket`, send one request line `{"v":1, ...Request}`, read one
-/// response line. `Ok(result)` or the daemon's `Err(Error)`. No socket or connection refused
-/// → an `Io` error saying the daemon is not running. `timeout` bounds each read and write
-/// (zero = wait indefinitely, for long operations such as a large init).
-pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Error> {
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Err(not_running(socket, &e))
-        }
+/// The message of the refusal a stopping daemon sends instead of running a request (the
+/// request was not run: a client may send it elsewhere).
+pub const SHUTTING_DOWN: &str = "the ws-ckpt daemon is shutting down";
+
+/// Client: connect to the daemon's socket. `Ok(None)` when no daemon answers (no socket, or
+/// connection refused); other failures (permission) are errors.
+pub fn connect(socket: &Path) -> Result<Option<UnixStream>, Error> {
+    match UnixStream::connect(socket) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => Ok(None),
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-            return Err(Error::new(ErrorCode::PermissionDenied, format!("cannot connect to the ws-ckpt daemon at {}: {e}", socket.display()))
+            Err(Error::new(ErrorCode::PermissionDenied, format!("cannot connect to the ws-ckpt daemon at {}: {e}", socket.display()))
                 .hint("the socket should be mode 0666 and its directory world-searchable; check the runtime_dir permissions"))
         }
-        Err(e) => return Err(Error::io("cannot connect to the ws-ckpt daemon at", socket, e)),
-    };
+        Err(e) => Err(Error::io("cannot connect to the ws-ckpt daemon at", socket, e)),
+    }
+}
+
+/// What became of a request sent on a connection.
+#[derive(Debug)]
+pub enum Exchange {
+    /// The daemon answered (a result or its error).
+    Answered(Result<Value, Error>),
+    /// The daemon did not run the request: it is shutting down, or the connection was reset
+    /// before the request was read. Safe to send it elsewhere (a new daemon, in-process).
+    NotTaken(Error),
+}
+
+/// Client: send one request line `{"v":1, ...Request}` on `stream` (connected to `socket`)
+/// and read one response line. `timeout` bounds each read and write (zero = wait
+/// indefinitely, for long operations such as a large init).
+pub fn exchange(stream: UnixStream, socket: &Path, req: &Request, timeout: Duration) -> Exchange {
     let t = Some(timeout).filter(|d| !d.is_zero());
     let io = |what: &str, e: std::io::Error| -> Error {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
@@ -338,32 +446,59 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Er
             Error::io(what, socket, e)
         }
     };
-    stream
+    let reset =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+    let answered = Exchange::Answered;
+    if let Err(e) = stream
         .set_read_timeout(t)
-        .map_err(|e| io("cannot configure", e))?;
-    stream
-        .set_write_timeout(t)
-        .map_err(|e| io("cannot configure", e))?;
-    let mut writer = stream.try_clone().map_err(|e| io("cannot use", e))?;
-    write_line(&mut writer, &encode_request(req))
-        .map_err(|e| io("cannot send the request to", e))?;
+        .and_then(|()| stream.set_write_timeout(t))
+    {
+        return answered(Err(io("cannot configure", e)));
+    }
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return answered(Err(io("cannot use", e))),
+    };
+    if let Err(e) = write_line(&mut writer, &encode_request(req)) {
+        let err = io("cannot send the request to", e);
+        return Exchange::NotTaken(err);
+    }
     let mut reader = BufReader::new(stream.take(MAX_RESPONSE_BYTES as u64 + 1));
     match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
-        Ok(Line::Data(line)) => decode_response(&line, socket),
-        Ok(Line::Eof) => Err(Error::new(
+        Ok(Line::Data(line)) => match decode_response(&line, socket) {
+            Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
+            r => answered(r),
+        },
+        Ok(Line::Eof) => answered(Err(Error::new(
             ErrorCode::Io,
             format!(
                 "the ws-ckpt daemon at {} closed the connection without answering",
                 socket.display()
             ),
         )
-        .hint("it may be shutting down; retry, and check `journalctl -u ws-ckpt`")),
-        Err(IpcError::Io { source, .. }) => Err(io("cannot read the answer from", source)),
-        Err(e) => Err(IpcError::BadResponse {
+        .hint("it may have stopped while running the request; check with `ws-ckpt list` or `ws-ckpt status`, and `journalctl -u ws-ckpt`"))),
+        // Reset with our request unread: the daemon never took it.
+        Err(IpcError::Io { source, .. }) if reset(&source) => {
+            Exchange::NotTaken(io("the connection was reset by", source))
+        }
+        Err(IpcError::Io { source, .. }) => answered(Err(io("cannot read the answer from", source))),
+        Err(e) => answered(Err(IpcError::BadResponse {
             socket: socket.display().to_string(),
             why: e.to_string(),
         }
-        .into()),
+        .into())),
+    }
+}
+
+/// Client: [`connect`] then [`exchange`]: `Ok(result)` or the daemon's `Err(Error)`. No
+/// daemon → an `Io` error saying the daemon is not running.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Error> {
+    let Some(stream) = connect(socket)? else {
+        return Err(not_running(socket));
+    };
+    match exchange(stream, socket, req, timeout) {
+        Exchange::Answered(r) => r,
+        Exchange::NotTaken(e) => Err(e),
     }
 }
 
@@ -372,9 +507,13 @@ pub fn daemon_running(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
 }
 
-/// `<runtime_dir>/ws-ckpt.sock` of a config.
+/// `<runtime_dir>/ws-ckpt.sock` of a config, or the socket `ws-ckpt daemon --socket` named.
 pub fn socket_path(config: &crate::config::Config) -> std::path::PathBuf {
-    config.daemon.runtime_dir.join(SOCKET_NAME)
+    config
+        .overrides
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.runtime_dir.join(SOCKET_NAME))
 }
 
 #[cfg(test)]
@@ -414,7 +553,9 @@ mod tests {
             req,
             Request::Rollback {
                 workspace: "ws-123456".into(),
-                snapshot: "c1".into(),
+                snapshot: Some("c1".into()),
+                ancestors: None,
+                preview: false,
                 force: false
             }
         );
@@ -442,7 +583,7 @@ mod tests {
             b"{\"v\":1}",
             b"{\"v\":1,\"op\":\"format-disk\"}",
             b"{\"v\":1,\"op\":\"status\",\"evil\":true}",
-            b"{\"v\":1,\"op\":\"rollback\",\"workspace\":\"w\"}",
+            b"{\"v\":1,\"op\":\"rollback\",\"workspace\":\"w\",\"snapshot\":3}",
             b"\xff\xfe{\"v\":1}",
         ];
         for c in cases {
@@ -516,8 +657,11 @@ mod tests {
             let mut seen = Vec::new();
             let n = serve_connection(
                 server,
-                Duration::from_secs(5),
-                Duration::from_secs(5),
+                Timeouts {
+                    idle: Duration::from_secs(5),
+                    request: Duration::from_secs(5),
+                    write: Duration::from_secs(5),
+                },
                 &mut |req| {
                     seen.push(req.clone());
                     Ok(Value::from(req.op()))
@@ -601,14 +745,58 @@ mod tests {
         let t = std::thread::spawn(move || {
             serve_connection(
                 server,
-                Duration::from_millis(100),
-                Duration::from_secs(1),
+                Timeouts {
+                    idle: Duration::from_millis(100),
+                    request: Duration::from_secs(5),
+                    write: Duration::from_secs(1),
+                },
                 &mut |_| Ok(Value::Null),
             )
         });
         let mut r = BufReader::new(client);
         assert!(matches!(read_line_bounded(&mut r, 100).unwrap(), Line::Eof));
         assert_eq!(t.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_request_trickled_byte_by_byte_is_cut_at_the_whole_request_deadline() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            serve_connection(
+                server,
+                Timeouts {
+                    idle: Duration::from_secs(5),
+                    request: Duration::from_millis(300),
+                    write: Duration::from_secs(1),
+                },
+                &mut |_| Ok(Value::Null),
+            )
+        });
+        let mut w = client.try_clone().unwrap();
+        let start = std::time::Instant::now();
+        // One byte every 50 ms: each read is quick, the whole line is not.
+        let trickle = std::thread::spawn(move || {
+            for b in b"{\"v\":1,\"op\":\"status\",\"workspace\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" {
+                if w.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let mut r = BufReader::new(client);
+        let resp = read_response(&mut r);
+        let took = start.elapsed();
+        assert_eq!(resp["error"]["code"], "InvalidArgument", "{resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("first byte"),
+            "{resp}"
+        );
+        assert!(took < Duration::from_secs(2), "cut after {took:?}");
+        assert_eq!(t.join().unwrap(), 0);
+        trickle.join().unwrap();
     }
 
     #[test]
@@ -634,15 +822,10 @@ mod tests {
         let t = std::thread::spawn(move || {
             for _ in 0..3 {
                 let (s, _) = listener.accept().unwrap();
-                serve_connection(
-                    s,
-                    Duration::from_secs(5),
-                    Duration::from_secs(5),
-                    &mut |req| match req {
-                        Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
-                        _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
-                    },
-                );
+                serve_connection(s, Timeouts::DAEMON, &mut |req| match req {
+                    Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
+                    _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
+                });
             }
         });
         assert!(daemon_running(&sock));

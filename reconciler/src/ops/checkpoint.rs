@@ -7,6 +7,7 @@ use crate::api::{CheckpointArgs, Progress};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::execute::new_entry;
+use crate::fault;
 use crate::ids::{self, check_snapshot_id};
 use crate::model::PathState;
 use crate::observe::path_state;
@@ -60,20 +61,46 @@ pub struct PreparedCheckpoint {
 pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
     sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
         if e.errno() == Some(libc::EEXIST) {
-            Error::new(
-                ErrorCode::SnapshotAlreadyExists,
-                format!(
-                    "workspace {} already has a snapshot {} ({} exists)",
-                    p.ws_id,
-                    p.id,
-                    p.dest.display()
-                ),
-            )
-            .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
+            Error::snapshot_exists(&p.ws_id, &p.id)
+                .hint(format!("choose another ID; {} exists on disk (`ws-ckpt apply` records snapshots found there)", p.dest.display()))
         } else {
             Error::from(e)
         }
     })
+}
+
+/// Largest checkpoint message, in bytes of UTF-8 (SPEC §7.3).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
+/// Largest checkpoint metadata, in bytes of compact JSON (SPEC §7.3).
+pub(crate) const MAX_METADATA_BYTES: usize = 65536;
+
+/// Refuse a message or metadata over its limit, naming the limit.
+pub(crate) fn check_limits(args: &CheckpointArgs) -> Result<()> {
+    if let Some(m) = &args.message {
+        if m.len() > MAX_MESSAGE_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the checkpoint message is {} bytes; the limit is {MAX_MESSAGE_BYTES} bytes (4 KiB)",
+                    m.len()
+                ),
+            )
+            .hint("shorten the message; put longer text in a file inside the workspace"));
+        }
+    }
+    if let Some(meta) = &args.metadata {
+        let len = serde_json::to_string(meta).map_or(usize::MAX, |t| t.len());
+        if len > MAX_METADATA_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "the checkpoint metadata is {len} bytes of JSON; the limit is {MAX_METADATA_BYTES} bytes (64 KiB)"
+                ),
+            )
+            .hint("keep metadata small (IDs, labels); put large data in a file inside the workspace"));
+        }
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -96,8 +123,36 @@ impl Engine {
     ) -> Result<CheckpointResult> {
         self.in_workspace(&ws.ws_id, || {
             let prepared = self.checkpoint_prepare(ws, args, initialized)?;
-            take_checkpoint_snapshot(self.sys(), &prepared)?;
-            self.checkpoint_commit(prepared)
+            // Intent before effect: the one durable record, then the snapshot.
+            let entry = new_entry(
+                prepared.created,
+                prepared.message.clone(),
+                prepared.metadata.clone(),
+                prepared.pin,
+            );
+            self.store
+                .record_checkpoint(&prepared.ws_id, &prepared.id, &entry)
+                .map_err(|e| {
+                    Error::new(
+                        e.code,
+                        format!(
+                            "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
+                            prepared.id, prepared.ws_id, e.message
+                        ),
+                    )
+                    .hint(format!(
+                        "free space in {} (`df {}`) and retry; nothing was changed",
+                        self.state_dir().display(),
+                        self.state_dir().display()
+                    ))
+                })?;
+            fault::point("checkpoint:after-record");
+            if let Err(e) = take_checkpoint_snapshot(self.sys(), &prepared) {
+                self.store.withdraw_checkpoint(&prepared.ws_id, &prepared.id);
+                return Err(e);
+            }
+            fault::point("checkpoint:after-snapshot");
+            self.checkpoint_commit(prepared, entry)
         })
     }
 
@@ -109,8 +164,10 @@ impl Engine {
         path: &Path,
         not_found: Error,
         args: CheckpointArgs,
+        caller: &crate::api::Caller,
         progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
+        check_limits(&args)?;
         match path_state(path) {
             PathState::Dir { .. } => {}
             PathState::Missing => {
@@ -122,7 +179,7 @@ impl Engine {
             }
             _ => return Err(not_found),
         }
-        let report = self.init(path, progress)?;
+        let report = self.init(path, false, caller, progress)?;
         let ws = self.resolve_workspace(&report.ws_id)?;
         self.checkpoint_of(&ws, args, report.changed)
     }
@@ -140,6 +197,7 @@ impl Engine {
         if let Some(id) = &args.snapshot {
             check_snapshot_id(id)?;
         }
+        check_limits(&args)?;
         let res = self.storage_for(Some(ws))?;
         let subvol = self.attached_subvol(ws, &res)?;
         let ws_id = ws.ws_id.clone();
@@ -148,15 +206,29 @@ impl Engine {
             index.as_ref().is_some_and(|i| i.snapshots.contains_key(id))
                 || std::fs::symlink_metadata(res.snapshot_path(&ws_id, id)).is_ok()
         };
+        let config = self.config();
+        let max = config
+            .workspace(&ws.workspace_path)
+            .map_or(config.retention.max_snapshots, |d| {
+                config.effective_max_snapshots(d)
+            });
+        let held = index.as_ref().map_or(0, |i| i.snapshots.len());
+        if held >= max as usize {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "workspace {ws_id} already holds {held} snapshots, its limit (max_snapshots = {max}); checkpoint refused"
+                ),
+            )
+            .hint(format!(
+                "delete snapshots (`ws-ckpt delete -w {ws_id} -s ID`, `ws-ckpt cleanup -w {ws_id}`), or raise max_snapshots in the workspace's [[workspace]] table or [retention]"
+            )));
+        }
         let now = SystemTime::now();
         let id = match args.snapshot {
             Some(id) => {
                 if taken(&id) {
-                    return Err(Error::new(
-                        ErrorCode::SnapshotAlreadyExists,
-                        format!("workspace {ws_id} already has a snapshot {id}"),
-                    )
-                    .hint("choose another ID, or omit -s to get a generated one"));
+                    return Err(Error::snapshot_exists(&ws_id, &id));
                 }
                 id
             }
@@ -181,30 +253,17 @@ impl Engine {
         })
     }
 
-    /// Record a checkpoint whose snapshot exists. Re-checks that the workspace is still
-    /// recorded (it may have been released meanwhile; then the stray snapshot is removed).
-    fn checkpoint_commit(&self, p: PreparedCheckpoint) -> Result<CheckpointResult> {
-        let still = self
-            .store
-            .read()
-            .state
-            .as_ref()
-            .and_then(|s| s.workspace(&p.ws_id))
-            .is_some_and(|w| w.workspace_path == p.workspace);
-        if !still {
-            let _ = self.sys().delete_subvolume_if_present(&p.dest);
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!(
-                    "workspace {} ({}) was released while the checkpoint was taken",
-                    p.ws_id,
-                    p.workspace.display()
-                ),
-            ));
-        }
-        let entry = new_entry(p.created, p.message, p.metadata, p.pin);
+    /// A recorded checkpoint whose snapshot now exists: list it (no further write; see
+    /// [`crate::store::Store::confirm_checkpoint`]).
+    fn checkpoint_commit(
+        &self,
+        p: PreparedCheckpoint,
+        entry: crate::state::SnapshotEntry,
+    ) -> Result<CheckpointResult> {
         let created_at = entry.created_at.as_str().to_string();
-        self.store.put_snapshot(&p.ws_id, &p.id, entry)?;
+        // Listed from now on; the intent line already moved the lineage (it becomes the head,
+        // `rollback -n 1`; see `state::lineage`).
+        self.store.confirm_checkpoint(&p.ws_id, &p.id, entry);
         tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
         Ok(CheckpointResult {
             ws_id: p.ws_id,

@@ -111,7 +111,7 @@ impl Env {
             Target::Workspace(ws) => self.engine.checkpoint(&ws.entry, args),
             Target::Unrecorded { path, not_found } => {
                 self.engine
-                    .checkpoint_unrecorded(&path, not_found, args, &mut |_, _| {})
+                    .checkpoint_unrecorded(&path, not_found, args, &ROOT, &mut |_, _| {})
             }
             other => panic!("unexpected target {other:?}"),
         }
@@ -132,6 +132,7 @@ impl Env {
         let req = Request::Cleanup {
             workspace: spec.to_string(),
             keep: None,
+            dry_run: false,
         };
         match crate::handler::resolve(&self.engine, &req)? {
             Target::Workspace(ws) => Ok(ws),
@@ -140,11 +141,13 @@ impl Env {
     }
     fn rollback(&mut self, spec: &str, snapshot: &str, force: bool) -> Result<RollbackResult> {
         let ws = self.addressed(spec)?;
-        self.engine.rollback(&ws.entry, snapshot, force)
+        let target = RollbackTarget::Named(snapshot.to_string());
+        self.engine.rollback(&ws.entry, &target, force, &ROOT)
     }
     fn list(&self, caller: &Caller, spec: Option<&str>) -> Result<ListResult> {
         let ws = spec.map(|s| self.addressed(s)).transpose()?;
-        self.engine.list(caller, ws.as_ref().map(|w| &w.entry))
+        self.engine
+            .list(caller, ws.as_ref(), &crate::ops::ListPage::default())
     }
     fn delete(
         &mut self,
@@ -158,6 +161,7 @@ impl Env {
             workspace: spec.map(str::to_string),
             snapshot: snapshot.to_string(),
             force,
+            dry_run: false,
         };
         req.check_ids()?;
         let ws = match spec {
@@ -167,11 +171,11 @@ impl Env {
                 self.engine.unique_holder(caller, &holders, snapshot)?
             }
         };
-        self.engine.delete(&ws, snapshot, force)
+        self.engine.delete(&ws, snapshot, force, false)
     }
     fn cleanup(&mut self, spec: &str, keep: Option<&str>) -> Result<CleanupResult> {
         let ws = self.addressed(spec)?;
-        self.engine.cleanup(&ws, keep)
+        self.engine.cleanup(&ws, keep, false)
     }
     fn diff(&mut self, spec: &str, from: &str, to: Option<&str>) -> Result<DiffResult> {
         let ws = self.addressed(spec)?;
@@ -262,7 +266,17 @@ fn checkpoint_records_snapshot_and_refuses_duplicates() {
 fn invalid_ids_are_refused_before_anything_is_created() {
     let mut env = setup(&["a"]);
     let before = env.sys.subvolumes_now();
-    for bad in ["../../x", "a/b", ".hidden", "", "-x", &"y".repeat(129)] {
+    // Upstream's alphabet (SPEC §5.2): "-x" and 129 characters are fine now; these are not.
+    for bad in [
+        "../../x",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "",
+        " ",
+        "tab\t",
+        &"y".repeat(256),
+    ] {
         assert_eq!(
             code(env.checkpoint("a", Some(bad))),
             ErrorCode::InvalidArgument,
@@ -872,7 +886,7 @@ fn a_checkpoint_of_b_completes_while_an_init_of_a_is_in_progress() {
         &engine,
         &sys,
         "create_subvolume",
-        |e| e.init(&a, &mut |_, _| {}),
+        |e| e.init(&a, false, &ROOT, &mut |_, _| {}),
         move |e| e.checkpoint(&b, args("during-init")),
         Duration::from_secs(20),
     );
@@ -894,7 +908,7 @@ fn a_checkpoint_of_b_completes_while_a_cleanup_of_a_waits_for_the_cleaner() {
         &engine,
         &sys,
         "sync_and_wait_cleaner",
-        |e| e.cleanup(&a, Some("1")),
+        |e| e.cleanup(&a, Some("1"), false),
         move |e| e.checkpoint(&b, args("during-cleanup")),
         Duration::from_secs(20),
     );
@@ -952,4 +966,240 @@ fn operations_on_one_workspace_run_one_at_a_time() {
         assert!(std::time::Instant::now() < deadline, "second never ran");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One durable record per checkpoint, written before the snapshot (issue 9 item 4, issue 10
+// items 5 and 7); phases of a rollback in the journal.
+// ---------------------------------------------------------------------------------------------
+
+fn pinned_args(id: &str) -> CheckpointArgs {
+    CheckpointArgs {
+        snapshot: Some(id.to_string()),
+        message: Some("agent step".into()),
+        metadata: Some(serde_json::json!({"tool": "edit"})),
+        pin: true,
+    }
+}
+
+/// Make the workspace's index journal unwritable (a directory where the file goes); returns
+/// a closure that puts it back.
+fn break_journal(env: &Env, ws_id: &str) -> impl FnOnce() {
+    let j = env
+        .root
+        .join("state/indexes")
+        .join(ws_id)
+        .join(crate::state::JOURNAL_FILE);
+    let kept = std::fs::read(&j).ok();
+    let _ = std::fs::remove_file(&j);
+    std::fs::create_dir_all(j.join("x")).unwrap();
+    move || {
+        std::fs::remove_dir_all(&j).unwrap();
+        if let Some(bytes) = kept {
+            std::fs::write(&j, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_recorded_takes_no_snapshot() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("s1")).unwrap();
+    let ws_id = env.ws_id("a");
+    let restore = break_journal(&env, &ws_id);
+    let e = env
+        .checkpoint_of(&env.ws_str("a"), pinned_args("c9"))
+        .unwrap_err();
+    assert!(e.message.contains("was not taken"), "{}", e.message);
+    let snap = env.res().snapshot_path(&ws_id, "c9");
+    assert!(!env.sys.is_subvolume(&snap).unwrap(), "no snapshot left");
+    assert!(
+        !env.sys.calls().iter().any(|c| c.contains("/c9 ")),
+        "no ioctl"
+    );
+    assert_eq!(env.ids("a"), ["s1"]);
+    restore();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["s1"], "list and disk agree after a restart");
+}
+
+#[test]
+fn a_checkpoint_interrupted_after_its_snapshot_keeps_message_metadata_and_pin() {
+    let env = setup(&["a"]);
+    let ws_id = env.ws_id("a");
+    let res = env.res();
+    // The process stopped between the ioctl and anything after it: the record and the
+    // snapshot exist, nothing else.
+    let entry = new_entry(
+        SystemTime::now(),
+        Some("agent step".into()),
+        Some(serde_json::json!({"tool": "edit"})),
+        true,
+    );
+    env.engine
+        .store
+        .record_checkpoint(&ws_id, "k1", &entry)
+        .unwrap();
+    std::fs::create_dir_all(res.snap_dir(&ws_id)).unwrap();
+    env.sys
+        .snapshot(
+            &res.ws_subvol(&ws_id),
+            &res.snapshot_path(&ws_id, "k1"),
+            true,
+        )
+        .unwrap();
+    // And one whose snapshot never happened.
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["k1"]);
+    let got = env.engine.store.snapshot_entry(&ws_id, "k1").unwrap();
+    assert_eq!(
+        (&got.message, &got.metadata, got.pinned, &got.created_at),
+        (
+            &entry.message,
+            &entry.metadata,
+            entry.pinned,
+            &entry.created_at
+        ),
+        "kept with message, metadata and pin"
+    );
+    assert_eq!(
+        got.child_ids(),
+        [crate::state::lineage::LIVE_CHILD],
+        "and its lineage: the live workspace descends from it"
+    );
+    env.engine
+        .store
+        .record_checkpoint(&ws_id, "never", &entry)
+        .unwrap();
+    let mut env = env.reopen();
+    assert_eq!(
+        env.ids("a"),
+        ["k1"],
+        "an intent without snapshot is withdrawn"
+    );
+    // The withdrawal is written before the next record, so a later line cannot revive it.
+    env.checkpoint("a", Some("c2")).unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["k1", "c2"]);
+    // Retention keeps what was pinned.
+    let mut env = env;
+    env.cleanup(&env.ws_str("a"), Some("1")).unwrap();
+    assert_eq!(env.ids("a"), ["k1", "c2"]);
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok() && !report.changed, "{report:#?}");
+}
+
+#[test]
+fn a_failed_snapshot_ioctl_withdraws_its_record() {
+    let mut env = setup(&["a"]);
+    env.sys.fail_next("snapshot", libc::ENOSPC);
+    assert!(env.checkpoint("a", Some("c1")).is_err());
+    assert!(env.ids("a").is_empty());
+    let mut env = env.reopen();
+    assert!(env.ids("a").is_empty());
+    env.checkpoint("a", Some("c2")).unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["c2"]);
+}
+
+#[test]
+fn a_rollback_records_its_phases_without_rewriting_state_json() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    let state = env.root.join("state/state.json");
+    let journal = env
+        .root
+        .join("state")
+        .join(crate::state::STATE_JOURNAL_FILE);
+    let before = std::fs::read(&state).unwrap();
+    let lines_before = std::fs::read_to_string(&journal).map_or(1, |j| j.lines().count());
+    env.rollback(&env.ws_str("a"), "c1", true).unwrap();
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "state.json untouched"
+    );
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    let ops: Vec<String> = journal
+        .lines()
+        .skip(lines_before)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ops, ["begin", "update", "end"]);
+    let env = env.reopen();
+    assert!(env.engine.store.read().pending().is_empty());
+}
+
+#[test]
+fn a_pending_record_that_cannot_be_written_is_not_kept_in_memory() {
+    let env = setup(&["a"]);
+    let j = env
+        .root
+        .join("state")
+        .join(crate::state::STATE_JOURNAL_FILE);
+    let _ = std::fs::remove_file(&j);
+    std::fs::create_dir_all(j.join("x")).unwrap();
+    let ws_id = env.ws_id("a");
+    let r = env.engine.store.begin(PendingKind::DeleteSnapshots {
+        ws_id: ws_id.clone(),
+        snapshots: vec!["x".into()],
+    });
+    assert!(r.is_err());
+    assert!(env.engine.store.read().pending().is_empty());
+}
+
+#[test]
+fn message_metadata_and_snapshot_count_are_bounded() {
+    let mut env = setup_with(&["a"], "[retention]\nmax_snapshots = 2\n");
+    let with =
+        |id: &str, message: Option<String>, metadata: Option<serde_json::Value>| CheckpointArgs {
+            snapshot: Some(id.to_string()),
+            message,
+            metadata,
+            pin: false,
+        };
+    let spec = env.ws_str("a");
+    // At the limits: accepted.
+    env.checkpoint_of(&spec, with("m", Some("m".repeat(4096)), None))
+        .expect("a 4096-byte message");
+    let meta = |n: usize| serde_json::json!({ "k": "x".repeat(n - 8) });
+    assert_eq!(serde_json::to_string(&meta(65536)).unwrap().len(), 65536);
+    env.checkpoint_of(&spec, with("d", None, Some(meta(65536))))
+        .expect("65536 bytes of metadata");
+    // Over them: refused before anything else, naming the limit.
+    let e = env
+        .checkpoint_of(&spec, with("m2", Some("m".repeat(4097)), None))
+        .unwrap_err();
+    assert!(e.message.contains("4096"), "{e:?}");
+    let e = env
+        .checkpoint_of(&spec, with("d2", None, Some(meta(65537))))
+        .unwrap_err();
+    assert!(e.message.contains("65536"), "{e:?}");
+    // The third snapshot is over max_snapshots = 2.
+    let e = env.checkpoint("a", Some("c3")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidArgument);
+    assert!(e.message.contains("max_snapshots = 2"), "{e:?}");
+    assert_eq!(env.ids("a"), ["m", "d"]);
+}
+
+#[test]
+fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() {
+    let mut env = setup(&["a"]);
+    let r = env.checkpoint("a", Some("gone")).expect("checkpoint");
+    // Deleted behind ws-ckpt's back; the next process must not take it for an interrupted
+    // intent (which it would withdraw).
+    env.sys
+        .delete_subvolume(&env.res().snapshot_path(&r.ws_id, "gone"))
+        .unwrap();
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["gone"]);
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    let got = env.engine.store.snapshot_entry(&r.ws_id, "gone").unwrap();
+    assert!(got.missing, "shown as MISSING: {got:?}");
 }

@@ -1,32 +1,33 @@
 //! Per-workspace snapshot indexes: `<state_dir>/indexes/<ws_id>/index.json` (the JSON format of
-//! ws-ckpt 0.3 and of the v0 in-btrfs index) plus an append-only journal, so that recording one
-//! checkpoint costs the same with 10 or 10 000 snapshots.
+//! ws-ckpt 0.3 and of the v0 in-btrfs index) plus an append-only journal (`journal.jsonl`, see
+//! `state::journal`), so that recording one checkpoint costs the same with 10 or 10 000
+//! snapshots: one [`IndexOp`] per line, appended with `O_APPEND` + `fdatasync`.
 //!
-//! Layout of one workspace directory:
-//! - `index.json` — the full index, always written atomically;
-//! - `journal.jsonl` — a header line `{"journal":1,"base_sha256":…,"base_ino":…,"base_len":…}`
-//!   naming the exact `index.json` it applies to, then one [`IndexOp`] per line, appended with
-//!   `O_APPEND` + `fdatasync`. A journal whose base is not the current `index.json` has already
-//!   been folded into it (a crash between the two steps of a compaction) and is dropped; this
-//!   makes every crash point resolve to the state before or after the last change, without
-//!   relying on replays being idempotent.
+//! A checkpoint is ONE line, written before its snapshot exists ([`IndexOp::Checkpoint`]: the
+//! intent, with message, metadata and pin). A later line in the same journal means it
+//! completed (the workspace's operations are serialized, and a checkpoint whose snapshot
+//! failed is withdrawn by a `remove` line). Once the snapshot exists, a `confirm` line is
+//! appended without `fdatasync` (an acknowledged checkpoint whose snapshot is later deleted
+//! behind our back stays listed, as MISSING, instead of being withdrawn; a power cut that
+//! loses that line leaves the intent last, settled as below). An intent that is the
+//! journal's last line is returned unsettled ([`WorkspaceIndex::unsettled`]): whoever can see the snapshot directory
+//! keeps it when its snapshot exists and withdraws it otherwise.
 //!
-//! Callers must serialize changes to one workspace (the daemon does). This module must not
+//! Callers must serialize changes to one workspace (the store does). This module must not
 //! decide what goes into an index (that is the planner's and executor's job) and must never
 //! delete an index it cannot read: unreadable files are moved aside.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-use super::atomic::{fsync_dir, move_aside, write_atomic_mode};
+use super::atomic::{fsync_dir, move_aside};
+use super::journal::{read_optional, JournalFiles, Replay};
 use super::StateError;
 use crate::time::Timestamp;
 
@@ -37,12 +38,8 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// A journal is compacted into `index.json` once it is larger than both this and `index.json`
 /// (about 500 lines of a typical checkpoint), which keeps appends amortised O(1).
 pub const COMPACT_MIN_JOURNAL_BYTES: u64 = 64 * 1024;
-/// Version of the journal header.
-const JOURNAL_VERSION: u32 = 1;
 /// Mode of index files (they hold every message and metadata: root only, SPEC §7.3).
 const INDEX_FILE_MODE: u32 = 0o600;
-/// Upper bound on the header line we read.
-const MAX_HEADER_BYTES: u64 = 4096;
 
 /// One snapshot of a workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +86,11 @@ pub struct WorkspaceIndex {
     /// Fields this version does not know; written back unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// A checkpoint intent read as the journal's last line: its snapshot may or may not exist
+    /// (the process stopped in between). Not part of `snapshots` until settled; never written
+    /// to `index.json`.
+    #[serde(skip)]
+    pub unsettled: Option<(String, SnapshotEntry)>,
 }
 
 /// One change to an index, as stored in the journal (`{"op":"put",…}`).
@@ -115,6 +117,35 @@ pub enum IndexOp {
         /// The new path.
         path: PathBuf,
     },
+    /// Set the lineage head: the snapshot the live workspace descends from (`head` of
+    /// ws-ckpt 0.4+; see `state::lineage`). `None` removes it.
+    SetHead {
+        /// The head snapshot ID.
+        head: Option<String>,
+    },
+    /// Several changes recorded as one journal line, so that they take effect together or
+    /// not at all (a snapshot removal and the lineage links it moves).
+    Batch {
+        /// The changes, applied in order.
+        ops: Vec<IndexOp>,
+    },
+    /// A checkpoint about to take its snapshot (written first, so message, metadata and pin
+    /// are durable before the snapshot exists). Applied as a `put` once a later line follows,
+    /// together with its lineage links: its parent is the head, and it becomes the head
+    /// (`state::lineage::checkpoint`, a function of the index it is applied to, so a replay
+    /// gives the same links).
+    Checkpoint {
+        /// Snapshot ID.
+        id: String,
+        /// The entry.
+        entry: SnapshotEntry,
+    },
+    /// The snapshot of the checkpoint just before exists (changes nothing by itself: any
+    /// later line completes a checkpoint; this one makes sure there is one).
+    Confirm {
+        /// Snapshot ID.
+        id: String,
+    },
 }
 
 impl WorkspaceIndex {
@@ -124,6 +155,7 @@ impl WorkspaceIndex {
             workspace_path: path,
             snapshots: IndexMap::new(),
             extra: Map::new(),
+            unsettled: None,
         }
     }
 
@@ -133,10 +165,17 @@ impl WorkspaceIndex {
             IndexOp::Put { id, entry } => {
                 self.snapshots.insert(id.clone(), entry.clone());
             }
+            IndexOp::Checkpoint { id, entry } => {
+                let linked = super::lineage::checkpoint(self, id, entry.clone());
+                self.apply(&linked);
+            }
             IndexOp::Remove { id } => {
                 self.snapshots.shift_remove(id);
             }
             IndexOp::SetWorkspacePath { path } => self.workspace_path = path.clone(),
+            IndexOp::SetHead { head } => self.set_head(head.as_deref()),
+            IndexOp::Batch { ops } => ops.iter().for_each(|op| self.apply(op)),
+            IndexOp::Confirm { .. } => {}
         }
     }
 }
@@ -147,6 +186,9 @@ pub fn parse_index(bytes: &[u8]) -> Result<WorkspaceIndex, serde_json::Error> {
 }
 
 /// Result of [`IndexStore::load`].
+// Returned once per workspace at load time and unpacked at once: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum IndexLoad {
     /// No index for this workspace.
@@ -161,19 +203,6 @@ pub enum IndexLoad {
         /// What was wrong.
         error: String,
     },
-}
-
-/// First line of `journal.jsonl`: the `index.json` the following operations apply to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct JournalHeader {
-    /// Header format version.
-    journal: u32,
-    /// SHA-256 of the base `index.json` bytes: the authority at load time.
-    base_sha256: String,
-    /// Inode of the base `index.json`: a cheap staleness check at append time.
-    base_ino: u64,
-    /// Size of the base `index.json`.
-    base_len: u64,
 }
 
 /// Stores indexes under `<state_dir>/indexes`.
@@ -210,64 +239,74 @@ impl IndexStore {
         }
     }
 
+    fn files(&self, ws_id: &str) -> Result<JournalFiles, StateError> {
+        Ok(JournalFiles::new(
+            &self.checked_dir(ws_id)?,
+            INDEX_FILE,
+            JOURNAL_FILE,
+            INDEX_FILE_MODE,
+        ))
+    }
+
     /// Read `index.json`, then replay `journal.jsonl`. A torn last line (crash mid-append) is
     /// ignored with a warning; any other bad line, a bad header or an unparsable `index.json`
     /// moves both files aside (`<name>.corrupt-<time>`) and returns `Corrupt`. A journal left
-    /// over from an interrupted compaction is removed.
+    /// over from an interrupted compaction is removed. A checkpoint intent on the last line is
+    /// returned in [`WorkspaceIndex::unsettled`].
     pub fn load(&self, ws_id: &str, now: SystemTime) -> Result<IndexLoad, StateError> {
-        let dir = self.checked_dir(ws_id)?;
-        let index_path = dir.join(INDEX_FILE);
-        let journal_path = dir.join(JOURNAL_FILE);
-        let index_bytes = read_optional(&index_path)?;
-        let journal = read_optional(&journal_path)?.filter(|b| !b.is_empty());
+        let files = self.files(ws_id)?;
+        let dir = &files.dir;
+        let index_bytes = read_optional(&files.base)?;
+        let journal = read_optional(&files.journal)?.filter(|b| !b.is_empty());
         let Some(index_bytes) = index_bytes else {
             if journal.is_none() {
                 return Ok(IndexLoad::Missing);
             }
             return corrupt(
-                &dir,
+                dir,
                 now,
                 format!("{JOURNAL_FILE} exists without {INDEX_FILE}"),
             );
         };
         let mut index = match parse_index(&index_bytes) {
             Ok(i) => i,
-            Err(e) => return corrupt(&dir, now, format!("{INDEX_FILE}: {e}")),
+            Err(e) => return corrupt(dir, now, format!("{INDEX_FILE}: {e}")),
         };
         let Some(journal) = journal else {
             return Ok(IndexLoad::Loaded(index));
         };
-        let (header, mut rest) = match parse_header(&journal) {
-            Ok(h) => h,
-            Err(e) => return corrupt(&dir, now, e),
-        };
-        if header.base_sha256 != sha256_hex(&index_bytes) {
-            // The compaction that produced this index.json was interrupted before it removed the
-            // journal: every operation in it is already part of index.json.
-            tracing::warn!(
-                journal = %journal_path.display(),
-                "dropping a journal already folded into index.json (interrupted compaction)"
-            );
-            remove_optional(&journal_path)?;
-            fsync_dir(&dir).map_err(|e| StateError::io(&dir, e))?;
-            return Ok(IndexLoad::Loaded(index));
-        }
-        let mut line_no = 1usize;
-        while !rest.is_empty() {
-            line_no += 1;
-            let Some(end) = rest.iter().position(|b| *b == b'\n') else {
+        let lines = match files.replay(&index_bytes, &journal) {
+            Err(e) => return corrupt(dir, now, e),
+            Ok(Replay::Nothing) => return Ok(IndexLoad::Loaded(index)),
+            Ok(Replay::Stale) => {
+                // The compaction that produced this index.json was interrupted before it
+                // removed the journal: every operation in it is already part of index.json.
                 tracing::warn!(
-                    journal = %journal_path.display(),
-                    line = line_no,
-                    "ignoring a torn last journal line (interrupted append)"
+                    journal = %files.journal.display(),
+                    "dropping a journal already folded into index.json (interrupted compaction)"
                 );
-                break;
-            };
-            match serde_json::from_slice::<IndexOp>(&rest[..end]) {
-                Ok(op) => index.apply(&op),
-                Err(e) => return corrupt(&dir, now, format!("{JOURNAL_FILE} line {line_no}: {e}")),
+                files.drop_journal()?;
+                return Ok(IndexLoad::Loaded(index));
             }
-            rest = &rest[end + 1..];
+            Ok(Replay::Lines { lines, torn }) => {
+                if torn {
+                    tracing::warn!(
+                        journal = %files.journal.display(),
+                        "ignoring a torn last journal line (interrupted append)"
+                    );
+                }
+                lines
+            }
+        };
+        let count = lines.len();
+        for (i, (line_no, line)) in lines.into_iter().enumerate() {
+            match serde_json::from_slice::<IndexOp>(line) {
+                Ok(IndexOp::Checkpoint { id, entry }) if i + 1 == count => {
+                    index.unsettled = Some((id, entry));
+                }
+                Ok(op) => index.apply(&op),
+                Err(e) => return corrupt(dir, now, format!("{JOURNAL_FILE} line {line_no}: {e}")),
+            }
         }
         Ok(IndexLoad::Loaded(index))
     }
@@ -278,67 +317,59 @@ impl IndexStore {
     /// `index.json` is first rewritten from `before` and the journal restarted (amortised
     /// O(1)); without an `index.json`, it is written from `before` first. The op itself always
     /// lands in the journal, so it is never folded into `index.json` before the caller has
-    /// seen it succeed. Creates directories as needed. On error nothing the op says is on
-    /// disk (a partial line is cut or ignored by the next load).
+    /// seen it succeed (a checkpoint intent stays an intent until a later line). Creates
+    /// directories as needed. On error nothing the op says is on disk (a partial line is cut
+    /// or ignored by the next load).
     pub fn append(
         &self,
         ws_id: &str,
         op: &IndexOp,
         before: &WorkspaceIndex,
     ) -> Result<(), StateError> {
-        let dir = self.checked_dir(ws_id)?;
-        let index_path = dir.join(INDEX_FILE);
-        let journal_path = dir.join(JOURNAL_FILE);
-        let mut index_meta = match fs::metadata(&index_path) {
-            Ok(m) => m,
+        let files = self.files(ws_id)?;
+        let index_len = match fs::metadata(&files.base) {
+            Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.write_full(ws_id, before)?;
-                fs::metadata(&index_path).map_err(|e| StateError::io(&index_path, e))?
+                0
             }
-            Err(e) => return Err(StateError::io(&index_path, e)),
+            Err(e) => return Err(StateError::io(&files.base, e)),
         };
-        self.ensure_journal(&dir, &index_meta)?;
-        let journal_len = fs::metadata(&journal_path).map_or(0, |m| m.len());
-        if journal_len > COMPACT_MIN_JOURNAL_BYTES.max(index_meta.len()) {
+        let journal_len = files.journal_len();
+        if journal_len > COMPACT_MIN_JOURNAL_BYTES.max(index_len) {
             // Fold what is recorded so far; a failure leaves the journal as it was.
-            match install(&dir, before) {
-                Ok(()) => {
-                    tracing::debug!(ws_id, journal_len, "compacted index journal");
-                    index_meta =
-                        fs::metadata(&index_path).map_err(|e| StateError::io(&index_path, e))?;
-                    self.ensure_journal(&dir, &index_meta)?;
-                }
+            match install(&files, before) {
+                Ok(()) => tracing::debug!(ws_id, journal_len, "compacted index journal"),
                 Err(e) => tracing::warn!(ws_id, error = %e, "index compaction failed; will retry"),
             }
         }
-
-        let mut file = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&journal_path)
-            .map_err(|e| StateError::io(&journal_path, e))?;
-        let len = drop_torn_tail(&file, &journal_path)?;
-        let mut line = serde_json::to_vec(op).map_err(|e| StateError::Encode {
-            path: journal_path.clone(),
+        let line = serde_json::to_vec(op).map_err(|e| StateError::Encode {
+            path: files.journal.clone(),
             source: e,
         })?;
-        line.push(b'\n');
-        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
-            // Leave the journal as it was; a partial line would be ignored anyway.
-            let _ = file.set_len(len);
-            return Err(StateError::io(&journal_path, e));
-        }
-        tracing::debug!(ws_id, journal = %journal_path.display(), "appended index op");
+        files.append_line(&line)?;
+        tracing::debug!(ws_id, journal = %files.journal.display(), "appended index op");
         Ok(())
+    }
+
+    /// Append `op` without `fdatasync` and without compaction, for a line whose loss in a
+    /// power cut is harmless ([`IndexOp::Confirm`]). Needs the journal's base to exist (it
+    /// does once the op it confirms was appended).
+    pub fn append_unsynced(&self, ws_id: &str, op: &IndexOp) -> Result<(), StateError> {
+        let files = self.files(ws_id)?;
+        let line = serde_json::to_vec(op).map_err(|e| StateError::Encode {
+            path: files.journal.clone(),
+            source: e,
+        })?;
+        files.append_line_synced(&line, false)
     }
 
     /// Write `index.json` atomically from `index` and remove the journal (creating directories
     /// as needed). Crash-safe: the result is either the old or the new index.
     pub fn write_full(&self, ws_id: &str, index: &WorkspaceIndex) -> Result<(), StateError> {
-        let dir = self.checked_dir(ws_id)?;
-        fs::create_dir_all(&dir).map_err(|e| StateError::io(&dir, e))?;
-        install(&dir, index)
+        let files = self.files(ws_id)?;
+        fs::create_dir_all(&files.dir).map_err(|e| StateError::io(&files.dir, e))?;
+        install(&files, index)
     }
 
     /// Remove the workspace's index directory; `Ok` when absent. Atomic: the directory is first
@@ -381,72 +412,6 @@ impl IndexStore {
         ids.sort();
         Ok(ids)
     }
-
-    /// Make sure `journal.jsonl` exists with a header naming the current `index.json`.
-    /// O(1) unless the journal must be (re)started.
-    fn ensure_journal(&self, dir: &Path, index_meta: &fs::Metadata) -> Result<(), StateError> {
-        let journal_path = dir.join(JOURNAL_FILE);
-        let header = match read_header(&journal_path)? {
-            None => return start_journal(dir),
-            Some(Err(error)) => {
-                return Err(StateError::CorruptJournal {
-                    path: journal_path,
-                    error,
-                })
-            }
-            Some(Ok(h)) => h,
-        };
-        if header.base_ino == index_meta.ino() && header.base_len == index_meta.len() {
-            return Ok(());
-        }
-        // index.json was replaced: either by a compaction whose last step did not happen (the
-        // journal is stale) or by hand with the same content (the journal still applies).
-        let index_path = dir.join(INDEX_FILE);
-        let index_bytes = fs::read(&index_path).map_err(|e| StateError::io(&index_path, e))?;
-        if sha256_hex(&index_bytes) != header.base_sha256 {
-            tracing::warn!(journal = %journal_path.display(), "restarting a stale index journal");
-            return start_journal(dir);
-        }
-        let journal = fs::read(&journal_path).map_err(|e| StateError::io(&journal_path, e))?;
-        let rest = parse_header(&journal)
-            .map_err(|error| StateError::CorruptJournal {
-                path: journal_path.clone(),
-                error,
-            })?
-            .1;
-        let (ino, len) = stat_identity(&index_path)?;
-        let mut bytes = header_line(&JournalHeader {
-            base_ino: ino,
-            base_len: len,
-            ..header
-        })?;
-        bytes.extend_from_slice(rest);
-        write_atomic_mode(&journal_path, &bytes, INDEX_FILE_MODE)
-            .map_err(|e| StateError::io(&journal_path, e))
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StateError::io(path, e)),
-    }
-}
-
-fn remove_optional(path: &Path) -> Result<bool, StateError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(StateError::io(path, e)),
-    }
 }
 
 fn remove_dir_optional(path: &Path) -> Result<(), StateError> {
@@ -457,142 +422,14 @@ fn remove_dir_optional(path: &Path) -> Result<(), StateError> {
     }
 }
 
-/// Split a journal into its header and the operation lines that follow.
-fn parse_header(journal: &[u8]) -> Result<(JournalHeader, &[u8]), String> {
-    let end = journal
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or_else(|| format!("{JOURNAL_FILE}: header line is incomplete"))?;
-    let header: JournalHeader = serde_json::from_slice(&journal[..end])
-        .map_err(|e| format!("{JOURNAL_FILE} header: {e}"))?;
-    if header.journal != JOURNAL_VERSION {
-        return Err(format!(
-            "{JOURNAL_FILE} header: unsupported journal version {}",
-            header.journal
-        ));
-    }
-    Ok((header, &journal[end + 1..]))
-}
-
-/// The journal header: `None` when there is no (or an empty) journal; `Some(Err)` when it is
-/// unreadable. Reads only the first line.
-fn read_header(journal_path: &Path) -> Result<Option<Result<JournalHeader, String>>, StateError> {
-    let file = match File::open(journal_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StateError::io(journal_path, e)),
-    };
-    let mut buf = Vec::new();
-    file.take(MAX_HEADER_BYTES)
-        .read_to_end(&mut buf)
-        .map_err(|e| StateError::io(journal_path, e))?;
-    if buf.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(parse_header(&buf).map(|(h, _)| h)))
-}
-
-fn stat_identity(path: &Path) -> Result<(u64, u64), StateError> {
-    let m = fs::metadata(path).map_err(|e| StateError::io(path, e))?;
-    Ok((m.ino(), m.len()))
-}
-
-fn header_line(header: &JournalHeader) -> Result<Vec<u8>, StateError> {
-    let mut bytes = serde_json::to_vec(header).map_err(|e| StateError::Encode {
-        path: PathBuf::from(JOURNAL_FILE),
-        source: e,
-    })?;
-    bytes.push(b'\n');
-    Ok(bytes)
-}
-
-/// (Re)create `journal.jsonl` with only a header naming the current `index.json`.
-fn start_journal(dir: &Path) -> Result<(), StateError> {
-    let index_path = dir.join(INDEX_FILE);
-    let journal_path = dir.join(JOURNAL_FILE);
-    let mut file = File::open(&index_path).map_err(|e| StateError::io(&index_path, e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| StateError::io(&index_path, e))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| StateError::io(&index_path, e))?;
-    let line = header_line(&JournalHeader {
-        journal: JOURNAL_VERSION,
-        base_sha256: sha256_hex(&bytes),
-        base_ino: meta.ino(),
-        base_len: bytes.len() as u64,
-    })?;
-    write_atomic_mode(&journal_path, &line, INDEX_FILE_MODE)
-        .map_err(|e| StateError::io(&journal_path, e))
-}
-
-/// Cut an unterminated last line (left by a crash mid-append) so that the next line starts
-/// clean. Returns the journal length afterwards. O(length of the last line).
-fn drop_torn_tail(file: &File, path: &Path) -> Result<u64, StateError> {
-    let io_err = |e| StateError::io(path, e);
-    let len = file.metadata().map_err(io_err)?.len();
-    let mut last = [0u8; 1];
-    if len == 0 {
-        return Ok(0);
-    }
-    file.read_exact_at(&mut last, len - 1).map_err(io_err)?;
-    if last[0] == b'\n' {
-        return Ok(len);
-    }
-    let mut end = len;
-    let mut keep = 0u64;
-    let mut chunk = vec![0u8; 4096];
-    while end > 0 {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let buf = &mut chunk[..(end - start) as usize];
-        file.read_exact_at(buf, start).map_err(io_err)?;
-        if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
-            keep = start + i as u64 + 1;
-            break;
-        }
-        end = start;
-    }
-    file.set_len(keep).map_err(io_err)?;
-    file.sync_data().map_err(io_err)?;
-    tracing::warn!(journal = %path.display(), dropped = len - keep, "dropped a torn journal line");
-    Ok(keep)
-}
-
-/// Write `index.json` from `index` and drop the journal, so that a crash at any point leaves
-/// either the old state (old index + journal) or the new one.
-fn install(dir: &Path, index: &WorkspaceIndex) -> Result<(), StateError> {
-    let index_path = dir.join(INDEX_FILE);
-    let journal_path = dir.join(JOURNAL_FILE);
+/// Write `index.json` from `index` and drop the journal (see [`JournalFiles::install`]).
+fn install(files: &JournalFiles, index: &WorkspaceIndex) -> Result<(), StateError> {
     let mut bytes = serde_json::to_vec_pretty(index).map_err(|e| StateError::Encode {
-        path: index_path.clone(),
+        path: files.base.clone(),
         source: e,
     })?;
     bytes.push(b'\n');
-    let new_hash = sha256_hex(&bytes);
-    let journal_base = read_header(&journal_path)?
-        .and_then(Result::ok)
-        .map(|h| h.base_sha256);
-    let write_index = || {
-        write_atomic_mode(&index_path, &bytes, INDEX_FILE_MODE)
-            .map_err(|e| StateError::io(&index_path, e))
-    };
-    let drop_journal = || -> Result<(), StateError> {
-        if remove_optional(&journal_path)? {
-            fsync_dir(dir).map_err(|e| StateError::io(dir, e))?;
-        }
-        Ok(())
-    };
-    if journal_base.as_deref() == Some(new_hash.as_str()) {
-        // The journal's base has exactly the new bytes: the new index.json would not tell the
-        // journal is stale, so drop the journal first (the index on disk already has these bytes
-        // unless the journal was stale anyway).
-        drop_journal()?;
-        write_index()
-    } else {
-        write_index()?;
-        drop_journal()
-    }
+    files.install(&bytes)
 }
 
 /// Move `index.json` and the journal aside and report `Corrupt`.
@@ -1061,5 +898,64 @@ mod tests {
             .filter(|n| n.contains(".corrupt-"))
             .count();
         assert_eq!(kept, 6);
+    }
+
+    #[test]
+    fn a_checkpoint_intent_counts_once_a_later_line_follows_it() {
+        let td = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(td.path());
+        let ws = "ws-1";
+        let mut idx = WorkspaceIndex::new("/w".into());
+        record(&store, ws, &mut idx, put("a", 0));
+        let mut pinned = entry(1);
+        pinned.pinned = true;
+        pinned.message = Some("agent step".into());
+        let intent = IndexOp::Checkpoint {
+            id: "k".into(),
+            entry: pinned.clone(),
+        };
+        // The last line: unsettled, not listed.
+        store.append(ws, &intent, &idx).unwrap();
+        let loaded = load_ok(&store, ws);
+        assert_eq!(loaded.snapshots.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(loaded.unsettled, Some(("k".to_string(), pinned.clone())));
+        // Followed by another line: it completed.
+        idx.apply(&intent);
+        record(&store, ws, &mut idx, put("b", 2));
+        let loaded = load_ok(&store, ws);
+        assert_eq!(loaded.unsettled, None);
+        // Listed as recorded, with the lineage links the intent line carries.
+        let k = &loaded.snapshots["k"];
+        assert_eq!(
+            (&k.message, k.pinned, &k.created_at),
+            (&pinned.message, pinned.pinned, &pinned.created_at)
+        );
+        assert_eq!(loaded.head(), Some("k"));
+        assert_eq!(loaded, idx);
+        // Withdrawn by a remove line.
+        store
+            .append(
+                ws,
+                &IndexOp::Checkpoint {
+                    id: "gone".into(),
+                    entry: entry(3),
+                },
+                &idx,
+            )
+            .unwrap();
+        let withdrawal = super::super::lineage::withdraw(&idx, "gone");
+        record(&store, ws, &mut idx, withdrawal);
+        let loaded = load_ok(&store, ws);
+        assert!(!loaded.snapshots.contains_key("gone"));
+        assert_eq!(loaded, idx);
+        // Never folded into index.json as a plain entry while unsettled.
+        assert_eq!(
+            serde_json::to_value(IndexOp::Checkpoint {
+                id: "k".into(),
+                entry: entry(0)
+            })
+            .unwrap()["op"],
+            "checkpoint"
+        );
     }
 }

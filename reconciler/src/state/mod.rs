@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 pub mod atomic;
 pub mod files;
 pub mod index;
+pub(crate) mod journal;
+pub mod lineage;
 pub mod pending;
+pub mod pending_journal;
 pub mod statefile;
 
 pub use atomic::{fsync_dir, move_aside, write_atomic, write_atomic_mode, DEFAULT_FILE_MODE};
@@ -22,6 +25,7 @@ pub use index::{
     COMPACT_MIN_JOURNAL_BYTES, INDEX_FILE, JOURNAL_FILE,
 };
 pub use pending::{InitPhase, PendingEntry, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
+pub use pending_journal::{PendingChange, StateJournal, STATE_JOURNAL_FILE};
 pub use statefile::{
     load_state, save_state, ActionFailure, BackendIdentity, BackendPaths, BackendType, LoopImage,
     ParentRecord, SelectionMethod, StateFile, StateLoad, WorkspaceEntry, STATE_FILE_MODE,

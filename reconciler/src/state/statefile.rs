@@ -416,6 +416,18 @@ pub fn load_state(path: &Path, now: SystemTime) -> Result<StateLoad, StateError>
 /// ([`StateError::NewerVersion`], "written by a newer ws-ckpt") when the file currently on disk
 /// has a newer version. Pretty-printed JSON with a trailing newline, mode 0600.
 pub fn save_state(path: &Path, state: &StateFile) -> Result<(), StateError> {
+    save_state_via(path, state, |bytes| {
+        write_atomic_mode(path, bytes, STATE_FILE_MODE).map_err(|e| StateError::io(path, e))
+    })
+}
+
+/// [`save_state`] with the final write done by `write` (given the bytes to install at `path`;
+/// the state journal uses it to fold itself into the new file).
+pub(crate) fn save_state_via(
+    path: &Path,
+    state: &StateFile,
+    write: impl FnOnce(&[u8]) -> Result<(), StateError>,
+) -> Result<(), StateError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             if let VersionField::Newer(version) = version_field(&bytes) {
@@ -443,7 +455,7 @@ pub fn save_state(path: &Path, state: &StateFile) -> Result<(), StateError> {
         source: e,
     })?;
     bytes.push(b'\n');
-    write_atomic_mode(path, &bytes, STATE_FILE_MODE).map_err(|e| StateError::io(path, e))
+    write(&bytes)
 }
 
 #[cfg(test)]

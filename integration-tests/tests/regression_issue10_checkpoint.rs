@@ -1,0 +1,181 @@
+//! Regression tests for the checkpoint items 5 and 7 of issue 10: a failed checkpoint leaves
+//! no snapshot (state_dir full), and a checkpoint killed between the snapshot and its index
+//! record keeps its message, metadata and pin. Root only; each test has its own environment.
+
+mod regression_common;
+
+use regression_common::*;
+
+// ---------------------------------------------------------------------------------------------
+// 5. state_dir full
+// ---------------------------------------------------------------------------------------------
+/// state_dir (16 MiB) full: a checkpoint whose index record cannot be written (its metadata
+/// is larger than a page) must fail with no snapshot left, never adopted later without its
+/// message; `list` and the disk agree while full, once space is back and after a restart.
+#[test]
+fn regression_5_state_dir_full_failed_checkpoint_leaves_no_snapshot() {
+    let Some(mut rig) = rig("regression_5", Storage::SmallStateDir(16), Via::Daemon) else {
+        return;
+    };
+    let (a, _) = make_tree(&rig, "a", 6, SMALL);
+    let ws_id = init(&rig, &a);
+    checkpoint(&rig, &a, "s1", &["-m", "first"]).ok();
+    let fillers = fill_to_enospc(&small_state_dir(&rig));
+    let meta = json!({"padding": "x".repeat(9000), "tool": "edit"}).to_string();
+    let r = checkpoint(
+        &rig,
+        &a,
+        "c9",
+        &["-m", "made while full", "--metadata", &meta, "--pin"],
+    );
+    let ok = r.code() == Some(0);
+    eprintln!("checkpoint with state_dir full: exit {:?}", r.code());
+    let check = |rig: &Rig, when: &str| -> Vec<String> {
+        let listed = listed_for(rig, &ws_id);
+        let c9 = listed.iter().find(|l| l.id == "c9");
+        let on_disk = snapshot_on_disk(rig, &ws_id, "c9");
+        match (ok, c9, on_disk) {
+            (false, None, false) => vec![],
+            (false, Some(l), _) => vec![format!(
+                "{when}: the FAILED checkpoint c9 is listed (message {:?}, pinned {})",
+                l.message, l.pinned
+            )],
+            (false, None, true) => vec![format!(
+                "{when}: the FAILED checkpoint left its snapshot {}/snapshots/{ws_id}/c9 on disk, unlisted",
+                rig.layout.mount.display()
+            )],
+            (true, Some(l), true)
+                if l.message.as_deref() == Some("made while full") && l.pinned => vec![],
+            (true, l, d) => vec![format!("{when}: the checkpoint succeeded but is listed as {l:?}, on disk: {d}")],
+        }
+    };
+    let mut problems = check(&rig, "while state_dir is full");
+    for f in &fillers {
+        fs::remove_file(f).unwrap();
+    }
+    let ar = rig.json(&["apply"]).0;
+    if ar.code() != Some(0) {
+        problems.push(format!(
+            "once space was back, `apply` failed:\n{}",
+            indent(&ar.describe())
+        ));
+    }
+    problems.extend(check(&rig, "once space was back and a pass ran"));
+    rig.kill_daemon();
+    rig.start_daemon().unwrap();
+    problems.extend(check(&rig, "after a restart"));
+    let stray = unrecorded_subvolumes(&rig);
+    if !stray.is_empty() {
+        problems.push(format!("after a restart, unrecorded subvolumes: {stray:?}"));
+    }
+    assert!(
+        problems.is_empty(),
+        "checkpoint output:\n{}\n{}",
+        r.describe(),
+        problems.join("\n")
+    );
+    assert_converged(&rig);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. checkpoint killed between the snapshot and its index record
+// ---------------------------------------------------------------------------------------------
+
+/// kill -9 (of the in-process CLI, then of the daemon) the instant the snapshot appears
+/// (inotify on the workspace's snapshot directory), before the index record is written: the
+/// recovered snapshot must carry its message, metadata and pin (or not exist at all), and a
+/// cleanup must then keep it because it is pinned.
+#[test]
+fn regression_7_checkpoint_killed_after_snapshot_keeps_message_metadata_and_pin() {
+    let mut problems = Vec::new();
+    for via in [Via::InProcess, Via::Daemon] {
+        let Some(mut rig) = rig(&format!("regression_7_{via:?}"), Storage::Host, via) else {
+            return;
+        };
+        let (a, _) = make_tree(&rig, "a", 8, SMALL);
+        let ws_id = init(&rig, &a);
+        checkpoint(&rig, &a, "s0", &["-m", "base"]).ok();
+        let snap_dir = rig.layout.snapshots_root().join(&ws_id);
+        let mut landed = None;
+        for attempt in 0..5 {
+            let id = format!("k{attempt}");
+            let meta = json!({"tool": "edit", "attempt": attempt});
+            let mut ino = Inotify::new();
+            ino.watch(&snap_dir, libc::IN_CREATE | libc::IN_MOVED_TO);
+            let ap = a.display().to_string();
+            let m = meta.to_string();
+            let child = spawn(
+                &rig,
+                &[
+                    "checkpoint",
+                    "-w",
+                    &ap,
+                    "-s",
+                    &id,
+                    "-m",
+                    "agent step",
+                    "--metadata",
+                    &m,
+                    "--pin",
+                ],
+            );
+            let got = ino.next(Duration::from_secs(60));
+            match via {
+                Via::Daemon => rig.kill_daemon(),
+                Via::InProcess => {
+                    child.kill9();
+                }
+            }
+            let acked = wait_exit(&child, "checkpoint").success();
+            let present = snap_dir.join(&id).exists();
+            let _ = recover(&mut rig, via);
+            // Landed: killed once the snapshot existed, before the client was told anything.
+            if got.is_some() && present && !acked {
+                landed = Some((id, meta));
+                break;
+            }
+            eprintln!("{via:?} attempt {attempt}: not landed (event {got:?}, present {present}, acknowledged {acked})");
+        }
+        let (id, meta) = landed.unwrap_or_else(|| {
+            panic!(
+                "{via:?}: in 5 attempts the kill never landed between the snapshot and its record"
+            )
+        });
+        let l = listed_for(&rig, &ws_id);
+        let k = l.iter().find(|x| x.id == id);
+        match k {
+            Some(k)
+                if k.message.as_deref() == Some("agent step")
+                    && k.metadata.as_ref() == Some(&meta)
+                    && k.pinned => {}
+            Some(k) => problems.push(format!(
+                "{via:?}: snapshot {id}, killed after its snapshot was taken, was recovered as message {:?}, metadata {:?}, pinned {} (expected \"agent step\", {meta}, pinned)",
+                k.message,
+                k.metadata,
+                k.pinned
+            )),
+            None if snap_dir.join(&id).exists() => {
+                problems.push(format!("{via:?}: {id} is on disk but not listed"))
+            }
+            None => {}
+        }
+        // Retention must keep what the agent pinned.
+        checkpoint(&rig, &a, "z-newest", &[]).ok();
+        // keep 1: every unpinned snapshot but the newest goes.
+        let c = rig
+            .json(&["cleanup", "-w", &a.display().to_string(), "--keep", "1"])
+            .0;
+        if c.code() != Some(0) {
+            problems.push(format!(
+                "{via:?}: `cleanup --keep 1` failed:\n{}",
+                indent(&c.describe())
+            ));
+        } else if k.is_some() && !listed_for(&rig, &ws_id).iter().any(|x| x.id == id) {
+            problems.push(format!(
+                "{via:?}: `cleanup --keep 1` deleted {id}, which the agent had pinned"
+            ));
+        }
+        problems.extend(rig.converged().into_iter().map(|c| format!("{via:?}: {c}")));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
