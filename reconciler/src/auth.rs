@@ -225,7 +225,12 @@ pub fn authorize(config: &Config, caller: &Caller, req: &Request, target: &Targe
             target,
         ),
         (_, Target::Workspace(w)) => workspace_access(config, caller, req, w),
-        (_, Target::Unrecorded { path, .. }) => init_access(config, caller, path),
+        // A path that is no workspace of the caller's and that she may not make one of
+        // (someone else's, or another user's workspace): the same "workspace not found" as
+        // for any unknown path.
+        (_, Target::Unrecorded { path, not_found }) => {
+            init_access(config, caller, path).map_err(|_| not_found.clone())
+        }
         // The operation picks the one holder among those the caller may use
         // (`Engine::unique_holder`); refusing here because of another user's workspace would
         // tell the caller that workspace holds the ID.
