@@ -48,12 +48,15 @@ fn upstream_daemon_form_serves_and_uses_the_mounted_btrfs_as_it_is() {
     ]);
     let ws_id = ws_id_for(&p);
     let snap = m.join("snapshots").join(&ws_id).join("snap1");
+    // The workspace subvolume sits behind its storage gate (docs/security.md, issue 7 item 7):
+    // M/gates/<ws_id>/live; the snapshots where upstream keeps them.
+    let live = m.join("gates").join(&ws_id).join("live");
     expect(
-        r.code() == Some(0) && m.join(&ws_id).is_dir() && snap.is_dir(),
+        r.code() == Some(0) && live.is_dir() && snap.is_dir(),
         "checkpoint on the --mount-path daemon",
         &format!(
-            "exit 0 with upstream's loop layout on M: {}/<ws_id> and {}",
-            m.display(),
+            "exit 0 with the workspace on M: {} and {}",
+            live.display(),
             snap.display()
         ),
         &r,
