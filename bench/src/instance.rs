@@ -178,7 +178,13 @@ impl Instance {
         let path = self.home.join(name);
         fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
         crate::raw::write_sample_tree(&path)?;
-        let v = self.call(&Request::Init { path: path.clone() }, SLOW)?;
+        let v = self.call(
+            &Request::Init {
+                path: path.clone(),
+                force: false,
+            },
+            SLOW,
+        )?;
         let ws_id = v
             .get("ws_id")
             .and_then(Value::as_str)
@@ -192,6 +198,8 @@ impl Instance {
         let v = self.call(
             &Request::List {
                 workspace: workspace.map(|w| w.display().to_string()),
+                limit: None,
+                cursor: None,
             },
             SLOW,
         )?;

@@ -285,8 +285,10 @@ fn single_operations(
         inst.call(
             &Request::Rollback {
                 workspace: ws.clone(),
-                snapshot: target.clone(),
+                snapshot: Some(target.clone()),
+                ancestors: None,
                 force: false,
+                preview: false,
             },
             QUICK,
         )?;

@@ -14,6 +14,9 @@ fn main() {
     let cli = args::Cli::parse();
     // WS_CKPT_LOG wins; the daemon otherwise logs at its config's log_level, commands at warn.
     let default_level = match &cli.command {
+        args::Command::Daemon {
+            log_level: Some(l), ..
+        } => l.clone(),
         args::Command::Daemon { .. } => ws_ckpt::config::Config::load(&cli.config)
             .map(|c| c.daemon.log_level)
             .unwrap_or_else(|_| "info".to_string()),

@@ -41,15 +41,16 @@ pub(crate) fn json<T: Serialize>(v: &T) {
     }
 }
 
-/// Print an error (JSON on stdout in JSON mode, else two lines on stderr).
+/// Print an error: two lines on stderr (what failed, how to fix it), and in JSON mode the
+/// error document on stdout as well. stdout stays empty in table mode, and the message is on
+/// stderr in both modes, because upstream's agent plugins read the phrase from there.
 pub(crate) fn error(e: &Error, as_json: bool) {
     if as_json {
         json(&serde_json::json!({ "error": e }));
-    } else {
-        eprintln!("error: {}", esc(&e.message));
-        if let Some(h) = &e.hint {
-            eprintln!("hint: {}", esc(h));
-        }
+    }
+    eprintln!("error: {}", esc(&e.message));
+    if let Some(h) = &e.hint {
+        eprintln!("hint: {}", esc(h));
     }
 }
 

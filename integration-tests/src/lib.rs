@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod compat_support;
 pub mod hostile_support;
 mod process;
 pub mod scratch;

@@ -203,7 +203,7 @@ fn unmount_and_detach_then_apply_reattaches() {
         loops_under(&env.root).is_empty(),
         "autoclear must detach the loop device"
     );
-    let st = env.run(&["--format", "json", "status"]);
+    let st = env.run(&["--format", "json", "status", "--detailed-exitcode"]);
     assert_eq!(
         st.code(),
         Some(3),
@@ -287,7 +287,7 @@ fn hand_deleted_snapshot_is_marked_missing_and_cleared_when_restored() {
     btrfs(&["subvolume", "delete", sdir.join("s1").to_str().unwrap()]);
     let r = env.run(&["--format", "json", "apply"]).ok().json();
     assert_eq!(action_names(&r), ["mark-missing"]);
-    let st = env.run(&["--format", "json", "status"]);
+    let st = env.run(&["--format", "json", "status", "--detailed-exitcode"]);
     assert_eq!(st.code(), Some(3));
     let w = workspace(&st.json(), &p).clone();
     assert_eq!(
@@ -353,7 +353,7 @@ fn tampered_backend_is_a_conflict_and_creates_nothing() {
         "state.json untouched"
     );
     env.run(&["plan", "--detailed-exitcode"]).assert_code(1);
-    assert_eq!(env.run(&["status"]).code(), Some(1));
+    assert_eq!(env.run(&["status", "--detailed-exitcode"]).code(), Some(1));
 }
 
 #[test]
@@ -396,7 +396,7 @@ fn deleted_image_gives_per_workspace_storage_unavailable() {
             && m.contains(env.image.to_str().unwrap()),
         "{m}"
     );
-    let st = env.run(&["--format", "json", "status"]);
+    let st = env.run(&["--format", "json", "status", "--detailed-exitcode"]);
     assert_eq!(st.code(), Some(3));
     assert_eq!(
         workspace(&st.json(), &b)["condition"],
@@ -956,7 +956,7 @@ fn nested_subvolume_inside_a_workspace_is_reported() {
         "{msg}"
     );
     assert_eq!(
-        env.run(&["status"]).code(),
+        env.run(&["status", "--detailed-exitcode"]).code(),
         Some(3),
         "degraded while nested subvolumes exist"
     );

@@ -30,12 +30,17 @@ const OUTPUTS: &[(&str, &str)] = &[
     ("release", "release"),
     ("checkpoint", "checkpoint"),
     ("rollback", "rollback"),
+    ("rollback --preview", "rollback-preview"),
+    ("recover", "recover"),
     ("list", "list"),
     ("delete", "delete"),
     ("cleanup", "cleanup"),
     ("diff", "diff"),
     ("config show", "config-show"),
     ("config validate", "config-validate"),
+    ("config", "config-overview"),
+    ("config -g", "config-global"),
+    ("config -w", "config-policy"),
 ];
 
 /// Commands that print no JSON document (documentation, shell code, or a long-running
@@ -633,6 +638,23 @@ fn every_json_output_matches_its_schema() {
 
     c.check("list", "list", &ok(&["list"]));
     c.check("list", "list -w", &ok(&["list", "-w", p]));
+    let page = ok(&["list", "-w", p, "--limit", "1"]);
+    c.check("list", "list --limit 1", &page);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let last = ok(&["list", "-w", p, "--limit", "1", "--cursor", &cursor]);
+    c.check("list", "list --cursor", &last);
+    assert!(last["next_cursor"].is_null(), "{last}");
+    for args in [
+        vec!["rollback", "-w", p, "-s", "c1", "--preview"],
+        vec!["rollback", "-w", p, "-n", "1", "--preview"],
+    ] {
+        let preview = ok(&args);
+        c.check("rollback-preview", &args.join(" "), &preview);
+        assert_eq!(preview["preview"], true, "{preview}");
+    }
     c.check(
         "rollback",
         "rollback",
@@ -641,6 +663,9 @@ fn every_json_output_matches_its_schema() {
     for id in ["c3", "c4", "c5"] {
         ok(&["checkpoint", "-w", p, "-s", id]);
     }
+    let dry = ok(&["cleanup", "-w", p, "--keep", "1", "--dry-run"]);
+    c.check("cleanup", "cleanup --keep 1 --dry-run", &dry);
+    assert_eq!(dry["dry_run"], true, "{dry}");
     let cleaned = ok(&["cleanup", "-w", p, "--keep", "1"]);
     c.check("cleanup", "cleanup --keep 1", &cleaned);
     assert!(
@@ -649,17 +674,42 @@ fn every_json_output_matches_its_schema() {
     );
     c.check(
         "delete",
+        "delete --force --dry-run",
+        &ok(&["delete", "-w", p, "-s", "c2", "--force", "--dry-run"]),
+    );
+    c.check(
+        "delete",
         "delete --force",
         &ok(&["delete", "-w", p, "-s", "c2", "--force"]),
+    );
+
+    // Upstream's config documents, viewed and changed.
+    c.check("config-overview", "config", &ok(&["config"]));
+    c.check("config-global", "config -g", &ok(&["config", "-g"]));
+    c.check("config-policy", "config -w", &ok(&["config", "-w", p]));
+    let changed = ok(&[
+        "config",
+        "-w",
+        p,
+        "--enable-auto-cleanup",
+        "--auto-cleanup-keep",
+        "7d",
+    ]);
+    c.check("config-policy", "config -w (change)", &changed);
+    assert_eq!(
+        changed["local"]["auto_cleanup_keep"]["raw"], "7d",
+        "{changed}"
+    );
+    c.check(
+        "config-policy",
+        "config -w --reset",
+        &ok(&["config", "-w", p, "--reset"]),
     );
 
     // A snapshot deleted behind ws-ckpt's back: MISSING everywhere.
     ok(&["checkpoint", "-w", p, "-s", "gone"]);
     let listed = ok(&["list", "-w", p]);
-    let ws_id = listed["workspaces"][0]["ws_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ws_id = listed[0]["ws_id"].as_str().unwrap().to_string();
     btrfs(&[
         "subvolume",
         "delete",
@@ -735,6 +785,19 @@ fn every_json_output_matches_its_schema() {
         &ok(&["checkpoint", "-w", p]),
     );
     c.check("release", "release (daemon)", &ok(&["release", p]));
+    let other = env.home.join("other");
+    TestEnv::make_sample_tree(&other);
+    let o = other.to_str().unwrap();
+    ok(&["init", "-w", o]);
+    ok(&["checkpoint", "-w", o, "-s", "o1"]);
+    let recovered = ok(&["recover", "-w", o, "--force"]);
+    c.check("recover", "recover -w --force (daemon)", &recovered);
+    assert_eq!(recovered["recovered"][0]["snapshots"], 1, "{recovered}");
+    c.check(
+        "recover",
+        "recover --all --force (nothing left)",
+        &ok(&["recover", "--all", "--force"]),
+    );
     assert!(d.term(), "the daemon did not stop on SIGTERM");
     assert!(
         d.wait_timeout(Duration::from_secs(30)).is_some(),

@@ -79,14 +79,13 @@ fn checkpoint(env: &TestEnv, name: &str, id: &str) -> Value {
 /// Snapshot IDs listed for one workspace, in order, with their MISSING flag.
 fn listed(env: &TestEnv, name: &str) -> Vec<(String, bool)> {
     let v = ok(env, &["list", "-w", &ws(env, name)]);
-    v["workspaces"][0]["snapshots"]
-        .as_array()
-        .expect("snapshots array")
+    v.as_array()
+        .expect("list --format json is an array of snapshots")
         .iter()
         .map(|s| {
             (
                 s["id"].as_str().expect("id").to_string(),
-                s["missing"].as_bool().expect("missing"),
+                s["meta"]["missing"].as_bool().expect("missing"),
             )
         })
         .collect()
@@ -193,16 +192,18 @@ fn checkpoint_and_list_json_shape() {
     assert_eq!(ids(&env, "a"), ["c1", g1.as_str(), g2.as_str()]);
 
     let all = ok(&env, &["list"]);
-    let w = &all["workspaces"][0];
-    assert_eq!(w["ws_id"], ws_id.as_str());
-    assert_eq!(w["path"], ws(&env, "a"));
-    let s = &w["snapshots"][0];
+    let s = &all[0];
+    assert_eq!(s["ws_id"], ws_id.as_str());
+    assert_eq!(s["workspace"], ws(&env, "a"));
     assert_eq!(s["id"], "c1");
-    assert_eq!(s["message"], "first");
-    assert_eq!(s["metadata"]["tool"], "edit");
-    assert_eq!(s["pinned"], true);
-    assert_eq!(s["missing"], false);
-    assert!(w.get("problem").is_none());
+    assert_eq!(s["meta"]["message"], "first");
+    assert_eq!(s["meta"]["metadata"]["tool"], "edit");
+    assert_eq!(s["meta"]["pinned"], true);
+    assert_eq!(s["meta"]["missing"], false);
+    assert!(s.get("problem").is_none());
+    // Lineage: the newest is the head, and each names its parent.
+    assert_eq!(all[2]["head"], true, "{all}");
+    assert_eq!(all[1]["meta"]["parent_id"], "c1", "{all}");
     assert_eq!(
         subvolumes(&env),
         expected_subvolumes(&ws_id, &["c1", &g1, &g2])
@@ -410,10 +411,7 @@ fn detached_workspace_fails_loudly() {
     // Nothing was done to the directory, and no snapshot was deleted.
     assert_eq!(fs::read(path.join("new")).unwrap(), b"x");
     assert_eq!(
-        ok(&env, &["list", "-w", &ws_id])["workspaces"][0]["snapshots"]
-            .as_array()
-            .unwrap()
-            .len(),
+        ok(&env, &["list", "-w", &ws_id]).as_array().unwrap().len(),
         3
     );
     // By ws_id the snapshots stay manageable while detached.
@@ -842,10 +840,12 @@ fn parallel_first_checkpoints_make_one_workspace() {
         );
     }
     let v = ok(&env, &["list"]);
-    let ws_list = v["workspaces"].as_array().unwrap();
-    assert_eq!(ws_list.len(), 1, "{v}");
-    assert_eq!(ws_list[0]["snapshots"].as_array().unwrap().len(), 10, "{v}");
-    let ws_id = ws_list[0]["ws_id"].as_str().unwrap().to_string();
+    let items = v.as_array().unwrap();
+    let ws_ids: std::collections::BTreeSet<&str> =
+        items.iter().filter_map(|i| i["ws_id"].as_str()).collect();
+    assert_eq!(ws_ids.len(), 1, "{v}");
+    assert_eq!(items.len(), 10, "{v}");
+    let ws_id = ws_ids.iter().next().unwrap().to_string();
     let initialized = children
         .iter()
         .filter(|c| c.stdout().contains("\"initialized\": true"))

@@ -35,21 +35,37 @@ pub enum Request {
         #[serde(default)]
         pin: bool,
     },
-    /// Roll a workspace back to a snapshot.
+    /// Roll a workspace back to a snapshot: named (`snapshot`: an ID or a unique prefix of
+    /// one) or counted back along the lineage (`ancestors`: 1 = the snapshot the live
+    /// workspace descends from). Exactly one of the two.
     Rollback {
         /// Workspace path or ws_id.
         workspace: String,
-        /// Target snapshot ID.
-        snapshot: String,
+        /// Target snapshot ID, or a prefix matching exactly one.
+        #[serde(default)]
+        snapshot: Option<String>,
+        /// Target = the N-th snapshot back along the lineage (N >= 1).
+        #[serde(default)]
+        ancestors: Option<u32>,
         /// Roll back even when processes use the workspace.
         #[serde(default)]
         force: bool,
+        /// Only report what would change (the diff from the target to the live workspace).
+        #[serde(default)]
+        preview: bool,
     },
-    /// List snapshots (all workspaces when `workspace` is absent).
+    /// List snapshots (all workspaces when `workspace` is absent), optionally one page at a
+    /// time (`limit` and/or `cursor`: the result then carries `next_cursor`).
     List {
         /// Workspace path or ws_id.
         #[serde(default)]
         workspace: Option<String>,
+        /// At most this many snapshots (1..=10000).
+        #[serde(default)]
+        limit: Option<u32>,
+        /// Where the previous page ended (its `next_cursor`).
+        #[serde(default)]
+        cursor: Option<String>,
     },
     /// Delete one snapshot.
     Delete {
@@ -61,6 +77,9 @@ pub enum Request {
         /// Also pinned or MISSING entries.
         #[serde(default)]
         force: bool,
+        /// Only report what would be deleted.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Delete old snapshots now.
     Cleanup {
@@ -69,6 +88,9 @@ pub enum Request {
         /// `N` (keep the N newest unpinned) or an age like `30d`; default: the workspace's policy.
         #[serde(default)]
         keep: Option<String>,
+        /// Only report what would be deleted.
+        #[serde(default)]
+        dry_run: bool,
     },
     /// Differences between two snapshots, or a snapshot and the live workspace.
     Diff {
@@ -84,11 +106,35 @@ pub enum Request {
     Init {
         /// Directory.
         path: PathBuf,
+        /// Convert it even while processes have their working directory inside.
+        #[serde(default)]
+        force: bool,
     },
     /// Turn a workspace back into a plain directory.
     Release {
         /// Workspace path.
         path: PathBuf,
+    },
+    /// What `recover` (release) would act on: one workspace (path or ws_id), or every
+    /// workspace the caller may release; each with the snapshots that would be deleted.
+    RecoverPreview {
+        /// Workspace path or ws_id; every workspace when absent.
+        #[serde(default)]
+        workspace: Option<String>,
+    },
+    /// Upstream's `config`: the overview (no scope), the global settings (`global`) or one
+    /// workspace's retention policy (`workspace`), each optionally changed first: a
+    /// comment-preserving edit of the config file that sets the value, then a reload.
+    Config {
+        /// The workspace (path or ws_id) whose policy is shown or changed.
+        #[serde(default)]
+        workspace: Option<String>,
+        /// The global settings.
+        #[serde(default)]
+        global: bool,
+        /// What to change (nothing: only show).
+        #[serde(default)]
+        change: ConfigChange,
     },
     /// Health report.
     Status {
@@ -127,6 +173,8 @@ impl Request {
             Request::Diff { .. } => "diff",
             Request::Init { .. } => "init",
             Request::Release { .. } => "release",
+            Request::RecoverPreview { .. } => "recover-preview",
+            Request::Config { .. } => "config",
             Request::Status { .. } => "status",
             Request::Plan { .. } => "plan",
             Request::Apply { .. } => "apply",
@@ -136,22 +184,42 @@ impl Request {
 
     /// True for operations that change something (audited; refused while blocked).
     pub fn is_mutating(&self) -> bool {
-        !matches!(
-            self,
+        match self {
             Request::List { .. }
-                | Request::Status { .. }
-                | Request::Plan { .. }
-                | Request::Diff { .. }
-        )
+            | Request::Status { .. }
+            | Request::Plan { .. }
+            | Request::Diff { .. }
+            | Request::RecoverPreview { .. } => false,
+            Request::Rollback { preview, .. } => !preview,
+            Request::Delete { dry_run, .. } | Request::Cleanup { dry_run, .. } => !dry_run,
+            Request::Config { change, .. } => !change.is_empty(),
+            _ => true,
+        }
     }
 
-    /// Validate every snapshot ID the request names (before any path is built from one).
+    /// Validate every snapshot ID the request names (before any path is built from one),
+    /// and that a rollback names exactly one target.
     pub fn check_ids(&self) -> Result<()> {
+        if let Request::Rollback {
+            snapshot,
+            ancestors,
+            ..
+        } = self
+        {
+            if snapshot.is_some() == ancestors.is_some() {
+                return Err(crate::error::Error::new(
+                    crate::error::ErrorCode::InvalidArgument,
+                    "rollback needs exactly one of --snapshot ID and --num-ancestors N",
+                ));
+            }
+        }
         match self {
             Request::Checkpoint {
                 snapshot: Some(s), ..
             }
-            | Request::Rollback { snapshot: s, .. }
+            | Request::Rollback {
+                snapshot: Some(s), ..
+            }
             | Request::Delete { snapshot: s, .. } => check_snapshot_id(s),
             Request::Diff { from, to, .. } => {
                 check_snapshot_id(from)?;
@@ -159,6 +227,43 @@ impl Request {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// A change requested by `config` (upstream's flags). Each `Some` sets one setting; `reset`
+/// (workspace scope only) removes the workspace's own values so that it inherits the global
+/// ones again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigChange {
+    /// `--enable-auto-cleanup` (true) / `--disable-auto-cleanup` (false).
+    pub auto_cleanup: Option<bool>,
+    /// `--auto-cleanup-keep`: a count (`20`; `0` = disable auto-cleanup) or an age (`30d`).
+    pub keep: Option<String>,
+    /// `--auto-cleanup-interval SECS` (global only).
+    pub interval_secs: Option<u64>,
+    /// `--health-check-interval SECS` (global only): the periodic reconcile pass.
+    pub health_check_secs: Option<u64>,
+    /// `--img-size GB` (global only).
+    pub img_size_gb: Option<u64>,
+    /// `--img-max-percent P` (global only).
+    pub img_max_percent: Option<u32>,
+    /// `--reset` (workspace only).
+    pub reset: bool,
+}
+
+impl ConfigChange {
+    /// True when nothing is to be changed (a view).
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigChange::default()
+    }
+
+    /// True when a setting that only exists globally is to be changed.
+    pub fn has_global_only(&self) -> bool {
+        self.interval_secs.is_some()
+            || self.health_check_secs.is_some()
+            || self.img_size_gb.is_some()
+            || self.img_max_percent.is_some()
     }
 }
 

@@ -43,16 +43,17 @@ pub fn record(
             workspace,
             snapshot,
             ..
-        } => (Some(workspace.clone()), Some(snapshot.clone())),
+        } => (Some(workspace.clone()), snapshot.clone()),
         Request::Delete {
             workspace,
             snapshot,
             ..
         } => (workspace.clone(), Some(snapshot.clone())),
         Request::Cleanup { workspace, .. } => (Some(workspace.clone()), None),
-        Request::Init { path } | Request::Release { path } => {
+        Request::Init { path, .. } | Request::Release { path } => {
             (Some(path.display().to_string()), None)
         }
+        Request::Config { workspace, .. } => (workspace.clone(), None),
         _ => (None, None),
     };
     // The generated snapshot ID is only known from the result.

@@ -80,18 +80,37 @@ pub fn may_use(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> bool {
     false
 }
 
-fn workspace_access(config: &Config, caller: &Caller, w: &WorkspaceEntry) -> Result<()> {
-    if may_use(config, caller, w) {
+/// A workspace the caller may not use is answered exactly like one that does not exist
+/// (SPEC §7.2): the error names only what the caller itself gave (the ws_id or the path).
+fn workspace_access(config: &Config, caller: &Caller, w: &Addressed) -> Result<()> {
+    if may_use(config, caller, &w.entry) {
+        Ok(())
+    } else {
+        Err(not_found_as_given(w))
+    }
+}
+
+/// [`Error::workspace_not_found`] for `w` as the request named it.
+fn not_found_as_given(w: &Addressed) -> Error {
+    if w.by_id {
+        Error::workspace_not_found(&w.entry.ws_id)
+    } else {
+        Error::workspace_not_found(&w.entry.workspace_path.display().to_string())
+    }
+}
+
+/// Retention-policy changes (`config -w WS --…`) delete snapshots in bulk: only the owner
+/// (or root) may make them; `allow_users` may look.
+fn policy_change_access(config: &Config, caller: &Caller, w: &Addressed) -> Result<()> {
+    workspace_access(config, caller, w)?;
+    if w.entry.owner_uid == Some(caller.uid) {
         Ok(())
     } else {
         Err(denied(format!(
-            "uid {} may not use workspace {} ({}): it belongs to uid {}",
-            caller.uid,
-            w.ws_id,
-            w.workspace_path.display(),
-            w.owner_uid.map(|u| u.to_string()).unwrap_or_else(|| "root".into())
+            "only the owner of workspace {} or root may change its retention policy",
+            w.entry.ws_id
         ))
-        .hint("ask its owner or root to add you to allow_users / allow_groups in its [[workspace]] table"))
+        .hint("ask its owner or root"))
     }
 }
 
@@ -140,13 +159,29 @@ pub fn authorize(config: &Config, caller: &Caller, req: &Request, target: &Targe
             .hint("run it as root (sudo ws-ckpt ...)"))
         }
         (Request::Status { .. }, _) => Ok(()),
-        (Request::Init { path }, _) => init_access(config, caller, path),
-        (_, Target::Workspace(Addressed { entry, .. })) => workspace_access(config, caller, entry),
+        (Request::Init { path, .. }, _) => init_access(config, caller, path),
+        (Request::Config { change, .. }, Target::Host) if !change.is_empty() => Err(denied(
+            "changing the global configuration needs root".to_string(),
+        )
+        .hint("run it as root (sudo ws-ckpt config -g ...), or change your own workspace's policy with -w")),
+        (Request::Config { change, .. }, Target::Workspace(w)) if !change.is_empty() => {
+            policy_change_access(config, caller, w)
+        }
+        // Whoever may release a workspace may see what releasing it would delete.
+        (Request::RecoverPreview { .. }, Target::Workspace(w)) => authorize(
+            config,
+            caller,
+            &Request::Release {
+                path: w.entry.workspace_path.clone(),
+            },
+            target,
+        ),
+        (_, Target::Workspace(w)) => workspace_access(config, caller, w),
         (_, Target::Unrecorded { path, .. }) => init_access(config, caller, path),
-        // The operation picks the workspace by the (unique) ID; check every one holding it.
-        (_, Target::Holders(holders)) => holders
-            .iter()
-            .try_for_each(|w| workspace_access(config, caller, w)),
+        // The operation picks the one holder among those the caller may use
+        // (`Engine::unique_holder`); refusing here because of another user's workspace would
+        // tell the caller that workspace holds the ID.
+        (_, Target::Holders(_)) => Ok(()),
         (_, Target::Host) => Ok(()),
     }
 }
@@ -171,4 +206,6 @@ pub fn filter_status(
     st.workspaces.retain(|w| visible.contains(&w.ws_id));
     st.findings
         .retain(|f| f.ws_id.as_ref().is_none_or(|id| visible.contains(id)));
+    // The verdict and its reasons are those of what is left.
+    st.judge();
 }

@@ -51,6 +51,9 @@ fn is_root() -> bool {
 pub struct Client {
     config: Result<Config>,
     socket: PathBuf,
+    /// The socket was named explicitly (`WS_CKPT_SOCKET`, as upstream's clients do): only a
+    /// daemon there may serve the command, never in-process work on the config's paths.
+    explicit: bool,
 }
 
 impl Client {
@@ -64,9 +67,23 @@ impl Client {
             Ok(c) => ipc::socket_path(c),
             Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
         };
-        Client { config, socket }
+        Client {
+            config,
+            socket,
+            explicit: false,
+        }
     }
 
+    /// Talk to the daemon on `socket` only (`WS_CKPT_SOCKET`): when nothing answers there,
+    /// every command fails with "daemon is not running" instead of running in-process on the
+    /// config's default paths (which may belong to another daemon, e.g. a sidecar's).
+    pub fn with_socket(mut self, socket: Option<PathBuf>) -> Client {
+        if let Some(s) = socket {
+            self.socket = s;
+            self.explicit = true;
+        }
+        self
+    }
     /// The daemon's socket.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -111,7 +128,13 @@ impl Client {
                     }
                 }
             }
-            // Nothing answers. A daemon holding the lock is starting: wait for its socket.
+            // Nothing answers. WS_CKPT_SOCKET names one daemon: never fall back to the
+            // configured paths.
+            if self.explicit {
+                return Err(Error::daemon_not_running(&self.socket, "WS_CKPT_SOCKET names it")
+                    .hint("start the daemon that serves this socket, or unset WS_CKPT_SOCKET to use the configured one"));
+            }
+            // A daemon holding the lock is starting: wait for its socket.
             let config = self.config()?;
             let holder = crate::lock::holder(&config.daemon.state_dir);
             let starting = holder.as_ref().filter(|h| h.is_daemon() && h.alive());
@@ -123,12 +146,9 @@ impl Client {
                 continue;
             }
             if !is_root() {
-                return Err(Error::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "no ws-ckpt daemon answers on {}, and running without it needs root",
-                        self.socket.display()
-                    ),
+                return Err(Error::daemon_not_running(
+                    &self.socket,
+                    "and running without it needs root",
                 )
                 .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
             }
@@ -183,10 +203,7 @@ impl Client {
     /// answers.
     pub fn call_daemon(&self, req: &Request, timeout: Duration) -> Result<Value> {
         let Some(stream) = ipc::connect(&self.socket)? else {
-            return Err(Error::new(
-                ErrorCode::Io,
-                format!("no ws-ckpt daemon answers on {}", self.socket.display()),
-            )
+            return Err(Error::daemon_not_running(&self.socket, "this command needs it")
             .hint("start it (systemctl start ws-ckpt); without a daemon, `ws-ckpt apply` converges directly"));
         };
         match ipc::exchange(stream, &self.socket, req, timeout) {
@@ -208,6 +225,12 @@ impl Client {
             ) {
                 return r;
             }
+        }
+        if self.explicit {
+            return Err(Error::daemon_not_running(
+                &self.socket,
+                "WS_CKPT_SOCKET names it",
+            ));
         }
         let sys = LinuxSys::new()?;
         let store = crate::store::Store::load(&config.daemon.state_dir, SystemTime::now())?;

@@ -214,8 +214,8 @@ impl Engine {
 
     /// Reload the config from its file (after our own edits, or on SIGHUP).
     pub fn reload_config(&self) -> Result<()> {
-        let path = self.config().config_path.clone();
-        self.set_config(Config::load(&path)?);
+        // `reload` keeps the command-line settings (`daemon --mount-path`, `--socket`, …).
+        self.set_config(self.config().reload()?);
         Ok(())
     }
 
@@ -409,14 +409,22 @@ impl Engine {
     }
 
     /// `ws-ckpt init PATH`: declare in a drop-in, then apply (the host steps and this
-    /// workspace's only); report the workspace.
+    /// workspace's only); report the workspace. Unless `force`, a directory in which a process
+    /// other than `caller` (and this one) has its working directory is refused before anything
+    /// changes (as upstream 0.3.3+).
     pub fn init(
         &self,
         path: &Path,
+        force: bool,
+        caller: &crate::api::Caller,
         progress: &mut dyn FnMut(&str, &crate::copy::Progress),
     ) -> Result<InitReport> {
         let path = absolute_user_path(path)?;
-        let declared = self.in_host(|| self.declare_for_init(&path))?;
+        let cwd_guard = || match force {
+            true => Ok(()),
+            false => crate::procs::guard_init(&path, caller),
+        };
+        let declared = self.in_host(|| self.declare_for_init(&path, &cwd_guard))?;
         let (decl_file, newly_declared) = match declared {
             Declared::Already(report) => return Ok(report),
             Declared::In { file, new } => (file, new),
@@ -477,7 +485,11 @@ impl Engine {
 
     /// The config side of `init` (under the host lock): already a workspace, or declared now
     /// (in which file, and whether this call added the declaration).
-    fn declare_for_init(&self, path: &Path) -> Result<Declared> {
+    fn declare_for_init(
+        &self,
+        path: &Path,
+        cwd_guard: &dyn Fn() -> Result<()>,
+    ) -> Result<Declared> {
         let config = self.config();
         if let Some(w) = self.workspace_by_path(path) {
             if config
@@ -495,8 +507,12 @@ impl Engine {
             }
         }
         let (file, new) = match config.workspace(path) {
-            Some(d) if d.state == DeclState::Present => (d.source.clone(), false),
+            Some(d) if d.state == DeclState::Present => {
+                cwd_guard()?;
+                (d.source.clone(), false)
+            }
             Some(d) => {
+                cwd_guard()?;
                 edit::set_workspace_state(&d.source, path, DeclState::Present)?;
                 (d.source.clone(), false)
             }
@@ -508,6 +524,7 @@ impl Engine {
                     )
                     .hint("choose a project directory of your own"));
                 }
+                cwd_guard()?;
                 let taken = |id: &str| {
                     self.store
                         .read()
@@ -591,13 +608,8 @@ impl Engine {
     /// The recorded workspace at `path` (made absolute) that `release` acts on.
     pub fn release_target(&self, path: &Path) -> Result<WorkspaceEntry> {
         let path = absolute_user_path(path)?;
-        self.workspace_by_path(&path).ok_or_else(|| {
-            Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("{} is not a workspace", path.display()),
-            )
-            .hint("`ws-ckpt list` shows the workspaces")
-        })
+        self.workspace_by_path(&path)
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `ws-ckpt release PATH` of the recorded workspace `ws`: set `state = "absent"` where it
@@ -610,6 +622,10 @@ impl Engine {
     ) -> Result<ReleaseReport> {
         let ws = ws.clone();
         let path = ws.workspace_path.clone();
+        // A real directory at the path is never overwritten: refuse before declaring anything.
+        if let Some(why) = release_blocker(&ws) {
+            return Err(Error::new(ErrorCode::WorkspaceDetached, why));
+        }
         self.in_host(|| {
             let config = self.config();
             match config.workspace(&path) {
@@ -663,23 +679,11 @@ impl Engine {
             return Ok(w);
         }
         if crate::ids::is_valid_ws_id(spec) && spec.starts_with("ws-") {
-            return Err(Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("no workspace with ID {spec}"),
-            )
-            .hint("`ws-ckpt list` shows the workspaces and their IDs"));
+            return Err(Error::workspace_not_found(spec));
         }
         let path = absolute_user_path(Path::new(spec))?;
-        self.workspace_by_path(&path).ok_or_else(|| {
-            Error::new(
-                ErrorCode::WorkspaceNotFound,
-                format!("{} is not a workspace", path.display()),
-            )
-            .hint(format!(
-                "`ws-ckpt init {}` makes it one; `ws-ckpt list` shows the workspaces",
-                path.display()
-            ))
-        })
+        self.workspace_by_path(&path)
+            .ok_or_else(|| Error::workspace_not_found(&path.display().to_string()))
     }
 
     /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
@@ -701,6 +705,19 @@ impl Engine {
     /// The state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.config().daemon.state_dir.clone()
+    }
+}
+
+/// Why releasing `w` cannot succeed now, as far as its path shows: a real directory or a file
+/// occupies it (never overwritten, SPEC §5.4).
+pub fn release_blocker(w: &WorkspaceEntry) -> Option<String> {
+    match crate::observe::path_state(&w.workspace_path) {
+        PathState::Dir { .. } | PathState::Other => Some(format!(
+            "cannot recover workspace {}: {p} is a real directory or file now, not the workspace symlink; move it aside (e.g. `mv {p} {p}.moved`) and retry; the workspace and its snapshots are kept",
+            w.ws_id,
+            p = w.workspace_path.display()
+        )),
+        _ => None,
     }
 }
 

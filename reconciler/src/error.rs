@@ -75,6 +75,47 @@ impl Error {
     pub fn io(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> Self {
         Error::new(ErrorCode::Io, format!("{what} {}: {e}", path.display()))
     }
+
+    /// `workspace not found: SPEC` (SPEC as the caller gave it, a path made absolute or a
+    /// ws_id). The one answer for a name that is no workspace *and* for another user's
+    /// workspace (SPEC §7.2: a caller learns nothing of workspaces it may not use), so it
+    /// depends on nothing but `spec`. The words are those upstream's agent plugins match
+    /// (docs/compat.md §5): "not found" and "workspace", and never "snapshot".
+    pub fn workspace_not_found(spec: &str) -> Self {
+        Error::new(ErrorCode::WorkspaceNotFound, format!("workspace not found: {spec}")).hint(
+            "check the path or ws_id (`ws-ckpt status` lists your workspaces); `ws-ckpt init PATH` turns a directory into one",
+        )
+    }
+
+    /// `snapshot not found: ID (workspace WS_ID)`, upstream's phrase.
+    pub fn snapshot_not_found(ws_id: &str, id: &str) -> Self {
+        Error::new(
+            ErrorCode::SnapshotNotFound,
+            format!("snapshot not found: {id} (workspace {ws_id})"),
+        )
+        .hint(format!("`ws-ckpt list -w {ws_id}` shows its snapshots"))
+    }
+
+    /// `snapshot id 'ID' already exists in workspace WS_ID`, upstream's phrase.
+    pub fn snapshot_exists(ws_id: &str, id: &str) -> Self {
+        Error::new(
+            ErrorCode::SnapshotAlreadyExists,
+            format!("snapshot id '{id}' already exists in workspace {ws_id}"),
+        )
+        .hint("choose another ID, or omit -s to get a generated one")
+    }
+
+    /// `ws-ckpt daemon is not running: nothing answers on SOCKET (WHY)`: the lower-case phrase
+    /// both upstream plugins match ("daemon is not running").
+    pub fn daemon_not_running(socket: &std::path::Path, why: impl std::fmt::Display) -> Self {
+        Error::new(
+            ErrorCode::Io,
+            format!(
+                "ws-ckpt daemon is not running: nothing answers on {} ({why})",
+                socket.display()
+            ),
+        )
+    }
 }
 
 /// Result alias.

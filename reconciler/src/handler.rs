@@ -14,8 +14,10 @@
 use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Request, Target};
 use crate::engine::{ApplyOptions, Engine};
 use crate::error::{Error, ErrorCode, Result};
+use crate::ops::{ListPage, RollbackTarget};
 use crate::paths::absolute_user_path;
 use crate::plan::PlanOptions;
+use crate::policy::ConfigScope;
 use crate::status::DaemonInfo;
 use serde::Serialize;
 use serde_json::Value;
@@ -130,11 +132,19 @@ pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
         }
         | Request::List {
             workspace: Some(spec),
+            ..
         }
         | Request::Status {
             workspace: Some(spec),
         }
         | Request::Delete {
+            workspace: Some(spec),
+            ..
+        }
+        | Request::RecoverPreview {
+            workspace: Some(spec),
+        }
+        | Request::Config {
             workspace: Some(spec),
             ..
         } => workspace(spec),
@@ -148,8 +158,14 @@ pub fn resolve(engine: &Engine, req: &Request) -> Result<Target> {
             let spec = w.workspace_path.display().to_string();
             Ok(Target::Workspace(Addressed::new(w, &spec)))
         }
-        Request::List { workspace: None }
+        Request::List {
+            workspace: None, ..
+        }
         | Request::Status { workspace: None }
+        | Request::RecoverPreview { workspace: None }
+        | Request::Config {
+            workspace: None, ..
+        }
         | Request::Init { .. }
         | Request::Plan { .. }
         | Request::Apply { .. }
@@ -193,46 +209,113 @@ fn dispatch(
                 pin: *pin,
             };
             match target {
-                Target::Unrecorded { path, not_found } => {
-                    to_value(&engine.checkpoint_unrecorded(&path, not_found, args, progress)?)
-                }
+                Target::Unrecorded { path, not_found } => to_value(
+                    &engine.checkpoint_unrecorded(&path, not_found, args, caller, progress)?,
+                ),
                 t => to_value(&engine.checkpoint(&addressed(&t)?.entry, args)?),
             }
         }
         Request::Rollback {
-            snapshot, force, ..
-        } => to_value(&engine.rollback(&addressed(&target)?.entry, snapshot, *force)?),
-        Request::List { workspace } => {
+            snapshot,
+            ancestors,
+            force,
+            preview,
+            ..
+        } => {
+            let goal = match (snapshot, ancestors) {
+                (Some(s), None) => RollbackTarget::Named(s.clone()),
+                (None, Some(n)) => RollbackTarget::Ancestors(*n),
+                _ => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        "rollback needs exactly one of --snapshot ID and --num-ancestors N",
+                    ))
+                }
+            };
+            let ws = addressed(&target)?;
+            if *preview {
+                to_value(&engine.rollback_preview(&ws, &goal)?)
+            } else {
+                to_value(&engine.rollback(&ws.entry, &goal, *force, caller)?)
+            }
+        }
+        Request::List {
+            workspace,
+            limit,
+            cursor,
+        } => {
             let ws = match workspace {
-                Some(_) => Some(addressed(&target)?.entry),
+                Some(_) => Some(addressed(&target)?),
                 None => None,
             };
-            to_value(&engine.list(caller, ws.as_ref())?)
+            let page = ListPage {
+                limit: *limit,
+                cursor: cursor.clone(),
+            };
+            to_value(&engine.list(caller, ws.as_ref(), &page)?)
         }
         Request::Delete {
-            snapshot, force, ..
+            snapshot,
+            force,
+            dry_run,
+            ..
         } => {
             let ws = match &target {
                 Target::Holders(holders) => engine.unique_holder(caller, holders, snapshot)?,
                 t => addressed(t)?,
             };
-            to_value(&engine.delete(&ws, snapshot, *force)?)
+            to_value(&engine.delete(&ws, snapshot, *force, *dry_run)?)
         }
-        Request::Cleanup { keep, .. } => {
-            to_value(&engine.cleanup(&addressed(&target)?, keep.as_deref())?)
+        Request::Cleanup { keep, dry_run, .. } => {
+            to_value(&engine.cleanup(&addressed(&target)?, keep.as_deref(), *dry_run)?)
+        }
+        Request::RecoverPreview { workspace } => {
+            let ws = match workspace {
+                Some(_) => Some(addressed(&target)?),
+                None => None,
+            };
+            to_value(&engine.recover_preview(caller, ws.as_ref()))
+        }
+        Request::Config {
+            workspace,
+            global,
+            change,
+        } => {
+            let ws = match workspace {
+                Some(_) => Some(addressed(&target)?),
+                None => None,
+            };
+            let scope = match (&ws, global) {
+                (Some(_), true) => {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        "-g (global) and -w (one workspace) are exclusive",
+                    ))
+                }
+                (Some(w), false) => ConfigScope::Workspace(w),
+                (None, true) => ConfigScope::Global,
+                (None, false) => ConfigScope::Overview,
+            };
+            engine.config_request(caller, scope, change)
         }
         Request::Diff { from, to, .. } => {
             to_value(&engine.diff(&addressed(&target)?, from, to.as_deref())?)
         }
-        Request::Init { path } => to_value(&engine.init(path, progress)?),
+        Request::Init { path, force } => to_value(&engine.init(path, *force, caller, progress)?),
         Request::Release { .. } => to_value(&engine.release(&addressed(&target)?.entry, progress)?),
         Request::Status { workspace } => {
             let mut st = engine.status(daemon);
             let state = engine.store.read().state.clone();
             crate::auth::filter_status(&engine.config(), state.as_ref(), caller, &mut st);
             if workspace.is_some() {
-                let ws_id = addressed(&target)?.entry.ws_id;
-                st.workspaces.retain(|x| x.ws_id == ws_id);
+                let ws = addressed(&target)?;
+                // Named by its path, a detached workspace is an error (SPEC §4 rule 5, as
+                // upstream 0.5.0); by ws_id it is reported.
+                if !ws.by_id {
+                    let res = engine.light_resolution()?;
+                    engine.check_attached(&ws, &res)?;
+                }
+                st.only_workspace(ws.ws_id());
             }
             to_value(&st)
         }
@@ -375,7 +458,9 @@ mod tests {
         assert_eq!(err.code, ErrorCode::PermissionDenied);
         let req = Request::Rollback {
             workspace: "ws-nowhere".into(),
-            snapshot: "../x".into(),
+            snapshot: Some("../x".into()),
+            ancestors: None,
+            preview: false,
             force: false,
         };
         let err = handle_in_process(&e, &ROOT, req, &mut |_, _| {}).unwrap_err();

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Maximum length of a snapshot ID.
-pub const MAX_SNAPSHOT_ID_LEN: usize = 128;
+/// Maximum length of a snapshot ID in bytes (the kernel's NAME_MAX: it is one path component).
+pub const MAX_SNAPSHOT_ID_LEN: usize = 255;
 /// Maximum length of a workspace ID.
 pub const MAX_WS_ID_LEN: usize = 64;
 /// Names a workspace ID may not take: what ws-ckpt keeps next to the workspace subvolumes in
@@ -23,7 +23,8 @@ pub const RESERVED_WS_IDS: &[&str] = &["snapshots"];
 pub const WS_ID_RULE: &str = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}";
 /// The snapshot-ID rule, as error messages state it.
 pub const SNAPSHOT_ID_RULE: &str =
-    "1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit";
+    "any UTF-8 name of 1-255 bytes (spaces and CJK allowed) that is not blank, \
+     contains no / \\ NUL or control character, and does not start with a dot";
 
 /// `ws-` + the first 6 hex digits of SHA-256 of the absolute path.
 pub fn derive_ws_id(path: &Path) -> String {
@@ -61,9 +62,32 @@ fn is_component(id: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// True for a valid snapshot ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+/// True for a valid snapshot ID (SPEC §5.2, upstream's alphabet): any UTF-8 name of at most
+/// [`MAX_SNAPSHOT_ID_LEN`] bytes without `/`, `\`, NUL or control characters, not blank, and
+/// not starting with `.` (which also rules out `.` and `..`, and keeps ws-ckpt's own hidden
+/// temporary names in a snapshot directory apart from every snapshot). Such a name is always
+/// exactly one path component.
 pub fn is_valid_snapshot_id(id: &str) -> bool {
-    is_component(id, MAX_SNAPSHOT_ID_LEN)
+    snapshot_id_problem(id).is_none()
+}
+
+/// Why `id` is not a valid snapshot ID (one clause, for an error message), or `None`.
+pub fn snapshot_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("it is empty")
+    } else if id.len() > MAX_SNAPSHOT_ID_LEN {
+        Some("it is longer than 255 bytes")
+    } else if id.trim().is_empty() {
+        Some("it is only whitespace")
+    } else if id.starts_with('.') {
+        Some("it starts with a dot")
+    } else if id.contains(['/', '\\']) {
+        Some("it contains / or \\")
+    } else if id.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else {
+        None
+    }
 }
 
 /// True for a valid workspace ID: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` and not one of
@@ -87,14 +111,13 @@ pub fn ws_id_problem(id: &str) -> Option<String> {
 
 /// `Ok` for a valid snapshot ID, else an `InvalidArgument` error naming it and the rule.
 pub fn check_snapshot_id(id: &str) -> Result<(), Error> {
-    if is_valid_snapshot_id(id) {
-        Ok(())
-    } else {
-        Err(Error::new(
+    match snapshot_id_problem(id) {
+        None => Ok(()),
+        Some(problem) => Err(Error::new(
             ErrorCode::InvalidArgument,
-            format!("invalid snapshot ID {id:?}"),
+            format!("invalid snapshot ID {id:?}: {problem}"),
         )
-        .hint(format!("snapshot IDs are {SNAPSHOT_ID_RULE}")))
+        .hint(format!("snapshot IDs are {SNAPSHOT_ID_RULE}"))),
     }
 }
 
@@ -157,20 +180,45 @@ mod tests {
 
     #[test]
     fn snapshot_id_rules() {
-        for ok in ["a", "c1", "2026.11.24_x-y", &"a".repeat(128)] {
+        let long = "a".repeat(255);
+        let cjk = "备".repeat(85); // 255 bytes
+        for ok in [
+            "a",
+            "c1",
+            "2026.11.24_x-y",
+            "-a",
+            "a b",
+            " leading space",
+            "é",
+            "重构前备份",
+            "a:b@c#d+e=f,g",
+            "a.",
+            long.as_str(),
+            cjk.as_str(),
+        ] {
             assert!(is_valid_snapshot_id(ok), "{ok}");
         }
+        let too_long = "a".repeat(256);
+        let cjk_too_long = format!("{cjk}a");
         for bad in [
             "",
-            "-a",
+            "   ",
+            ".",
+            "..",
             ".a",
             "../../x",
             "a/b",
-            "a b",
-            &"a".repeat(129),
-            "é",
+            "a\\b",
+            "nul\0in",
+            "tab\tin",
+            "nl\nin",
+            "esc\u{1b}[31m",
+            "del\u{7f}",
+            "c1\u{85}",
+            too_long.as_str(),
+            cjk_too_long.as_str(),
         ] {
-            assert!(!is_valid_snapshot_id(bad), "{bad}");
+            assert!(!is_valid_snapshot_id(bad), "{bad:?}");
         }
         assert!(!is_valid_ws_id("snapshots"));
         assert!(is_valid_ws_id("ws-1a2b3c") && is_valid_ws_id(&"a".repeat(64)));

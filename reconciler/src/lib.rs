@@ -39,6 +39,8 @@ pub mod observe;
 pub mod ops;
 pub mod paths;
 pub mod plan;
+pub mod policy;
+pub mod procs;
 pub mod resolve;
 pub mod state;
 pub mod status;

@@ -96,7 +96,7 @@ pub fn resolve_backend(config: &Config, persisted: &Persisted, obs: &Observed) -
             mount: lcfg.mount.clone(),
             data_root: lcfg.mount.clone(),
             snapshots_root: lcfg.mount.join("snapshots"),
-            image: Some(lcfg.image.clone()),
+            image: (!uses_foreign_mount(config, obs)).then(|| lcfg.image.clone()),
             conflict: None,
         },
         BackendType::BtrfsBase => {
@@ -184,6 +184,24 @@ pub fn resolve_backend(config: &Config, persisted: &Persisted, obs: &Observed) -
         }
     }
     res
+}
+
+/// `daemon --mount-path M` (upstream's form) with a writable btrfs filesystem already mounted
+/// at M that is not our image: the loop layout is used on it as it is, and no image is
+/// created or mounted (upstream's e2e script mounts its own loop btrfs at M first).
+fn uses_foreign_mount(config: &Config, obs: &Observed) -> bool {
+    if !config.use_mounted_loop() {
+        return false;
+    }
+    let mount = &config.backend.btrfs_loop.mount;
+    let Some(m) = obs.mount_at(mount) else {
+        return false;
+    };
+    let ours = obs
+        .image
+        .as_ref()
+        .is_some_and(|img| loop_mount_matches(obs, img, mount).is_some());
+    m.fs_type == "btrfs" && m.is_writable() && !ours
 }
 
 /// `[backend] type` spelling of a backend.

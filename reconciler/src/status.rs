@@ -3,6 +3,12 @@
 //! [`build`] is pure, like the planner: a function of the config, the persisted state, the
 //! observation, the plan made from them and what the serving daemon knows about itself. The
 //! JSON shape of [`StatusReport`] is part of the CLI contract.
+//!
+//! The verdict ([`StatusReport::judge`]) is "healthy" only when the backend is mounted,
+//! every workspace is ready, nothing is pending (no interrupted operation, no repair `apply`
+//! would make; routine retention aside) and no finding is a warning or worse. Every reason
+//! it is not is listed in `attention` with its fix. A report reduced to what a caller may
+//! see, or to one workspace (`status -w`), is judged again on what is left.
 
 use crate::config::Config;
 use crate::finding::{Finding, FindingKind, Severity};
@@ -12,7 +18,7 @@ use crate::state::{BackendType, SelectionMethod};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Overall health (exit codes 0 / 3 / 1).
+/// Overall health (`status --detailed-exitcode`: 0 / 3 / 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -132,6 +138,21 @@ pub struct WorkspaceStatus {
     /// Explanation when not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// How to make it ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// Actions `apply` would take on it now (by name).
+    #[serde(default)]
+    pub pending: Vec<String>,
+}
+
+/// One reason the report is not healthy, with its fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attention {
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
 }
 
 /// The whole report (`status --format json`).
@@ -150,15 +171,128 @@ pub struct StatusReport {
     pub findings: Vec<Finding>,
     /// Actions `apply` would take now.
     pub pending_actions: usize,
+    /// Of those, the ones on no particular workspace (backend bootstrap, image growth, …) and
+    /// interrupted host operations awaiting recovery, by name.
+    #[serde(default)]
+    pub host_pending: Vec<String>,
+    /// Why the health is not "healthy", each with its fix (empty when healthy).
+    #[serde(default)]
+    pub attention: Vec<Attention>,
 }
 
+/// The action that runs on its own schedule when retention is on: pending between passes is
+/// normal operation, not something to fix.
+const ROUTINE_ACTION: &str = "apply-retention";
+
 impl StatusReport {
-    /// Exit code: 0 healthy, 3 degraded, 1 error.
+    /// `status --detailed-exitcode`: 0 healthy, 3 degraded, 1 error.
     pub fn exit_code(&self) -> i32 {
         match self.health {
             Health::Healthy => 0,
             Health::Degraded => 3,
             Health::Error => 1,
+        }
+    }
+
+    /// Keep only workspace `ws_id` (with its findings and the host-wide blocking ones) and
+    /// judge the health on it alone (`status -w`).
+    pub fn only_workspace(&mut self, ws_id: &str) {
+        self.workspaces.retain(|w| w.ws_id == ws_id);
+        self.findings.retain(|f| {
+            f.ws_id.as_deref() == Some(ws_id) || (f.ws_id.is_none() && f.is_blocking())
+        });
+        self.pending_actions = self.workspaces.iter().map(|w| w.pending.len()).sum();
+        self.host_pending.clear();
+        self.judge();
+    }
+
+    /// Set `health` and `attention` from what the report holds.
+    pub fn judge(&mut self) {
+        let mut attention = Vec::new();
+        match &self.backend {
+            Some(b) if !b.mounted => attention.push(Attention {
+                message: format!("the backend filesystem is not mounted at {}", b.mount.display()),
+                fix: "run `ws-ckpt apply` (a running daemon mounts it by itself); `ws-ckpt plan` says what blocks it".into(),
+            }),
+            _ => {}
+        }
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Warning)
+        {
+            attention.push(Attention {
+                message: f.message.clone(),
+                fix: f.hint.clone(),
+            });
+        }
+        if let Some(e) = &self.daemon.config_error {
+            attention.push(Attention {
+                message: format!("the daemon's config does not load (it runs on the last good one): {e}"),
+                fix: "fix the file named (`ws-ckpt config validate` checks it); the daemon picks it up by itself".into(),
+            });
+        }
+        let noted: Vec<&str> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Warning)
+            .filter_map(|f| f.ws_id.as_deref())
+            .collect();
+        for w in &self.workspaces {
+            if w.condition != Condition::Ready && !noted.contains(&w.ws_id.as_str()) {
+                attention.push(Attention {
+                    message: format!(
+                        "workspace {} ({}) is {}: {}",
+                        w.ws_id,
+                        w.path.display(),
+                        w.condition.as_str(),
+                        w.detail.as_deref().unwrap_or("not ready")
+                    ),
+                    fix: w
+                        .fix
+                        .clone()
+                        .unwrap_or_else(|| "run `ws-ckpt apply`".into()),
+                });
+            }
+        }
+        let repairs: Vec<String> = self
+            .host_pending
+            .iter()
+            .cloned()
+            .chain(
+                self.workspaces
+                    .iter()
+                    .flat_map(|w| w.pending.iter().map(move |a| format!("{a} {}", w.ws_id))),
+            )
+            .filter(|a| !a.starts_with(ROUTINE_ACTION))
+            .collect();
+        if !repairs.is_empty() {
+            attention.push(Attention {
+                message: format!("{} change(s) pending: {}", repairs.len(), repairs.join(", ")),
+                fix: "run `ws-ckpt apply` (a running daemon does at its next pass); `ws-ckpt plan` shows each with its details".into(),
+            });
+        }
+        self.health = if self.findings.iter().any(Finding::is_blocking) {
+            Health::Error
+        } else if attention.is_empty() {
+            Health::Healthy
+        } else {
+            Health::Degraded
+        };
+        self.attention = attention;
+    }
+}
+
+impl Condition {
+    /// The JSON spelling (`ready`, `missing-snapshots`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Ready => "ready",
+            Condition::MissingSnapshots => "missing-snapshots",
+            Condition::StorageUnavailable => "storage-unavailable",
+            Condition::Detached => "detached",
+            Condition::Undeclared => "undeclared",
+            Condition::Interrupted => "interrupted",
         }
     }
 }
@@ -236,21 +370,34 @@ pub fn build(
                     .iter()
                     .find(|f| f.kind == k && f.ws_id.as_deref() == Some(w.ws_id.as_str()))
             };
-            let (condition, detail) = if let Some(f) = finding(FindingKind::StorageUnavailable) {
-                (Condition::StorageUnavailable, Some(f.message.clone()))
+            let p_disp = w.workspace_path.display();
+            let detached_fix = format!(
+                "move {p_disp} aside (e.g. `mv {p_disp} {p_disp}.moved`), then `ws-ckpt apply` restores the link, or `ws-ckpt recover -w {p_disp}` turns the workspace back into a plain directory"
+            );
+            let (condition, detail, fix) = if let Some(f) = finding(FindingKind::StorageUnavailable)
+            {
+                (
+                    Condition::StorageUnavailable,
+                    Some(f.message.clone()),
+                    Some(f.hint.clone()),
+                )
             } else if let Some(f) = finding(FindingKind::PathOccupied) {
-                (Condition::Detached, Some(f.message.clone()))
+                (
+                    Condition::Detached,
+                    Some(f.message.clone()),
+                    Some(detached_fix),
+                )
             } else if pending_ws.contains(&w.ws_id) {
                 (
                     Condition::Interrupted,
-                    Some(
-                        "an interrupted operation awaits recovery; run `ws-ckpt apply`".to_string(),
-                    ),
+                    Some("an interrupted operation awaits recovery".to_string()),
+                    Some("run `ws-ckpt apply` to finish or revert it (a running daemon does at its next pass)".to_string()),
                 )
             } else if p.backend.as_ref().is_some_and(|_| obs.storage.is_none()) {
                 (
                     Condition::StorageUnavailable,
-                    Some("the backend filesystem is not mounted; run `ws-ckpt apply`".to_string()),
+                    Some("the backend filesystem is not mounted".to_string()),
+                    Some("run `ws-ckpt apply` (a running daemon mounts it by itself)".to_string()),
                 )
             } else if missing > 0
                 || p.actions
@@ -264,23 +411,34 @@ pub fn build(
                         "{n} snapshot(s) MISSING; `ws-ckpt list -w {}` shows them",
                         w.ws_id
                     )),
+                    Some(format!(
+                        "restore the subvolume to clear the mark, or forget it with `ws-ckpt delete -w {} -s ID --force`",
+                        w.ws_id
+                    )),
                 )
             } else if !matches!(obs.path(&w.workspace_path), PathState::Symlink { .. }) {
                 (
                     Condition::Detached,
-                    Some(format!(
-                        "{} is not the workspace symlink; run `ws-ckpt apply`",
-                        w.workspace_path.display()
-                    )),
+                    Some(format!("{p_disp} is not the workspace symlink")),
+                    Some(detached_fix),
                 )
             } else if !declared {
                 (
                     Condition::Undeclared,
                     Some("declared in no config file".to_string()),
+                    Some(format!(
+                        "declare it (`ws-ckpt init {p_disp}`), or release it with `ws-ckpt apply --prune`"
+                    )),
                 )
             } else {
-                (Condition::Ready, None)
+                (Condition::Ready, None, None)
             };
+            let pending: Vec<String> = p
+                .actions
+                .iter()
+                .filter(|a| a.ws_id() == Some(w.ws_id.as_str()))
+                .map(|a| a.name().to_string())
+                .collect();
             workspaces.push(WorkspaceStatus {
                 ws_id: w.ws_id.clone(),
                 path: w.workspace_path.clone(),
@@ -291,22 +449,27 @@ pub fn build(
                 declared,
                 owner_uid: w.owner_uid,
                 detail,
+                fix,
+                pending,
             });
         }
     }
     let config_error = daemon.and_then(|d| d.config_error.clone());
-    let health = if p.blocked() {
-        Health::Error
-    } else if workspaces.iter().any(|w| w.condition != Condition::Ready)
-        || p.findings.iter().any(|f| f.severity >= Severity::Warning)
-        || config_error.is_some()
-    {
-        Health::Degraded
-    } else {
-        Health::Healthy
-    };
-    StatusReport {
-        health,
+    let host_pending: Vec<String> = p
+        .actions
+        .iter()
+        .filter(|a| a.ws_id().is_none())
+        .map(|a| a.name().to_string())
+        .chain(
+            persisted
+                .pending()
+                .iter()
+                .filter(|o| o.kind.ws_id().is_none())
+                .map(|o| format!("interrupted {}", o.kind.name())),
+        )
+        .collect();
+    let mut report = StatusReport {
+        health: Health::Healthy,
         backend,
         daemon: DaemonStatus {
             running: daemon.is_some(),
@@ -320,5 +483,9 @@ pub fn build(
         workspaces,
         findings: p.findings.clone(),
         pending_actions: p.actions.len(),
-    }
+        host_pending,
+        attention: Vec::new(),
+    };
+    report.judge();
+    report
 }

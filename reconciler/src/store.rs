@@ -17,6 +17,7 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Persisted, StateProblem};
+use crate::state::lineage;
 use crate::state::{
     load_state, IndexLoad, IndexOp, IndexStore, SnapshotEntry, StateFile, StateLoad,
     WorkspaceEntry, WorkspaceIndex,
@@ -84,7 +85,7 @@ impl Inner {
             for id in ids {
                 let before = self.index_or_new(ws_id);
                 self.indexes
-                    .append(ws_id, &IndexOp::Remove { id: id.clone() }, &before)?;
+                    .append(ws_id, &lineage::withdraw(&before, &id), &before)?;
                 if let Some(list) = self.withdrawn.get_mut(ws_id) {
                     list.retain(|x| *x != id);
                 }
@@ -94,7 +95,7 @@ impl Inner {
         if let Some(idx) = self.p.indexes.get_mut(ws_id) {
             if let Some((id, entry)) = Arc::make_mut(idx).unsettled.take() {
                 tracing::warn!(ws_id, snapshot = %id, "keeping an unsettled checkpoint record");
-                Arc::make_mut(idx).snapshots.insert(id, entry);
+                Arc::make_mut(idx).apply(&IndexOp::Checkpoint { id, entry });
             }
         }
         Ok(())
@@ -395,10 +396,26 @@ impl Store {
         self.lock().apply_index_op(ws_id, op)
     }
 
-    /// Remove one snapshot entry (one journal append).
+    /// The live workspace now equals snapshot `id` (after a rollback): it becomes the lineage
+    /// head. One journal append.
+    pub fn set_head(&self, ws_id: &str, id: &str) -> Result<()> {
+        let mut g = self.lock();
+        let Some(idx) = g.p.indexes.get(ws_id) else {
+            return Ok(());
+        };
+        let op = lineage::rolled_back_to(idx, id);
+        g.apply_index_op(ws_id, op)
+    }
+
+    /// Remove one snapshot entry, linking its lineage children to its parent (one journal
+    /// append).
     pub fn remove_snapshot(&self, ws_id: &str, id: &str) -> Result<()> {
-        self.lock()
-            .apply_index_op(ws_id, IndexOp::Remove { id: id.to_string() })
+        let mut g = self.lock();
+        let op = match g.p.indexes.get(ws_id) {
+            Some(idx) => lineage::remove(idx, id),
+            None => IndexOp::Remove { id: id.to_string() },
+        };
+        g.apply_index_op(ws_id, op)
     }
 
     /// The one durable record of a checkpoint, written BEFORE its snapshot ioctl (message,
@@ -425,7 +442,11 @@ impl Store {
         let mut g = self.lock();
         let idx = g.index_or_new(ws_id);
         g.change_index(ws_id, idx, |i| {
-            i.snapshots.insert(id.to_string(), entry);
+            // With its lineage links, as the intent line is applied on the next load.
+            i.apply(&IndexOp::Checkpoint {
+                id: id.to_string(),
+                entry,
+            });
         });
         let op = IndexOp::Confirm { id: id.to_string() };
         if let Err(e) = g.indexes.append_unsynced(ws_id, &op) {
@@ -439,7 +460,7 @@ impl Store {
     pub fn withdraw_checkpoint(&self, ws_id: &str, id: &str) {
         let mut g = self.lock();
         let before = g.index_or_new(ws_id);
-        let op = IndexOp::Remove { id: id.to_string() };
+        let op = lineage::withdraw(&before, id);
         if let Err(e) = g.indexes.append(ws_id, &op, &before) {
             tracing::warn!(ws_id, snapshot = id, error = %e, "cannot write the withdrawal of a failed checkpoint yet");
             g.withdrawn
@@ -475,7 +496,7 @@ impl Store {
             };
             if found {
                 tracing::info!(ws_id, snapshot = %id, "an interrupted checkpoint's snapshot exists: kept with its message, metadata and pin");
-                idx.snapshots.insert(id, entry);
+                idx.apply(&IndexOp::Checkpoint { id, entry });
             } else {
                 tracing::info!(ws_id, snapshot = %id, "an interrupted checkpoint has no snapshot: withdrawn");
                 g.withdrawn.entry(ws_id.clone()).or_default().push(id);

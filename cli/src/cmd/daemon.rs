@@ -5,14 +5,13 @@
 use crate::args::Cli;
 use serde_json::Value;
 use std::time::Duration;
-use ws_ckpt::client::Client;
 
 /// Client timeout of `daemon --check` when it asks a running daemon.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `daemon --check`.
 pub(super) fn check(cli: &Cli) -> i32 {
-    let plan = match Client::new(&cli.config).check_plan(CHECK_TIMEOUT) {
+    let plan = match super::client(cli).check_plan(CHECK_TIMEOUT) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}", e.message);

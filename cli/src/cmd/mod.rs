@@ -1,11 +1,16 @@
 //! One function per subcommand (one file per group): each builds a [`Request`], hands it to the
 //! library's [`Client`] (the daemon when one answers, else in-process as root), and prints the
 //! JSON result as a table or as is. The output is the same either way because both routes
-//! produce the same JSON value.
+//! produce the same JSON value. `WS_CKPT_SOCKET` (upstream's variable) pins the daemon's
+//! socket: then nothing runs in-process.
+//!
+//! After a successful change in table mode, the last stdout line is upstream's
+//! `Completed in <secs>s`, which its OpenClaw plugin appends to its replies.
 
 mod config;
 mod daemon;
 mod plan;
+mod recover;
 mod snapshot;
 mod status;
 mod workspace;
@@ -29,13 +34,33 @@ const SLOW: Duration = Duration::from_secs(6 * 3600);
 /// Run the parsed command; returns the process exit code.
 pub(crate) fn run(cli: Cli) -> i32 {
     let json = cli.format == Format::Json;
+    let started = std::time::Instant::now();
     match dispatch(&cli) {
-        Ok(code) => code,
+        Ok(code) => {
+            if code == 0 && !json && prints_timing(&cli.command) {
+                println!("Completed in {:.3}s", started.elapsed().as_secs_f64());
+            }
+            code
+        }
         Err(e) => {
             output::error(&e, json);
             1
         }
     }
+}
+
+/// The commands after which upstream prints its timing line and its plugins look for it:
+/// those that change a workspace.
+fn prints_timing(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Checkpoint { .. }
+            | Command::Rollback { .. }
+            | Command::Delete { .. }
+            | Command::Cleanup { .. }
+            | Command::Init { .. }
+            | Command::Release { .. }
+    )
 }
 
 fn dispatch(cli: &Cli) -> Result<i32, Error> {
@@ -46,9 +71,27 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
         } => plan::plan(cli, *detailed_exitcode, *prune),
         Command::Apply { check, diff, prune } => plan::apply(cli, *check, *diff, *prune),
         Command::Reload => plan::reload(cli),
-        Command::Status { workspace } => status::status(cli, workspace.as_deref()),
-        Command::Init { path } => workspace::init(cli, path),
+        Command::Status {
+            workspace,
+            detailed_exitcode,
+        } => status::status(cli, workspace.as_deref(), *detailed_exitcode),
+        Command::Init {
+            path,
+            workspace,
+            force,
+        } => {
+            let dir = path
+                .as_deref()
+                .or(workspace.as_deref())
+                .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, "init needs a directory"))?;
+            workspace::init(cli, dir, *force)
+        }
         Command::Release { path } => workspace::release(cli, path),
+        Command::Recover {
+            workspace,
+            all,
+            force,
+        } => recover::recover(cli, workspace.as_deref(), *all, *force),
         Command::Checkpoint {
             workspace,
             snapshot,
@@ -66,24 +109,64 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
         Command::Rollback {
             workspace,
             snapshot,
+            num_ancestors,
+            preview,
             force,
-        } => snapshot::rollback(cli, workspace, snapshot, *force),
-        Command::List { workspace } => snapshot::list(cli, workspace.as_deref()),
+        } => snapshot::rollback(
+            cli,
+            workspace,
+            snapshot.clone(),
+            *num_ancestors,
+            *preview,
+            *force,
+        ),
+        Command::List {
+            workspace,
+            limit,
+            cursor,
+        } => snapshot::list(cli, workspace.as_deref(), *limit, cursor.clone()),
         Command::Delete {
             workspace,
             snapshot,
             force,
-        } => snapshot::delete(cli, workspace.as_deref(), snapshot, *force),
-        Command::Cleanup { workspace, keep } => snapshot::cleanup(cli, workspace, keep.clone()),
+            dry_run,
+        } => snapshot::delete(cli, workspace.as_deref(), snapshot, *force, *dry_run),
+        Command::Cleanup {
+            workspace,
+            keep,
+            dry_run,
+        } => snapshot::cleanup(cli, workspace, keep.clone(), *dry_run),
         Command::Diff {
             workspace,
             from,
             to,
         } => snapshot::diff(cli, workspace, from, to.clone()),
-        Command::Daemon { check: false } => Ok(ws_ckpt::daemon::run(&cli.config)),
-        Command::Daemon { check: true } => Ok(daemon::check(cli)),
-        Command::Config(ConfigCommand::Show) => config::show(cli),
-        Command::Config(ConfigCommand::Validate { path }) => config::validate(cli, path.as_deref()),
+        Command::Daemon {
+            check: false,
+            mount_path,
+            socket,
+            log_level,
+        } => {
+            let overrides = ws_ckpt::config::Overrides {
+                mount: mount_path.as_deref().map(abs).transpose()?,
+                socket: socket.as_deref().map(abs).transpose()?,
+                log_level: log_level.clone(),
+            };
+            Ok(ws_ckpt::daemon::run_with(&cli.config, overrides))
+        }
+        Command::Daemon { check: true, .. } => Ok(daemon::check(cli)),
+        Command::Config {
+            command: Some(ConfigCommand::Show),
+            ..
+        } => config::show(cli),
+        Command::Config {
+            command: Some(ConfigCommand::Validate { path }),
+            ..
+        } => config::validate(cli, path.as_deref()),
+        Command::Config {
+            command: None,
+            args,
+        } => config::upstream(cli, args),
         Command::Completions { shell } => crate::gen::completions(*shell),
         Command::Man { page, out_dir } => crate::gen::man(page.as_deref(), out_dir.as_deref()),
     }
@@ -92,7 +175,27 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
 /// Send `req` (to the daemon, or in-process as root), with copy progress on a terminal.
 fn call(cli: &Cli, req: Request, timeout: Duration) -> Result<Value, Error> {
     let mut progress = progress_printer();
-    Client::new(&cli.config).call(req, timeout, &mut progress)
+    client(cli).call(req, timeout, &mut progress)
+}
+
+/// The client of this command: `WS_CKPT_SOCKET`, when set, is the only daemon it may use.
+fn client(cli: &Cli) -> Client {
+    let socket = std::env::var_os("WS_CKPT_SOCKET")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    Client::new(&cli.config).with_socket(socket)
+}
+
+/// Ask `question` on stderr and read one answer line from stdin: true for `y`/`Y`/`yes`.
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, Write};
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
 }
 
 fn json_mode(cli: &Cli) -> bool {

@@ -4,7 +4,6 @@ use super::{call, json_mode, parse, str_of, QUICK, SLOW};
 use crate::args::Cli;
 use crate::output;
 use ws_ckpt::api::Request;
-use ws_ckpt::client::Client;
 use ws_ckpt::engine::ApplyReport;
 use ws_ckpt::error::Error;
 use ws_ckpt::execute::Outcome;
@@ -45,7 +44,7 @@ pub(super) fn apply(cli: &Cli, check: bool, diff: bool, prune: bool) -> Result<i
 
 /// `reload`: only through the daemon.
 pub(super) fn reload(cli: &Cli) -> Result<i32, Error> {
-    let v = Client::new(&cli.config).call_daemon(&Request::Reload, SLOW)?;
+    let v = super::client(cli).call_daemon(&Request::Reload, SLOW)?;
     let r: ApplyReport = parse(&v)?;
     if json_mode(cli) {
         output::json(&v)

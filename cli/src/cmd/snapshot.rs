@@ -1,11 +1,14 @@
 //! The snapshot commands: `checkpoint`, `rollback`, `list`, `delete`, `cleanup`, `diff`.
 
-use super::{call, json_mode, str_of, ws_spec, QUICK, SLOW};
+use super::{call, confirm, json_mode, parse, str_of, ws_spec, QUICK, SLOW};
 use crate::args::Cli;
 use crate::output;
 use serde_json::Value;
+use std::io::IsTerminal;
+use std::time::SystemTime;
 use ws_ckpt::api::Request;
 use ws_ckpt::error::{Error, ErrorCode};
+use ws_ckpt::ops::ListResult;
 
 /// `checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]`: prints the snapshot ID.
 pub(super) fn checkpoint(
@@ -53,21 +56,31 @@ pub(super) fn checkpoint(
     Ok(0)
 }
 
-/// `rollback -w WS -s ID [--force]`.
+/// `rollback -w WS (-s ID | -n N) [--preview] [--force]`.
 pub(super) fn rollback(
     cli: &Cli,
     workspace: &str,
-    snapshot: &str,
+    snapshot: Option<String>,
+    ancestors: Option<u32>,
+    preview: bool,
     force: bool,
 ) -> Result<i32, Error> {
     let req = Request::Rollback {
         workspace: ws_spec(workspace)?,
-        snapshot: snapshot.to_string(),
+        snapshot,
+        ancestors,
         force,
+        preview,
     };
     let v = call(cli, req, QUICK)?;
     if json_mode(cli) {
         output::json(&v);
+    } else if preview {
+        println!("Rollback preview (no changes applied)");
+        println!("Target snapshot: {}", str_of(&v["snapshot"]));
+        println!();
+        println!("Changes since target snapshot (rollback will revert these):");
+        print_diff(&v);
     } else {
         println!(
             "{} rolled back to {}",
@@ -78,47 +91,95 @@ pub(super) fn rollback(
     Ok(0)
 }
 
-/// `list [-w WS]`.
-pub(super) fn list(cli: &Cli, workspace: Option<&str>) -> Result<i32, Error> {
+/// `list [-w WS] [--limit N] [--cursor T]`: in JSON upstream's array of items, or one page.
+pub(super) fn list(
+    cli: &Cli,
+    workspace: Option<&str>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<i32, Error> {
     let workspace = workspace.map(ws_spec).transpose()?;
-    let v = call(cli, Request::List { workspace }, QUICK)?;
+    let paged = limit.is_some() || cursor.is_some();
+    let req = Request::List {
+        workspace,
+        limit,
+        cursor,
+    };
+    let v = call(cli, req, QUICK)?;
+    let listed: ListResult = parse(&v)?;
     if json_mode(cli) {
-        output::json(&v)
+        let items = listed.items();
+        if paged {
+            output::json(&serde_json::json!({
+                "snapshots": items,
+                "next_cursor": listed.next_cursor.clone().flatten(),
+            }));
+        } else {
+            output::json(&items);
+        }
     } else {
-        print_list(&v)
+        print_list(&listed);
     }
     Ok(0)
 }
 
-/// `delete [-w WS] -s ID [--force]`.
+/// `delete [-w WS] -s ID [--force] [--dry-run]`. A pinned or MISSING snapshot without
+/// --force is deleted after a yes on a terminal (as upstream asks); without one it is refused.
 pub(super) fn delete(
     cli: &Cli,
     workspace: Option<&str>,
     snapshot: &str,
     force: bool,
+    dry_run: bool,
 ) -> Result<i32, Error> {
     let workspace = workspace.map(ws_spec).transpose()?;
-    let req = Request::Delete {
-        workspace,
+    let req = |force| Request::Delete {
+        workspace: workspace.clone(),
         snapshot: snapshot.to_string(),
         force,
+        dry_run,
     };
-    let v = call(cli, req, QUICK)?;
+    let v = match call(cli, req(force), QUICK) {
+        Err(e)
+            if !force
+                && matches!(
+                    e.code,
+                    ErrorCode::SnapshotPinned | ErrorCode::SnapshotMissing
+                )
+                && std::io::stdin().is_terminal()
+                && std::io::stderr().is_terminal() =>
+        {
+            eprintln!("⚠ {}", output::esc(&e.message));
+            if !confirm("Delete it anyway?") {
+                eprintln!("Operation cancelled: {snapshot} was not deleted.");
+                return Ok(0);
+            }
+            call(cli, req(true), QUICK)?
+        }
+        other => other?,
+    };
     if json_mode(cli) {
         output::json(&v);
     } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
         for id in v["deleted"].as_array().into_iter().flatten() {
-            println!("deleted {} from {}", str_of(id), str_of(&v["ws_id"]));
+            println!("{verb} {} from {}", str_of(id), str_of(&v["ws_id"]));
         }
     }
     Ok(0)
 }
 
-/// `cleanup -w WS [--keep N|AGE]`.
-pub(super) fn cleanup(cli: &Cli, workspace: &str, keep: Option<String>) -> Result<i32, Error> {
+/// `cleanup -w WS [--keep N|AGE] [--dry-run]`.
+pub(super) fn cleanup(
+    cli: &Cli,
+    workspace: &str,
+    keep: Option<String>,
+    dry_run: bool,
+) -> Result<i32, Error> {
     let req = Request::Cleanup {
         workspace: ws_spec(workspace)?,
         keep,
+        dry_run,
     };
     let v = call(cli, req, SLOW)?;
     if json_mode(cli) {
@@ -126,13 +187,20 @@ pub(super) fn cleanup(cli: &Cli, workspace: &str, keep: Option<String>) -> Resul
     } else {
         let deleted = v["deleted"].as_array().cloned().unwrap_or_default();
         if deleted.is_empty() {
-            println!("nothing to delete in {}", str_of(&v["ws_id"]));
+            println!(
+                "nothing to delete in {} (keep {})",
+                str_of(&v["ws_id"]),
+                str_of(&v["keep"])
+            );
         }
+        let verb = if dry_run { "would delete" } else { "deleted" };
         for d in &deleted {
-            println!("deleted {} ({})", str_of(&d["id"]), str_of(&d["reason"]));
+            println!("{verb} {} ({})", str_of(&d["id"]), str_of(&d["reason"]));
         }
-        if let Some(n) = v["freed_bytes"].as_u64() {
-            println!("freed {}", ws_ckpt::plan::human_bytes(n));
+        if !dry_run {
+            if let Some(n) = v["freed_bytes"].as_u64() {
+                println!("freed {}", ws_ckpt::plan::human_bytes(n));
+            }
         }
     }
     Ok(0)
@@ -159,52 +227,81 @@ pub(super) fn diff(
     Ok(0)
 }
 
-fn print_list(v: &Value) {
-    let workspaces = v["workspaces"].as_array().cloned().unwrap_or_default();
-    if workspaces.is_empty() {
-        println!("no workspaces");
+fn print_list(v: &ListResult) {
+    let now = SystemTime::now();
+    if v.workspaces
+        .iter()
+        .all(|w| w.snapshots.is_empty() && w.problem.is_none())
+    {
+        println!("No snapshots found.");
     }
-    for w in &workspaces {
-        println!("{} {}", str_of(&w["ws_id"]), str_of(&w["path"]));
-        let snaps = w["snapshots"].as_array().cloned().unwrap_or_default();
-        if snaps.is_empty() {
+    for w in &v.workspaces {
+        if w.snapshots.is_empty() && w.problem.is_none() {
+            continue;
+        }
+        println!("{} {}", w.ws_id, output::esc(&w.path.display().to_string()));
+        if let Some(p) = &w.problem {
+            println!("  problem: {}", output::esc(p));
+        }
+        if w.snapshots.is_empty() {
             println!("  (no snapshots)");
             continue;
         }
-        let rows: Vec<Vec<String>> = snaps
+        let rows: Vec<Vec<String>> = w
+            .snapshots
             .iter()
             .map(|s| {
                 let mut flags = Vec::new();
-                if s["pinned"] == true {
+                if s.head {
+                    flags.push("head");
+                }
+                if s.pinned {
                     flags.push("pinned");
                 }
-                if s["missing"] == true {
+                if s.missing {
                     flags.push("MISSING");
                 }
+                let t = s.created_at.time();
                 vec![
-                    format!("  {}", str_of(&s["id"])),
-                    str_of(&s["created_at"]),
+                    format!("  {}", s.id),
+                    t.map(ws_ckpt::time::format_local)
+                        .unwrap_or_else(|| s.created_at.as_str().to_string()),
+                    t.map(|t| ws_ckpt::time::age(now, t)).unwrap_or_default(),
                     flags.join(","),
-                    str_of(&s["message"]),
+                    s.message.clone().unwrap_or_default(),
+                    s.snapshot_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
-        output::table(&["  ID", "CREATED", "FLAGS", "MESSAGE"], &rows);
+        output::table(
+            &["  ID", "CREATED", "AGE", "FLAGS", "MESSAGE", "PATH"],
+            &rows,
+        );
+    }
+    if let Some(Some(c)) = &v.next_cursor {
+        println!("more: repeat with --cursor {c}");
     }
 }
+
 fn print_diff(v: &Value) {
     let entries = v["entries"].as_array().cloned().unwrap_or_default();
     if entries.is_empty() {
-        println!("no changes");
+        println!("No differences found.");
+        return;
     }
     for e in &entries {
         let path = str_of(&e["path"]);
         match e["change"].as_str().unwrap_or("") {
-            "added" => println!("+ {path}"),
-            "deleted" => println!("- {path}"),
-            "modified" => println!("M {path}"),
-            "renamed" => println!("R {} → {path}", str_of(&e["from"])),
-            other => println!("? {other} {path}"),
+            "added" => println!("+  {path}"),
+            "deleted" => println!("-  {path}"),
+            "modified" => println!("M  {path}"),
+            "renamed" => println!("R  {} → {path}", str_of(&e["from"])),
+            other => println!("?  {other} {path}"),
         }
     }
+    println!();
+    println!("{} change(s)", entries.len());
 }

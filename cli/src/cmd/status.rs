@@ -1,4 +1,6 @@
-//! `status`: backend, daemon and workspace health. Exit 0 healthy, 3 degraded, 1 error.
+//! `status`: backend, daemon and workspace health. Exit 0 whenever a report was made (as
+//! upstream; its plugins take anything else for "no daemon"); `--detailed-exitcode`: 0
+//! healthy, 3 degraded, 1 error.
 
 use super::plan::print_findings;
 use super::{call, json_mode, parse, str_of, ws_spec, QUICK};
@@ -8,8 +10,12 @@ use ws_ckpt::api::Request;
 use ws_ckpt::error::Error;
 use ws_ckpt::status::StatusReport;
 
-/// `status [-w WORKSPACE]`.
-pub(super) fn status(cli: &Cli, workspace: Option<&str>) -> Result<i32, Error> {
+/// `status [-w WORKSPACE] [--detailed-exitcode]`.
+pub(super) fn status(
+    cli: &Cli,
+    workspace: Option<&str>,
+    detailed_exitcode: bool,
+) -> Result<i32, Error> {
     let workspace = workspace.map(ws_spec).transpose()?;
     let v = call(cli, Request::Status { workspace }, QUICK)?;
     let st: StatusReport = parse(&v)?;
@@ -18,7 +24,7 @@ pub(super) fn status(cli: &Cli, workspace: Option<&str>) -> Result<i32, Error> {
     } else {
         print_status(&st)
     }
-    Ok(st.exit_code())
+    Ok(if detailed_exitcode { st.exit_code() } else { 0 })
 }
 
 fn print_status(st: &StatusReport) {
@@ -104,17 +110,21 @@ fn print_status(st: &StatusReport) {
             &["WS_ID", "CONDITION", "SNAPSHOTS", "MISSING", "PATH"],
             &rows,
         );
-        for w in &st.workspaces {
-            if let Some(d) = &w.detail {
-                println!("  {}: {}", w.ws_id, output::esc(d));
-            }
+    }
+    // Why it is not healthy, each with its fix (workspace conditions, warnings and errors,
+    // pending changes); then what is only informational.
+    if !st.attention.is_empty() {
+        println!("needs attention:");
+        for a in &st.attention {
+            println!("  - {}", output::esc(&a.message));
+            println!("    fix: {}", output::esc(&a.fix));
         }
     }
-    if st.pending_actions > 0 {
-        println!(
-            "{} action(s) pending: run `ws-ckpt apply`",
-            st.pending_actions
-        );
-    }
-    print_findings(&st.findings);
+    let info: Vec<_> = st
+        .findings
+        .iter()
+        .filter(|f| f.severity < ws_ckpt::plan::Severity::Warning)
+        .cloned()
+        .collect();
+    print_findings(&info);
 }

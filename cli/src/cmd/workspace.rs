@@ -8,9 +8,13 @@ use ws_ckpt::api::Request;
 use ws_ckpt::engine::{InitReport, ReleaseReport};
 use ws_ckpt::error::Error;
 
-/// `init PATH`.
-pub(super) fn init(cli: &Cli, path: &Path) -> Result<i32, Error> {
-    let v = call(cli, Request::Init { path: abs(path)? }, SLOW)?;
+/// `init PATH` / `init -w PATH` [`--force`].
+pub(super) fn init(cli: &Cli, path: &Path, force: bool) -> Result<i32, Error> {
+    let req = Request::Init {
+        path: abs(path)?,
+        force,
+    };
+    let v = call(cli, req, SLOW)?;
     let r: InitReport = parse(&v)?;
     if json_mode(cli) {
         output::json(&v)

@@ -85,6 +85,7 @@ impl Config {
             config_path: config_path.to_path_buf(),
             dropin_dir: dropin_dir_for(config_path),
             files: Vec::new(),
+            overrides: Default::default(),
         }
     }
 

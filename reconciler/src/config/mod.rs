@@ -29,14 +29,15 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use edit::{
-    declare_workspace, remove_workspace, set_workspace_state, write_migrated, EditError,
+    declare_workspace, remove_workspace, set_workspace_state, write_migrated, EditError, GlobalKey,
+    MigratedDecl, MigratedPolicy, SettingValue,
 };
 pub(crate) use error::error_at;
 pub use error::ConfigError;
 pub use merge::dropin_dir_for;
 pub use types::{
     AccessSettings, BackendKind, BackendSettings, BaseSettings, Config, DaemonSettings, DeclState,
-    InvalidValue, Keep, LoopSettings, RetentionSettings, WorkspaceDecl,
+    InvalidValue, Keep, LoopSettings, Overrides, RetentionSettings, WorkspaceDecl,
 };
 pub(crate) use validate::normalize_abs_path;
 

@@ -252,6 +252,50 @@ pub struct Config {
     pub dropin_dir: PathBuf,
     /// Files actually read, in order.
     pub files: Vec<PathBuf>,
+    /// What `ws-ckpt daemon` was told on its command line (upstream's form); applied over
+    /// the files, and again after every reload ([`Config::reload`]).
+    pub overrides: Overrides,
+}
+
+/// Settings given on the command line of `ws-ckpt daemon` in upstream's form
+/// (`--mount-path M --socket S --log-level L`). They win over the config files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--mount-path M`: the loop backend's mount point (`[backend] type = "btrfs-loop"`,
+    /// `[backend.btrfs-loop] mount = M`). A btrfs filesystem already mounted at M is used as
+    /// it is (no image is created or mounted); otherwise the image is mounted at M.
+    pub mount: Option<PathBuf>,
+    /// `--socket S`: the socket path itself (instead of `<runtime_dir>/ws-ckpt.sock`).
+    pub socket: Option<PathBuf>,
+    /// `--log-level L`.
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// This config with `o` applied (see [`Overrides`]).
+    pub fn with_overrides(mut self, o: Overrides) -> Config {
+        if let Some(m) = &o.mount {
+            self.backend.kind = BackendKind::BtrfsLoop;
+            self.backend.btrfs_loop.mount = m.clone();
+        }
+        if let Some(l) = &o.log_level {
+            self.daemon.log_level = l.clone();
+        }
+        self.overrides = o;
+        self
+    }
+
+    /// Read the files again ([`Config::load`] of the same main file), with the same
+    /// overrides.
+    pub fn reload(&self) -> Result<Config, super::ConfigError> {
+        Config::load(&self.config_path).map(|c| c.with_overrides(self.overrides.clone()))
+    }
+
+    /// True when a btrfs filesystem already mounted at the loop mount point is to be used as
+    /// it is (`daemon --mount-path`, upstream's e2e setup).
+    pub fn use_mounted_loop(&self) -> bool {
+        self.overrides.mount.as_deref() == Some(self.backend.btrfs_loop.mount.as_path())
+    }
 }
 
 impl Config {

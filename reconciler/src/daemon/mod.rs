@@ -61,7 +61,13 @@ impl From<Error> for DaemonError {
 /// `ws-ckpt daemon`: returns the process exit code. (`daemon --check` plans without a
 /// daemon: see `client::Client::check_plan`.)
 pub fn run(config_path: &Path) -> i32 {
-    match serve(config_path) {
+    run_with(config_path, crate::config::Overrides::default())
+}
+
+/// [`run`] with upstream's command-line settings (`daemon --mount-path M --socket S
+/// --log-level L`) applied over the config.
+pub fn run_with(config_path: &Path, overrides: crate::config::Overrides) -> i32 {
+    match serve(config_path, overrides) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "ws-ckpt daemon cannot start");
@@ -116,15 +122,17 @@ fn open_engine(config: Config) -> Result<Engine, Error> {
     }
 }
 
-fn serve(config_path: &Path) -> Result<i32, DaemonError> {
-    let config = Config::load(config_path).map_err(Error::from)?;
+fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32, DaemonError> {
+    let config = Config::load(config_path)
+        .map_err(Error::from)?
+        .with_overrides(overrides);
     tracing::info!(
         config = %config_path.display(),
         state_dir = %config.daemon.state_dir.display(),
         log_level = %config.daemon.log_level,
         "ws-ckpt daemon starting"
     );
-    let runtime_dir = config.daemon.runtime_dir.clone();
+    let socket_path = crate::ipc::socket_path(&config);
     let engine = open_engine(config)?;
     if engine.unclean_detected {
         tracing::error!(
@@ -140,7 +148,7 @@ fn serve(config_path: &Path) -> Result<i32, DaemonError> {
         return Err(e.into());
     }
     let mut interval = shared.pass("startup");
-    let (listener, socket) = match server::bind(&runtime_dir) {
+    let (listener, socket) = match server::bind_at(&socket_path) {
         Ok(x) => x,
         Err(e) => {
             close_engine(&shared);

@@ -58,10 +58,17 @@ pub enum ServerError {
 /// Create `runtime_dir` (0755) when missing, remove a stale socket (only when nobody answers
 /// on it), bind, and make the socket mode 0666 (authorization is by `SO_PEERCRED`).
 pub fn bind(runtime_dir: &Path) -> Result<(UnixListener, PathBuf), ServerError> {
+    bind_at(&runtime_dir.join(ipc::SOCKET_NAME))
+}
+
+/// [`bind`] for the socket path itself (`daemon --socket S`): its directory is created when
+/// missing.
+pub fn bind_at(socket: &Path) -> Result<(UnixListener, PathBuf), ServerError> {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| ServerError::Io { what, path, source }
     };
+    let runtime_dir = socket.parent().unwrap_or(Path::new("/"));
     if !runtime_dir.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -69,7 +76,7 @@ pub fn bind(runtime_dir: &Path) -> Result<(UnixListener, PathBuf), ServerError> 
             .create(runtime_dir)
             .map_err(io("create the runtime directory", runtime_dir))?;
     }
-    let path = runtime_dir.join(ipc::SOCKET_NAME);
+    let path = socket.to_path_buf();
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if ipc::daemon_running(&path) {

@@ -7,7 +7,6 @@
 
 use super::watch::{Event, WatchSet, Watches};
 use crate::api::{Caller, Request};
-use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::handler::Session;
@@ -106,7 +105,8 @@ impl Shared {
     pub(super) fn refresh_config(&self, engine: &Engine) {
         let current = engine.config();
         let path = current.config_path.clone();
-        let result = Config::load(&path).map_err(|e| e.to_string()).and_then(|c| {
+        // `reload` keeps the daemon's command-line settings (--mount-path, --socket, …).
+        let result = current.reload().map_err(|e| e.to_string()).and_then(|c| {
             let old = &current.daemon;
             if c.daemon.state_dir != old.state_dir || c.daemon.runtime_dir != old.runtime_dir {
                 Err(format!(

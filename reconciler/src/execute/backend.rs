@@ -265,14 +265,28 @@ impl Executor<'_> {
 
     /// Declare recorded workspaces in `config.d/40-migrated.toml` and mark the state so.
     pub(super) fn declare_migrated(&mut self, workspaces: &[MigratedWorkspace]) -> Result<Change> {
-        let entries: Vec<(String, PathBuf)> = workspaces
+        let indexes = crate::state::IndexStore::new(&self.config.daemon.state_dir);
+        let entries: Vec<edit::MigratedDecl> = workspaces
             .iter()
             .filter(|w| self.config.workspace(&w.path).is_none())
-            .map(|w| (w.ws_id.clone(), w.path.clone()))
+            .map(|w| {
+                // ws-ckpt 0.5 kept a per-workspace policy next to the index: it becomes the
+                // declaration's keep/auto_cleanup (the file is left where it is).
+                let file = indexes.dir(&w.ws_id).join("policy.toml");
+                let policy = edit::read_upstream_policy(&file).unwrap_or_else(|e| {
+                    tracing::warn!(ws_id = %w.ws_id, error = %e, "ignoring the ws-ckpt 0.5 policy file");
+                    None
+                });
+                edit::MigratedDecl {
+                    ws_id: w.ws_id.clone(),
+                    path: w.path.clone(),
+                    policy,
+                }
+            })
             .collect();
         let mut change = Change::AlreadyPresent;
         if !entries.is_empty() {
-            let (_, written) = edit::write_migrated(&self.config.dropin_dir, &entries)?;
+            let (_, written) = edit::write_migrated_decls(&self.config.dropin_dir, &entries)?;
             change = Change::from_changed(written);
         }
         let declared_now = self.store.modify_state(|state| {

@@ -507,9 +507,13 @@ pub fn daemon_running(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
 }
 
-/// `<runtime_dir>/ws-ckpt.sock` of a config.
+/// `<runtime_dir>/ws-ckpt.sock` of a config, or the socket `ws-ckpt daemon --socket` named.
 pub fn socket_path(config: &crate::config::Config) -> std::path::PathBuf {
-    config.daemon.runtime_dir.join(SOCKET_NAME)
+    config
+        .overrides
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.daemon.runtime_dir.join(SOCKET_NAME))
 }
 
 #[cfg(test)]
@@ -549,7 +553,9 @@ mod tests {
             req,
             Request::Rollback {
                 workspace: "ws-123456".into(),
-                snapshot: "c1".into(),
+                snapshot: Some("c1".into()),
+                ancestors: None,
+                preview: false,
                 force: false
             }
         );
@@ -577,7 +583,7 @@ mod tests {
             b"{\"v\":1}",
             b"{\"v\":1,\"op\":\"format-disk\"}",
             b"{\"v\":1,\"op\":\"status\",\"evil\":true}",
-            b"{\"v\":1,\"op\":\"rollback\",\"workspace\":\"w\"}",
+            b"{\"v\":1,\"op\":\"rollback\",\"workspace\":\"w\",\"snapshot\":3}",
             b"\xff\xfe{\"v\":1}",
         ];
         for c in cases {

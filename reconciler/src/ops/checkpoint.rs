@@ -61,16 +61,8 @@ pub struct PreparedCheckpoint {
 pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
     sys.snapshot(&p.subvol, &p.dest, true).map_err(|e| {
         if e.errno() == Some(libc::EEXIST) {
-            Error::new(
-                ErrorCode::SnapshotAlreadyExists,
-                format!(
-                    "workspace {} already has a snapshot {} ({} exists)",
-                    p.ws_id,
-                    p.id,
-                    p.dest.display()
-                ),
-            )
-            .hint("choose another ID; `ws-ckpt apply` records snapshots found on disk")
+            Error::snapshot_exists(&p.ws_id, &p.id)
+                .hint(format!("choose another ID; {} exists on disk (`ws-ckpt apply` records snapshots found there)", p.dest.display()))
         } else {
             Error::from(e)
         }
@@ -172,6 +164,7 @@ impl Engine {
         path: &Path,
         not_found: Error,
         args: CheckpointArgs,
+        caller: &crate::api::Caller,
         progress: Progress<'_>,
     ) -> Result<CheckpointResult> {
         check_limits(&args)?;
@@ -186,7 +179,7 @@ impl Engine {
             }
             _ => return Err(not_found),
         }
-        let report = self.init(path, progress)?;
+        let report = self.init(path, false, caller, progress)?;
         let ws = self.resolve_workspace(&report.ws_id)?;
         self.checkpoint_of(&ws, args, report.changed)
     }
@@ -235,11 +228,7 @@ impl Engine {
         let id = match args.snapshot {
             Some(id) => {
                 if taken(&id) {
-                    return Err(Error::new(
-                        ErrorCode::SnapshotAlreadyExists,
-                        format!("workspace {ws_id} already has a snapshot {id}"),
-                    )
-                    .hint("choose another ID, or omit -s to get a generated one"));
+                    return Err(Error::snapshot_exists(&ws_id, &id));
                 }
                 id
             }
@@ -272,6 +261,8 @@ impl Engine {
         entry: crate::state::SnapshotEntry,
     ) -> Result<CheckpointResult> {
         let created_at = entry.created_at.as_str().to_string();
+        // Listed from now on; the intent line already moved the lineage (it becomes the head,
+        // `rollback -n 1`; see `state::lineage`).
         self.store.confirm_checkpoint(&p.ws_id, &p.id, entry);
         tracing::debug!(ws_id = p.ws_id, snapshot = %p.id, empty = p.empty, "checkpoint recorded");
         Ok(CheckpointResult {

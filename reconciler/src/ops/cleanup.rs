@@ -21,16 +21,31 @@ pub struct CleanupResult {
     pub deleted: Vec<RetentionDelete>,
     /// Free space gained on the filesystem (after the btrfs cleaner ran; bounded wait).
     pub freed_bytes: u64,
+    /// Nothing was deleted: `--dry-run` (`deleted` lists what would be).
+    pub dry_run: bool,
 }
 
 impl Engine {
     /// `ws-ckpt cleanup` (SPEC §5.5): apply `keep` (or the workspace's retention policy) now.
-    /// Never deletes pinned, MISSING or the newest snapshot.
-    pub fn cleanup(&self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
-        self.in_workspace(addressed.ws_id(), || self.cleanup_locked(addressed, keep))
+    /// Never deletes pinned, MISSING or the newest snapshot. With `dry_run` it only reports
+    /// what it would delete.
+    pub fn cleanup(
+        &self,
+        addressed: &Addressed,
+        keep: Option<&str>,
+        dry_run: bool,
+    ) -> Result<CleanupResult> {
+        self.in_workspace(addressed.ws_id(), || {
+            self.cleanup_locked(addressed, keep, dry_run)
+        })
     }
 
-    fn cleanup_locked(&self, addressed: &Addressed, keep: Option<&str>) -> Result<CleanupResult> {
+    fn cleanup_locked(
+        &self,
+        addressed: &Addressed,
+        keep: Option<&str>,
+        dry_run: bool,
+    ) -> Result<CleanupResult> {
         let ws = addressed.entry.clone();
         let config = self.config();
         let keep = match keep {
@@ -55,6 +70,15 @@ impl Engine {
             .get(&ws.ws_id)
             .map(|i| retention_deletions(i, keep, SystemTime::now()))
             .unwrap_or_default();
+        if dry_run {
+            return Ok(CleanupResult {
+                ws_id: ws.ws_id,
+                keep: keep.to_string(),
+                deleted,
+                freed_bytes: 0,
+                dry_run,
+            });
+        }
         fault::point("cleanup:after-plan");
         let before = self.sys().fs_usage(&res.mount).ok();
         let ids: Vec<String> = deleted.iter().map(|d| d.id.clone()).collect();
@@ -69,6 +93,7 @@ impl Engine {
             keep: keep.to_string(),
             deleted,
             freed_bytes,
+            dry_run,
         })
     }
 }

@@ -13,19 +13,36 @@ use serde::Serialize;
 pub struct DeleteResult {
     /// Workspace ID.
     pub ws_id: String,
-    /// Deleted snapshot IDs.
+    /// Deleted snapshot IDs (with `dry_run`: those that would be deleted).
     pub deleted: Vec<String>,
+    /// Nothing was deleted: `--dry-run`.
+    pub dry_run: bool,
 }
 
 impl Engine {
     /// `ws-ckpt delete` (SPEC §5.5): `-w` may be omitted when the ID is recorded in exactly one
-    /// workspace; pinned or MISSING snapshots need `force`.
-    pub fn delete(&self, ws: &Addressed, snapshot: &str, force: bool) -> Result<DeleteResult> {
+    /// workspace; pinned or MISSING snapshots need `force`. With `dry_run` every check is made
+    /// and nothing is deleted.
+    pub fn delete(
+        &self,
+        ws: &Addressed,
+        snapshot: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<DeleteResult> {
         check_snapshot_id(snapshot)?;
-        self.in_workspace(ws.ws_id(), || self.delete_locked(ws, snapshot, force))
+        self.in_workspace(ws.ws_id(), || {
+            self.delete_locked(ws, snapshot, force, dry_run)
+        })
     }
 
-    fn delete_locked(&self, ws: &Addressed, snapshot: &str, force: bool) -> Result<DeleteResult> {
+    fn delete_locked(
+        &self,
+        ws: &Addressed,
+        snapshot: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<DeleteResult> {
         let res = self.storage_for(Some(&ws.entry))?;
         self.check_path_addressed(ws, &res)?;
         let ws = ws.entry.clone();
@@ -34,7 +51,10 @@ impl Engine {
         if entry.pinned && !force {
             return Err(Error::new(
                 ErrorCode::SnapshotPinned,
-                format!("snapshot {snapshot} of workspace {} is pinned", ws.ws_id),
+                format!(
+                    "snapshot {snapshot} of workspace {} is pinned: confirmation required",
+                    ws.ws_id
+                ),
             )
             .hint(format!(
                 "`ws-ckpt delete -w {} -s {snapshot} --force` deletes it anyway",
@@ -42,7 +62,7 @@ impl Engine {
             )));
         }
         if !force && (entry.missing || !self.sys().is_subvolume(&path)?) {
-            if !entry.missing {
+            if !entry.missing && !dry_run {
                 let mut e = entry;
                 e.missing = true;
                 self.store.put_snapshot(&ws.ws_id, snapshot, e)?;
@@ -50,10 +70,13 @@ impl Engine {
             return Err(Self::missing_error(&ws, snapshot, &path));
         }
         let ids = vec![snapshot.to_string()];
-        self.delete_recorded(&res, &ws.ws_id, &ids)?;
+        if !dry_run {
+            self.delete_recorded(&res, &ws.ws_id, &ids)?;
+        }
         Ok(DeleteResult {
             ws_id: ws.ws_id,
             deleted: ids,
+            dry_run,
         })
     }
 
@@ -88,9 +111,9 @@ impl Engine {
         match holders.len() {
             0 => Err(Error::new(
                 ErrorCode::SnapshotNotFound,
-                format!("no workspace has a snapshot {snapshot}"),
+                format!("snapshot not found: {snapshot} (in none of your workspaces)"),
             )
-            .hint("`ws-ckpt list` shows every snapshot")),
+            .hint("`ws-ckpt list` shows every snapshot you may use")),
             1 => {
                 let entry = holders.swap_remove(0);
                 let id = entry.ws_id.clone();
@@ -104,11 +127,11 @@ impl Engine {
                 Err(Error::new(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "snapshot {snapshot} exists in several workspaces: {}",
+                        "snapshot {snapshot} matches in multiple workspaces: {}",
                         names.join(", ")
                     ),
                 )
-                .hint("name the workspace with -w"))
+                .hint("please specify --workspace/-w"))
             }
         }
     }

@@ -47,6 +47,10 @@ impl Engine {
         let ws = addressed.entry.clone();
         let res = self.storage_for(Some(&ws))?;
         self.check_path_addressed(addressed, &res)?;
+        // An ID or a unique prefix of one (as upstream's `diff`).
+        let from = self.resolve_snapshot(&ws, from)?;
+        let to = to.map(|t| self.resolve_snapshot(&ws, t)).transpose()?;
+        let (from, to) = (from.as_str(), to.as_deref());
         let from_path = self.usable_snapshot(&ws, &res, from)?;
         let diff_err = |e: crate::diff::DiffError| {
             Error::new(

@@ -1,22 +1,37 @@
-//! `list` (SPEC §5.5): the recorded snapshots, newest last, of the workspaces a caller may use.
+//! `list` (SPEC §5.5): the recorded snapshots, oldest first, of the workspaces a caller may
+//! use, optionally one page at a time (`--limit`/`--cursor`, as ws-ckpt 0.5.0). The result
+//! is grouped by workspace; [`ListResult::items`] is the flat form the CLI prints as JSON,
+//! upstream's array of `{"id", "workspace", "meta": {…}}` with our fields added inside each
+//! item (docs/compat.md §4.3).
 
-use crate::api::Caller;
+use crate::api::{Addressed, Caller};
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::state::WorkspaceEntry;
 use crate::time::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Result of `list` (stable JSON).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Largest `--limit`.
+pub const MAX_PAGE: u32 = 10_000;
+/// Page size when only `--cursor` is given.
+pub(super) const DEFAULT_PAGE: u32 = 1_000;
+
+/// Result of `list` (stable JSON; the request path's reply, which the CLI reads back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResult {
-    /// Workspaces the caller may use, in the order recorded.
+    /// Workspaces the caller may use, in the order recorded (when paging: only those with a
+    /// snapshot on this page, or the one named).
     pub workspaces: Vec<ListWorkspace>,
+    /// Paged requests only: the cursor of the next page, `null` on the last one (read back,
+    /// both are `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<Option<String>>,
 }
 
 /// One workspace in a [`ListResult`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListWorkspace {
     /// Workspace ID.
     pub ws_id: String,
@@ -24,18 +39,18 @@ pub struct ListWorkspace {
     pub path: PathBuf,
     /// Why the workspace cannot be used right now (storage unavailable, detached, blocked);
     /// absent when it is usable.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// Snapshots, oldest first (newest last).
     pub snapshots: Vec<ListSnapshot>,
 }
 
 /// One snapshot in a [`ListWorkspace`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListSnapshot {
     /// Snapshot ID.
     pub id: String,
-    /// Creation time (RFC 3339).
+    /// Creation time (RFC 3339, UTC).
     pub created_at: Timestamp,
     /// Message.
     pub message: Option<String>,
@@ -45,24 +60,202 @@ pub struct ListSnapshot {
     pub pinned: bool,
     /// Its subvolume is gone (shown as MISSING).
     pub missing: bool,
+    /// The read-only subvolume holding it (absent when the backend cannot be reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<PathBuf>,
+    /// Lineage: the snapshot the workspace descended from when this one was taken.
+    #[serde(default)]
+    pub parent_id: Option<String>,
+    /// Lineage: the snapshots taken from this one (`__live__`: the live workspace).
+    #[serde(default)]
+    pub child_ids: Vec<String>,
+    /// The live workspace descends from this snapshot (`rollback -n 1` goes back to it).
+    #[serde(default)]
+    pub head: bool,
 }
 
-fn sort_newest_last(mut v: Vec<ListSnapshot>) -> Vec<ListSnapshot> {
-    // Stable: entries with equal or unparsable times keep their recorded order.
-    v.sort_by_key(|s| s.created_at.time());
-    v
+/// One item of `list --format json`: upstream's shape, our fields added inside.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListItem {
+    /// Snapshot ID.
+    pub id: String,
+    /// The workspace's path.
+    pub workspace: PathBuf,
+    /// The workspace's ID (ours).
+    pub ws_id: String,
+    /// Upstream's metadata block.
+    pub meta: ListMeta,
+    /// The read-only subvolume holding the snapshot (ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_path: Option<PathBuf>,
+    /// The live workspace descends from it (ours).
+    pub head: bool,
+    /// Why its workspace cannot be used right now (ours; absent when it can).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// `meta` of a [`ListItem`], as upstream names it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListMeta {
+    /// Message.
+    pub message: Option<String>,
+    /// Metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Pinned.
+    pub pinned: bool,
+    /// Creation time (RFC 3339, UTC).
+    pub created_at: Timestamp,
+    /// Its subvolume is gone.
+    pub missing: bool,
+    /// Lineage parent.
+    pub parent_id: Option<String>,
+    /// Lineage children.
+    pub child_ids: Vec<String>,
+}
+
+impl ListResult {
+    /// Every snapshot as an upstream item, in list order.
+    pub fn items(&self) -> Vec<ListItem> {
+        let mut out: Vec<(SortKey, ListItem)> = Vec::new();
+        for w in &self.workspaces {
+            for s in &w.snapshots {
+                out.push((
+                    SortKey::of(&s.created_at, &w.ws_id, &s.id),
+                    ListItem {
+                        id: s.id.clone(),
+                        workspace: w.path.clone(),
+                        ws_id: w.ws_id.clone(),
+                        meta: ListMeta {
+                            message: s.message.clone(),
+                            metadata: s.metadata.clone(),
+                            pinned: s.pinned,
+                            created_at: s.created_at.clone(),
+                            missing: s.missing,
+                            parent_id: s.parent_id.clone(),
+                            child_ids: s.child_ids.clone(),
+                        },
+                        snapshot_path: s.snapshot_path.clone(),
+                        head: s.head,
+                        problem: w.problem.clone(),
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+/// The order of a list: creation time, then workspace, then ID (a total order, so that a
+/// cursor names a position exactly).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct SortKey(u64, String, String);
+
+impl SortKey {
+    fn of(created: &Timestamp, ws_id: &str, id: &str) -> SortKey {
+        SortKey(nanos(created.time()), ws_id.to_string(), id.to_string())
+    }
+}
+
+fn nanos(t: Option<SystemTime>) -> u64 {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a cursor remembers: the scope it was issued for, the last item returned, and the
+/// newest creation time of the first page (later snapshots are not part of this listing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    v: u32,
+    scope: String,
+    after: SortKey,
+    until: u64,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        json.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn decode(text: &str, scope: &str) -> Result<Cursor> {
+        let bad = |why: &str| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("list cursor is not valid: {why}"),
+            )
+            .hint("pass the next_cursor of the previous page unchanged, with the same -w, or start again without --cursor")
+        };
+        if !text.len().is_multiple_of(2) || text.len() > 8192 {
+            return Err(bad("not a cursor issued by ws-ckpt list"));
+        }
+        let bytes: Option<Vec<u8>> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect();
+        let c: Cursor = bytes
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad("not a cursor issued by ws-ckpt list"))?;
+        if c.v != 1 {
+            return Err(bad("written by another version"));
+        }
+        if c.scope != scope {
+            return Err(bad("it was issued for another workspace selection"));
+        }
+        Ok(c)
+    }
+}
+
+/// `--limit` / `--cursor` of a list request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// At most this many snapshots.
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+impl ListPage {
+    fn is_paged(&self) -> bool {
+        self.limit.is_some() || self.cursor.is_some()
+    }
 }
 
 impl Engine {
-    /// `ws-ckpt list` (SPEC §5.5): recorded snapshots, newest last, of the workspaces the
+    /// `ws-ckpt list` (SPEC §5.5): recorded snapshots, oldest first, of the workspaces the
     /// caller may use. A snapshot is MISSING when marked so or when its subvolume is gone.
-    /// With a workspace named, an unusable backend is an error; otherwise it is reported per
-    /// workspace in `problem`.
-    pub fn list(&self, caller: &Caller, workspace: Option<&WorkspaceEntry>) -> Result<ListResult> {
+    /// With a workspace named by its path, a workspace that is detached or unusable is an
+    /// error (SPEC §4 rule 5; by ws_id its snapshots stay listable); otherwise the problem is
+    /// reported per workspace in `problem`.
+    pub fn list(
+        &self,
+        caller: &Caller,
+        workspace: Option<&Addressed>,
+        page: &ListPage,
+    ) -> Result<ListResult> {
+        if let Some(n) = page.limit {
+            if n == 0 || n > MAX_PAGE {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!("--limit {n} is out of range: use 1 to {MAX_PAGE}"),
+                ));
+            }
+        }
+        let scope = workspace
+            .map(|w| w.ws_id().to_string())
+            .unwrap_or("*".into());
+        let cursor = page
+            .cursor
+            .as_deref()
+            .map(|c| Cursor::decode(c, &scope))
+            .transpose()?;
         let (entries, storage) = match workspace {
             Some(w) => {
-                let res = self.storage_for(Some(w))?;
-                (vec![w.clone()], Ok(res))
+                let res = self.storage_for(Some(&w.entry))?;
+                self.check_path_addressed(w, &res)?;
+                (vec![w.entry.clone()], Ok(res))
             }
             None => {
                 let config = self.config();
@@ -88,17 +281,17 @@ impl Engine {
                 Ok(res) => self.attached_subvol(&w, res).err().map(|e| e.message),
             };
             let index = self.store.read().indexes.get(&w.ws_id).cloned();
-            let snapshots = index
+            let head = index.as_ref().and_then(|i| i.head().map(str::to_string));
+            let head = head.as_deref();
+            let mut snapshots: Vec<ListSnapshot> = index
                 .map(|i| {
                     i.snapshots
                         .iter()
                         .map(|(id, e)| {
-                            let gone = match &storage {
-                                Ok(res) => !self
-                                    .sys()
-                                    .is_subvolume(&res.snapshot_path(&w.ws_id, id))
-                                    .unwrap_or(true),
-                                Err(_) => false,
+                            let path = storage.as_ref().ok().map(|r| r.snapshot_path(&w.ws_id, id));
+                            let gone = match &path {
+                                Some(p) => !self.sys().is_subvolume(p).unwrap_or(true),
+                                None => false,
                             };
                             ListSnapshot {
                                 id: id.clone(),
@@ -107,18 +300,200 @@ impl Engine {
                                 metadata: e.metadata.clone(),
                                 pinned: e.pinned,
                                 missing: e.missing || gone,
+                                snapshot_path: path,
+                                parent_id: e.parent_id().map(str::to_string),
+                                child_ids: e.child_ids().into_iter().map(str::to_string).collect(),
+                                head: head == Some(id.as_str()),
                             }
                         })
                         .collect()
                 })
                 .unwrap_or_default();
+            // Stable: entries with equal times keep their recorded order.
+            snapshots.sort_by_key(|s| s.created_at.time());
             out.push(ListWorkspace {
                 ws_id: w.ws_id,
                 path: w.workspace_path,
                 problem,
-                snapshots: sort_newest_last(snapshots),
+                snapshots,
             });
         }
-        Ok(ListResult { workspaces: out })
+        if !page.is_paged() {
+            return Ok(ListResult {
+                workspaces: out,
+                next_cursor: None,
+            });
+        }
+        Ok(paginate(
+            out,
+            cursor,
+            page.limit.unwrap_or(DEFAULT_PAGE),
+            &scope,
+            workspace.is_some(),
+        ))
+    }
+}
+
+/// One page of `all` (every listed workspace with all its snapshots): the `limit` items after
+/// `cursor` in list order, none created after the first page's newest.
+fn paginate(
+    all: Vec<ListWorkspace>,
+    cursor: Option<Cursor>,
+    limit: u32,
+    scope: &str,
+    keep_empty: bool,
+) -> ListResult {
+    let until = match &cursor {
+        Some(c) => c.until,
+        None => all
+            .iter()
+            .flat_map(|w| w.snapshots.iter())
+            .map(|s| nanos(s.created_at.time()))
+            .max()
+            .unwrap_or(0),
+    };
+    let mut keys: Vec<(SortKey, usize, usize)> = Vec::new();
+    for (wi, w) in all.iter().enumerate() {
+        for (si, s) in w.snapshots.iter().enumerate() {
+            let k = SortKey::of(&s.created_at, &w.ws_id, &s.id);
+            let after = cursor.as_ref().is_none_or(|c| k > c.after);
+            if after && k.0 <= until {
+                keys.push((k, wi, si));
+            }
+        }
+    }
+    keys.sort();
+    let more = keys.len() > limit as usize;
+    keys.truncate(limit as usize);
+    let next = match (more, keys.last()) {
+        (true, Some((k, _, _))) => Some(
+            Cursor {
+                v: 1,
+                scope: scope.to_string(),
+                after: k.clone(),
+                until,
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); all.len()];
+    for (_, wi, si) in &keys {
+        chosen[*wi].push(*si);
+    }
+    let workspaces = all
+        .into_iter()
+        .zip(chosen)
+        .filter(|(_, c)| keep_empty || !c.is_empty())
+        .map(|(mut w, c)| {
+            let mut picked: Vec<ListSnapshot> = Vec::with_capacity(c.len());
+            let mut snaps: Vec<Option<ListSnapshot>> = w.snapshots.into_iter().map(Some).collect();
+            for si in c {
+                if let Some(s) = snaps[si].take() {
+                    picked.push(s);
+                }
+            }
+            w.snapshots = picked;
+            w
+        })
+        .collect();
+    ListResult {
+        workspaces,
+        next_cursor: Some(next),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(id: &str, snaps: &[(&str, u64)]) -> ListWorkspace {
+        ListWorkspace {
+            ws_id: id.into(),
+            path: format!("/w/{id}").into(),
+            problem: None,
+            snapshots: snaps
+                .iter()
+                .map(|(s, t)| ListSnapshot {
+                    id: (*s).into(),
+                    created_at: Timestamp::nanos(UNIX_EPOCH + std::time::Duration::from_secs(*t)),
+                    message: None,
+                    metadata: None,
+                    pinned: false,
+                    missing: false,
+                    snapshot_path: None,
+                    parent_id: None,
+                    child_ids: Vec::new(),
+                    head: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(r: &ListResult) -> Vec<String> {
+        r.items().into_iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn pages_cover_everything_once_in_order_and_stop_at_the_first_pages_newest() {
+        let all = vec![
+            ws("ws-a", &[("a1", 1), ("a3", 3)]),
+            ws("ws-b", &[("b2", 2), ("b4", 4)]),
+        ];
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = paginate(all.clone(), cursor, 3, "*", false);
+            seen.extend(ids(&page));
+            match page.next_cursor.unwrap() {
+                Some(c) => cursor = Some(Cursor::decode(&c, "*").unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a1", "b2", "a3", "b4"]);
+        // A snapshot newer than the first page's newest is not part of the listing.
+        let first = paginate(all.clone(), None, 2, "*", false);
+        let c =
+            Cursor::decode(first.next_cursor.clone().unwrap().as_deref().unwrap(), "*").unwrap();
+        let mut grown = all;
+        grown[0].snapshots.extend(ws("x", &[("a9", 9)]).snapshots);
+        assert_eq!(ids(&paginate(grown, Some(c), 10, "*", false)), ["a3", "b4"]);
+    }
+
+    #[test]
+    fn cursors_are_checked() {
+        for bad in ["not-a-cursor", "zz", "7b7d", ""] {
+            let e = Cursor::decode(bad, "*").unwrap_err();
+            assert!(
+                e.message.contains("list cursor is not valid"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        let c = Cursor {
+            v: 1,
+            scope: "ws-a".into(),
+            after: SortKey(1, "ws-a".into(), "a1".into()),
+            until: 5,
+        };
+        assert_eq!(Cursor::decode(&c.encode(), "ws-a").unwrap(), c);
+        assert!(Cursor::decode(&c.encode(), "*").is_err());
+    }
+
+    #[test]
+    fn items_are_upstreams_shape_oldest_first_across_workspaces() {
+        let r = ListResult {
+            workspaces: vec![ws("ws-b", &[("b2", 2)]), ws("ws-a", &[("a1", 1)])],
+            next_cursor: None,
+        };
+        let v = serde_json::to_value(r.items()).unwrap();
+        assert_eq!(v[0]["id"], "a1");
+        assert_eq!(v[0]["workspace"], "/w/ws-a");
+        assert_eq!(v[1]["meta"]["pinned"], false);
+        assert!(v[1]["meta"]["created_at"].is_string());
+        assert!(serde_json::to_value(&r)
+            .unwrap()
+            .get("next_cursor")
+            .is_none());
     }
 }

@@ -24,7 +24,7 @@ mod cleanup;
 mod delete;
 mod diff;
 mod list;
-pub mod procs;
+mod recover;
 mod rollback;
 #[cfg(test)]
 mod tests;
@@ -33,13 +33,15 @@ pub use checkpoint::{take_checkpoint_snapshot, CheckpointResult, PreparedCheckpo
 pub use cleanup::CleanupResult;
 pub use delete::DeleteResult;
 pub use diff::DiffResult;
-pub use list::{ListResult, ListSnapshot, ListWorkspace};
-pub use rollback::RollbackResult;
+pub use list::{ListItem, ListMeta, ListPage, ListResult, ListSnapshot, ListWorkspace, MAX_PAGE};
+pub use recover::{RecoverPreview, RecoverTarget};
+pub use rollback::{RollbackPreview, RollbackResult, RollbackTarget};
 
 use crate::api::Addressed;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::finding::FindingKind;
+use crate::ids::check_snapshot_id;
 use crate::model::{Observed, PathState, StateProblem};
 use crate::observe::{observe_host, path_state};
 use crate::resolve::{resolve_backend, storage_mounted, Resolution};
@@ -177,6 +179,12 @@ impl Engine {
         ))
     }
 
+    /// `status -w PATH`: the workspace path must lead to the workspace (as for every
+    /// path-addressed operation); the error points at the repair.
+    pub fn check_attached(&self, ws: &Addressed, res: &Resolution) -> Result<()> {
+        self.attached_subvol(&ws.entry, res).map(drop)
+    }
+
     /// SPEC §4 rule 5: an operation that names the workspace by its path fails loudly when
     /// that path no longer leads to the workspace. By ws_id, snapshots stay manageable.
     fn check_path_addressed(&self, ws: &Addressed, res: &Resolution) -> Result<()> {
@@ -225,49 +233,74 @@ impl Engine {
         if ok {
             return Ok(subvol);
         }
+        // Both repairs are named: upstream's (`recover`, back to a plain directory, which its
+        // plugins and scripts point at) and ours (`apply`, which restores the link).
         let hint = match st {
             PathState::Missing => format!(
-                "run `ws-ckpt apply` to recreate the link {} -> {}; the data is safe in {}",
-                path.display(),
-                subvol.display(),
-                subvol.display()
+                "run `ws-ckpt recover -w {p}` to turn it back into a plain directory, or `ws-ckpt apply` to recreate the link {p} -> {s}; the data is safe in {s}",
+                p = path.display(),
+                s = subvol.display()
             ),
             _ => format!(
-                "move {} aside (e.g. `mv {} {}.moved`), then run `ws-ckpt apply` to restore the link; the workspace data is safe in {}",
-                path.display(),
-                path.display(),
-                path.display(),
-                subvol.display()
+                "move {p} aside (e.g. `mv {p} {p}.moved`), then run `ws-ckpt recover -w {p}` to get the workspace back as a plain directory, or `ws-ckpt apply` to restore the link; the workspace data is safe in {s}",
+                p = path.display(),
+                s = subvol.display()
             ),
         };
         Err(Error::new(
             ErrorCode::WorkspaceDetached,
             format!(
-                "workspace {} is detached: {} is now {}, not the symlink to {}",
+                "workspace registered (ws_id={}) but detached: {} is now {}, not the symlink to {}; run 'ws-ckpt recover -w {}' to restore",
                 ws.ws_id,
                 path.display(),
                 describe_path(path, &st),
-                subvol.display()
+                subvol.display(),
+                path.display()
             ),
         )
         .hint(hint))
     }
 
     fn index_entry(&self, ws: &WorkspaceEntry, id: &str) -> Result<SnapshotEntry> {
-        self.store.snapshot_entry(&ws.ws_id, id).ok_or_else(|| {
-            Error::new(
-                ErrorCode::SnapshotNotFound,
-                format!(
-                    "workspace {} ({}) has no snapshot {id}",
-                    ws.ws_id,
-                    ws.workspace_path.display()
-                ),
-            )
-            .hint(format!(
-                "`ws-ckpt list -w {}` shows its snapshots",
-                ws.ws_id
-            ))
-        })
+        self.store
+            .snapshot_entry(&ws.ws_id, id)
+            .ok_or_else(|| Error::snapshot_not_found(&ws.ws_id, id))
+    }
+
+    /// The snapshot `spec` names in `ws`: its exact ID, else the one ID starting with it
+    /// (upstream's rule for `rollback -s` and `diff`). Unknown → `snapshot not found`; a
+    /// prefix of several → an error listing them.
+    pub fn resolve_snapshot(&self, ws: &WorkspaceEntry, spec: &str) -> Result<String> {
+        check_snapshot_id(spec)?;
+        let Some(index) = self.store.read().indexes.get(&ws.ws_id).cloned() else {
+            return Err(Error::snapshot_not_found(&ws.ws_id, spec));
+        };
+        if index.snapshots.contains_key(spec) {
+            return Ok(spec.to_string());
+        }
+        let matches: Vec<&String> = index
+            .snapshots
+            .keys()
+            .filter(|id| id.starts_with(spec))
+            .collect();
+        match matches.as_slice() {
+            [] => Err(Error::snapshot_not_found(&ws.ws_id, spec)),
+            [one] => Ok((*one).clone()),
+            many => {
+                let shown: Vec<&str> = many.iter().take(5).map(|s| s.as_str()).collect();
+                Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "snapshot prefix {spec:?} is ambiguous in workspace {}: it matches {} snapshots ({}{})",
+                        ws.ws_id,
+                        many.len(),
+                        shown.join(", "),
+                        if many.len() > shown.len() { ", …" } else { "" }
+                    ),
+                )
+                .hint("give the whole snapshot ID (`ws-ckpt list -w WS` shows them)"))
+            }
+        }
     }
 
     fn missing_error(ws: &WorkspaceEntry, id: &str, path: &Path) -> Error {

@@ -111,7 +111,7 @@ impl Env {
             Target::Workspace(ws) => self.engine.checkpoint(&ws.entry, args),
             Target::Unrecorded { path, not_found } => {
                 self.engine
-                    .checkpoint_unrecorded(&path, not_found, args, &mut |_, _| {})
+                    .checkpoint_unrecorded(&path, not_found, args, &ROOT, &mut |_, _| {})
             }
             other => panic!("unexpected target {other:?}"),
         }
@@ -132,6 +132,7 @@ impl Env {
         let req = Request::Cleanup {
             workspace: spec.to_string(),
             keep: None,
+            dry_run: false,
         };
         match crate::handler::resolve(&self.engine, &req)? {
             Target::Workspace(ws) => Ok(ws),
@@ -140,11 +141,13 @@ impl Env {
     }
     fn rollback(&mut self, spec: &str, snapshot: &str, force: bool) -> Result<RollbackResult> {
         let ws = self.addressed(spec)?;
-        self.engine.rollback(&ws.entry, snapshot, force)
+        let target = RollbackTarget::Named(snapshot.to_string());
+        self.engine.rollback(&ws.entry, &target, force, &ROOT)
     }
     fn list(&self, caller: &Caller, spec: Option<&str>) -> Result<ListResult> {
         let ws = spec.map(|s| self.addressed(s)).transpose()?;
-        self.engine.list(caller, ws.as_ref().map(|w| &w.entry))
+        self.engine
+            .list(caller, ws.as_ref(), &crate::ops::ListPage::default())
     }
     fn delete(
         &mut self,
@@ -158,6 +161,7 @@ impl Env {
             workspace: spec.map(str::to_string),
             snapshot: snapshot.to_string(),
             force,
+            dry_run: false,
         };
         req.check_ids()?;
         let ws = match spec {
@@ -167,11 +171,11 @@ impl Env {
                 self.engine.unique_holder(caller, &holders, snapshot)?
             }
         };
-        self.engine.delete(&ws, snapshot, force)
+        self.engine.delete(&ws, snapshot, force, false)
     }
     fn cleanup(&mut self, spec: &str, keep: Option<&str>) -> Result<CleanupResult> {
         let ws = self.addressed(spec)?;
-        self.engine.cleanup(&ws, keep)
+        self.engine.cleanup(&ws, keep, false)
     }
     fn diff(&mut self, spec: &str, from: &str, to: Option<&str>) -> Result<DiffResult> {
         let ws = self.addressed(spec)?;
@@ -262,7 +266,17 @@ fn checkpoint_records_snapshot_and_refuses_duplicates() {
 fn invalid_ids_are_refused_before_anything_is_created() {
     let mut env = setup(&["a"]);
     let before = env.sys.subvolumes_now();
-    for bad in ["../../x", "a/b", ".hidden", "", "-x", &"y".repeat(129)] {
+    // Upstream's alphabet (SPEC §5.2): "-x" and 129 characters are fine now; these are not.
+    for bad in [
+        "../../x",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "",
+        " ",
+        "tab\t",
+        &"y".repeat(256),
+    ] {
         assert_eq!(
             code(env.checkpoint("a", Some(bad))),
             ErrorCode::InvalidArgument,
@@ -872,7 +886,7 @@ fn a_checkpoint_of_b_completes_while_an_init_of_a_is_in_progress() {
         &engine,
         &sys,
         "create_subvolume",
-        |e| e.init(&a, &mut |_, _| {}),
+        |e| e.init(&a, false, &ROOT, &mut |_, _| {}),
         move |e| e.checkpoint(&b, args("during-init")),
         Duration::from_secs(20),
     );
@@ -894,7 +908,7 @@ fn a_checkpoint_of_b_completes_while_a_cleanup_of_a_waits_for_the_cleaner() {
         &engine,
         &sys,
         "sync_and_wait_cleaner",
-        |e| e.cleanup(&a, Some("1")),
+        |e| e.cleanup(&a, Some("1"), false),
         move |e| e.checkpoint(&b, args("during-cleanup")),
         Duration::from_secs(20),
     );
@@ -1038,7 +1052,21 @@ fn a_checkpoint_interrupted_after_its_snapshot_keeps_message_metadata_and_pin() 
     let env = env.reopen();
     assert_eq!(env.ids("a"), ["k1"]);
     let got = env.engine.store.snapshot_entry(&ws_id, "k1").unwrap();
-    assert_eq!(got, entry, "kept with message, metadata and pin");
+    assert_eq!(
+        (&got.message, &got.metadata, got.pinned, &got.created_at),
+        (
+            &entry.message,
+            &entry.metadata,
+            entry.pinned,
+            &entry.created_at
+        ),
+        "kept with message, metadata and pin"
+    );
+    assert_eq!(
+        got.child_ids(),
+        [crate::state::lineage::LIVE_CHILD],
+        "and its lineage: the live workspace descends from it"
+    );
     env.engine
         .store
         .record_checkpoint(&ws_id, "never", &entry)

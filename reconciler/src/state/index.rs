@@ -117,8 +117,23 @@ pub enum IndexOp {
         /// The new path.
         path: PathBuf,
     },
+    /// Set the lineage head: the snapshot the live workspace descends from (`head` of
+    /// ws-ckpt 0.4+; see `state::lineage`). `None` removes it.
+    SetHead {
+        /// The head snapshot ID.
+        head: Option<String>,
+    },
+    /// Several changes recorded as one journal line, so that they take effect together or
+    /// not at all (a snapshot removal and the lineage links it moves).
+    Batch {
+        /// The changes, applied in order.
+        ops: Vec<IndexOp>,
+    },
     /// A checkpoint about to take its snapshot (written first, so message, metadata and pin
-    /// are durable before the snapshot exists). Applied as a `put` once a later line follows.
+    /// are durable before the snapshot exists). Applied as a `put` once a later line follows,
+    /// together with its lineage links: its parent is the head, and it becomes the head
+    /// (`state::lineage::checkpoint`, a function of the index it is applied to, so a replay
+    /// gives the same links).
     Checkpoint {
         /// Snapshot ID.
         id: String,
@@ -147,13 +162,19 @@ impl WorkspaceIndex {
     /// Apply one change in memory.
     pub fn apply(&mut self, op: &IndexOp) {
         match op {
-            IndexOp::Put { id, entry } | IndexOp::Checkpoint { id, entry } => {
+            IndexOp::Put { id, entry } => {
                 self.snapshots.insert(id.clone(), entry.clone());
+            }
+            IndexOp::Checkpoint { id, entry } => {
+                let linked = super::lineage::checkpoint(self, id, entry.clone());
+                self.apply(&linked);
             }
             IndexOp::Remove { id } => {
                 self.snapshots.shift_remove(id);
             }
             IndexOp::SetWorkspacePath { path } => self.workspace_path = path.clone(),
+            IndexOp::SetHead { head } => self.set_head(head.as_deref()),
+            IndexOp::Batch { ops } => ops.iter().for_each(|op| self.apply(op)),
             IndexOp::Confirm { .. } => {}
         }
     }
@@ -903,7 +924,13 @@ mod tests {
         record(&store, ws, &mut idx, put("b", 2));
         let loaded = load_ok(&store, ws);
         assert_eq!(loaded.unsettled, None);
-        assert_eq!(loaded.snapshots["k"], pinned);
+        // Listed as recorded, with the lineage links the intent line carries.
+        let k = &loaded.snapshots["k"];
+        assert_eq!(
+            (&k.message, k.pinned, &k.created_at),
+            (&pinned.message, pinned.pinned, &pinned.created_at)
+        );
+        assert_eq!(loaded.head(), Some("k"));
         assert_eq!(loaded, idx);
         // Withdrawn by a remove line.
         store
@@ -916,7 +943,8 @@ mod tests {
                 &idx,
             )
             .unwrap();
-        record(&store, ws, &mut idx, IndexOp::Remove { id: "gone".into() });
+        let withdrawal = super::super::lineage::withdraw(&idx, "gone");
+        record(&store, ws, &mut idx, withdrawal);
         let loaded = load_ok(&store, ws);
         assert!(!loaded.snapshots.contains_key("gone"));
         assert_eq!(loaded, idx);

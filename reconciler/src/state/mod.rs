@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub mod atomic;
 pub mod index;
 pub(crate) mod journal;
+pub mod lineage;
 pub mod pending;
 pub mod pending_journal;
 pub mod statefile;

@@ -60,15 +60,15 @@ class WsCkpt(object):
                                                   opt_dirs=["/usr/local/bin", "/usr/bin"])
 
     def run(self, args, config=None, ok_codes=(0,)):
-        """Run `ws-ckpt --config CONFIG --format json ARGS`; returns (rc, parsed JSON).
-        Raises WsCkptError for an exit code outside ok_codes or output that is not JSON."""
+        """Run `ws-ckpt --config CONFIG --format json ARGS`; returns (rc, parsed JSON: an object,
+        or the array `list` prints). Raises WsCkptError for an exit code outside ok_codes or output that is not JSON."""
         cmd = [self.executable, "--config", config or self.config, "--format", "json"] + list(args)
         rc, out, err = self.module.run_command(cmd, environ_update={"WS_CKPT_LOG": "error"})
         try:
             data = json.loads(out) if out.strip() else None
         except ValueError:
             data = None
-        if rc not in ok_codes or not isinstance(data, dict):
+        if rc not in ok_codes or not isinstance(data, (dict, list)):
             error = data.get("error") if isinstance(data, dict) else None
             raise WsCkptError(cmd, rc, error, out, err)
         return rc, data

@@ -111,7 +111,7 @@ status:
     pending_actions: 0
 workspaces:
   description: The workspaces (only O(path)'s when given) with their snapshots, oldest first,
-    as in C(ws-ckpt list --format json); without O(snapshots), the status entries.
+    read from C(ws-ckpt list --format json); without O(snapshots), the status entries.
   type: list
   elements: dict
   returned: always
@@ -142,6 +142,24 @@ from ansible_collections.ws_ckpt.ws_ckpt.plugins.module_utils.ws_ckpt import (
 )
 
 
+def with_snapshots(entries, items):
+    """The status entries as {ws_id, path, snapshots}, each with its snapshots from the items of
+    `ws-ckpt list --format json` (upstream's array of {id, ws_id, meta: {...}}), oldest first."""
+    by_ws = {}
+    for item in items:
+        meta = item.get("meta", {})
+        by_ws.setdefault(item.get("ws_id"), []).append(dict(
+            id=item.get("id"),
+            created_at=meta.get("created_at"),
+            message=meta.get("message"),
+            metadata=meta.get("metadata"),
+            pinned=meta.get("pinned"),
+            missing=meta.get("missing"),
+        ))
+    return [dict(ws_id=w.get("ws_id"), path=w.get("path"), snapshots=by_ws.get(w.get("ws_id"), []))
+            for w in entries]
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -167,7 +185,7 @@ def main():
             if wanted and not entries:
                 workspaces = []
             else:
-                workspaces = cli.run(args)[1].get("workspaces", [])
+                workspaces = with_snapshots(entries, cli.run(args)[1])
     except WsCkptError as e:
         module.fail_json(msg=e.describe(), rc=e.rc, error=e.error)
     module.exit_json(changed=False, health=status.get("health"), status=status,
