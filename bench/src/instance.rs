@@ -90,7 +90,9 @@ impl Instance {
              legacy_image = {legacy}\n\
              \n\
              [retention]\n\
-             auto_cleanup = false\n",
+             auto_cleanup = false\n\
+             # the growth rows go past the default cap of snapshots per workspace\n\
+             max_snapshots = 1000000\n",
             dir = dir.display(),
             state = q(&state),
             run = q(&run),

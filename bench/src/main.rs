@@ -39,6 +39,10 @@ struct Args {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(raw::SPAWNED_MODE) {
+        std::process::exit(raw::spawned_main(&argv[2..]));
+    }
     let args = Args::parse();
     let code = match run(&args) {
         Ok(()) => 0,

@@ -11,7 +11,7 @@ use crate::instance::{Instance, QUICK, SLOW};
 use crate::raw::{self, Raw};
 use crate::report::{Metric, Unit};
 use crate::scratch::check_interrupted;
-use crate::stats::{ratio, Summary};
+use crate::stats::{p99_millis, ratio, Summary};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -55,6 +55,16 @@ pub(crate) struct Params {
     pub main_gib: u64,
     /// Image size cap of `fleet`, GiB (sparse).
     pub fleet_gib: u64,
+    /// Checkpoints per CLI client per round (spawned processes).
+    pub cli_per_client: usize,
+    /// Idle checkpoints whose p99 is the interference baseline.
+    pub idle_reps: usize,
+    /// Bytes of the tree another workspace is initialized from during the interference row.
+    pub big_tree_bytes: usize,
+    /// Snapshots another workspace's cleanup deletes during the interference row.
+    pub cleanup_snapshots: usize,
+    /// `list --format json` runs per snapshot level.
+    pub list_reps: usize,
 }
 
 impl Params {
@@ -78,6 +88,11 @@ impl Params {
                 bulk_threads: 4,
                 main_gib: 4,
                 fleet_gib: 4,
+                cli_per_client: 3,
+                idle_reps: 60,
+                big_tree_bytes: 256 << 20,
+                cleanup_snapshots: 200,
+                list_reps: 10,
             }
         } else {
             Params {
@@ -97,6 +112,11 @@ impl Params {
                 bulk_threads: 4,
                 main_gib: 8,
                 fleet_gib: 16,
+                cli_per_client: 6,
+                idle_reps: 150,
+                big_tree_bytes: 1 << 30,
+                cleanup_snapshots: 500,
+                list_reps: 20,
             }
         }
     }
@@ -117,6 +137,11 @@ impl Params {
             "fleet_workspaces": self.fleet_workspaces,
             "fleet_snapshots_per_workspace": self.fleet_snapshots,
             "fleet_reps": self.fleet_reps,
+            "cli_checkpoints_per_client": self.cli_per_client,
+            "idle_reps": self.idle_reps,
+            "big_tree_bytes": self.big_tree_bytes,
+            "cleanup_snapshots": self.cleanup_snapshots,
+            "list_reps": self.list_reps,
         })
     }
 }
@@ -192,6 +217,7 @@ fn main_phases(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Res
 
     single_operations(&inst, &raw, &pairs[0], p, out)?;
     concurrent(&inst, &raw, &pairs, p, out)?;
+    interference(&inst, &raw, &pairs[1], p, out)?;
     dirty(&inst, &raw, &pairs[0], p, out)?;
     growth(&inst, &raw, p, out)?;
     inst.stop_daemon()?;
@@ -211,16 +237,25 @@ fn single_operations(
         "checkpoint: {} × (CLI, socket, raw ioctl)",
         p.reps
     ));
-    let (mut cli, mut sock, mut rawt) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cli, mut sock, mut rawt, mut spawned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..p.reps {
         check_interrupted()?;
         cli.push(inst.cli(&["checkpoint", "-w", &ws])?);
+        spawned.push(raw.spawned_snapshot(&pair.src, "ckpt-spawned", true)?);
         let t = Instant::now();
         inst.checkpoint(&pair.ws)?;
         sock.push(t.elapsed());
         rawt.push(raw.timed_snapshot(&pair.src, "ckpt", true)?);
     }
     let raw_ckpt = summary(&rawt)?;
+    out.metrics.push(Metric::new(
+        "checkpoint, CLI vs raw spawned",
+        Unit::Millis,
+        summary(&cli)?,
+        Some(summary(&spawned)?),
+        "spawn `ws-ckpt checkpoint -w WS` → exit vs spawn of a tiny program that opens the subvolume and makes the one ioctl → exit (target: ratio <= 1.2)",
+    ));
     out.metrics.push(Metric::new(
         "checkpoint, end to end (CLI)",
         Unit::Millis,
@@ -240,10 +275,12 @@ fn single_operations(
     let raw_target = raw.dest("rb-target")?;
     raw.sys().snapshot(&pair.src, &raw_target, true)?;
     progress(&format!("rollback: {} × (CLI, socket, raw ioctl)", p.reps));
-    let (mut cli, mut sock, mut rawt) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cli, mut sock, mut rawt, mut spawned) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..p.reps {
         check_interrupted()?;
         cli.push(inst.cli(&["rollback", "-w", &ws, "-s", &target])?);
+        spawned.push(raw.spawned_snapshot(&raw_target, "rb-spawned", false)?);
         let t = Instant::now();
         inst.call(
             &Request::Rollback {
@@ -259,6 +296,13 @@ fn single_operations(
         rawt.push(raw.timed_snapshot(&raw_target, "rb", false)?);
     }
     let raw_rb = summary(&rawt)?;
+    out.metrics.push(Metric::new(
+        "rollback, CLI vs raw spawned writable snapshot",
+        Unit::Millis,
+        summary(&cli)?,
+        Some(summary(&spawned)?),
+        "spawn `ws-ckpt rollback -w WS -s ID` → exit vs spawn of the tiny program making one writable snapshot of a read-only snapshot (target: ratio <= 1.6)",
+    ));
     out.metrics.push(Metric::new(
         "rollback, end to end (CLI)",
         Unit::Millis,
@@ -322,6 +366,40 @@ fn concurrent(
             n = p.clients
         ),
     ));
+    progress(&format!(
+        "{} CLI clients × {} checkpoints, {} rounds (processes vs raw spawned loops)",
+        p.clients, p.cli_per_client, p.conc_rounds
+    ));
+    let (mut cli_rate, mut spawned_rate) = (Vec::new(), Vec::new());
+    for _ in 0..p.conc_rounds {
+        check_interrupted()?;
+        let (wall, _) = in_threads(pairs, p.cli_per_client, |pair| {
+            inst.cli(&["checkpoint", "-w", &path_str(&pair.ws)])
+        })?;
+        cli_rate.push((pairs.len() * p.cli_per_client) as f64 / wall.as_secs_f64());
+        let (wall, _) = in_threads(pairs, p.cli_per_client, |pair| {
+            let name = pair
+                .src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            raw.spawned_snapshot(
+                &pair.src,
+                &format!("spawned-{}", name.unwrap_or_default()),
+                true,
+            )
+        })?;
+        spawned_rate.push((pairs.len() * p.cli_per_client) as f64 / wall.as_secs_f64());
+    }
+    out.metrics.push(Metric::new(
+        format!("{} CLI clients: throughput", p.clients),
+        Unit::PerSecond,
+        rate(&cli_rate)?,
+        Some(rate(&spawned_rate)?),
+        format!(
+            "checkpoints/s of {n} threads each spawning `ws-ckpt checkpoint -w WS` for its own workspace vs snapshots/s of {n} loops of the raw spawned program (target: ours >= 0.8 × raw, ratio <= 1.25)",
+            n = p.clients
+        ),
+    ));
     out.metrics.push(Metric::new(
         format!("{} clients: latency", p.clients),
         Unit::Millis,
@@ -367,6 +445,138 @@ where
             None => Ok((wall, all)),
         }
     })
+}
+
+/// Socket checkpoints of `pair` until `busy` has exited (at least `min` of them), with
+/// their durations.
+fn checkpoints_while(
+    inst: &Instance,
+    pair: &Pair,
+    busy: &mut std::process::Child,
+    min: usize,
+) -> Result<(Vec<Duration>, bool)> {
+    let mut samples = Vec::new();
+    let exited_early = loop {
+        check_interrupted()?;
+        let done = busy
+            .try_wait()
+            .context("cannot wait for the background command")?;
+        if let Some(st) = done {
+            if !st.success() {
+                bail!("the background command failed ({st})");
+            }
+            break samples.len() < min;
+        }
+        let t = Instant::now();
+        inst.checkpoint(&pair.ws)?;
+        samples.push(t.elapsed());
+    };
+    Ok((samples, exited_early))
+}
+
+/// Checkpoint p99 of one workspace while another is being initialized from a large tree, and
+/// while another's snapshots are being cleaned up, vs its idle p99 (issue 9: at most 2×).
+fn interference(
+    inst: &Instance,
+    raw: &Raw,
+    pair: &Pair,
+    p: &Params,
+    out: &mut Results,
+) -> Result<()> {
+    progress(&format!("interference: {} idle checkpoints", p.idle_reps));
+    raw::syncfs(&inst.mount)?;
+    let mut idle = Vec::new();
+    for _ in 0..p.idle_reps {
+        check_interrupted()?;
+        let t = Instant::now();
+        inst.checkpoint(&pair.ws)?;
+        idle.push(t.elapsed());
+    }
+    let idle_p99 = p99_millis(&idle).ok_or_else(|| anyhow!("no idle samples"))?;
+
+    let big = inst.home.join("big");
+    let files = 64usize;
+    progress(&format!(
+        "interference: writing a {} MiB tree, then checkpoints during its init",
+        p.big_tree_bytes >> 20
+    ));
+    std::fs::create_dir_all(&big).with_context(|| format!("cannot create {}", big.display()))?;
+    let chunk: Vec<u8> = (0..(p.big_tree_bytes / files))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    for f in 0..files {
+        let path = big.join(format!("data-{f:03}.bin"));
+        std::fs::write(&path, &chunk)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    raw::syncfs(&big)?;
+    let mut init = inst
+        .command(&["init", &path_str(&big)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot spawn ws-ckpt init")?;
+    let init_start = Instant::now();
+    let (during, early) = checkpoints_while(inst, pair, &mut init, 5)?;
+    let init_ms = ms(init_start.elapsed());
+    let during_p99 =
+        p99_millis(&during).ok_or_else(|| anyhow!("the init ended before any checkpoint"))?;
+    if early {
+        eprintln!(
+            "ws-ckpt-bench: WARNING: the init took only {init_ms:.0} ms ({} checkpoints during it)",
+            during.len()
+        );
+    }
+    out.metrics.push(Metric::new(
+        format!("checkpoint p99 during a {} MiB init", p.big_tree_bytes >> 20),
+        Unit::Millis,
+        Summary::single(during_p99),
+        Some(Summary::single(idle_p99)),
+        format!(
+            "p99 of {} socket checkpoints of one workspace while `ws-ckpt init` copies and verifies a {} MiB tree into another ({init_ms:.0} ms) vs its idle p99 over {} (target: ratio <= 2)",
+            during.len(),
+            p.big_tree_bytes >> 20,
+            idle.len()
+        ),
+    ));
+
+    let (ws, ws_id) = inst.init_workspace("cleanme")?;
+    progress(&format!(
+        "interference: {} snapshots, then checkpoints during their cleanup",
+        p.cleanup_snapshots
+    ));
+    raw::bulk_snapshots(
+        raw.sys(),
+        &inst.mount.join(&ws_id),
+        &inst.mount.join("snapshots").join(&ws_id),
+        &bulk_ids(0, p.cleanup_snapshots),
+        p.bulk_threads,
+    )?;
+    inst.apply()?;
+    raw::syncfs(&inst.mount)?;
+    let mut cleanup = inst
+        .command(&["cleanup", "-w", &path_str(&ws), "--keep", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot spawn ws-ckpt cleanup")?;
+    let cleanup_start = Instant::now();
+    let (during, _) = checkpoints_while(inst, pair, &mut cleanup, 5)?;
+    let cleanup_ms = ms(cleanup_start.elapsed());
+    let during_p99 =
+        p99_millis(&during).ok_or_else(|| anyhow!("the cleanup ended before any checkpoint"))?;
+    out.metrics.push(Metric::new(
+        format!("checkpoint p99 during a {}-snapshot cleanup", p.cleanup_snapshots),
+        Unit::Millis,
+        Summary::single(during_p99),
+        Some(Summary::single(idle_p99)),
+        format!(
+            "p99 of {} socket checkpoints of one workspace while `ws-ckpt cleanup --keep 1` deletes {} snapshots of another and waits for the cleaner ({cleanup_ms:.0} ms) vs its idle p99 (target: ratio <= 2)",
+            during.len(),
+            p.cleanup_snapshots - 1
+        ),
+    ));
+    Ok(())
 }
 
 /// Checkpoint right after writing files, vs the raw ioctl after the same writes.
@@ -466,6 +676,19 @@ fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<(
         ));
         rows.push((level, o, r));
         have += p.level_reps;
+        let ws_s = path_str(&ws);
+        let mut lists = Vec::new();
+        for _ in 0..p.list_reps {
+            check_interrupted()?;
+            lists.push(inst.cli(&["--format", "json", "list", "-w", &ws_s])?);
+        }
+        out.metrics.push(Metric::new(
+            format!("list --format json at {level} snapshots"),
+            Unit::Millis,
+            summary(&lists)?,
+            None,
+            format!("spawn `ws-ckpt --format json list -w WS` → exit for a workspace holding {have} snapshots (targets: <= 5 ms at 1 000, <= 30 ms at 10 000)"),
+        ));
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         let growth = ratio(last.1.median, first.1.median);

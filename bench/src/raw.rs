@@ -8,13 +8,38 @@
 //! daemon or decide what is measured.
 
 use crate::scratch::check_interrupted;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use ws_ckpt::sys::linux::LinuxSys;
 use ws_ckpt::sys::Sys;
+
+/// First argument that makes this program the "raw spawned" baseline instead of the
+/// benchmark: `ws-ckpt-bench raw-snapshot SRC DST ro|rw` opens SRC and DST's parent and makes
+/// the one snapshot ioctl, started as a process like the CLI is.
+pub(crate) const SPAWNED_MODE: &str = "raw-snapshot";
+
+/// The `raw-snapshot` mode: returns the exit code.
+pub(crate) fn spawned_main(args: &[String]) -> i32 {
+    let [src, dst, mode] = args else {
+        eprintln!("usage: ws-ckpt-bench {SPAWNED_MODE} SRC DST ro|rw");
+        return 2;
+    };
+    let made = LinuxSys::new().map_err(|e| e.to_string()).and_then(|s| {
+        s.snapshot(Path::new(src), Path::new(dst), mode == "ro")
+            .map_err(|e| e.to_string())
+    });
+    match made {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ws-ckpt-bench {SPAWNED_MODE}: {e}");
+            1
+        }
+    }
+}
 
 /// Raw btrfs operations on one filesystem.
 pub(crate) struct Raw {
@@ -68,6 +93,37 @@ impl Raw {
         let t = Instant::now();
         self.sys.snapshot(source, &dest, readonly)?;
         Ok(t.elapsed())
+    }
+}
+
+impl Raw {
+    /// One snapshot of `source` into `group` by a spawned process ([`SPAWNED_MODE`]), timed
+    /// from spawn to exit: the baseline of a CLI command.
+    pub(crate) fn spawned_snapshot(
+        &self,
+        source: &Path,
+        group: &str,
+        readonly: bool,
+    ) -> Result<Duration> {
+        let dest = self.dest(group)?;
+        let exe = std::env::current_exe().context("cannot locate this program")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(SPAWNED_MODE)
+            .arg(source)
+            .arg(&dest)
+            .arg(if readonly { "ro" } else { "rw" })
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let t = Instant::now();
+        let st = cmd.status().context("cannot spawn the raw baseline")?;
+        let took = t.elapsed();
+        if !st.success() {
+            bail!(
+                "the raw spawned snapshot of {} failed ({st})",
+                source.display()
+            );
+        }
+        Ok(took)
     }
 }
 

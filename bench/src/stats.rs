@@ -63,6 +63,16 @@ fn percentile_sorted(sorted: &[f64], pct: usize) -> f64 {
     sorted[rank - 1]
 }
 
+/// The 99th percentile (nearest rank) of durations, in milliseconds; `None` without samples.
+pub(crate) fn p99_millis(samples: &[Duration]) -> Option<f64> {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_by(f64::total_cmp);
+    Some(percentile_sorted(&ms, 99))
+}
+
 /// `num / den`, or `None` when the denominator is not a positive finite number.
 pub(crate) fn ratio(num: f64, den: f64) -> Option<f64> {
     (den.is_finite() && den > 0.0 && num.is_finite()).then(|| num / den)

@@ -47,14 +47,25 @@ fn plain_dir(env: &TestEnv, name: &str) -> PathBuf {
     d
 }
 
+/// Every snapshot ID in a `list --format json` output (an array of snapshots, or a page
+/// `{"snapshots": […]}`, or workspaces holding `snapshots`: whatever the shape, the objects
+/// with an `id`).
 fn snapshot_ids(list: &Value) -> Vec<String> {
-    list["workspaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|w| w["snapshots"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["id"].as_str().map(str::to_string))
-        .collect()
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(m) => {
+                if let Some(id) = m.get("id").and_then(Value::as_str) {
+                    out.push(id.to_string());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(list, &mut out);
+    out
 }
 
 /// One command run by the loop: what, how long, how it ended.

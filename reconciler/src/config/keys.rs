@@ -175,7 +175,7 @@ pub const DOCS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "retention.max_snapshots",
-        value: "integer (1 to 1000000; default 10000)",
+        value: "integer (1 to 1000000; default 100000)",
         text: "Most snapshots one workspace may hold. A checkpoint beyond it is refused with an error naming max_snapshots; delete or clean up snapshots (or raise the limit) to take more.",
     },
     KeyDoc {

@@ -54,7 +54,7 @@ pub const DEFAULT_LEGACY_IMAGE: &str = "/data/ws-ckpt/btrfs-data.img";
 /// Default `[backend.btrfs-loop] mount`.
 pub const DEFAULT_LOOP_MOUNT: &str = "/mnt/btrfs-workspace";
 /// Default `[retention] max_snapshots` (snapshots one workspace may hold).
-pub const DEFAULT_MAX_SNAPSHOTS: u32 = 10_000;
+pub const DEFAULT_MAX_SNAPSHOTS: u32 = 100_000;
 /// Largest accepted `max_snapshots`.
 pub const MAX_MAX_SNAPSHOTS: u32 = 1_000_000;
 /// File name of the loop image inside `state_dir` when `image` is not set.
