@@ -340,6 +340,11 @@ fn tree_owner_can_kill_her_worker_but_not_trace_it_or_signal_the_daemon() {
         }
         let Some(pid) = worker_pid() else { return };
         done.store(true, Ordering::Relaxed);
+        // Hold the worker while she probes it, so the copy cannot finish first however
+        // loaded the machine is (her SIGKILL ends a stopped process too).
+        let stopped = i32::try_from(pid).expect("a pid fits in pid_t");
+        // SAFETY: kill(2) with a plain signal number has no memory-safety preconditions.
+        unsafe { libc::kill(stopped, libc::SIGSTOP) };
         let pid = pid.to_string();
         results.push(("ptrace", probe(&["ptrace", &pid])));
         results.push(("readmem", probe(&["readmem", &pid])));
@@ -348,6 +353,9 @@ fn tree_owner_can_kill_her_worker_but_not_trace_it_or_signal_the_daemon() {
             probe(&["signal", &std::process::id().to_string(), "0"]),
         ));
         results.push(("kill", probe(&["signal", &pid, "9"])));
+        // Let it go on if her kill failed, so the assertions below report it, not a hang.
+        // SAFETY: as above.
+        unsafe { libc::kill(stopped, libc::SIGCONT) };
     };
     let err = Job::as_owner(Owner::lookup(user.uid).unwrap())
         .with_worker(worker())
