@@ -423,7 +423,8 @@ impl Engine {
     }
 
     /// Record an action's failure for its backoff, or forget earlier failures once it
-    /// succeeded. Kept in memory even when state.json cannot be written.
+    /// succeeded. A record that cannot be written is not kept (the store puts memory back), so
+    /// with a full state directory a failing action is retried on every pass.
     fn note_outcome(&self, action: &Action, error: Option<&Error>) {
         let key = action.failure_key();
         let written = self.store.update_state(|state| {
