@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use ws_ckpt::api::Request;
+use ws_ckpt::resolve::Resolution;
+use ws_ckpt::state::{BackendType, SelectionMethod};
 
 /// Environment variables removed from every child (host config, systemd notification, log
 /// level overrides).
@@ -47,6 +49,22 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
+    /// The storage layout of this instance (its loop backend mounted at `mount`, data_root
+    /// there, snapshots_root at `mount/snapshots` as the loop backend resolves it), so that
+    /// every workspace and snapshot path comes from the library's one layout
+    /// ([`Resolution::ws_subvol`], [`Resolution::snap_dir`]), gates included.
+    pub(crate) fn layout(&self) -> Resolution {
+        Resolution {
+            backend_type: BackendType::BtrfsLoop,
+            selection_method: SelectionMethod::Config,
+            mount: self.mount.clone(),
+            data_root: self.mount.clone(),
+            snapshots_root: self.mount.join("snapshots"),
+            image: None,
+            conflict: None,
+        }
+    }
+
     /// Create the directories and the config. `img_gib`: image size cap (the file is sparse).
     pub(crate) fn create(scratch: &Path, name: &str, bin: &Path, img_gib: u64) -> Result<Instance> {
         use std::os::unix::fs::PermissionsExt;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use ws_ckpt::api::Request;
+use ws_ckpt::resolve::Resolution;
 use ws_ckpt::sys::Sys;
 
 /// Sizes of one run.
@@ -547,8 +548,8 @@ fn interference(
     ));
     raw::bulk_snapshots(
         raw.sys(),
-        &inst.mount.join(&ws_id),
-        &inst.mount.join("snapshots").join(&ws_id),
+        &inst.layout().ws_subvol(&ws_id),
+        &inst.layout().snap_dir(&ws_id),
         &bulk_ids(0, p.cleanup_snapshots),
         p.bulk_threads,
     )?;
@@ -623,8 +624,8 @@ fn bulk_ids(start: usize, count: usize) -> Vec<String> {
 /// Checkpoint cost in one workspace holding 10, 1 000 (and 10 000) snapshots.
 fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<()> {
     let (ws, ws_id) = inst.init_workspace("growth")?;
-    let subvol = inst.mount.join(&ws_id);
-    let snap_dir = inst.mount.join("snapshots").join(&ws_id);
+    let subvol = inst.layout().ws_subvol(&ws_id);
+    let snap_dir = inst.layout().snap_dir(&ws_id);
     let src = raw.source("growth")?;
     let mut have = 0usize;
     let mut next_id = 0usize;
@@ -711,15 +712,14 @@ fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<(
 
 /// Everything a pass must at least read from the kernel: the mount table and the subvolume
 /// listings of data_root, snapshots_root and every workspace's snapshot directory.
-fn raw_observe(raw: &Raw, mount: &Path, ws_ids: &[String]) -> Result<Duration> {
+fn raw_observe(raw: &Raw, layout: &Resolution, ws_ids: &[String]) -> Result<Duration> {
     let sys = raw.sys();
     let t = Instant::now();
     sys.mounts()?;
-    sys.list_subvolumes(mount)?;
-    let snaps = mount.join("snapshots");
-    sys.list_subvolumes(&snaps)?;
+    sys.list_subvolumes(&layout.data_root)?;
+    sys.list_subvolumes(&layout.snapshots_root)?;
     for id in ws_ids {
-        sys.list_subvolumes(&snaps.join(id))?;
+        sys.list_subvolumes(&layout.snap_dir(id))?;
     }
     Ok(t.elapsed())
 }
@@ -752,10 +752,10 @@ fn fleet_phase(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Res
             chunk_no * 10
         ));
         for id in chunk {
-            let dir = inst.mount.join("snapshots").join(id);
+            let dir = inst.layout().snap_dir(id);
             raw::bulk_snapshots(
                 raw.sys(),
-                &inst.mount.join(id),
+                &inst.layout().ws_subvol(id),
                 &dir,
                 &bulk_ids(0, ns),
                 p.bulk_threads,
@@ -809,7 +809,7 @@ fn fleet_phase(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Res
         if reply.get("changed").and_then(Value::as_bool) != Some(false) {
             eprintln!("ws-ckpt-bench: WARNING: the no-op apply changed something: {reply}");
         }
-        observe.push(raw_observe(&raw, &inst.mount, &ws_ids)?);
+        observe.push(raw_observe(&raw, &inst.layout(), &ws_ids)?);
     }
     let rss = inst.daemon_peak_rss_kib()?;
     let obs = summary(&observe)?;
