@@ -81,6 +81,20 @@ fn attack07_other_users_cannot_read_workspace_data_or_snapshots() {
     );
 
     h.as_user(&h.alice, &["init", &s(&proj)]).ok();
+    // Issue 12: the symlink init leaves at her path is hers (she may remove or rename it in
+    // her own directory as before), not root's.
+    let link = fs::symlink_metadata(&proj).unwrap();
+    assert!(
+        link.file_type().is_symlink(),
+        "{} is not the workspace symlink",
+        proj.display()
+    );
+    assert_eq!(
+        (link.uid(), link.gid()),
+        (h.alice.uid, h.alice.gid),
+        "the symlink at {} must belong to the workspace's owner",
+        proj.display()
+    );
     h.as_user(
         &h.alice,
         &["checkpoint", "-w", &s(&proj), "-s", "s1", "-m", "one"],
