@@ -1515,6 +1515,56 @@ impl Rig {
         serde_json::from_slice(&bytes).map_err(|e| format!("{} does not parse: {e}", p.display()))
     }
 
+    /// The pending operations recorded on disk: `state.json`'s `pending`, then the lines of
+    /// `state.journal.jsonl` when its header names this very `state.json` (inode and length;
+    /// a journal naming another base was already folded into it). `begin` adds an operation,
+    /// `update` replaces its kind (operation and phase), `end` forgets it.
+    pub fn pending_ops(&self, state: &Value) -> Vec<Value> {
+        let mut ops: Vec<Value> = state["pending"].as_array().cloned().unwrap_or_default();
+        let base = self.layout.state_dir.join("state.json");
+        let journal = self.layout.state_dir.join("state.journal.jsonl");
+        let (Ok(meta), Ok(text)) = (fs::metadata(&base), fs::read_to_string(&journal)) else {
+            return ops;
+        };
+        let mut lines = text.lines();
+        let header: Value = match lines.next().map(serde_json::from_str) {
+            Some(Ok(h)) => h,
+            _ => return ops,
+        };
+        if header["base_ino"].as_u64() != Some(meta.ino())
+            || header["base_len"].as_u64() != Some(meta.len())
+        {
+            return ops;
+        }
+        for line in lines {
+            // A torn last line is ignored, as the daemon does.
+            let Ok(change) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let op_id = change["op_id"].as_str().map(str::to_string);
+            match change["op"].as_str() {
+                Some("begin") => ops.push(change["pending"].clone()),
+                Some("update") => {
+                    for o in ops
+                        .iter_mut()
+                        .filter(|o| o["op_id"].as_str() == op_id.as_deref())
+                    {
+                        if let (Some(o), Some(kind)) =
+                            (o.as_object_mut(), change["kind"].as_object())
+                        {
+                            for (k, v) in kind {
+                                o.insert(k.clone(), v.clone());
+                            }
+                        }
+                    }
+                }
+                Some("end") => ops.retain(|o| o["op_id"].as_str() != op_id.as_deref()),
+                _ => {}
+            }
+        }
+        ops
+    }
+
     /// Snapshots `list` reports, flattened.
     pub fn listed(&self) -> Result<Vec<Listed>, String> {
         let (r, v) = self.json(&["list"]);
@@ -1611,10 +1661,9 @@ impl Rig {
                         v["version"]
                     ));
                 }
-                let pending: Vec<String> = v["pending"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let pending: Vec<String> = self
+                    .pending_ops(&v)
+                    .iter()
                     .map(|p| {
                         format!(
                             "{} {} (op {})",
