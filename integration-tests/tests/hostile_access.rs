@@ -385,7 +385,15 @@ fn bob_with_a_finding(h: &Hostile) -> (String, Vec<String>) {
     h.as_user(&h.bob, &["checkpoint", "-w", &s(&bp), "-s", "shared-id"])
         .ok();
     let bob_ws = h.ws_id(&bp);
-    h.sh_as(&h.bob, &format!("rm '{0}' && mkdir '{0}'", bp.display()));
+    // The daemon may re-create the removed symlink (repair-symlink) between the rm and the
+    // mkdir: try again until the directory is there.
+    h.sh_as(
+        &h.bob,
+        &format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do rm -f '{0}'; mkdir '{0}' 2>/dev/null && exit 0; sleep 0.2; done; exit 1",
+            bp.display()
+        ),
+    );
     let st = h.root_status();
     assert!(
         all_strings(&st["findings"])
