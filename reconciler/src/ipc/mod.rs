@@ -245,26 +245,46 @@ pub fn read_line_bounded<R: BufRead>(r: &mut R, limit: usize) -> Result<Line, Ip
                 })
             }
         };
-        if chunk.is_empty() {
-            return Ok(if buf.is_empty() {
-                Line::Eof
-            } else {
-                Line::Data(buf)
-            });
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i, true),
-            None => (chunk.len(), false),
-        };
-        if buf.len() + take > limit {
-            return Err(IpcError::TooLong { limit });
-        }
-        buf.extend_from_slice(&chunk[..take]);
-        r.consume(if done { take + 1 } else { take });
-        if done {
-            return Ok(Line::Data(buf));
+        match line_step(&mut buf, chunk, limit)? {
+            Step::More(n) => r.consume(n),
+            Step::Done(n, line) => {
+                r.consume(n);
+                return Ok(line);
+            }
         }
     }
+}
+
+/// What one buffered chunk did to the line being read.
+enum Step {
+    /// Consume this many bytes; the line goes on.
+    More(usize),
+    /// Consume this many bytes (the newline included); the line is complete.
+    Done(usize, Line),
+}
+
+/// Append `chunk` up to its first newline to `buf` (an empty chunk is EOF), refusing a line
+/// longer than `limit` bytes: the line-splitting both readers share.
+fn line_step(buf: &mut Vec<u8>, chunk: &[u8], limit: usize) -> Result<Step, IpcError> {
+    if chunk.is_empty() {
+        let line = match buf.is_empty() {
+            true => Line::Eof,
+            false => Line::Data(std::mem::take(buf)),
+        };
+        return Ok(Step::Done(0, line));
+    }
+    let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+        Some(i) => (i, true),
+        None => (chunk.len(), false),
+    };
+    if buf.len() + take > limit {
+        return Err(IpcError::TooLong { limit });
+    }
+    buf.extend_from_slice(&chunk[..take]);
+    Ok(match done {
+        true => Step::Done(take + 1, Line::Data(std::mem::take(buf))),
+        false => Step::More(take),
+    })
 }
 
 fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
@@ -314,26 +334,12 @@ fn read_request_line(reader: &mut BufReader<UnixStream>, t: Timeouts) -> Result<
                 })
             }
         };
-        if chunk.is_empty() {
-            return Ok(if buf.is_empty() {
-                Line::Eof
-            } else {
-                Line::Data(buf)
-            });
-        }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i, true),
-            None => (chunk.len(), false),
-        };
-        if buf.len() + take > MAX_REQUEST_BYTES {
-            return Err(IpcError::TooLong {
-                limit: MAX_REQUEST_BYTES,
-            });
-        }
-        buf.extend_from_slice(&chunk[..take]);
-        reader.consume(if done { take + 1 } else { take });
-        if done {
-            return Ok(Line::Data(buf));
+        match line_step(&mut buf, chunk, MAX_REQUEST_BYTES)? {
+            Step::More(n) => reader.consume(n),
+            Step::Done(n, line) => {
+                reader.consume(n);
+                return Ok(line);
+            }
         }
     }
 }
