@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use ws_ckpt_integration_tests::{btrfs, loops_under, mounts_under, TestEnv};
+use ws_ckpt_integration_tests::{btrfs, find_tool, loops_under, mounts_under, run_tool, TestEnv};
 
 fn sh(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("run");
@@ -628,6 +628,20 @@ fn release_restores_identical_plain_directory_and_refuses_occupied_path() {
         "its storage gate goes too"
     );
     assert!(leftovers_beside(&p).is_empty());
+    // The release waited for the btrfs cleaner to drop what it deleted: nothing of it is left
+    // as a deleted-but-not-dropped subvolume (a descriptor kept open on the workspace
+    // subvolume would pin it until the wait times out).
+    let deleted = run_tool(Command::new(find_tool("btrfs")).args([
+        "subvolume",
+        "list",
+        "-d",
+        env.mount.to_str().unwrap(),
+    ]));
+    assert!(
+        String::from_utf8_lossy(&deleted.stdout).trim().is_empty(),
+        "deleted subvolumes not yet dropped after the release:\n{}",
+        String::from_utf8_lossy(&deleted.stdout)
+    );
     assert!(std::fs::read_to_string(&env.config)
         .unwrap()
         .contains("state = \"absent\""));

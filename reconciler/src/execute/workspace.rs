@@ -526,7 +526,10 @@ impl Executor<'_> {
                 j.verify(&live, &copy, Compare::Full)
             })
         };
+        // No descriptor on the subvolume may outlive the copy: an open one keeps the deleted
+        // subvolume from the btrfs cleaner, and the release would wait the whole CLEANER_WAIT.
         drop(copy);
+        drop(live);
         let mut job = job_for(owner)?;
         if let Err(e) = copied {
             let _ = remove_tree(&mut job, &parent, &tmp_name, copy_id);
