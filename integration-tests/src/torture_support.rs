@@ -1371,11 +1371,18 @@ impl Rig {
 
     /// Start the daemon and wait until its socket answers (after its first pass).
     pub fn start_daemon(&mut self) -> Result<(), String> {
+        self.start_daemon_env(&[])
+    }
+
+    /// [`Rig::start_daemon`] with extra environment variables (e.g. `WS_CKPT_FAULT_HOLD`).
+    pub fn start_daemon_env(&mut self, extra: &[(&str, &str)]) -> Result<(), String> {
         assert!(
             self.daemon.is_none(),
             "start_daemon: a daemon is already running"
         );
-        let d = self.env.spawn(&["daemon"], &[("WS_CKPT_LOG", "info")]);
+        let mut env = vec![("WS_CKPT_LOG", "info")];
+        env.extend_from_slice(extra);
+        let d = self.env.spawn(&["daemon"], &env);
         let sock = self.layout.runtime_dir.join("ws-ckpt.sock");
         let mut exited = None;
         let up = wait_until(DAEMON_START, || {

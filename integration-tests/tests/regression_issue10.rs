@@ -2,10 +2,9 @@
 //! item. They pin the moment from outside, without the test-only fault hook: by polling the
 //! disk and freezing the process with SIGSTOP when the interesting state appears (item 1, 3, 6),
 //! by inotify on the snapshot directory (item 7), right after an acknowledgement (item 2), or
-//! with a state_dir filled to ENOSPC (item 5, in regression_issue10_checkpoint.rs). Item 4 (a
-//! failed release under ENOSPC must have no later effect) is not fixed yet; its test is kept on
-//! branch `exec-pending`. Item 9 (throughput, audit rotation) is covered elsewhere. Root only;
-//! each test has its own environment.
+//! with a state_dir filled to ENOSPC (item 4 here; item 5 in regression_issue10_checkpoint.rs).
+//! Item 9 (throughput, audit rotation) is covered elsewhere. Root only; each test has its own
+//! environment.
 
 mod regression_common;
 
@@ -317,6 +316,198 @@ fn regression_3_power_cut_during_release_leaves_no_unrecorded_subvolume() {
         );
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. state_dir full
+// ---------------------------------------------------------------------------------------------
+/// state_dir (16 MiB) full: `delete`, `cleanup` and `release` either succeed or fail with no
+/// later effect. A failed one leaves no interrupted record (in memory or on disk), and the
+/// next pass, triggered once space is back, does not carry it out.
+///
+/// The file system is filled while a `release` is held (fault hold, daemon side) between its
+/// verified copy and the exchange; `delete`s of another workspace then use up what is left in
+/// the last pages of the state and index journals until one is refused (its first record cannot be
+/// written), so every later record fails for certain. The held release then exchanges the
+/// copy into place and cannot record "only the deletions remain": it must undo the exchange
+/// (workspace symlink back, copy removed) and report a failure, and nothing may finish it
+/// later. What an operator expects, and what the product does (execute/workspace.rs
+/// `undo_release`): a release that says "failed" left the workspace as it was; a deletion
+/// whose subvolume is gone is reported done even when its record must wait for space.
+#[test]
+fn regression_4_state_dir_full_failed_operations_have_no_later_effect() {
+    let Some(mut rig) = rig("regression_4", Storage::SmallStateDir(16), Via::Daemon) else {
+        return;
+    };
+    let (a, _) = make_tree(&rig, "a", 4, SMALL);
+    let (b, b_tree) = make_tree(&rig, "b", 5, SMALL);
+    let a_id = init(&rig, &a);
+    let b_id = init(&rig, &b);
+    let snaps: Vec<String> = (1..=24).map(|i| format!("s{i}")).collect();
+    for s in &snaps {
+        checkpoint(&rig, &a, s, &["-m", s]).ok();
+    }
+    let holds = rig.env.root.join("holds");
+    fs::create_dir_all(&holds).unwrap();
+    rig.stop_daemon().unwrap();
+    rig.start_daemon_env(&[("WS_CKPT_FAULT_HOLD", holds.to_str().unwrap())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hold = holds.join("release:after-verify");
+    let reached = holds.join("release:after-verify.reached");
+    fs::write(&hold, b"").unwrap();
+    let bps = b.display().to_string();
+    let release = rig.spawn(&[
+        "--format".into(),
+        "json".into(),
+        "release".into(),
+        bps.clone(),
+    ]);
+    assert!(
+        ws_ckpt_integration_tests::wait_until(Duration::from_secs(120), || reached.exists()),
+        "the release never reached its hold point\n{}\n{}",
+        release.stderr(),
+        indent(&rig.daemon().map(|d| d.stderr()).unwrap_or_default())
+    );
+    let fillers = fill_to_enospc(&small_state_dir(&rig));
+    let aps = a.display().to_string();
+    let mut deleted: Vec<String> = Vec::new();
+    let mut refused = None;
+    for s in &snaps[..22] {
+        let r = rig.json(&["delete", "-w", &aps, "-s", s]).0;
+        if r.code() == Some(0) {
+            deleted.push(s.clone());
+        } else {
+            refused = Some((s.clone(), r));
+            break;
+        }
+    }
+    let clean = rig.json(&["cleanup", "-w", &aps, "--keep", "1"]).0;
+    fs::remove_file(&hold).unwrap();
+    let rel_status = release.wait_timeout(Duration::from_secs(120));
+    let rel_out = release.stdout();
+    eprintln!(
+        "with state_dir full: deleted {deleted:?}, refused {:?}, cleanup exit {:?}, release exit {rel_status:?}",
+        refused.as_ref().map(|(s, _)| s),
+        clean.code()
+    );
+    let Some((refused_id, refused_run)) = refused else {
+        panic!("22 deletes succeeded with state_dir full: the test did not fill it ({deleted:?})");
+    };
+    let mut problems = Vec::new();
+    if rel_status.is_none_or(|st| st.success()) || !rel_out.contains("was undone") {
+        problems.push(format!(
+            "the release whose record could not be written did not report an undone failure ({rel_status:?}):\n{}",
+            indent(&rel_out)
+        ));
+    }
+    // While still full: nothing half-done is left recorded.
+    let (_, plan) = rig.json(&["plan"]);
+    let ghosts = interrupted_actions(&plan);
+    let (_, st) = rig.json(&["status"]);
+    let conditions: Vec<String> = st
+        .as_ref()
+        .and_then(|v| v["workspaces"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            format!(
+                "{}={}",
+                w["ws_id"].as_str().unwrap_or("?"),
+                w["condition"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    // The failed release left b as it was: still workspace b, its data intact, no copy
+    // beside it.
+    let b_is_link = fs::symlink_metadata(&b).is_ok_and(|m| m.file_type().is_symlink());
+    if !b_is_link {
+        problems.push(format!(
+            "after the failed release, {} is no longer the workspace symlink",
+            b.display()
+        ));
+    }
+    let diffs = compare_tree(&b, &b_tree, true);
+    if !diffs.is_empty() {
+        problems.push(format!("b's data after the failed release: {diffs:?}"));
+    }
+    let beside: Vec<String> = fs::read_dir(b.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".b.") || n.contains("release"))
+        .collect();
+    if !beside.is_empty() {
+        problems.push(format!(
+            "the undone release left {beside:?} beside {}",
+            b.display()
+        ));
+    }
+    for f in &fillers {
+        fs::remove_file(f).unwrap();
+    }
+    // Anything triggers a pass; `apply` is the explicit one.
+    let (ar, applied) = rig.json(&["apply"]);
+    let carried_out = interrupted_actions(&applied);
+    if !ghosts.is_empty() {
+        problems.push(format!(
+            "while full, `plan` shows the failed operations as interrupted: {ghosts:?}; status conditions {conditions:?}"
+        ));
+    }
+    if !carried_out.is_empty() {
+        problems.push(format!(
+            "once space was back, the next pass carried out failed operations: {carried_out:?}\n{}",
+            indent(&ar.stdout)
+        ));
+    }
+    let ids: Vec<String> = listed_for(&rig, &a_id).into_iter().map(|l| l.id).collect();
+    if !(ids.contains(&refused_id) && snapshot_on_disk(&rig, &a_id, &refused_id)) {
+        problems.push(format!(
+            "`delete {refused_id}` failed, yet it is gone afterwards (listed: {ids:?})\n{}",
+            refused_run.describe()
+        ));
+    }
+    for s in &deleted {
+        if ids.contains(s) || snapshot_on_disk(&rig, &a_id, s) {
+            problems.push(format!(
+                "`delete {s}` succeeded, yet {s} is still listed or on disk"
+            ));
+        }
+    }
+    if clean.code() != Some(0) {
+        for s in snaps.iter().filter(|s| !deleted.contains(s)) {
+            if !(ids.contains(s) && snapshot_on_disk(&rig, &a_id, s)) {
+                problems.push(format!(
+                    "`cleanup --keep 1` failed, yet {s} is gone afterwards (listed: {ids:?})"
+                ));
+            }
+        }
+    }
+    // A failed release stays declared `absent`, so a later pass may release it: by a fresh
+    // `release-workspace`, never by finishing the failed one. Its data is never lost.
+    let b_meta = fs::symlink_metadata(&b).unwrap();
+    let diffs = compare_tree(&b, &b_tree, true);
+    if !diffs.is_empty() {
+        problems.push(format!("b's data once space was back: {diffs:?}"));
+    }
+    if b_meta.file_type().is_symlink() && !rig.subvolumes().contains_key(&b_id) {
+        problems.push("b is still a symlink but its subvolume is gone".into());
+    }
+    // After a restart, list and disk agree, and nothing recorded comes back.
+    rig.stop_daemon().unwrap();
+    rig.start_daemon().unwrap();
+    let stray = unrecorded_subvolumes(&rig);
+    if !stray.is_empty() {
+        problems.push(format!("after a restart, unrecorded subvolumes: {stray:?}"));
+    }
+    let (_, plan) = rig.json(&["plan"]);
+    let back = interrupted_actions(&plan);
+    if !back.is_empty() {
+        problems.push(format!(
+            "after a restart, failed operations are recorded as interrupted: {back:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_converged(&rig);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -280,6 +280,13 @@ impl Engine {
             retry_failed: false,
             ..popts
         };
+        if !opts.check && self.store.has_owed() {
+            // A withdrawal or a durable effect kept in memory only (a full state directory):
+            // written as soon as there is room (see `store`).
+            if let Err(e) = self.store.flush_owed() {
+                tracing::warn!(error = %e, "the state directory still cannot be written");
+            }
+        }
         for round in 0..MAX_ROUNDS {
             if self.store.has_unsettled() {
                 // Interrupted checkpoints keep their message, metadata and pin (never adopted

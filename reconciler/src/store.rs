@@ -9,6 +9,17 @@
 //! fails, the in-memory state is put back as it was, so a record that could not be persisted
 //! has no later effect.
 //!
+//! Two kinds of change are kept in memory even when they cannot be written (a full state
+//! directory), because the disk already says so or because keeping the old record would give
+//! a failed operation a later effect: the withdrawal of an operation that failed
+//! ([`Store::forget_pending`]) and the record of an effect that is already durable
+//! ([`Store::forget_deleted_snapshot`], [`Store::forget_released`]). Such a write is *owed*:
+//! the next write of that file writes it whole first (the indexes before `state.json`, so a
+//! pending deletion is never forgotten on disk while its index still lists what it deleted),
+//! and [`Store::flush_owed`] retries it. Until it is written, what the disk records is an
+//! operation that recovery reverts (a withdrawal) or finishes the way it was reported (a
+//! durable effect).
+//!
 //! Readers use [`Store::read`] (a guard: keep it for one expression, never across another
 //! store call or any I/O) or [`Store::snapshot`] (a consistent copy for observe/plan/status;
 //! cheap, indexes are shared until changed).
@@ -45,6 +56,12 @@ struct Inner {
     /// ws_id → checkpoint intents withdrawn in memory whose `remove` line could not be
     /// written yet: written before anything else is appended to that journal.
     withdrawn: BTreeMap<String, Vec<String>>,
+    /// The in-memory state holds a change `state.json` does not (see the module docs): the
+    /// next write of the state writes it whole.
+    owed_state: bool,
+    /// Workspaces whose in-memory index holds a change their index files do not: written
+    /// whole before the next line of that journal, and before the state is written.
+    owed_indexes: std::collections::BTreeSet<String>,
     /// ws_id → changes recorded for that workspace (its index, its pending operations, its
     /// entry); `None` → host-level changes. A plan made from a snapshot is still valid for a
     /// workspace whose generation did not move.
@@ -59,19 +76,63 @@ impl Inner {
             .or_default() += 1;
     }
 
-    fn save(&self) -> Result<()> {
+    /// Write the owed indexes, then state.json whole (folding its journal).
+    fn save(&mut self) -> Result<()> {
+        self.flush_owed_indexes()?;
         if let Some(s) = &self.p.state {
             self.journal.save(s)?;
+        }
+        self.owed_state = false;
+        Ok(())
+    }
+
+    /// Drop a pending operation from memory; writing its absence is owed.
+    fn forget_pending(&mut self, op_id: &str) {
+        let ws = self
+            .p
+            .pending()
+            .into_iter()
+            .find(|o| o.op_id == op_id)
+            .and_then(|o| o.kind.ws_id().map(str::to_string));
+        if let Some(s) = self.p.state.as_mut() {
+            let n = s.pending.len();
+            s.pending
+                .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
+            if s.pending.len() != n {
+                self.owed_state = true;
+            }
+        }
+        self.bump(ws.as_deref());
+    }
+
+    /// Write every index whose in-memory form is ahead of its files.
+    fn flush_owed_indexes(&mut self) -> Result<()> {
+        for ws_id in self.owed_indexes.clone() {
+            if let Some(idx) = self.p.indexes.get(&ws_id).cloned() {
+                self.indexes.write_full(&ws_id, &idx)?;
+            }
+            self.owed_indexes.remove(&ws_id);
         }
         Ok(())
     }
 
-    /// Record one change of the pending operations (one journal line), then apply it.
+    /// Record one change of the pending operations (one journal line), then apply it. When
+    /// the state is owed (see the module docs) it is written whole instead, with the change.
     fn change_pending(&mut self, change: PendingChange, ws_id: Option<&str>) -> Result<()> {
         let state = self.p.state.as_ref().ok_or_else(no_state)?;
-        self.journal.append(&change, state)?;
-        if let Some(s) = self.p.state.as_mut() {
-            change.apply(s);
+        if self.owed_state {
+            let mut after = state.clone();
+            change.apply(&mut after);
+            let before = self.p.state.replace(after);
+            if let Err(e) = self.save() {
+                self.p.state = before;
+                return Err(e);
+            }
+        } else {
+            self.journal.append(&change, state)?;
+            if let Some(s) = self.p.state.as_mut() {
+                change.apply(s);
+            }
         }
         self.bump(ws_id);
         Ok(())
@@ -81,6 +142,12 @@ impl Inner {
     /// keep an intent left unsettled since the load (the next line would confirm it anyway;
     /// kept, a snapshot that does not exist shows as MISSING, never a pin silently lost).
     fn prepare_append(&mut self, ws_id: &str) -> Result<()> {
+        if self.owed_indexes.contains(ws_id) {
+            if let Some(idx) = self.p.indexes.get(ws_id).cloned() {
+                self.indexes.write_full(ws_id, &idx)?;
+            }
+            self.owed_indexes.remove(ws_id);
+        }
         if let Some(ids) = self.withdrawn.get(ws_id).cloned() {
             for id in ids {
                 let before = self.index_or_new(ws_id);
@@ -119,7 +186,7 @@ impl Inner {
     fn update_state<R>(&mut self, f: impl FnOnce(&mut Option<StateFile>) -> R) -> Result<R> {
         let before = self.p.state.clone();
         let r = f(&mut self.p.state);
-        if self.p.state == before {
+        if self.p.state == before && !self.owed_state {
             return Ok(r);
         }
         if let Err(e) = self.save() {
@@ -218,6 +285,8 @@ impl Store {
                 p,
                 indexes,
                 withdrawn: BTreeMap::new(),
+                owed_state: false,
+                owed_indexes: Default::default(),
                 generations: BTreeMap::new(),
             }),
         }
@@ -318,19 +387,103 @@ impl Store {
     }
 
     /// Drop a pending operation from memory only (its removal could not be written): it has
-    /// no later effect in this process, and the next write that succeeds persists its absence.
+    /// no later effect in this process, and the next write of the state writes it whole,
+    /// without it (owed; see the module docs).
     pub fn forget_pending(&self, op_id: &str) {
         let mut g = self.lock();
-        let ws =
-            g.p.pending()
-                .into_iter()
-                .find(|o| o.op_id == op_id)
-                .and_then(|o| o.kind.ws_id().map(str::to_string));
-        if let Some(s) = g.p.state.as_mut() {
-            s.pending
-                .retain(|e| e.op().is_none_or(|op| op.op_id != op_id));
+        g.forget_pending(op_id);
+    }
+
+    /// Write what is owed (see the module docs) now; `Ok` when nothing is. A caller that
+    /// starts a pass calls it so that a withdrawal is persisted as soon as space is back.
+    pub fn flush_owed(&self) -> Result<()> {
+        let mut g = self.lock();
+        if g.owed_state {
+            g.save()
+        } else {
+            g.flush_owed_indexes()
         }
-        g.bump(ws.as_deref());
+    }
+
+    /// Whether some change is held in memory only (see the module docs).
+    pub fn has_owed(&self) -> bool {
+        let g = self.lock();
+        g.owed_state || !g.owed_indexes.is_empty()
+    }
+
+    /// End a pending operation; when that cannot be written it is dropped from memory
+    /// anyway and the write is owed ([`Store::forget_pending`]). For an operation that failed
+    /// (its record must have no later effect) or whose effect is durable already.
+    pub fn end_or_forget(&self, op_id: &str) {
+        if let Err(e) = self.end(op_id) {
+            tracing::warn!(op = op_id, error = %e, "cannot record the end of an operation yet; it is forgotten in memory and written with the next change of the state");
+            self.forget_pending(op_id);
+        }
+    }
+
+    /// The subvolume of snapshot `id` is deleted (durable): forget its entry as
+    /// [`Store::remove_snapshot`] does, in memory even when the line cannot be written (owed:
+    /// the index is then written whole before its next line; until then the pending deletion
+    /// that deleted it stays recorded on disk, so a restart finishes recording it). Returns
+    /// whether the line was written.
+    pub fn forget_deleted_snapshot(&self, ws_id: &str, id: &str) -> bool {
+        let mut g = self.lock();
+        let Some(idx) = g.p.indexes.get(ws_id).cloned() else {
+            return true;
+        };
+        if !idx.snapshots.contains_key(id) {
+            return true;
+        }
+        let op = lineage::remove(&idx, id);
+        match g.apply_index_op(ws_id, op.clone()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(ws_id, snapshot = id, error = %e, "the snapshot is deleted but its index entry cannot be removed yet; forgotten in memory, written with the next change");
+                g.change_index(ws_id, idx, |i| i.apply(&op));
+                g.owed_indexes.insert(ws_id.to_string());
+                false
+            }
+        }
+    }
+
+    /// A release's deletions are committed (durable): forget the workspace, its index and the
+    /// operation `op_id` — in memory even when `state.json` cannot be written (owed; a restart
+    /// before it is written finds the operation in its last phase and finishes recording it).
+    /// Returns whether everything was written.
+    pub fn forget_released(&self, ws_id: &str, op_id: &str) -> bool {
+        let mut g = self.lock();
+        let written = g
+            .update_state(|s| {
+                if let Some(s) = s.as_mut() {
+                    s.workspaces.retain(|w| w.ws_id != ws_id);
+                    PendingChange::End {
+                        op_id: op_id.to_string(),
+                    }
+                    .apply(s);
+                }
+            })
+            .map_err(|e| {
+                tracing::warn!(ws_id, op = op_id, error = %e, "the workspace is released but state.json cannot be written yet; forgotten in memory, written with the next change");
+            })
+            .is_ok();
+        if !written {
+            if let Some(s) = g.p.state.as_mut() {
+                s.workspaces.retain(|w| w.ws_id != ws_id);
+                PendingChange::End {
+                    op_id: op_id.to_string(),
+                }
+                .apply(s);
+            }
+            g.owed_state = true;
+        }
+        g.bump(Some(ws_id));
+        g.owed_indexes.remove(ws_id);
+        let index_removed = g.indexes.remove(ws_id).map_err(|e| {
+            tracing::warn!(ws_id, error = %e, "cannot remove the index of a released workspace; it is ignored and removed by the next release of this ID");
+        });
+        g.p.indexes.remove(ws_id);
+        g.withdrawn.remove(ws_id);
+        written && index_removed.is_ok()
     }
 
     /// The pending operation with this ID.
@@ -382,6 +535,7 @@ impl Store {
     /// Forget a workspace and its index.
     pub fn remove_workspace(&self, ws_id: &str) -> Result<()> {
         let mut g = self.lock();
+        g.owed_indexes.remove(ws_id);
         g.update_state(|s| {
             s.as_mut()
                 .map(|s| s.workspaces.retain(|w| w.ws_id != ws_id))

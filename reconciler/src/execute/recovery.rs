@@ -224,7 +224,7 @@ impl Executor<'_> {
                 self.store.end(op_id)?;
             }
             (PendingKind::DeleteSnapshots { ws_id, snapshots }, Step::FinishDeleting { .. }) => {
-                self.finish_delete(op_id, &ws_id, &snapshots)?
+                self.finish_delete_as(op_id, &ws_id, &snapshots, true)?
             }
             (kind, step) => {
                 return Err(Error::new(

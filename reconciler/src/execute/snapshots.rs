@@ -1,7 +1,7 @@
 //! Snapshot deletion (retention, cleanup, delete), crash-safe: the list is recorded first.
 
 use super::{Change, Executor, CLEANER_WAIT};
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::state::PendingKind;
 
@@ -21,17 +21,60 @@ impl Executor<'_> {
         Ok(Change::Created)
     }
 
+    /// Delete `ids` for the recorded operation `op`. A deleted subvolume is the durable
+    /// effect: its entry is forgotten even when the index line cannot be written (owed, see
+    /// `store`), and the operation ends (forgotten in memory when that cannot be written), so
+    /// a deletion that happened is reported done. When a subvolume cannot be deleted, the ones
+    /// before it stay deleted and are named, the rest is kept and the operation is withdrawn
+    /// (in recovery it stays recorded and the next pass retries): a reported failure has no
+    /// later effect.
     pub(super) fn finish_delete(&mut self, op: &str, ws_id: &str, ids: &[String]) -> Result<()> {
-        for id in ids {
+        self.finish_delete_as(op, ws_id, ids, false)
+    }
+
+    pub(super) fn finish_delete_as(
+        &mut self,
+        op: &str,
+        ws_id: &str,
+        ids: &[String],
+        recovering: bool,
+    ) -> Result<()> {
+        let mut owed = false;
+        for (n, id) in ids.iter().enumerate() {
             let p = self.res.snapshot_path(ws_id, id);
-            self.sys.delete_subvolume_if_present(&p)?;
-            fault::point("delete:after-subvolume");
-            let known = self.store.snapshot_entry(ws_id, id).is_some();
-            if known {
-                self.store.remove_snapshot(ws_id, id)?;
+            if let Err(e) = self.sys.delete_subvolume_if_present(&p) {
+                if recovering {
+                    return Err(e.into());
+                }
+                if !owed {
+                    self.store.end_or_forget(op);
+                } else {
+                    self.store.forget_pending(op);
+                }
+                let done = if n == 0 {
+                    "nothing was deleted".to_string()
+                } else {
+                    format!("deleted {}", ids[..n].join(", "))
+                };
+                return Err(Error::new(
+                    ErrorCode::OperationFailed,
+                    format!(
+                        "cannot delete snapshot {id} of workspace {ws_id} ({}): {e}; {done}; {} kept",
+                        p.display(),
+                        ids[n..].join(", ")
+                    ),
+                ));
             }
+            fault::point("delete:after-subvolume");
+            owed |= !self.store.forget_deleted_snapshot(ws_id, id);
         }
-        self.store.end(op)?;
+        if owed {
+            // The index on disk still lists a deleted snapshot: the record of this deletion
+            // stays on disk until the index is written, so a restart finishes recording it.
+            self.store.forget_pending(op);
+        } else {
+            self.store.end_or_forget(op);
+        }
         fault::point("delete:before-cleaner-wait");
         if let Err(e) = self
             .sys

@@ -16,7 +16,7 @@ use crate::fault;
 use crate::model::PathState;
 use crate::observe::{others_may_search, state_in, storage_alias};
 use crate::state::{InitPhase, ParentRecord, PendingKind, ReleasePhase, WorkspaceEntry};
-use crate::tree::{names, Compare, Dir, Identity, Job, Kind, Owner, TreeError};
+use crate::tree::{names, Compare, Dir, Identity, Job, Kind, Owner, Stat, TreeError};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
@@ -306,7 +306,18 @@ impl Executor<'_> {
             )
             .hint("stop whatever renames it, then retry"));
         }
-        parent.exchange(&tmp_name, name).map_err(tree_err)?;
+        if let Err(e) = parent.exchange(&tmp_name, name) {
+            let _ = parent.unlink_expecting(&tmp_name, link.identity());
+            let _ = self.drop_new_subvolume(ws_id, &subvol);
+            self.withdraw(&op);
+            return Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "could not put the workspace in place of {}: {e}; the directory is unchanged",
+                    path.display()
+                ),
+            ));
+        }
         parent.sync().map_err(tree_err)?;
         fault::point("init:after-exchange");
         self.finish_init(
@@ -565,8 +576,11 @@ impl Executor<'_> {
                 if copy_ok { path } else { &tmp }.display()
             )));
         }
-        parent.exchange(&tmp_name, name).map_err(tree_err)?;
-        parent.sync().map_err(tree_err)?;
+        if let Err(e) = parent.exchange(&tmp_name, name) {
+            let _ = remove_tree(&mut job, &parent, &tmp_name, copy_id);
+            self.withdraw(&op);
+            return Err(stopped(e.to_string()));
+        }
         fault::point("release:after-exchange");
         self.finish_release(
             &ReleaseRecord {
@@ -590,8 +604,7 @@ impl Executor<'_> {
     /// reported), the old symlink removed, then the subvolume, its snapshots and its gates
     /// deleted, committed, and only then the workspace forgotten.
     pub(super) fn finish_release(&mut self, r: &ReleaseRecord<'_>, recovering: bool) -> Result<()> {
-        let mut phase = r.phase;
-        if phase != ReleasePhase::Deleting {
+        if r.phase != ReleasePhase::Deleting {
             let (parent, name) = open_bound_parent(r.path, r.parent.as_ref())?;
             let tmp_name = tmp_name(r.tmp)?;
             let owner = r.owner.unwrap_or(0);
@@ -657,7 +670,7 @@ impl Executor<'_> {
                             kept = !removable
                                 || remove_tree(&mut job_for(owner)?, &parent, tmp_name, c).is_err();
                         }
-                        self.store.end(r.op)?;
+                        self.withdraw(r.op);
                         let keep_note = if kept {
                             format!("; the copy is kept at {}", r.tmp.display())
                         } else {
@@ -675,7 +688,36 @@ impl Executor<'_> {
                     }
                 }
             }
-            if let Some((st, t)) = old_link {
+            // The plain directory is the workspace's content: record that only the deletions
+            // remain, the exchange made durable first. Until that record is written nothing
+            // is deleted; when it cannot be written, a release that is not a recovery is
+            // undone (the command reports a failure that has no later effect).
+            let recorded =
+                parent
+                    .sync()
+                    .map_err(tree_err)
+                    .and_then(|()| match self.store.pending(r.op) {
+                        Some(mut op) => {
+                            if let PendingKind::Release { phase: p, .. } = &mut op.kind {
+                                *p = ReleasePhase::Deleting;
+                            }
+                            self.store.update(r.op, op.kind)
+                        }
+                        None => Ok(()),
+                    });
+            if let Err(e) = recorded {
+                if recovering {
+                    return Err(e);
+                }
+                return Err(self.undo_release(r, &parent, name, old_link.as_ref(), e));
+            }
+            fault::point("release:recorded-deleting");
+        }
+        // The old workspace symlink (now at the temporary name) goes first; in recovery too,
+        // where an interruption may have left it.
+        if let Ok((parent, _)) = open_bound_parent(r.path, r.parent.as_ref()) {
+            let tmp_name = tmp_name(r.tmp)?;
+            if let Ok(Some((st, t))) = parent.read_symlink(tmp_name) {
                 if t == r.subvol && r.link.is_none_or(|l| l == st.identity()) {
                     parent
                         .unlink_expecting(tmp_name, st.identity())
@@ -683,40 +725,129 @@ impl Executor<'_> {
                     parent.sync().map_err(tree_err)?;
                 }
             }
-            phase = ReleasePhase::Deleting;
-            if let Some(mut op) = self.store.pending(r.op) {
-                if let PendingKind::Release { phase: p, .. } = &mut op.kind {
-                    *p = phase;
-                }
-                self.store.update(r.op, op.kind)?;
-            }
         }
         fault::point("release:deleting");
-        let snap_dir = self.res.snap_dir(r.ws_id);
-        for name in self.sys.list_subvolumes(&snap_dir)? {
-            self.sys.delete_subvolume(&snap_dir.join(name))?;
-            fault::point("release:after-delete-snapshot");
+        // Past this point the release is no longer undone: the plain directory is in place
+        // and the record says only the deletions remain, so a failure is reported as such and
+        // the next pass finishes them (never a silent completion of a reported failure).
+        let deleted = (|| -> Result<()> {
+            let snap_dir = self.res.snap_dir(r.ws_id);
+            for name in self.sys.list_subvolumes(&snap_dir)? {
+                self.sys.delete_subvolume(&snap_dir.join(name))?;
+                fault::point("release:after-delete-snapshot");
+            }
+            self.sys.delete_subvolume_if_present(r.subvol)?;
+            self.remove_gates(r.ws_id)?;
+            // The deletions are committed before the workspace is forgotten: a power cut
+            // leaves either the record (recovery finishes) or nothing.
+            self.sys.commit(&self.res.mount)?;
+            Ok(())
+        })();
+        if let Err(e) = deleted {
+            return Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "{} is a plain directory again (released), but deleting the storage of workspace {} failed: {}",
+                    r.path.display(),
+                    r.ws_id,
+                    e.message
+                ),
+            )
+            .hint("fix the cause; the next `ws-ckpt apply` (or any pass of the daemon) finishes deleting it"));
         }
-        self.sys.delete_subvolume_if_present(r.subvol)?;
-        self.remove_gates(r.ws_id)?;
-        // The deletions are committed before the workspace is forgotten: a power cut leaves
-        // either the record (recovery finishes) or nothing.
-        self.sys.commit(&self.res.mount)?;
         fault::point("release:after-commit");
-        self.store.remove_workspace(r.ws_id)?;
-        self.store.end(r.op)?;
+        // The effect is durable: the release is done even when state.json cannot be written
+        // now (the record is then owed; a restart before it is written finishes recording).
+        self.store.forget_released(r.ws_id, r.op);
         let _ = self
             .sys
             .sync_and_wait_cleaner(&self.res.mount, CLEANER_WAIT);
         Ok(())
     }
 
+    /// A release that cannot record its last phase (a full state directory) after the
+    /// exchange: nothing is deleted yet, so it is undone — the workspace symlink goes back to
+    /// the path and the plain copy is removed when it holds nothing the workspace lacks (a
+    /// program may have written into it meanwhile: then it is kept beside the path and named).
+    /// The operation is withdrawn (in memory when that cannot be written either). When the
+    /// undo itself fails, both copies are kept, the record stays, and the error says so.
+    fn undo_release(
+        &mut self,
+        r: &ReleaseRecord<'_>,
+        parent: &Dir,
+        name: &OsStr,
+        old_link: Option<&(Stat, PathBuf)>,
+        cause: Error,
+    ) -> Error {
+        let Ok(tmp_name) = tmp_name(r.tmp) else {
+            return cause;
+        };
+        let ours = old_link
+            .is_some_and(|(st, t)| r.link.is_none_or(|l| l == st.identity()) && t == r.subvol);
+        let undone = if ours {
+            parent
+                .exchange(tmp_name, name)
+                .and_then(|()| parent.sync())
+                .map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "the workspace symlink is no longer at {}",
+                r.tmp.display()
+            ))
+        };
+        if let Err(why) = undone {
+            return Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "release of {} could not record its progress ({}) and could not be undone ({why}): the plain copy is at {} and workspace {} is intact; both are kept",
+                    r.path.display(),
+                    cause.message,
+                    r.path.display(),
+                    r.ws_id
+                ),
+            )
+            .hint("free space in the state directory; the next `ws-ckpt apply` finishes the release");
+        }
+        let owner = r.owner.unwrap_or(0);
+        let mut kept = true;
+        if let Some(c) = r.copy {
+            let subset = Dir::open_no_symlinks(r.subvol).and_then(|live| {
+                let copy = parent.open_dir_expecting(tmp_name, c)?;
+                job_for(owner)
+                    .map_err(|e| TreeError::Worker { what: e.message })?
+                    .prove_subset(&copy, &live)
+            });
+            kept = subset.is_err()
+                || job_for(owner)
+                    .map_err(|e| TreeError::Worker { what: e.message })
+                    .and_then(|mut job| remove_tree(&mut job, parent, tmp_name, c))
+                    .is_err();
+        }
+        self.withdraw(r.op);
+        let keep_note = if kept {
+            format!(
+                "; the plain copy is kept at {} (compare it with the workspace and remove it)",
+                r.tmp.display()
+            )
+        } else {
+            String::new()
+        };
+        Error::new(
+            ErrorCode::OperationFailed,
+            format!(
+                "release of {} stopped before anything was deleted: {}; it was undone, {} is still workspace {}{keep_note}",
+                r.path.display(),
+                cause.message,
+                r.path.display(),
+                r.ws_id
+            ),
+        )
+        .hint("the workspace is unchanged and usable; fix the cause (e.g. free space in the state directory) and retry")
+    }
+
     /// Forget an operation that failed before any irreversible step: in memory even when
     /// the record cannot be written (a full state directory), so that it has no later effect.
     pub(super) fn withdraw(&mut self, op: &str) {
-        if let Err(e) = self.store.end(op) {
-            tracing::warn!(op, error = %e, "could not persist the withdrawal of a failed operation");
-            self.store.forget_pending(op);
-        }
+        self.store.end_or_forget(op);
     }
 }
