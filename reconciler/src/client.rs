@@ -12,13 +12,14 @@
 //! This module chooses the transport and nothing else: it does not interpret results, and it
 //! prints nothing but that one waiting line (on stderr, only when stderr is a terminal).
 
-use crate::api::{Caller, Progress, Request};
+use crate::api::{Caller, Progress, Reply, Request};
 use crate::config::{Config, DEFAULT_RUNTIME_DIR};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ipc;
 use crate::plan::PlanOptions;
 use crate::sys::linux::LinuxSys;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,6 +105,17 @@ impl Client {
     /// progress of long copies in-process. See the module documentation for the hand-off
     /// with a daemon that is starting or stopping.
     pub fn call(&self, req: Request, timeout: Duration, progress: Progress<'_>) -> Result<Value> {
+        self.call_as(req, timeout, progress)
+    }
+
+    /// [`Client::call`], with the result decoded straight into `T` (a large `list` is read
+    /// once, not through a [`Value`]).
+    pub fn call_as<T: DeserializeOwned>(
+        &self,
+        req: Request,
+        timeout: Duration,
+        progress: Progress<'_>,
+    ) -> Result<T> {
         let deadline = Instant::now() + START_WAIT;
         let mut waited_for: Option<String> = None;
         let mut wait = |what: String| {
@@ -119,7 +131,7 @@ impl Client {
         loop {
             let last_chance = Instant::now() >= deadline;
             if let Some(stream) = ipc::connect(&self.socket)? {
-                match ipc::exchange(stream, &self.socket, &req, timeout) {
+                match ipc::exchange_as(stream, &self.socket, &req, timeout) {
                     ipc::Exchange::Answered(r) => return r,
                     ipc::Exchange::NotTaken(e) if last_chance => return Err(e),
                     ipc::Exchange::NotTaken(_) => {
@@ -152,7 +164,10 @@ impl Client {
                 )
                 .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
             }
-            match self.in_process(config, &req, progress) {
+            match self
+                .in_process(config, &req, progress)
+                .and_then(Reply::decode)
+            {
                 Err(e) if e.code == ErrorCode::Locked && !last_chance => {
                     // Another in-process command, or a daemon that took the lock just now.
                     let h = crate::lock::holder(&config.daemon.state_dir);
@@ -172,7 +187,7 @@ impl Client {
 
     /// Run `req` in-process, taking the state lock without waiting (a read-only request with
     /// no state directory takes none and creates nothing).
-    fn in_process(&self, config: &Config, req: &Request, progress: Progress<'_>) -> Result<Value> {
+    fn in_process(&self, config: &Config, req: &Request, progress: Progress<'_>) -> Result<Reply> {
         let sys: Arc<dyn crate::sys::Sys> = Arc::new(LinuxSys::new()?);
         let reads_only = matches!(
             req,
@@ -189,7 +204,7 @@ impl Client {
             Some(e) => e,
             None => Engine::open(config.clone(), sys, "cli", Duration::ZERO)?,
         };
-        let result = crate::handler::handle_in_process(
+        let result = crate::handler::handle_in_process_reply(
             &engine,
             &Caller::this_process(),
             req.clone(),
