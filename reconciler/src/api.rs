@@ -371,3 +371,65 @@ impl Target {
         }
     }
 }
+
+/// The result of a request on its way to the caller: a JSON value, or (for results too large
+/// to go through a [`serde_json::Value`] cheaply, such as a `list` of thousands of
+/// snapshots) the same JSON already written as text. Both mean the same JSON document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A JSON value.
+    Value(serde_json::Value),
+    /// Compact JSON text of one value.
+    Json(String),
+}
+
+impl Reply {
+    /// The result written once as compact JSON text (no intermediate [`serde_json::Value`]).
+    pub fn json_of<T: Serialize>(v: &T) -> Result<Reply> {
+        serde_json::to_string(v).map(Reply::Json).map_err(|e| {
+            crate::error::Error::new(
+                crate::error::ErrorCode::Io,
+                format!("cannot encode result: {e}"),
+            )
+        })
+    }
+
+    /// The value, when this reply holds one (text replies are not parsed for this).
+    pub fn as_value(&self) -> Option<&serde_json::Value> {
+        match self {
+            Reply::Value(v) => Some(v),
+            Reply::Json(_) => None,
+        }
+    }
+
+    /// The reply as a `T` (decoded once, from the value or from the text).
+    pub fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T> {
+        let decoded = match self {
+            Reply::Value(v) => serde_json::from_value(v),
+            Reply::Json(t) => serde_json::from_str(&t),
+        };
+        decoded.map_err(|e| {
+            crate::error::Error::new(
+                crate::error::ErrorCode::Io,
+                format!("unexpected result from ws-ckpt: {e}"),
+            )
+        })
+    }
+
+    /// Append the reply's compact JSON text to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Value(v) => {
+                // Writing a Value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            Reply::Json(t) => out.extend_from_slice(t.as_bytes()),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Reply {
+    fn from(v: serde_json::Value) -> Reply {
+        Reply::Value(v)
+    }
+}

@@ -28,7 +28,7 @@ pub fn record(
     state_dir: &Path,
     caller: &Caller,
     req: &Request,
-    result: &Result<serde_json::Value>,
+    result: &Result<crate::api::Reply>,
 ) {
     if !req.is_mutating() || matches!(req, Request::Apply { check: true, .. }) {
         return;
@@ -61,6 +61,7 @@ pub fn record(
         result
             .as_ref()
             .ok()
+            .and_then(crate::api::Reply::as_value)
             .and_then(|v| v.get("snapshot"))
             .and_then(|s| s.as_str())
             .map(str::to_string)
@@ -156,7 +157,7 @@ mod tests {
     fn a_check_writes_no_line_and_a_real_apply_does() {
         let dir = tempfile::tempdir().unwrap();
         let caller = Caller::this_process();
-        let ok = Ok(serde_json::Value::Null);
+        let ok = Ok(serde_json::Value::Null.into());
         let check = Request::Apply {
             check: true,
             prune: false,

@@ -12,13 +12,14 @@
 //! This module chooses the transport and nothing else: it does not interpret results, and it
 //! prints nothing but that one waiting line (on stderr, only when stderr is a terminal).
 
-use crate::api::{Caller, Progress, Request};
+use crate::api::{Caller, Progress, Reply, Request};
 use crate::config::{Config, DEFAULT_RUNTIME_DIR};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ipc;
 use crate::plan::PlanOptions;
 use crate::sys::linux::LinuxSys;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +50,10 @@ fn is_root() -> bool {
 /// The client of one command: the config it was started with and the daemon's socket.
 #[derive(Debug)]
 pub struct Client {
-    config: Result<Config>,
+    config_path: PathBuf,
+    /// Loaded when first needed: a command the daemon serves never loads it (its socket is
+    /// known from the main file alone, see [`Client::new`]).
+    config: std::cell::OnceCell<Result<Config>>,
     socket: PathBuf,
     /// The socket was named explicitly (`WS_CKPT_SOCKET`, as upstream's clients do): only a
     /// daemon there may serve the command, never in-process work on the config's paths.
@@ -57,21 +61,32 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the config at `config_path`. When the config does not load (the daemon
-    /// keeps running on its last good one), the socket is found from `[daemon] runtime_dir`
-    /// of the main file alone, else the default; the error is reported when a command needs
-    /// the config itself.
+    /// A client for the config at `config_path`. The socket is `[daemon] runtime_dir` of the
+    /// main file (else the default) when no drop-in mentions `runtime_dir`: then the config is
+    /// loaded only when a command needs it (no daemon answers, or the command reads it).
+    /// Otherwise the config is loaded now and names the socket; when it does not load (the
+    /// daemon keeps running on its last good one), the main file's `runtime_dir` does, and
+    /// the error is reported when a command needs the config itself.
     pub fn new(config_path: &Path) -> Client {
-        let config = Config::load(config_path).map_err(Error::from);
-        let socket = match &config {
-            Ok(c) => ipc::socket_path(c),
-            Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
-        };
-        Client {
-            config,
-            socket,
+        let mut client = Client {
+            config_path: config_path.to_path_buf(),
+            config: std::cell::OnceCell::new(),
+            socket: PathBuf::new(),
             explicit: false,
-        }
+        };
+        client.socket = match quick_runtime_dir(config_path) {
+            Some(dir) => dir.join(ipc::SOCKET_NAME),
+            None => match client.load() {
+                Ok(c) => ipc::socket_path(c),
+                Err(_) => runtime_dir_of(config_path).join(ipc::SOCKET_NAME),
+            },
+        };
+        client
+    }
+
+    fn load(&self) -> &Result<Config> {
+        self.config
+            .get_or_init(|| Config::load(&self.config_path).map_err(Error::from))
     }
 
     /// Talk to the daemon on `socket` only (`WS_CKPT_SOCKET`): when nothing answers there,
@@ -91,7 +106,7 @@ impl Client {
 
     /// The loaded config, or why it does not load.
     pub fn config(&self) -> Result<&Config> {
-        self.config.as_ref().map_err(Clone::clone)
+        self.load().as_ref().map_err(Clone::clone)
     }
 
     /// True when a daemon answers on the socket.
@@ -104,6 +119,17 @@ impl Client {
     /// progress of long copies in-process. See the module documentation for the hand-off
     /// with a daemon that is starting or stopping.
     pub fn call(&self, req: Request, timeout: Duration, progress: Progress<'_>) -> Result<Value> {
+        self.call_as(req, timeout, progress)
+    }
+
+    /// [`Client::call`], with the result decoded straight into `T` (a large `list` is read
+    /// once, not through a [`Value`]).
+    pub fn call_as<T: DeserializeOwned>(
+        &self,
+        req: Request,
+        timeout: Duration,
+        progress: Progress<'_>,
+    ) -> Result<T> {
         let deadline = Instant::now() + START_WAIT;
         let mut waited_for: Option<String> = None;
         let mut wait = |what: String| {
@@ -119,7 +145,7 @@ impl Client {
         loop {
             let last_chance = Instant::now() >= deadline;
             if let Some(stream) = ipc::connect(&self.socket)? {
-                match ipc::exchange(stream, &self.socket, &req, timeout) {
+                match ipc::exchange_as(stream, &self.socket, &req, timeout) {
                     ipc::Exchange::Answered(r) => return r,
                     ipc::Exchange::NotTaken(e) if last_chance => return Err(e),
                     ipc::Exchange::NotTaken(_) => {
@@ -152,7 +178,10 @@ impl Client {
                 )
                 .hint("start the daemon (systemctl start ws-ckpt), or run the command as root"));
             }
-            match self.in_process(config, &req, progress) {
+            match self
+                .in_process(config, &req, progress)
+                .and_then(Reply::decode)
+            {
                 Err(e) if e.code == ErrorCode::Locked && !last_chance => {
                     // Another in-process command, or a daemon that took the lock just now.
                     let h = crate::lock::holder(&config.daemon.state_dir);
@@ -172,7 +201,7 @@ impl Client {
 
     /// Run `req` in-process, taking the state lock without waiting (a read-only request with
     /// no state directory takes none and creates nothing).
-    fn in_process(&self, config: &Config, req: &Request, progress: Progress<'_>) -> Result<Value> {
+    fn in_process(&self, config: &Config, req: &Request, progress: Progress<'_>) -> Result<Reply> {
         let sys: Arc<dyn crate::sys::Sys> = Arc::new(LinuxSys::new()?);
         let reads_only = matches!(
             req,
@@ -189,7 +218,7 @@ impl Client {
             Some(e) => e,
             None => Engine::open(config.clone(), sys, "cli", Duration::ZERO)?,
         };
-        let result = crate::handler::handle_in_process(
+        let result = crate::handler::handle_in_process_reply(
             &engine,
             &Caller::this_process(),
             req.clone(),
@@ -249,6 +278,66 @@ impl Client {
     }
 }
 
+/// The runtime directory the full config would give, found without loading it: `[daemon]
+/// runtime_dir` of the main file (the default when absent or when the file is missing), as
+/// long as it is a valid absolute path and no drop-in in `config.d` mentions `runtime_dir`
+/// (then only the full load knows). `None`: load the config.
+fn quick_runtime_dir(config_path: &Path) -> Option<PathBuf> {
+    let dir = match std::fs::read_to_string(config_path) {
+        Ok(text) => {
+            let table = text.parse::<toml::Table>().ok()?;
+            match table.get("daemon").and_then(|d| d.get("runtime_dir")) {
+                None => PathBuf::from(DEFAULT_RUNTIME_DIR),
+                Some(v) => normalized_abs(v.as_str()?)?,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathBuf::from(DEFAULT_RUNTIME_DIR),
+        Err(_) => return None,
+    };
+    let dropins = crate::config::dropin_dir_for(config_path);
+    match std::fs::read_dir(&dropins) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                let name = name.to_str()?;
+                if name.starts_with('.') || !name.ends_with(".toml") {
+                    continue;
+                }
+                let text = std::fs::read(entry.path()).ok()?;
+                if text
+                    .windows(b"runtime_dir".len())
+                    .any(|w| w == b"runtime_dir")
+                {
+                    return None;
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => return None,
+    }
+    Some(dir)
+}
+
+/// An absolute path written without `..`, normalized as the config loader does (repeated and
+/// trailing slashes, `.` components); `None` for anything else (the loader reports it).
+fn normalized_abs(text: &str) -> Option<PathBuf> {
+    use std::path::Component;
+    let path = Path::new(text);
+    if !path.is_absolute() || text.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
 /// `[daemon] runtime_dir` of the main config file alone (no validation, no drop-ins), else
 /// the default.
 fn runtime_dir_of(config_path: &Path) -> PathBuf {
@@ -285,6 +374,24 @@ mod tests {
         let c = Client::new(&cfg);
         assert_eq!(c.socket(), run.join(ipc::SOCKET_NAME));
         assert_eq!(c.config().unwrap_err().code, ErrorCode::ConfigInvalid);
+        // A drop-in that sets runtime_dir: only the full load knows the socket.
+        let other = dir.path().join("other-run");
+        std::fs::write(
+            dir.path().join("config.d/9-bad.toml"),
+            format!("[daemon]\nruntime_dir = \"{}\"\n", other.display()),
+        )
+        .unwrap();
+        assert_eq!(Client::new(&cfg).socket(), other.join(ipc::SOCKET_NAME));
+        // Written with extra slashes and `.`: the same directory as the loader's.
+        std::fs::remove_file(dir.path().join("config.d/9-bad.toml")).unwrap();
+        std::fs::write(
+            &cfg,
+            format!("[daemon]\nruntime_dir = \"{}/./\"\n", run.display()),
+        )
+        .unwrap();
+        let c = Client::new(&cfg);
+        assert_eq!(c.socket(), run.join(ipc::SOCKET_NAME));
+        assert_eq!(ipc::socket_path(c.config().unwrap()), c.socket());
         let c = Client::new(&dir.path().join("missing/config.toml"));
         assert_eq!(
             c.socket(),

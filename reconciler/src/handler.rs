@@ -11,7 +11,7 @@
 //! This module routes; it decides nothing about authorization (`auth`) and implements no
 //! operation (`ops`, `engine`).
 
-use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Request, Target};
+use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Reply, Request, Target};
 use crate::engine::{ApplyOptions, ApplyReport, Engine};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops::{ListPage, RollbackTarget};
@@ -49,6 +49,17 @@ pub fn handle(
     req: Request,
     progress: Progress<'_>,
 ) -> Result<Value> {
+    handle_reply(session, caller, req, progress)?.decode()
+}
+
+/// [`handle`], with the result as the daemon sends it: large results (a `list`) already
+/// written as JSON text, the others as values.
+pub fn handle_reply(
+    session: &impl Session,
+    caller: &Caller,
+    req: Request,
+    progress: Progress<'_>,
+) -> Result<Reply> {
     session.with_engine(|engine| {
         let result = run(session, engine, caller, &req, progress);
         crate::audit::record(&engine.state_dir(), caller, &req, &result);
@@ -63,7 +74,17 @@ pub fn handle_in_process(
     req: Request,
     progress: Progress<'_>,
 ) -> Result<Value> {
-    handle(&Exclusive(engine), caller, req, progress)
+    handle_in_process_reply(engine, caller, req, progress)?.decode()
+}
+
+/// [`handle_in_process`], with the result as [`handle_reply`] gives it.
+pub fn handle_in_process_reply(
+    engine: &Engine,
+    caller: &Caller,
+    req: Request,
+    progress: Progress<'_>,
+) -> Result<Reply> {
+    handle_reply(&Exclusive(engine), caller, req, progress)
 }
 
 /// The session of a command that owns its engine.
@@ -81,7 +102,7 @@ fn run(
     caller: &Caller,
     req: &Request,
     progress: Progress<'_>,
-) -> Result<Value> {
+) -> Result<Reply> {
     req.check_ids()?;
     let target = resolve_for(engine, caller, req)?;
     crate::auth::authorize(&engine.config(), caller, req, &target)?;
@@ -207,8 +228,9 @@ fn filter_apply(engine: &Engine, caller: &Caller, report: &mut ApplyReport, own:
         .retain(|f| crate::auth::finding_visible(f, &visible));
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<Value> {
+fn to_value<T: Serialize>(v: &T) -> Result<Reply> {
     serde_json::to_value(v)
+        .map(Reply::Value)
         .map_err(|e| Error::new(ErrorCode::Io, format!("cannot encode result: {e}")))
 }
 
@@ -220,7 +242,7 @@ fn dispatch(
     target: Target,
     daemon: Option<&DaemonInfo>,
     progress: Progress<'_>,
-) -> Result<Value> {
+) -> Result<Reply> {
     let addressed = |t: &Target| match t {
         Target::Workspace(w) => Ok(w.clone()),
         _ => Err(Error::new(
@@ -286,7 +308,8 @@ fn dispatch(
                 limit: *limit,
                 cursor: cursor.clone(),
             };
-            to_value(&engine.list(caller, ws.as_ref(), &page)?)
+            // Thousands of snapshots: written as text once, not built as a value tree.
+            Reply::json_of(&engine.list(caller, ws.as_ref(), &page)?)
         }
         Request::Delete {
             snapshot,
@@ -330,7 +353,9 @@ fn dispatch(
                 (None, true) => ConfigScope::Global,
                 (None, false) => ConfigScope::Overview,
             };
-            engine.config_request(caller, scope, change)
+            engine
+                .config_request(caller, scope, change)
+                .map(Reply::Value)
         }
         Request::Diff { from, to, .. } => {
             to_value(&engine.diff(&addressed(&target)?, from, to.as_deref())?)

@@ -178,6 +178,16 @@ fn call(cli: &Cli, req: Request, timeout: Duration) -> Result<Value, Error> {
     client(cli).call(req, timeout, &mut progress)
 }
 
+/// [`call`], with the result decoded straight into `T`.
+fn call_as<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    req: Request,
+    timeout: Duration,
+) -> Result<T, Error> {
+    let mut progress = progress_printer();
+    client(cli).call_as(req, timeout, &mut progress)
+}
+
 /// The client of this command: `WS_CKPT_SOCKET`, when set, is the only daemon it may use.
 fn client(cli: &Cli) -> Client {
     let socket = std::env::var_os("WS_CKPT_SOCKET")

@@ -1,6 +1,6 @@
 //! The snapshot commands: `checkpoint`, `rollback`, `list`, `delete`, `cleanup`, `diff`.
 
-use super::{call, confirm, json_mode, parse, str_of, ws_spec, QUICK, SLOW};
+use super::{call, call_as, confirm, json_mode, str_of, ws_spec, QUICK, SLOW};
 use crate::args::Cli;
 use crate::output;
 use serde_json::Value;
@@ -105,15 +105,20 @@ pub(super) fn list(
         limit,
         cursor,
     };
-    let v = call(cli, req, QUICK)?;
-    let listed: ListResult = parse(&v)?;
+    let listed: ListResult = call_as(cli, req, QUICK)?;
     if json_mode(cli) {
         let items = listed.items();
         if paged {
-            output::json(&serde_json::json!({
-                "snapshots": items,
-                "next_cursor": listed.next_cursor.clone().flatten(),
-            }));
+            /// One page, as ws-ckpt 0.5.0 prints it.
+            #[derive(serde::Serialize)]
+            struct Page<'a> {
+                snapshots: Vec<ws_ckpt::ops::ListItem<'a>>,
+                next_cursor: Option<&'a str>,
+            }
+            output::json(&Page {
+                snapshots: items,
+                next_cursor: listed.next_cursor.as_ref().and_then(|c| c.as_deref()),
+            });
         } else {
             output::json(&items);
         }

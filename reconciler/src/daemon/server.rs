@@ -5,7 +5,7 @@
 //! It moves requests between the wire ([`crate::ipc`]) and a handler; it must not decide
 //! what a request may do (that is `auth`, via `Engine::handle`).
 
-use crate::api::{Caller, Request};
+use crate::api::{Caller, Reply, Request};
 use crate::error::{Error, ErrorCode};
 use crate::ipc;
 use std::collections::HashMap;
@@ -112,7 +112,7 @@ pub fn peer_caller(stream: &UnixStream) -> Result<Caller, Error> {
 }
 
 /// Handles one decoded request for one caller.
-pub type Handler = dyn Fn(&Caller, Request) -> Result<serde_json::Value, Error> + Send + Sync;
+pub type Handler = dyn Fn(&Caller, Request) -> Result<Reply, Error> + Send + Sync;
 
 /// Live connections: all of them, and per uid.
 #[derive(Default)]
@@ -254,10 +254,7 @@ fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
 /// Answer `e` on a connection that is not served, without waiting for the client.
 fn refuse(stream: UnixStream, e: Error) {
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = std::io::Write::write_all(
-        &mut &stream,
-        format!("{}\n", ipc::encode_response(&Err(e))).as_bytes(),
-    );
+    let _ = std::io::Write::write_all(&mut &stream, &ipc::response_line(&Err(e)));
 }
 
 fn refuse_busy(stream: UnixStream, caller: &Caller, why: NoSlot) {
@@ -337,7 +334,7 @@ mod tests {
         let (l, path) = bind(dir.path()).unwrap();
         let stopping = Arc::new(AtomicBool::new(false));
         let handler: Arc<Handler> = Arc::new(|caller: &Caller, req: Request| {
-            Ok(serde_json::json!({"uid": caller.uid, "pid": caller.pid, "op": req.op()}))
+            Ok(serde_json::json!({"uid": caller.uid, "pid": caller.pid, "op": req.op()}).into())
         });
         let s2 = Arc::clone(&stopping);
         let t = std::thread::spawn(move || accept_loop(l, s2, handler));
@@ -366,7 +363,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (l, path) = bind(dir.path()).unwrap();
         let stopping = Arc::new(AtomicBool::new(false));
-        let handler: Arc<Handler> = Arc::new(|_: &Caller, _: Request| Ok(serde_json::Value::Null));
+        let handler: Arc<Handler> =
+            Arc::new(|_: &Caller, _: Request| Ok(serde_json::Value::Null.into()));
         let s2 = Arc::clone(&stopping);
         let t = std::thread::spawn(move || accept_loop(l, s2, handler));
         // Idle connections occupy every slot this uid may take (the server waits for their

@@ -6,12 +6,11 @@
 //! the daemon down (poisoned locks are taken over).
 
 use super::watch::{Event, WatchSet, Watches};
-use crate::api::{Caller, Request};
+use crate::api::{Caller, Reply, Request};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode};
 use crate::handler::Session;
 use crate::status::DaemonInfo;
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -86,14 +85,14 @@ impl Shared {
     }
 
     /// One request from a connection: the common request path, while this daemon runs.
-    pub(super) fn handle(&self, caller: &Caller, req: Request) -> Result<Value, Error> {
+    pub(super) fn handle(&self, caller: &Caller, req: Request) -> Result<Reply, Error> {
         self.busy.fetch_add(1, Ordering::SeqCst);
         let _busy = BusyGuard(&self.busy);
         if self.stopping.load(Ordering::SeqCst) {
             return Err(shutting_down());
         }
         let is_reload = matches!(req, Request::Reload);
-        let result = crate::handler::handle(self, caller, req, &mut |_, _| {});
+        let result = crate::handler::handle_reply(self, caller, req, &mut |_, _| {});
         if is_reload {
             self.tick("reload request");
         }

@@ -89,6 +89,8 @@ fn status_over_the_socket_describes_this_daemon() {
     shared.pass("test");
     let v = shared
         .handle(&Caller::this_process(), Request::Status { workspace: None })
+        .unwrap()
+        .decode::<Value>()
         .unwrap();
     let d = &v["daemon"];
     assert_eq!(d["running"], true, "{v}");
@@ -106,6 +108,8 @@ fn status_over_the_socket_describes_this_daemon() {
     shared.pass("test");
     let v = shared
         .handle(&Caller::this_process(), Request::Status { workspace: None })
+        .unwrap()
+        .decode::<Value>()
         .unwrap();
     let err = v["daemon"]["config_error"].as_str().unwrap_or_default();
     assert!(err.contains("bogus_key"), "{v}");
@@ -128,7 +132,7 @@ fn stop_releases_the_lock_and_refuses_later_requests() {
     assert!(lock_file.exists());
     let (listener, socket) = server::bind(&dir.path().join("run")).unwrap();
     let stopping = Arc::clone(&shared.stopping);
-    let h: Arc<server::Handler> = Arc::new(|_: &Caller, _: Request| Ok(Value::Null));
+    let h: Arc<server::Handler> = Arc::new(|_: &Caller, _: Request| Ok(Value::Null.into()));
     let accept = std::thread::spawn(move || server::accept_loop(listener, stopping, h));
     assert_eq!(stop(&shared, &socket, accept), 0);
     assert!(!lock_file.exists(), "clean stop removes the lock file");

@@ -7,8 +7,9 @@
 //! ([`connect`] + [`exchange`], [`call`], [`daemon_running`]). It must not touch the engine, authorize anything or
 //! decide what a request does: the daemon passes a handler in.
 
-use crate::api::{Request, PROTOCOL_VERSION};
+use crate::api::{Reply, Request, PROTOCOL_VERSION};
 use crate::error::{Error, ErrorCode};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -174,9 +175,26 @@ pub fn decode_request(line: &[u8]) -> Result<Request, IpcError> {
 }
 
 /// One response line (without the newline).
-pub fn encode_response(result: &Result<Value, Error>) -> String {
-    let v = match result {
-        Ok(r) => serde_json::json!({"ok": true, "result": r}),
+pub fn encode_response(result: &Result<Reply, Error>) -> String {
+    let mut line = response_line(result);
+    line.pop();
+    // Only JSON text went in.
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// One response line with its newline, written in one buffer: `{"ok":true,"result":…}` around
+/// the result's own text (a large `list` is not copied into another JSON tree).
+pub fn response_line(result: &Result<Reply, Error>) -> Vec<u8> {
+    let mut out = Vec::new();
+    match result {
+        Ok(r) => {
+            if let Reply::Json(t) = r {
+                out.reserve(t.len() + 24);
+            }
+            out.extend_from_slice(br#"{"ok":true,"result":"#);
+            r.write_json(&mut out);
+            out.push(b'}');
+        }
         Err(e) => {
             let mut err = Map::new();
             err.insert("code".into(), Value::from(code_name(e.code)));
@@ -184,14 +202,30 @@ pub fn encode_response(result: &Result<Value, Error>) -> String {
             if let Some(h) = &e.hint {
                 err.insert("hint".into(), Value::from(h.clone()));
             }
-            serde_json::json!({"ok": false, "error": err})
+            let v = serde_json::json!({"ok": false, "error": err});
+            // Writing a Value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &v);
         }
-    };
-    v.to_string()
+    }
+    out.push(b'\n');
+    out
 }
 
 /// Decode one response line into the result or the daemon's error.
 pub fn decode_response(line: &[u8], socket: &Path) -> Result<Value, Error> {
+    decode_response_as(line, socket)
+}
+
+/// [`decode_response`] straight into the result's own type (no [`Value`] in between: a large
+/// `list` is read once).
+pub fn decode_response_as<T: DeserializeOwned>(line: &[u8], socket: &Path) -> Result<T, Error> {
+    /// A response line; `result` is decoded only when present.
+    #[derive(serde::Deserialize)]
+    struct Wire<T> {
+        ok: Option<bool>,
+        result: Option<T>,
+        error: Option<Value>,
+    }
     let bad = |why: String| -> Error {
         IpcError::BadResponse {
             socket: socket.display().to_string(),
@@ -199,12 +233,15 @@ pub fn decode_response(line: &[u8], socket: &Path) -> Result<Value, Error> {
         }
         .into()
     };
-    let v: Value = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+    let v: Wire<T> = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+    match v.ok {
+        Some(true) => match v.result {
+            Some(r) => Ok(r),
+            None => serde_json::from_value(Value::Null).map_err(|e| bad(e.to_string())),
+        },
         Some(false) => {
             let e = v
-                .get("error")
+                .error
                 .ok_or_else(|| bad("\"ok\":false without \"error\"".into()))?;
             let field = |k: &str| e.get(k).and_then(Value::as_str).map(str::to_string);
             let code = parse_code(&field("code").unwrap_or_default());
@@ -291,7 +328,11 @@ fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(line.len() + 1);
     bytes.extend_from_slice(line.as_bytes());
     bytes.push(b'\n');
-    w.write_all(&bytes)?;
+    write_bytes(w, &bytes)
+}
+
+fn write_bytes(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes)?;
     w.flush()
 }
 
@@ -352,7 +393,7 @@ fn read_request_line(reader: &mut BufReader<UnixStream>, t: Timeouts) -> Result<
 pub fn serve_connection(
     stream: UnixStream,
     t: Timeouts,
-    handler: &mut dyn FnMut(Request) -> Result<Value, Error>,
+    handler: &mut dyn FnMut(Request) -> Result<Reply, Error>,
 ) -> usize {
     let Ok(()) = stream.set_write_timeout(Some(t.write).filter(|d| !d.is_zero())) else {
         return 0;
@@ -372,7 +413,7 @@ pub fn serve_connection(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refusing a request");
-                let _ = write_line(&mut writer, &encode_response(&Err(e.into())));
+                let _ = write_bytes(&mut writer, &response_line(&Err(e.into())));
                 break;
             }
         };
@@ -383,14 +424,14 @@ pub fn serve_connection(
             Ok(req) => {
                 let result = handler(req);
                 handled += 1;
-                if let Err(e) = write_line(&mut writer, &encode_response(&result)) {
+                if let Err(e) = write_bytes(&mut writer, &response_line(&result)) {
                     tracing::debug!(error = %e, "cannot send the response; client gone");
                     break;
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refusing a request");
-                let _ = write_line(&mut writer, &encode_response(&Err(e.into())));
+                let _ = write_bytes(&mut writer, &response_line(&Err(e.into())));
                 break;
             }
         }
@@ -428,9 +469,9 @@ pub fn connect(socket: &Path) -> Result<Option<UnixStream>, Error> {
 
 /// What became of a request sent on a connection.
 #[derive(Debug)]
-pub enum Exchange {
+pub enum Exchange<T = Value> {
     /// The daemon answered (a result or its error).
-    Answered(Result<Value, Error>),
+    Answered(Result<T, Error>),
     /// The daemon did not run the request: it is shutting down, or the connection was reset
     /// before the request was read. Safe to send it elsewhere (a new daemon, in-process).
     NotTaken(Error),
@@ -440,6 +481,16 @@ pub enum Exchange {
 /// and read one response line. `timeout` bounds each read and write (zero = wait
 /// indefinitely, for long operations such as a large init).
 pub fn exchange(stream: UnixStream, socket: &Path, req: &Request, timeout: Duration) -> Exchange {
+    exchange_as(stream, socket, req, timeout)
+}
+
+/// [`exchange`], decoding the result straight into `T`.
+pub fn exchange_as<T: DeserializeOwned>(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Exchange<T> {
     let t = Some(timeout).filter(|d| !d.is_zero());
     let io = |what: &str, e: std::io::Error| -> Error {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
@@ -469,9 +520,11 @@ pub fn exchange(stream: UnixStream, socket: &Path, req: &Request, timeout: Durat
         let err = io("cannot send the request to", e);
         return Exchange::NotTaken(err);
     }
-    let mut reader = BufReader::new(stream.take(MAX_RESPONSE_BYTES as u64 + 1));
+    // Large buffer: a `list` reply of megabytes comes in few reads.
+    let mut reader =
+        BufReader::with_capacity(256 * 1024, stream.take(MAX_RESPONSE_BYTES as u64 + 1));
     match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
-        Ok(Line::Data(line)) => match decode_response(&line, socket) {
+        Ok(Line::Data(line)) => match decode_response_as(&line, socket) {
             Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
             r => answered(r),
         },
@@ -628,7 +681,12 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         let p = Path::new("/run/x.sock");
-        let ok = encode_response(&Ok(serde_json::json!({"a": 1})));
+        let ok = encode_response(&Ok(serde_json::json!({"a": 1}).into()));
+        assert_eq!(
+            encode_response(&Ok(Reply::Json(r#"{"a":1}"#.into()))),
+            ok,
+            "a text reply is the same line"
+        );
         assert_eq!(ok, r#"{"ok":true,"result":{"a":1}}"#);
         assert_eq!(decode_response(ok.as_bytes(), p).unwrap()["a"], 1);
         let e = Error::new(ErrorCode::SnapshotMissing, "snapshot c2 of ws-1 is MISSING")
@@ -670,7 +728,7 @@ mod tests {
                 },
                 &mut |req| {
                     seen.push(req.clone());
-                    Ok(Value::from(req.op()))
+                    Ok(Value::from(req.op()).into())
                 },
             );
             (n, seen)
@@ -756,7 +814,7 @@ mod tests {
                     request: Duration::from_secs(5),
                     write: Duration::from_secs(1),
                 },
-                &mut |_| Ok(Value::Null),
+                &mut |_| Ok(Value::Null.into()),
             )
         });
         let mut r = BufReader::new(client);
@@ -775,7 +833,7 @@ mod tests {
                     request: Duration::from_millis(300),
                     write: Duration::from_secs(1),
                 },
-                &mut |_| Ok(Value::Null),
+                &mut |_| Ok(Value::Null.into()),
             )
         });
         let mut w = client.try_clone().unwrap();
@@ -829,7 +887,7 @@ mod tests {
             for _ in 0..3 {
                 let (s, _) = listener.accept().unwrap();
                 serve_connection(s, Timeouts::DAEMON, &mut |req| match req {
-                    Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"})),
+                    Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"}).into()),
                     _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
                 });
             }

@@ -10,7 +10,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::state::WorkspaceEntry;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest `--limit`.
@@ -74,74 +75,76 @@ pub struct ListSnapshot {
     pub head: bool,
 }
 
-/// One item of `list --format json`: upstream's shape, our fields added inside.
+/// One item of `list --format json`: upstream's shape, our fields added inside. It borrows
+/// from the [`ListResult`] it is printed from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ListItem {
+pub struct ListItem<'a> {
     /// Snapshot ID.
-    pub id: String,
+    pub id: &'a str,
     /// The workspace's path.
-    pub workspace: PathBuf,
+    pub workspace: &'a Path,
     /// The workspace's ID (ours).
-    pub ws_id: String,
+    pub ws_id: &'a str,
     /// Upstream's metadata block.
-    pub meta: ListMeta,
+    pub meta: ListMeta<'a>,
     /// The read-only subvolume holding the snapshot (ours).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot_path: Option<PathBuf>,
+    pub snapshot_path: Option<&'a Path>,
     /// The live workspace descends from it (ours).
     pub head: bool,
     /// Why its workspace cannot be used right now (ours; absent when it can).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
+    pub problem: Option<&'a str>,
 }
 
 /// `meta` of a [`ListItem`], as upstream names it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ListMeta {
+pub struct ListMeta<'a> {
     /// Message.
-    pub message: Option<String>,
+    pub message: Option<&'a str>,
     /// Metadata.
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<&'a serde_json::Value>,
     /// Pinned.
     pub pinned: bool,
     /// Creation time (RFC 3339, UTC).
-    pub created_at: Timestamp,
+    pub created_at: &'a Timestamp,
     /// Its subvolume is gone.
     pub missing: bool,
     /// Lineage parent.
-    pub parent_id: Option<String>,
+    pub parent_id: Option<&'a str>,
     /// Lineage children.
-    pub child_ids: Vec<String>,
+    pub child_ids: &'a [String],
 }
 
 impl ListResult {
     /// Every snapshot as an upstream item, in list order.
-    pub fn items(&self) -> Vec<ListItem> {
-        let mut out: Vec<(SortKey, ListItem)> = Vec::new();
+    pub fn items(&self) -> Vec<ListItem<'_>> {
+        let mut out: Vec<((u64, &str, &str), ListItem<'_>)> = Vec::new();
         for w in &self.workspaces {
             for s in &w.snapshots {
                 out.push((
-                    SortKey::of(&s.created_at, &w.ws_id, &s.id),
+                    (nanos(s.created_at.time()), w.ws_id.as_str(), s.id.as_str()),
                     ListItem {
-                        id: s.id.clone(),
-                        workspace: w.path.clone(),
-                        ws_id: w.ws_id.clone(),
+                        id: &s.id,
+                        workspace: &w.path,
+                        ws_id: &w.ws_id,
                         meta: ListMeta {
-                            message: s.message.clone(),
-                            metadata: s.metadata.clone(),
+                            message: s.message.as_deref(),
+                            metadata: s.metadata.as_ref(),
                             pinned: s.pinned,
-                            created_at: s.created_at.clone(),
+                            created_at: &s.created_at,
                             missing: s.missing,
-                            parent_id: s.parent_id.clone(),
-                            child_ids: s.child_ids.clone(),
+                            parent_id: s.parent_id.as_deref(),
+                            child_ids: &s.child_ids,
                         },
-                        snapshot_path: s.snapshot_path.clone(),
+                        snapshot_path: s.snapshot_path.as_deref(),
                         head: s.head,
-                        problem: w.problem.clone(),
+                        problem: w.problem.as_deref(),
                     },
                 ));
             }
         }
+        // The same order as `SortKey` (creation time, workspace, ID).
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, i)| i).collect()
     }
@@ -283,16 +286,23 @@ impl Engine {
             let index = self.store.read().indexes.get(&w.ws_id).cloned();
             let head = index.as_ref().and_then(|i| i.head().map(str::to_string));
             let head = head.as_deref();
+            // One listing of the snapshot directory, not a lookup per snapshot; when it
+            // cannot be read, nothing is reported MISSING for it.
+            let present: Option<HashSet<String>> = match (&storage, &index) {
+                (Ok(r), Some(i)) if !i.snapshots.is_empty() => self
+                    .sys()
+                    .list_dirs(&r.snap_dir(&w.ws_id))
+                    .ok()
+                    .map(|names| names.into_iter().collect()),
+                _ => None,
+            };
             let mut snapshots: Vec<ListSnapshot> = index
                 .map(|i| {
                     i.snapshots
                         .iter()
                         .map(|(id, e)| {
                             let path = storage.as_ref().ok().map(|r| r.snapshot_path(&w.ws_id, id));
-                            let gone = match &path {
-                                Some(p) => !self.sys().is_subvolume(p).unwrap_or(true),
-                                None => false,
-                            };
+                            let gone = present.as_ref().is_some_and(|p| !p.contains(id));
                             ListSnapshot {
                                 id: id.clone(),
                                 created_at: e.created_at.clone(),
@@ -431,7 +441,7 @@ mod tests {
     }
 
     fn ids(r: &ListResult) -> Vec<String> {
-        r.items().into_iter().map(|i| i.id).collect()
+        r.items().into_iter().map(|i| i.id.to_string()).collect()
     }
 
     #[test]

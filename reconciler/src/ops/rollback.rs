@@ -8,7 +8,7 @@ use crate::api::{Addressed, Caller};
 use crate::diff::DiffEntry;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::execute::{exchange, fsync_dir};
+use crate::execute::exchange;
 use crate::fault;
 use crate::ids::check_snapshot_id;
 use crate::procs;
@@ -224,12 +224,11 @@ impl Engine {
                 format!("rollback of workspace {ws_id} to {snapshot} failed; the workspace is unchanged: {}", e.message),
             ));
         }
-        fsync_dir(&res.gate(&ws_id));
+        // No commit of its own: the exchange is made durable by the commit after the deletion
+        // below (btrfs commits are ordered, so a power cut keeps the exchange without the
+        // deletion, or neither; recovery of a `ready` rollback deletes whichever copy then
+        // holds `tmp`). One commit instead of two before the reply.
         fault::point("rollback:after-exchange");
-        // The live workspace now descends from the target (`rollback -n` counts from it).
-        if let Err(e) = self.store.set_head(&ws_id, snapshot) {
-            tracing::warn!(ws_id = %ws_id, snapshot, error = %e, "could not record the lineage head after the rollback");
-        }
         // `tmp` now holds the previous state of the workspace.
         if let Err(e) = self.sys().delete_subvolume(&tmp) {
             return Err(Error::new(
@@ -245,6 +244,11 @@ impl Engine {
         // The deletion is committed before the end record: a power cut cannot leave the old
         // state's copy behind while the operation is already forgotten (issue 10).
         self.sys().commit(&res.mount)?;
+        // The live workspace now descends from the target (`rollback -n` counts from it),
+        // recorded once the exchange is committed.
+        if let Err(e) = self.store.set_head(&ws_id, snapshot) {
+            tracing::warn!(ws_id = %ws_id, snapshot, error = %e, "could not record the lineage head after the rollback");
+        }
         self.store.end(&op)?;
         Ok(RollbackResult {
             ws_id,

@@ -288,10 +288,19 @@ impl JournalFiles {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StateError::io(&self.journal, e)),
         };
-        let mut buf = Vec::new();
-        file.take(MAX_HEADER_BYTES)
-            .read_to_end(&mut buf)
-            .map_err(|e| StateError::io(&self.journal, e))?;
+        // One read in the common case (the header is the first ~200 bytes), not the small
+        // probing reads of `read_to_end`: this runs before every appended line.
+        let mut buf = vec![0u8; MAX_HEADER_BYTES as usize];
+        let mut len = 0;
+        while len < buf.len() && !buf[..len].contains(&b'\n') {
+            match (&file).read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StateError::io(&self.journal, e)),
+            }
+        }
+        buf.truncate(len);
         if buf.is_empty() {
             return Ok(None);
         }

@@ -197,6 +197,13 @@ pub trait Sys: Send + Sync {
     /// Names of the direct entries of `dir` that are subvolume roots (sorted). A missing `dir`
     /// is an empty list.
     fn list_subvolumes(&self, dir: &Path) -> SysResult<Vec<String>>;
+    /// Names of the direct entries of `dir` that are directories, from the directory listing
+    /// alone (no lookup per entry: a `list` of 10 000 snapshots asks the kernel once). A
+    /// subvolume root is one; for a directory only ws-ckpt writes (a snapshot directory)
+    /// that is what [`Sys::list_subvolumes`] would say. A missing `dir` is an empty list.
+    fn list_dirs(&self, dir: &Path) -> SysResult<Vec<String>> {
+        self.list_subvolumes(dir)
+    }
     /// Subvolumes directly nested inside the subvolume `subvol` (anywhere in its tree), as
     /// paths relative to `subvol`. Snapshots of `subvol` do not include their contents.
     fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>>;
