@@ -43,6 +43,8 @@ pub(crate) struct Instance {
     pub home: PathBuf,
     /// `<dir>/run/ws-ckpt.sock`.
     pub socket: PathBuf,
+    /// `<dir>/state`: the daemon's state_dir.
+    pub state_dir: PathBuf,
     logs: PathBuf,
     daemon: Option<Child>,
     starts: usize,
@@ -126,6 +128,7 @@ impl Instance {
             mount,
             home,
             socket: run.join(ws_ckpt::ipc::SOCKET_NAME),
+            state_dir: state,
             logs,
             daemon: None,
             starts: 0,
@@ -256,6 +259,16 @@ impl Instance {
     /// and wait until its socket accepts connections (it binds after its first pass). Returns
     /// the time from spawn to the first accepted connection.
     pub(crate) fn start_daemon(&mut self) -> Result<Duration> {
+        self.start_daemon_until(None)
+    }
+
+    /// [`Instance::start_daemon`], ready only once the socket answers `probe` successfully
+    /// (a connection the daemon accepts but cannot answer yet is retried).
+    pub(crate) fn start_daemon_ready(&mut self, probe: &Request) -> Result<Duration> {
+        self.start_daemon_until(Some(probe))
+    }
+
+    fn start_daemon_until(&mut self, probe: Option<&Request>) -> Result<Duration> {
         if self.daemon.is_some() {
             bail!("the daemon of {} is already running", self.config.display());
         }
@@ -272,8 +285,22 @@ impl Instance {
             .spawn()
             .with_context(|| format!("cannot start {} daemon", self.bin.display()))?;
         self.daemon = Some(child);
+        let mut last_error = None;
         loop {
-            if ws_ckpt::ipc::daemon_running(&self.socket) {
+            let ready = match probe {
+                None => ws_ckpt::ipc::daemon_running(&self.socket),
+                Some(req) if ws_ckpt::ipc::daemon_running(&self.socket) => {
+                    match ws_ckpt::ipc::call(&self.socket, req, QUICK) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            last_error = Some(e.to_string());
+                            false
+                        }
+                    }
+                }
+                Some(_) => false,
+            };
+            if ready {
                 return Ok(t.elapsed());
             }
             if let Some(child) = self.daemon.as_mut() {
@@ -287,8 +314,11 @@ impl Instance {
             }
             if t.elapsed() > START_TIMEOUT {
                 bail!(
-                    "the daemon did not answer on {} within {START_TIMEOUT:?}",
-                    self.socket.display()
+                    "the daemon did not answer on {} within {START_TIMEOUT:?}{}",
+                    self.socket.display(),
+                    last_error
+                        .map(|e| format!(" (last answer: {e})"))
+                        .unwrap_or_default()
                 );
             }
             check_interrupted()?;
@@ -301,14 +331,19 @@ impl Instance {
         self.daemon.as_ref().map(Child::id)
     }
 
-    /// Peak resident set size of the daemon (`VmHWM` from `/proc/<pid>/status`), in KiB.
-    pub(crate) fn daemon_peak_rss_kib(&self) -> Result<u64> {
+    /// The daemon's memory from `/proc/<pid>/status`.
+    pub(crate) fn daemon_status(&self) -> Result<ProcMemory> {
         let pid = self
             .daemon_pid()
             .ok_or_else(|| anyhow!("the daemon is not running"))?;
         let path = format!("/proc/{pid}/status");
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        parse_vm_hwm(&text).ok_or_else(|| anyhow!("no VmHWM line in {path}"))
+        Ok(ProcMemory {
+            vm_hwm_kib: status_kib(&text, "VmHWM:")
+                .ok_or_else(|| anyhow!("no VmHWM line in {path}"))?,
+            vm_rss_kib: status_kib(&text, "VmRSS:")
+                .ok_or_else(|| anyhow!("no VmRSS line in {path}"))?,
+        })
     }
 
     /// Stop the daemon cleanly (SIGTERM, wait; SIGKILL after a bound). Returns how long the
@@ -347,11 +382,20 @@ impl Drop for Instance {
     }
 }
 
-/// `VmHWM:   12345 kB` → 12345.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
+/// Resident memory of a process, KiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcMemory {
+    /// Peak resident set size (`VmHWM`).
+    pub vm_hwm_kib: u64,
+    /// Resident set size now (`VmRSS`).
+    pub vm_rss_kib: u64,
+}
+
+/// `VmHWM:   12345 kB` → 12345 (for `key` = `"VmHWM:"`).
+fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
 }
@@ -370,7 +414,8 @@ mod tests {
     #[test]
     fn vm_hwm_is_read_in_kib() {
         let status = "Name:\tws-ckpt\nVmPeak:\t  99999 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(12345));
-        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+        assert_eq!(status_kib(status, "VmHWM:"), Some(12345));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1000));
+        assert_eq!(status_kib("Name:\tx\n", "VmHWM:"), None);
     }
 }

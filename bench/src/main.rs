@@ -6,6 +6,7 @@
 //! `/mnt/btrfs-workspace`), and must leave nothing behind: daemons stopped, images unmounted,
 //! loop devices detached, the directory removed — also on error and Ctrl-C.
 
+mod fleet;
 mod instance;
 mod phases;
 mod raw;
@@ -36,6 +37,10 @@ struct Args {
     /// Keep the scratch directory (after stopping, unmounting and detaching) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Run only these parts (repeatable): `main` (single operations, clients, interference,
+    /// dirty data, growth and list) or `fleet` (restart → ready, no-op pass, RSS).
+    #[arg(long, value_enum, value_name = "PART")]
+    only: Vec<phases::Part>,
 }
 
 fn main() {
@@ -99,7 +104,7 @@ fn run(args: &Args) -> Result<()> {
     );
     let started = Instant::now();
     let mut results = phases::Results::default();
-    let outcome = phases::run_all(scratch.root(), &bin, &params, &mut results);
+    let outcome = phases::run_all(scratch.root(), &bin, &params, &args.only, &mut results);
     eprintln!("[ws-ckpt-bench] tearing down {}", scratch.root().display());
     scratch.teardown();
     let mut context = json!({

@@ -7,9 +7,9 @@
 //! daemon start, no-op pass, peak RSS). This module must not print results (only progress on
 //! stderr) or leave a daemon running when it returns.
 
-use crate::instance::{Instance, QUICK, SLOW};
+use crate::instance::{Instance, QUICK};
 use crate::raw::{self, Raw};
-use crate::report::{Metric, Unit};
+use crate::report::{Metric, Target, Unit};
 use crate::scratch::check_interrupted;
 use crate::stats::{p99_millis, ratio, Summary};
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use ws_ckpt::api::Request;
-use ws_ckpt::resolve::Resolution;
 use ws_ckpt::sys::Sys;
 
 /// Sizes of one run.
@@ -50,8 +49,10 @@ pub(crate) struct Params {
     pub fleet_snapshots: usize,
     /// Daemon restarts and no-op passes measured on the fleet.
     pub fleet_reps: usize,
-    /// Threads creating bulk snapshots.
+    /// Threads creating bulk snapshots while the daemon runs.
     pub bulk_threads: usize,
+    /// Threads creating the fleet's snapshots, one workspace each (the daemon stopped).
+    pub fleet_bulk_threads: usize,
     /// Image size cap of `main`, GiB (sparse).
     pub main_gib: u64,
     /// Image size cap of `fleet`, GiB (sparse).
@@ -87,6 +88,7 @@ impl Params {
                 fleet_snapshots: 100,
                 fleet_reps: 3,
                 bulk_threads: 4,
+                fleet_bulk_threads: 4,
                 main_gib: 4,
                 fleet_gib: 4,
                 cli_per_client: 3,
@@ -111,6 +113,7 @@ impl Params {
                 fleet_snapshots: 1000,
                 fleet_reps: 3,
                 bulk_threads: 4,
+                fleet_bulk_threads: 4,
                 main_gib: 8,
                 fleet_gib: 16,
                 cli_per_client: 6,
@@ -156,15 +159,15 @@ pub(crate) struct Results {
     pub context: Map<String, Value>,
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("[ws-ckpt-bench] {msg}");
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn summary(samples: &[Duration]) -> Result<Summary> {
+pub(crate) fn summary(samples: &[Duration]) -> Result<Summary> {
     Summary::of_millis(samples).ok_or_else(|| anyhow!("no samples"))
 }
 
@@ -172,12 +175,33 @@ fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Run everything; rows are appended to `out` as they are measured, so that an error or
-/// Ctrl-C still leaves what was measured so far.
-pub(crate) fn run_all(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
-    main_phases(scratch, bin, p, out)?;
-    check_interrupted()?;
-    fleet_phase(scratch, bin, p, out)
+/// The two parts of a run (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Part {
+    /// The `main` installation: single operations, clients, interference, dirty, growth.
+    Main,
+    /// The `fleet` installation: restart → ready, no-op pass, RSS.
+    Fleet,
+}
+
+/// Run the parts in `only` (every part when empty); rows are appended to `out` as they are
+/// measured, so that an error or Ctrl-C still leaves what was measured so far.
+pub(crate) fn run_all(
+    scratch: &Path,
+    bin: &Path,
+    p: &Params,
+    only: &[Part],
+    out: &mut Results,
+) -> Result<()> {
+    let wanted = |part| only.is_empty() || only.contains(&part);
+    if wanted(Part::Main) {
+        main_phases(scratch, bin, p, out)?;
+        check_interrupted()?;
+    }
+    if wanted(Part::Fleet) {
+        crate::fleet::fleet_phase(scratch, bin, p, out)?;
+    }
+    Ok(())
 }
 
 /// Workspaces of the `main` installation, with their raw twins.
@@ -255,8 +279,9 @@ fn single_operations(
         Unit::Millis,
         summary(&cli)?,
         Some(summary(&spawned)?),
-        "spawn `ws-ckpt checkpoint -w WS` → exit vs spawn of a tiny program that opens the subvolume and makes the one ioctl → exit (target: ratio <= 1.2)",
-    ));
+        "spawn `ws-ckpt checkpoint -w WS` → exit vs spawn of a tiny program that opens the subvolume and makes the one ioctl → exit (target: ratio <= 1.2)",)
+    .with_target(Some(Target::RatioAtMost(1.2)))
+    );
     out.metrics.push(Metric::new(
         "checkpoint, end to end (CLI)",
         Unit::Millis,
@@ -302,8 +327,9 @@ fn single_operations(
         Unit::Millis,
         summary(&cli)?,
         Some(summary(&spawned)?),
-        "spawn `ws-ckpt rollback -w WS -s ID` → exit vs spawn of the tiny program making one writable snapshot of a read-only snapshot (target: ratio <= 1.6)",
-    ));
+        "spawn `ws-ckpt rollback -w WS -s ID` → exit vs spawn of the tiny program making one writable snapshot of a read-only snapshot (target: ratio <= 1.6)",)
+    .with_target(Some(Target::RatioAtMost(1.6)))
+    );
     out.metrics.push(Metric::new(
         "rollback, end to end (CLI)",
         Unit::Millis,
@@ -399,8 +425,9 @@ fn concurrent(
         format!(
             "checkpoints/s of {n} threads each spawning `ws-ckpt checkpoint -w WS` for its own workspace vs snapshots/s of {n} loops of the raw spawned program (target: ours >= 0.8 × raw, ratio <= 1.25)",
             n = p.clients
-        ),
-    ));
+        ),)
+    .with_target(Some(Target::RatioAtMost(1.25)))
+    );
     out.metrics.push(Metric::new(
         format!("{} clients: latency", p.clients),
         Unit::Millis,
@@ -538,8 +565,9 @@ fn interference(
             during.len(),
             p.big_tree_bytes >> 20,
             idle.len()
-        ),
-    ));
+        ),)
+    .with_target(Some(Target::RatioAtMost(2.0)))
+    );
 
     let (ws, ws_id) = inst.init_workspace("cleanme")?;
     progress(&format!(
@@ -575,8 +603,9 @@ fn interference(
             "p99 of {} socket checkpoints of one workspace while `ws-ckpt cleanup --keep 1` deletes {} snapshots of another and waits for the cleaner ({cleanup_ms:.0} ms) vs its idle p99 (target: ratio <= 2)",
             during.len(),
             p.cleanup_snapshots - 1
-        ),
-    ));
+        ),)
+    .with_target(Some(Target::RatioAtMost(2.0)))
+    );
     Ok(())
 }
 
@@ -615,10 +644,19 @@ fn dirty(inst: &Instance, raw: &Raw, pair: &Pair, p: &Params, out: &mut Results)
 }
 
 /// Snapshot IDs `bulk-<start>…` (valid, sortable).
-fn bulk_ids(start: usize, count: usize) -> Vec<String> {
+pub(crate) fn bulk_ids(start: usize, count: usize) -> Vec<String> {
     (start..start + count)
         .map(|i| format!("bulk-{i:06}"))
         .collect()
+}
+
+/// Issue 9's `list --format json` targets: <= 5 ms at 1 000 snapshots, <= 30 ms at 10 000.
+fn list_target(level: usize) -> Option<Target> {
+    match level {
+        1000 => Some(Target::OursAtMost(5.0)),
+        10_000 => Some(Target::OursAtMost(30.0)),
+        _ => None,
+    }
 }
 
 /// Checkpoint cost in one workspace holding 10, 1 000 (and 10 000) snapshots.
@@ -689,7 +727,7 @@ fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<(
             summary(&lists)?,
             None,
             format!("spawn `ws-ckpt --format json list -w WS` → exit for a workspace holding {have} snapshots (targets: <= 5 ms at 1 000, <= 30 ms at 10 000)"),
-        ));
+        ).with_target(list_target(level)));
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         let growth = ratio(last.1.median, first.1.median);
@@ -707,138 +745,5 @@ fn growth(inst: &Instance, raw: &Raw, p: &Params, out: &mut Results) -> Result<(
             ));
         }
     }
-    Ok(())
-}
-
-/// Everything a pass must at least read from the kernel: the mount table and the subvolume
-/// listings of data_root, snapshots_root and every workspace's snapshot directory.
-fn raw_observe(raw: &Raw, layout: &Resolution, ws_ids: &[String]) -> Result<Duration> {
-    let sys = raw.sys();
-    let t = Instant::now();
-    sys.mounts()?;
-    sys.list_subvolumes(&layout.data_root)?;
-    sys.list_subvolumes(&layout.snapshots_root)?;
-    for id in ws_ids {
-        sys.list_subvolumes(&layout.snap_dir(id))?;
-    }
-    Ok(t.elapsed())
-}
-
-/// Many workspaces × many snapshots: daemon start → ready, one no-op pass, peak RSS.
-fn fleet_phase(scratch: &Path, bin: &Path, p: &Params, out: &mut Results) -> Result<()> {
-    let (nw, ns) = (p.fleet_workspaces, p.fleet_snapshots);
-    let mut inst = Instance::create(scratch, "fleet", bin, p.fleet_gib)?;
-    progress(&format!(
-        "fleet: new installation, {nw} workspaces × {ns} snapshots"
-    ));
-    inst.start_daemon()?;
-    let raw = Raw::new(&inst.mount)?;
-    let t = Instant::now();
-    let mut ws_ids = Vec::new();
-    for i in 0..nw {
-        check_interrupted()?;
-        let (_, id) = inst.init_workspace(&format!("f{i:03}"))?;
-        ws_ids.push(id);
-    }
-    out.context
-        .insert("fleet_init_ms".into(), json!(ms(t.elapsed())));
-    // The bulk is made with the daemon stopped (no passes reacting to thousands of new
-    // subvolumes meanwhile); its next start adopts everything in its first pass.
-    inst.stop_daemon()?;
-    let t = Instant::now();
-    for (chunk_no, chunk) in ws_ids.chunks(10).enumerate() {
-        progress(&format!(
-            "fleet: raw snapshots for workspaces {}.. of {nw}",
-            chunk_no * 10
-        ));
-        for id in chunk {
-            let dir = inst.layout().snap_dir(id);
-            raw::bulk_snapshots(
-                raw.sys(),
-                &inst.layout().ws_subvol(id),
-                &dir,
-                &bulk_ids(0, ns),
-                p.bulk_threads,
-            )?;
-        }
-    }
-    out.context
-        .insert("fleet_raw_snapshots_ms".into(), json!(ms(t.elapsed())));
-    progress(&format!(
-        "fleet: daemon start adopts {} snapshots in its first pass",
-        nw * ns
-    ));
-    let adopt = inst.start_daemon()?;
-    out.context
-        .insert("fleet_start_adopting_all_ms".into(), json!(ms(adopt)));
-    let n = inst.snapshot_count(None)?;
-    if n != nw * ns {
-        bail!(
-            "the daemon lists {n} snapshots after its first pass, expected {}",
-            nw * ns
-        );
-    }
-    out.context.insert(
-        "fleet_rss_after_adopt_kib".into(),
-        json!(inst.daemon_peak_rss_kib()?),
-    );
-    raw::syncfs(&inst.mount)?;
-
-    progress(&format!("fleet: {} daemon restarts", p.fleet_reps));
-    let (mut starts, mut stops) = (Vec::new(), Vec::new());
-    for _ in 0..p.fleet_reps {
-        check_interrupted()?;
-        if let Some(d) = inst.stop_daemon()? {
-            stops.push(d);
-        }
-        starts.push(inst.start_daemon()?);
-    }
-    progress(&format!("fleet: {} no-op passes", p.fleet_reps));
-    let (mut passes, mut observe) = (Vec::new(), Vec::new());
-    for _ in 0..p.fleet_reps {
-        check_interrupted()?;
-        let t = Instant::now();
-        let reply = inst.call(
-            &Request::Apply {
-                check: false,
-                prune: false,
-            },
-            SLOW,
-        )?;
-        passes.push(t.elapsed());
-        if reply.get("changed").and_then(Value::as_bool) != Some(false) {
-            eprintln!("ws-ckpt-bench: WARNING: the no-op apply changed something: {reply}");
-        }
-        observe.push(raw_observe(&raw, &inst.layout(), &ws_ids)?);
-    }
-    let rss = inst.daemon_peak_rss_kib()?;
-    let obs = summary(&observe)?;
-    let label = format!("{nw} ws × {ns} snapshots");
-    out.metrics.push(Metric::new(
-        format!("daemon start → ready ({label})"),
-        Unit::Millis,
-        summary(&starts)?,
-        Some(obs),
-        "spawn `ws-ckpt daemon` → its socket accepts a connection (after loading state and indexes and the first full pass) vs reading the mount table and listing every subvolume directory once (the kernel reads any pass needs)",
-    ));
-    out.metrics.push(Metric::new(
-        format!("no-op apply pass ({label})"),
-        Unit::Millis,
-        summary(&passes)?,
-        Some(obs),
-        "one `apply` request that changes nothing vs the same raw listing",
-    ));
-    out.metrics.push(Metric::new(
-        format!("daemon peak RSS ({label})"),
-        Unit::KiB,
-        Summary::single(rss as f64),
-        None,
-        "VmHWM of the daemon after its start and the no-op passes (no raw counterpart)",
-    ));
-    out.context.insert(
-        "fleet_clean_stop_ms".into(),
-        json!(summary(&stops).ok().map(|s| s.median)),
-    );
-    inst.stop_daemon()?;
     Ok(())
 }

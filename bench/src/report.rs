@@ -31,6 +31,33 @@ impl Unit {
     }
 }
 
+/// An issue-9 target a row is held to (printed with the row; nothing fails when missed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Target {
+    /// The ratio (cost multiple of the raw baseline) at most this.
+    RatioAtMost(f64),
+    /// Our median at most this, in the row's unit.
+    OursAtMost(f64),
+}
+
+impl Target {
+    /// `<= 1.2x`, `<= 300 ms`.
+    fn text(self, unit: Unit) -> String {
+        match self {
+            Target::RatioAtMost(r) => format!("<= {r}x"),
+            Target::OursAtMost(v) => format!("<= {} {}", num(v), unit.name()),
+        }
+    }
+
+    /// Whether `m` meets it (`None` when the number it needs is missing).
+    fn met(self, m: &Metric) -> Option<bool> {
+        match self {
+            Target::RatioAtMost(r) => m.ratio.map(|x| x <= r),
+            Target::OursAtMost(v) => Some(m.ours.median <= v),
+        }
+    }
+}
+
 /// One metric.
 #[derive(Debug, Clone)]
 pub(crate) struct Metric {
@@ -46,6 +73,8 @@ pub(crate) struct Metric {
     pub ratio: Option<f64>,
     /// One sentence: what is compared with what.
     pub compares: String,
+    /// The target it is held to, if any.
+    pub target: Option<Target>,
 }
 
 impl Metric {
@@ -68,6 +97,22 @@ impl Metric {
             raw,
             ratio: r,
             compares: compares.into(),
+            target: None,
+        }
+    }
+
+    /// The same row held to `target`.
+    pub(crate) fn with_target(mut self, target: Option<Target>) -> Metric {
+        self.target = target;
+        self
+    }
+
+    /// "yes" / "NO" / "-" (no target or no number).
+    fn met_text(&self) -> &'static str {
+        match self.target.and_then(|t| t.met(self)) {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
         }
     }
 }
@@ -97,9 +142,10 @@ fn cell(s: Option<Summary>) -> (String, String) {
 /// The table: one line per metric, then the legend of what each ratio compares.
 pub(crate) fn table(metrics: &[Metric]) -> String {
     let header = [
-        "metric", "unit", "n", "ours med", "ours p90", "raw med", "raw p90", "ratio",
+        "metric", "unit", "n", "ours med", "ours p90", "raw med", "raw p90", "ratio", "target",
+        "met",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 10]> = vec![header.map(String::from)];
     for m in metrics {
         let (om, op) = cell(Some(m.ours));
         let (rm, rp) = cell(m.raw);
@@ -114,9 +160,13 @@ pub(crate) fn table(metrics: &[Metric]) -> String {
             m.ratio
                 .map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into()),
+            m.target
+                .map(|t| t.text(m.unit))
+                .unwrap_or_else(|| "-".into()),
+            m.met_text().to_string(),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 10];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.chars().count());
@@ -135,7 +185,7 @@ pub(crate) fn table(metrics: &[Metric]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
         if i == 0 {
-            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * 7));
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
             out.push('\n');
         }
     }
@@ -155,7 +205,7 @@ fn summary_json(s: Option<Summary>) -> Value {
     }
 }
 
-/// The same rows as JSON: `{"metrics":[{"name","unit","ours":{n,median,p90},"raw":…,"ratio","compares"}], …context}`.
+/// The same rows as JSON: `{"metrics":[{"name","unit","ours":{n,median,p90},"raw":…,"ratio","target","met","compares"}], …context}`.
 pub(crate) fn json(metrics: &[Metric], context: Value) -> Value {
     let rows: Vec<Value> = metrics
         .iter()
@@ -166,6 +216,8 @@ pub(crate) fn json(metrics: &[Metric], context: Value) -> Value {
                 "ours": summary_json(Some(m.ours)),
                 "raw": summary_json(m.raw),
                 "ratio": m.ratio,
+                "target": m.target.map(|t| t.text(m.unit)),
+                "met": m.target.and_then(|t| t.met(m)),
                 "compares": m.compares,
             })
         })
@@ -195,12 +247,22 @@ mod tests {
             "",
         );
         assert_eq!(r.ratio, Some(2.0));
-        let none = Metric::new("x", Unit::KiB, Summary::single(5.0), None, "");
+        let none = Metric::new("x", Unit::KiB, Summary::single(5.0), None, "")
+            .with_target(Some(Target::OursAtMost(4.0)));
         assert_eq!(none.ratio, None);
+        let t = t.with_target(Some(Target::RatioAtMost(2.0)));
         let text = table(&[t, r, none]);
-        assert!(text
-            .lines()
-            .nth(2)
-            .is_some_and(|l| l.starts_with("t ") && l.ends_with("2.00")));
+        let words = |n: usize| -> Vec<String> {
+            let line = text.lines().nth(n).unwrap_or_default();
+            line.split_whitespace().map(str::to_string).collect()
+        };
+        let tail = |n: usize, k: usize| {
+            let w = words(n);
+            w[w.len() - k..].join(" ")
+        };
+        assert_eq!(words(2)[0], "t");
+        assert_eq!(tail(2, 4), "2.00 <= 2x yes");
+        assert_eq!(tail(3, 3), "2.00 - -");
+        assert_eq!(tail(4, 5), "- <= 4.00 KiB NO");
     }
 }
