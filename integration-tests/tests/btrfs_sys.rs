@@ -174,6 +174,35 @@ fn btrfs_sys_lifecycle() {
         .list_subvolumes(&mnt.join("missing"))
         .expect("list")
         .is_empty());
+    // The batched listing (one tree search) answers exactly what one listing per directory
+    // does: per directory, in order, a missing one empty, a plain one without subvolumes
+    // empty, a directory inside a subvolume, and one outside btrfs.
+    let inner = ws.join("sub");
+    sys.snapshot(&ws, &inner.join("nested"), true)
+        .expect("snapshot into a directory of a subvolume");
+    let host = std::env::temp_dir();
+    let dirs = vec![
+        snaps.clone(),
+        mnt.join("missing"),
+        mnt.clone(),
+        ws.clone(),
+        inner.clone(),
+        host.clone(),
+    ];
+    let many: Vec<Vec<String>> = sys
+        .list_subvolumes_many(&dirs)
+        .into_iter()
+        .map(|r| r.expect("list many"))
+        .collect();
+    let one: Vec<Vec<String>> = dirs
+        .iter()
+        .map(|d| sys.list_subvolumes(d).expect("list one"))
+        .collect();
+    assert_eq!(many, one);
+    assert_eq!(many[0], vec!["s1"]);
+    assert_eq!(many[4], vec!["nested"]);
+    sys.delete_subvolume(&inner.join("nested"))
+        .expect("delete nested");
 
     // delete (read-only snapshot included); a plain dir or missing path is an error
     sys.delete_subvolume(&ro).expect("delete ro snapshot");

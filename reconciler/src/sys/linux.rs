@@ -244,6 +244,17 @@ impl Sys for LinuxSys {
         Ok(names)
     }
 
+    fn list_subvolumes_many(&self, dirs: &[PathBuf]) -> Vec<SysResult<Vec<String>>> {
+        match list_by_root_refs(dirs) {
+            Ok(lists) => lists,
+            Err(e) => {
+                // Not permitted (not root), not btrfs, an old kernel: one directory at a time.
+                tracing::debug!(error = %e, "subvolume tree search refused; listing each directory");
+                dirs.iter().map(|d| self.list_subvolumes(d)).collect()
+            }
+        }
+    }
+
     fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>> {
         const OP: &str = "find nested subvolumes in";
         let dir = open_dir(OP, subvol)?;
@@ -251,72 +262,16 @@ impl Sys for LinuxSys {
             .map_err(|e| SysError::io(OP, subvol, e))?
             .0;
         let mut found = Vec::new();
-        let mut min_offset = 0u64;
-        loop {
-            let mut args = Box::new(BtrfsSearchArgs {
-                key: BtrfsSearchKey {
-                    tree_id: BTRFS_ROOT_TREE_OBJECTID,
-                    min_objectid: root_id,
-                    max_objectid: root_id,
-                    min_type: BTRFS_ROOT_REF_KEY,
-                    max_type: BTRFS_ROOT_REF_KEY,
-                    min_offset,
-                    max_offset: u64::MAX,
-                    min_transid: 0,
-                    max_transid: u64::MAX,
-                    nr_items: 256,
-                    ..BtrfsSearchKey::default()
-                },
-                buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
-            });
-            // SAFETY: `args` is a fully initialised `btrfs_ioctl_search_args` the kernel may
-            // write to; the fd is open on the filesystem.
-            unsafe { ioctl::btrfs_tree_search(dir.as_raw_fd(), &mut *args) }
-                .map_err(|e| SysError::io(OP, subvol, e))?;
-            let n = args.key.nr_items;
-            if n == 0 {
-                break;
-            }
-            let mut pos = 0usize;
-            let hdr_len = std::mem::size_of::<BtrfsSearchHeader>();
-            for _ in 0..n {
-                if pos + hdr_len > args.buf.len() {
-                    break;
-                }
-                // SAFETY: the kernel wrote `nr_items` (header, data) pairs into `buf`; the
-                // bounds are checked above and below; read_unaligned copes with alignment.
-                let hdr: BtrfsSearchHeader =
-                    unsafe { std::ptr::read_unaligned(args.buf[pos..].as_ptr().cast()) };
-                pos += hdr_len;
-                let end = pos + hdr.len as usize;
-                if end > args.buf.len() {
-                    break;
-                }
-                let item = &args.buf[pos..end];
-                pos = end;
-                min_offset = hdr.offset.saturating_add(1);
-                // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
-                if hdr.item_type != BTRFS_ROOT_REF_KEY || item.len() < 18 {
-                    continue;
-                }
-                let dirid = u64::from_le_bytes(item[0..8].try_into().unwrap_or([0; 8]));
-                let name_len = u16::from_le_bytes([item[16], item[17]]) as usize;
-                let Some(name) = item.get(18..18 + name_len) else {
-                    continue;
-                };
-                let mut rel = if dirid == BTRFS_FIRST_FREE_OBJECTID {
-                    PathBuf::new()
-                } else {
-                    ino_lookup(&dir, root_id, dirid)
-                        .map(|(_, p)| p)
-                        .map_err(|e| SysError::io(OP, subvol, e))?
-                };
-                rel.push(OsStr::from_bytes(name));
-                found.push(rel);
-            }
-            if min_offset == 0 {
-                break;
-            }
+        for (dirid, name) in root_refs(&dir, root_id).map_err(|e| SysError::io(OP, subvol, e))? {
+            let mut rel = if dirid == BTRFS_FIRST_FREE_OBJECTID {
+                PathBuf::new()
+            } else {
+                ino_lookup(&dir, root_id, dirid)
+                    .map(|(_, p)| p)
+                    .map_err(|e| SysError::io(OP, subvol, e))?
+            };
+            rel.push(OsStr::from_bytes(&name));
+            found.push(rel);
         }
         found.sort();
         tracing::debug!(subvol = %subvol.display(), count = found.len(), "nested subvolumes");
@@ -609,6 +564,172 @@ fn statx_at(dir: &File, name: &std::ffi::CStr, flags: libc::c_int) -> Result<Ent
         ino: st.stx_ino,
         mnt_id: (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id),
     })
+}
+
+/// Every subvolume reference held by subvolume `root_id` (the filesystem of `fd`): the
+/// subvolumes whose directory entry is in one of its directories, as (inode of that
+/// directory, entry name), in subvolume-ID order. One `BTRFS_IOC_TREE_SEARCH` pass over the
+/// root tree's `ROOT_REF` items of `root_id`.
+fn root_refs(fd: &File, root_id: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
+    let mut found = Vec::new();
+    let mut min_offset = 0u64;
+    loop {
+        let mut args = Box::new(BtrfsSearchArgs {
+            key: BtrfsSearchKey {
+                tree_id: BTRFS_ROOT_TREE_OBJECTID,
+                min_objectid: root_id,
+                max_objectid: root_id,
+                min_type: BTRFS_ROOT_REF_KEY,
+                max_type: BTRFS_ROOT_REF_KEY,
+                min_offset,
+                max_offset: u64::MAX,
+                min_transid: 0,
+                max_transid: u64::MAX,
+                nr_items: 4096,
+                ..BtrfsSearchKey::default()
+            },
+            buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
+        });
+        // SAFETY: `args` is a fully initialised `btrfs_ioctl_search_args` the kernel may
+        // write to; the fd is open on the filesystem.
+        unsafe { ioctl::btrfs_tree_search(fd.as_raw_fd(), &mut *args) }?;
+        let n = args.key.nr_items;
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0usize;
+        let hdr_len = std::mem::size_of::<BtrfsSearchHeader>();
+        let mut last = None;
+        for _ in 0..n {
+            if pos + hdr_len > args.buf.len() {
+                break;
+            }
+            // SAFETY: the kernel wrote `nr_items` (header, data) pairs into `buf`; the
+            // bounds are checked above and below; read_unaligned copes with alignment.
+            let hdr: BtrfsSearchHeader =
+                unsafe { std::ptr::read_unaligned(args.buf[pos..].as_ptr().cast()) };
+            pos += hdr_len;
+            let end = pos + hdr.len as usize;
+            if end > args.buf.len() {
+                break;
+            }
+            let item = &args.buf[pos..end];
+            pos = end;
+            last = Some(hdr.offset);
+            // struct btrfs_root_ref { __le64 dirid; __le64 sequence; __le16 name_len; } + name
+            if hdr.item_type != BTRFS_ROOT_REF_KEY || item.len() < 18 {
+                continue;
+            }
+            let dirid = u64::from_le_bytes(item[0..8].try_into().unwrap_or([0; 8]));
+            let name_len = u16::from_le_bytes([item[16], item[17]]) as usize;
+            if let Some(name) = item.get(18..18 + name_len) {
+                found.push((dirid, name.to_vec()));
+            }
+        }
+        match last {
+            Some(off) if off < u64::MAX => min_offset = off + 1,
+            _ => break,
+        }
+    }
+    Ok(found)
+}
+
+/// [`Sys::list_subvolumes_many`] from the subvolume references: each directory is opened
+/// (a missing one lists nothing), identified (its inode, the subvolume holding it), and the
+/// references of each subvolume involved are read once. `Err` when the filesystem refuses the
+/// search (the caller falls back to listing each directory); a directory that is not on
+/// btrfs or cannot be opened gets that error in its own slot.
+fn list_by_root_refs(dirs: &[PathBuf]) -> Result<Vec<SysResult<Vec<String>>>, Errno> {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    const OP: &str = "list subvolumes in";
+    // (st_dev of the holding subvolume, its ID) → (one open directory on it, wanted inodes).
+    let mut roots: BTreeMap<(u64, u64), (File, BTreeSet<u64>)> = BTreeMap::new();
+    let mut slots: Vec<Result<Option<((u64, u64), u64)>, SysError>> = Vec::new();
+    for dir in dirs {
+        let file = match File::open(dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                slots.push(Ok(None));
+                continue;
+            }
+            Err(e) => {
+                slots.push(Err(SysError::io(OP, dir, e)));
+                continue;
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => {
+                slots.push(Err(SysError::io(OP, dir, Errno::ENOTDIR)));
+                continue;
+            }
+            Err(e) => {
+                slots.push(Err(SysError::io(OP, dir, e)));
+                continue;
+            }
+        };
+        match nix::sys::statfs::fstatfs(&file) {
+            Ok(st) if st.filesystem_type() == BTRFS_SUPER_MAGIC => {}
+            // Not btrfs: nothing in it is a subvolume.
+            Ok(_) => {
+                slots.push(Ok(None));
+                continue;
+            }
+            Err(e) => {
+                slots.push(Err(SysError::io(OP, dir, e)));
+                continue;
+            }
+        }
+        let root_id = ino_lookup(&file, 0, BTRFS_FIRST_FREE_OBJECTID)?.0;
+        let key = (meta.dev(), root_id);
+        slots.push(Ok(Some((key, meta.ino()))));
+        roots
+            .entry(key)
+            .or_insert_with(|| (file, BTreeSet::new()))
+            .1
+            .insert(meta.ino());
+    }
+    let mut names: HashMap<((u64, u64), u64), Vec<String>> = HashMap::new();
+    for (key, (file, wanted)) in &roots {
+        for (dirid, name) in root_refs(file, key.1)? {
+            if !wanted.contains(&dirid) {
+                continue;
+            }
+            match String::from_utf8(name) {
+                Ok(n) => names.entry((*key, dirid)).or_default().push(n),
+                Err(raw) => tracing::warn!(
+                    dir_inode = dirid,
+                    name = %String::from_utf8_lossy(raw.as_bytes()),
+                    "ignoring subvolume whose name is not UTF-8"
+                ),
+            }
+        }
+    }
+    // Each list is moved out for the last directory that wants it (the same directory named
+    // twice gets a copy): 100 000 names are not held twice.
+    let mut wanted_by: HashMap<((u64, u64), u64), usize> = HashMap::new();
+    for k in slots.iter().flatten().flatten() {
+        *wanted_by.entry(*k).or_default() += 1;
+    }
+    Ok(slots
+        .into_iter()
+        .map(|slot| {
+            slot.map(|found| {
+                let Some(k) = found else {
+                    return Vec::new();
+                };
+                let left = wanted_by.entry(k).or_default();
+                *left = left.saturating_sub(1);
+                let mut v = if *left == 0 {
+                    names.remove(&k).unwrap_or_default()
+                } else {
+                    names.get(&k).cloned().unwrap_or_default()
+                };
+                v.sort();
+                v
+            })
+        })
+        .collect())
 }
 
 /// `BTRFS_IOC_INO_LOOKUP`: (tree id, path of `objectid` in `treeid` relative to its root).
