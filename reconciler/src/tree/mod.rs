@@ -107,6 +107,7 @@ mod ctl;
 mod error;
 pub mod fd;
 pub mod names;
+mod pace;
 mod proto;
 mod remove;
 mod sparse;

@@ -13,6 +13,7 @@ use std::path::Path;
 use super::ctl::Ctl;
 use super::error::{Op, TreeError};
 use super::fd::{io_err, retry};
+use super::pace::{FileWindow, Pacer};
 
 /// Chunk size for one `copy_file_range` call and one progress step.
 const COPY_CHUNK: u64 = 8 << 20;
@@ -130,6 +131,10 @@ pub(crate) struct DataCopier {
     /// copy_file_range may still work (cleared after it is refused).
     cfr_ok: bool,
     buf: Vec<u8>,
+    /// Write-behind of the copied data (see `pace`).
+    pacer: Pacer,
+    /// The write-behind state of the file being copied.
+    window: FileWindow,
 }
 
 /// How a file's data was copied.
@@ -147,6 +152,8 @@ impl DataCopier {
             clone_ok: true,
             cfr_ok: true,
             buf: Vec::new(),
+            pacer: Pacer::new(),
+            window: FileWindow::default(),
         }
     }
 
@@ -185,6 +192,7 @@ impl DataCopier {
             size,
             run: None,
         };
+        self.window = FileWindow::default();
         let mut pos = 0u64;
         while pos < size {
             let (data, end) = runs.at(pos).map_err(io_err(Op::Seek, sp))?;
@@ -197,6 +205,8 @@ impl DataCopier {
         if unsafe { libc::ftruncate(dst.as_raw_fd(), size as libc::off_t) } != 0 {
             return Err(io_err(Op::Truncate, dp)(io::Error::last_os_error()));
         }
+        let window = std::mem::take(&mut self.window);
+        self.pacer.finish(dst, window, size);
         ctl.progress.bytes_done = base + size;
         Ok(Copied::Copied)
     }
@@ -270,6 +280,7 @@ impl DataCopier {
                 break;
             }
             pos += n as u64;
+            self.pacer.wrote(dst, &mut self.window, pos);
             ctl.progress.bytes_done = base + pos;
             ctl.tick()?;
         }
