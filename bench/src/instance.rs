@@ -48,6 +48,10 @@ pub(crate) struct Instance {
     logs: PathBuf,
     daemon: Option<Child>,
     starts: usize,
+    /// `perf record -g` output for the next daemon start (the daemon then runs under perf).
+    pub profile_next: Option<PathBuf>,
+    /// The running daemon was started under perf (its process group is signalled).
+    profiled: bool,
 }
 
 impl Instance {
@@ -132,6 +136,8 @@ impl Instance {
             logs,
             daemon: None,
             starts: 0,
+            profile_next: None,
+            profiled: false,
         })
     }
 
@@ -279,6 +285,18 @@ impl Instance {
             .try_clone()
             .with_context(|| format!("cannot reopen {}", log.display()))?;
         let mut cmd = self.command(&["daemon"]);
+        self.profiled = false;
+        if let Some(data) = self.profile_next.take() {
+            let plain = cmd;
+            cmd = Command::new("perf");
+            cmd.args(["record", "-g", "-q", "-o"]).arg(&data).arg("--");
+            cmd.arg(plain.get_program()).args(plain.get_args());
+            for v in SCRUBBED_ENV {
+                cmd.env_remove(v);
+            }
+            cmd.stdin(Stdio::null());
+            self.profiled = true;
+        }
         cmd.stdout(out).stderr(err).process_group(0);
         let t = Instant::now();
         let child = cmd
@@ -331,8 +349,11 @@ impl Instance {
         self.daemon.as_ref().map(Child::id)
     }
 
-    /// The daemon's memory from `/proc/<pid>/status`.
+    /// The daemon's memory from `/proc/<pid>/status` (not of a daemon started under perf).
     pub(crate) fn daemon_status(&self) -> Result<ProcMemory> {
+        if self.profiled {
+            bail!("the daemon runs under perf; its memory is not the daemon's alone");
+        }
         let pid = self
             .daemon_pid()
             .ok_or_else(|| anyhow!("the daemon is not running"))?;
@@ -354,7 +375,10 @@ impl Instance {
         };
         let t = Instant::now();
         if let Ok(None) = child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // Under perf: the whole group (perf and the daemon it started), so that perf
+            // writes its data after the daemon stopped.
+            let id = child.id() as i32;
+            let pid = nix::unistd::Pid::from_raw(if self.profiled { -id } else { id });
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         loop {

@@ -41,6 +41,10 @@ struct Args {
     /// dirty data, growth and list) or `fleet` (restart → ready, no-op pass, RSS).
     #[arg(long, value_enum, value_name = "PART")]
     only: Vec<phases::Part>,
+    /// After the fleet's measured restarts, restart it once more under `perf record -g`
+    /// (writes `PATH`; read it with `perf report -i PATH`): where the start-up time goes.
+    #[arg(long, value_name = "PATH")]
+    perf_start: Option<PathBuf>,
 }
 
 fn main() {
@@ -93,7 +97,8 @@ fn run(args: &Args) -> Result<()> {
     }
     let bin = ws_ckpt_binary(args)?;
     scratch::install_signal_handlers()?;
-    let params = phases::Params::new(args.quick);
+    let mut params = phases::Params::new(args.quick);
+    params.perf_start = args.perf_start.clone();
     let mut scratch = scratch::create()?;
     scratch.keep = args.keep;
     eprintln!(

@@ -67,6 +67,8 @@ pub(crate) struct Params {
     pub cleanup_snapshots: usize,
     /// `list --format json` runs per snapshot level.
     pub list_reps: usize,
+    /// `--perf-start`: one more fleet restart under `perf record -g`, written here.
+    pub perf_start: Option<PathBuf>,
 }
 
 impl Params {
@@ -96,6 +98,7 @@ impl Params {
                 big_tree_bytes: 256 << 20,
                 cleanup_snapshots: 200,
                 list_reps: 10,
+                perf_start: None,
             }
         } else {
             Params {
@@ -121,6 +124,7 @@ impl Params {
                 big_tree_bytes: 1 << 30,
                 cleanup_snapshots: 500,
                 list_reps: 20,
+                perf_start: None,
             }
         }
     }
@@ -475,13 +479,11 @@ where
     })
 }
 
-/// Socket checkpoints of `pair` until `busy` has exited (at least `min` of them), with
-/// their durations.
-fn checkpoints_while(
-    inst: &Instance,
-    pair: &Pair,
+/// Repeat `op` until `busy` has exited (at least `min` times), with each one's duration.
+fn timed_while(
     busy: &mut std::process::Child,
     min: usize,
+    mut op: impl FnMut() -> Result<Duration>,
 ) -> Result<(Vec<Duration>, bool)> {
     let mut samples = Vec::new();
     let exited_early = loop {
@@ -495,11 +497,24 @@ fn checkpoints_while(
             }
             break samples.len() < min;
         }
-        let t = Instant::now();
-        inst.checkpoint(&pair.ws)?;
-        samples.push(t.elapsed());
+        samples.push(op()?);
     };
     Ok((samples, exited_early))
+}
+
+/// Socket checkpoints of `pair` until `busy` has exited (at least `min` of them), with
+/// their durations.
+fn checkpoints_while(
+    inst: &Instance,
+    pair: &Pair,
+    busy: &mut std::process::Child,
+    min: usize,
+) -> Result<(Vec<Duration>, bool)> {
+    timed_while(busy, min, || {
+        let t = Instant::now();
+        inst.checkpoint(&pair.ws)?;
+        Ok(t.elapsed())
+    })
 }
 
 /// Checkpoint p99 of one workspace while another is being initialized from a large tree, and
@@ -511,16 +526,21 @@ fn interference(
     p: &Params,
     out: &mut Results,
 ) -> Result<()> {
-    progress(&format!("interference: {} idle checkpoints", p.idle_reps));
+    progress(&format!(
+        "interference: {} idle checkpoints (and as many raw snapshots)",
+        p.idle_reps
+    ));
     raw::syncfs(&inst.mount)?;
-    let mut idle = Vec::new();
+    let (mut idle, mut raw_idle) = (Vec::new(), Vec::new());
     for _ in 0..p.idle_reps {
         check_interrupted()?;
         let t = Instant::now();
         inst.checkpoint(&pair.ws)?;
         idle.push(t.elapsed());
+        raw_idle.push(raw.timed_snapshot(&pair.src, "idle", true)?);
     }
     let idle_p99 = p99_millis(&idle).ok_or_else(|| anyhow!("no idle samples"))?;
+    let raw_idle_p99 = p99_millis(&raw_idle).ok_or_else(|| anyhow!("no idle samples"))?;
 
     let big = inst.home.join("big");
     let files = 64usize;
@@ -538,6 +558,46 @@ fn interference(
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     raw::syncfs(&big)?;
+    // First the kernel's own pace (`big` is still a plain host directory; the init turns it
+    // into a workspace): raw snapshots of the twin while a plain `cp -r` of the same tree
+    // into another subvolume of the same filesystem, then `sync -f` (the init ends with a
+    // syncfs too), runs.
+    progress(&format!(
+        "interference: raw snapshots during a plain cp -r of the {} MiB tree",
+        p.big_tree_bytes >> 20
+    ));
+    let target = raw.dest("cp-target")?;
+    raw.sys().create_subvolume(&target)?;
+    let script = "cp -r -- \"$1\" \"$2/copy\" && sync -f -- \"$2\"";
+    let mut cp = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&big)
+        .arg(&target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot spawn cp -r")?;
+    let cp_start = Instant::now();
+    let (raw_during, _) = timed_while(&mut cp, 5, || {
+        raw.timed_snapshot(&pair.src, "during-cp", true)
+    })?;
+    let cp_ms = ms(cp_start.elapsed());
+    let raw_during_p99 =
+        p99_millis(&raw_during).ok_or_else(|| anyhow!("the cp ended before any snapshot"))?;
+    out.metrics.push(Metric::new(
+        format!("kernel: raw snapshot p99 during a {} MiB cp -r", p.big_tree_bytes >> 20),
+        Unit::Millis,
+        Summary::single(raw_during_p99),
+        Some(Summary::single(raw_idle_p99)),
+        format!(
+            "the kernel's own slowdown, no ws-ckpt involved: p99 of {} raw in-process snapshot ioctls of a subvolume while `cp -r` + `sync -f` copies the same {} MiB tree into another subvolume of the same filesystem ({cp_ms:.0} ms) vs the raw idle p99 over {} (interleaved with the idle checkpoints); compare with the init row's ratio",
+            raw_during.len(),
+            p.big_tree_bytes >> 20,
+            raw_idle.len()
+        ),
+    ));
+    out.context.insert("big_tree_cp_ms".into(), json!(cp_ms));
+
     let mut init = inst
         .command(&["init", &path_str(&big)])
         .stdout(std::process::Stdio::null())
@@ -568,6 +628,9 @@ fn interference(
         ),)
     .with_target(Some(Target::RatioAtMost(2.0)))
     );
+
+    out.context
+        .insert("big_tree_init_ms".into(), json!(init_ms));
 
     let (ws, ws_id) = inst.init_workspace("cleanme")?;
     progress(&format!(
