@@ -642,9 +642,13 @@ fn root_refs(fd: &File, root_id: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
 fn list_by_root_refs(dirs: &[PathBuf]) -> Result<Vec<SysResult<Vec<String>>>, Errno> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     const OP: &str = "list subvolumes in";
-    // (st_dev of the holding subvolume, its ID) → (one open directory on it, wanted inodes).
-    let mut roots: BTreeMap<(u64, u64), (File, BTreeSet<u64>)> = BTreeMap::new();
-    let mut slots: Vec<Result<Option<((u64, u64), u64)>, SysError>> = Vec::new();
+    /// (st_dev of the holding subvolume, its ID).
+    type Root = (u64, u64);
+    /// A directory: its holding subvolume and its inode; `None` when it lists nothing.
+    type Slot = Result<Option<(Root, u64)>, SysError>;
+    // Holding subvolume → (one open directory on it, the inodes of the directories wanted).
+    let mut roots: BTreeMap<Root, (File, BTreeSet<u64>)> = BTreeMap::new();
+    let mut slots: Vec<Slot> = Vec::new();
     for dir in dirs {
         let file = match File::open(dir) {
             Ok(f) => f,
@@ -689,7 +693,7 @@ fn list_by_root_refs(dirs: &[PathBuf]) -> Result<Vec<SysResult<Vec<String>>>, Er
             .1
             .insert(meta.ino());
     }
-    let mut names: HashMap<((u64, u64), u64), Vec<String>> = HashMap::new();
+    let mut names: HashMap<(Root, u64), Vec<String>> = HashMap::new();
     for (key, (file, wanted)) in &roots {
         for (dirid, name) in root_refs(file, key.1)? {
             if !wanted.contains(&dirid) {
@@ -707,7 +711,7 @@ fn list_by_root_refs(dirs: &[PathBuf]) -> Result<Vec<SysResult<Vec<String>>>, Er
     }
     // Each list is moved out for the last directory that wants it (the same directory named
     // twice gets a copy): 100 000 names are not held twice.
-    let mut wanted_by: HashMap<((u64, u64), u64), usize> = HashMap::new();
+    let mut wanted_by: HashMap<(Root, u64), usize> = HashMap::new();
     for k in slots.iter().flatten().flatten() {
         *wanted_by.entry(*k).or_default() += 1;
     }
