@@ -24,7 +24,7 @@ use std::time::Instant;
 #[derive(Debug, Parser)]
 #[command(name = "ws-ckpt-bench", version)]
 struct Args {
-    /// Smaller run (about 2 minutes): fewer repetitions, growth only to 1 000 snapshots, a
+    /// Smaller run (about 1-2 minutes): fewer repetitions, growth only to 1 000 snapshots, a
     /// fleet of 20 workspaces × 100 snapshots.
     #[arg(long)]
     quick: bool,

@@ -72,7 +72,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    /// The full run (about 10 minutes on 2 cores) or `--quick` (about 2).
+    /// The full run (about 15-20 minutes on 2 cores, the fleet included) or `--quick` (1-2).
     pub(crate) fn new(quick: bool) -> Params {
         if quick {
             Params {
