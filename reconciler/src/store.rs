@@ -593,14 +593,20 @@ impl Store {
     /// them. Memory is unchanged until [`Store::confirm_checkpoint`]; on error nothing is
     /// recorded. The caller holds the workspace's lock until it confirms or withdraws.
     pub fn record_checkpoint(&self, ws_id: &str, id: &str, entry: &SnapshotEntry) -> Result<()> {
-        let mut g = self.lock();
-        g.prepare_append(ws_id)?;
-        let before = g.index_or_new(ws_id);
-        let op = IndexOp::Checkpoint {
-            id: id.to_string(),
-            entry: entry.clone(),
+        let pending = {
+            let mut g = self.lock();
+            g.prepare_append(ws_id)?;
+            let before = g.index_or_new(ws_id);
+            let op = IndexOp::Checkpoint {
+                id: id.to_string(),
+                entry: entry.clone(),
+            };
+            g.indexes.append_deferred(ws_id, &op, &before)?
         };
-        g.indexes.append(ws_id, &op, &before)?;
+        // The fdatasync outside the store's lock (the caller holds the workspace's, so nothing
+        // else writes this journal meantime): concurrent checkpoints of other workspaces share
+        // the disk's flushes instead of queueing one after the other (issue 9).
+        pending.sync()?;
         Ok(())
     }
 

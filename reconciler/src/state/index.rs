@@ -185,6 +185,18 @@ pub fn parse_index(bytes: &[u8]) -> Result<WorkspaceIndex, serde_json::Error> {
     serde_json::from_slice(bytes)
 }
 
+/// An index line written whose `fdatasync` is still to be made ([`IndexStore::append_deferred`]).
+#[derive(Debug)]
+#[must_use = "the line is not durable until `sync` returns"]
+pub struct IndexSync(super::journal::PendingSync);
+
+impl IndexSync {
+    /// Make the line durable; on failure it is cut again (the journal as it was).
+    pub fn sync(self) -> Result<(), StateError> {
+        self.0.sync()
+    }
+}
+
 /// Result of [`IndexStore::load`].
 // Returned once per workspace at load time and unpacked at once: boxing would only add an
 // allocation.
@@ -326,6 +338,18 @@ impl IndexStore {
         op: &IndexOp,
         before: &WorkspaceIndex,
     ) -> Result<(), StateError> {
+        self.append_deferred(ws_id, op, before)?.sync()
+    }
+
+    /// [`IndexStore::append`] with the line's `fdatasync` left to the caller
+    /// ([`IndexSync::sync`]), to be made outside the store's lock while the caller still
+    /// holds the workspace's (nothing else writes this journal meanwhile).
+    pub fn append_deferred(
+        &self,
+        ws_id: &str,
+        op: &IndexOp,
+        before: &WorkspaceIndex,
+    ) -> Result<IndexSync, StateError> {
         let files = self.files(ws_id)?;
         let index_len = match fs::metadata(&files.base) {
             Ok(m) => m.len(),
@@ -347,9 +371,9 @@ impl IndexStore {
             path: files.journal.clone(),
             source: e,
         })?;
-        files.append_line(&line)?;
+        let pending = files.append_line_deferred(&line)?;
         tracing::debug!(ws_id, journal = %files.journal.display(), "appended index op");
-        Ok(())
+        Ok(IndexSync(pending))
     }
 
     /// Append `op` without `fdatasync` and without compaction, for a line whose loss in a

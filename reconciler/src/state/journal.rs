@@ -156,6 +156,18 @@ impl JournalFiles {
     /// loss in a power cut is harmless: it only confirms what a crash recovery would conclude
     /// anyway).
     pub(crate) fn append_line_synced(&self, line: &[u8], sync: bool) -> Result<(), StateError> {
+        let pending = self.append_line_deferred(line)?;
+        match sync {
+            true => pending.sync(),
+            false => Ok(()),
+        }
+    }
+
+    /// Append one line (as [`JournalFiles::append_line`]) and return with its `fdatasync`
+    /// still to do ([`PendingSync::sync`]), so that the caller can make it outside a lock
+    /// it holds. Nothing else may write this journal until then (the caller holds the
+    /// workspace or state the journal belongs to).
+    pub(crate) fn append_line_deferred(&self, line: &[u8]) -> Result<PendingSync, StateError> {
         let base_meta = fs::metadata(&self.base).map_err(|e| StateError::io(&self.base, e))?;
         self.ensure(&base_meta)?;
         let mut file = OpenOptions::new()
@@ -168,15 +180,16 @@ impl JournalFiles {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
-        let written = file
-            .write_all(&bytes)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
+        if let Err(e) = file.write_all(&bytes) {
             // Leave the journal as it was; a partial line would be ignored anyway.
             let _ = file.set_len(len);
             return Err(StateError::io(&self.journal, e));
         }
-        Ok(())
+        Ok(PendingSync {
+            file,
+            len_before: len,
+            path: self.journal.clone(),
+        })
     }
 
     /// Replace the base with `bytes` and drop the journal, so that a crash at any point
@@ -314,6 +327,26 @@ impl JournalFiles {
         })?;
         bytes.push(b'\n');
         Ok(bytes)
+    }
+}
+
+/// A line appended to a journal whose `fdatasync` is still to be made.
+#[derive(Debug)]
+#[must_use = "the line is not durable until `sync` returns"]
+pub(crate) struct PendingSync {
+    file: File,
+    len_before: u64,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Make the line durable; on failure it is cut again (the journal as it was).
+    pub(crate) fn sync(self) -> Result<(), StateError> {
+        if let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.len_before);
+            return Err(StateError::io(&self.path, e));
+        }
+        Ok(())
     }
 }
 
