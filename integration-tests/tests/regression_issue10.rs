@@ -529,6 +529,7 @@ fn regression_6_atomic_writer_temporaries_are_removed_at_startup() {
     let idx = sd.join("indexes").join(&ws_id);
     let planted = [
         sd.join(".state.json.tmp.999999.0"),
+        sd.join(".state.journal.jsonl.tmp.999999.6"),
         idx.join(".journal.jsonl.tmp.999999.1"),
         idx.join(".index.json.tmp.999999.2"),
         rig.layout
