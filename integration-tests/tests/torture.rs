@@ -12,6 +12,12 @@ use ws_ckpt_integration_tests::torture_support::{Interruption, Settings, Torture
 /// Share of iterations whose interruption must land while the operation was changing things.
 const MIN_MID_PERCENT: usize = 25;
 
+/// The same for power cuts, counted over the cuts aimed inside an operation (30% are aimed
+/// right after the acknowledgement). Lower: the cut is a syscall on another filesystem after
+/// a fingerprint poll, and most operations here take tens of milliseconds, so on a busy
+/// machine more of them complete first (measured 6 to 14 of about 21 on 2 busy cores).
+const MIN_MID_PERCENT_POWER_CUT: usize = 20;
+
 fn torture(test: &str, mode: Interruption, min_mid_percent: usize) {
     let Some(mut t) = Torture::new(test, mode, Settings::from_env()) else {
         return;
@@ -71,7 +77,7 @@ fn torture_power_cut_ext4_shutdown() {
     torture(
         "torture_power_cut_ext4_shutdown",
         Interruption::PowerCut,
-        MIN_MID_PERCENT,
+        MIN_MID_PERCENT_POWER_CUT,
     );
 }
 
