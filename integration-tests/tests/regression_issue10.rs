@@ -529,14 +529,21 @@ fn regression_6_atomic_writer_temporaries_are_removed_at_startup() {
     let idx = sd.join("indexes").join(&ws_id);
     let planted = [
         sd.join(".state.json.tmp.999999.0"),
+        sd.join(".state.journal.jsonl.tmp.999999.6"),
         idx.join(".journal.jsonl.tmp.999999.1"),
         idx.join(".index.json.tmp.999999.2"),
         rig.layout
             .dropin_dir()
             .join(format!(".50-{ws_id}.toml.tmp.999999.3")),
     ];
+    // Not ws-ckpt's: other names in its directories (an editor's swap file, a backup that
+    // looks like a temporary, the writer's pattern for a file ws-ckpt does not write), and
+    // its own pattern in a directory that is not its own.
     let decoys = [
         sd.join("operator-notes.txt"),
+        sd.join(".state.json.tmp.backup"),
+        sd.join(".operator-notes.txt.tmp.999999.5"),
+        rig.layout.dropin_dir().join(".50-team.toml.swp"),
         rig.layout.home.join(".state.json.tmp.999999.4"),
     ];
     let plant = || {
@@ -713,4 +720,168 @@ fn regression_8_init_refuses_data_root_through_bind_mount() {
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What must be true: every unrecorded thing ws-ckpt made is reported, with its fix
+// ---------------------------------------------------------------------------------------------
+
+fn orphan_findings(v: &Option<Value>) -> Vec<(String, String)> {
+    v.as_ref()
+        .and_then(|v| v["findings"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|f| f["kind"] == "orphan")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap_or_default().to_string(),
+                f["hint"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The last command quoted in backticks in a hint (the one that removes the thing).
+fn last_command(hint: &str) -> Option<String> {
+    let parts: Vec<&str> = hint.split('`').collect();
+    parts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_string())
+        .rfind(|s| s.starts_with("btrfs ") || s.starts_with("rm"))
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh -c {cmd}: {e}"))
+}
+
+/// Unrecorded things that look like ws-ckpt's own (a subvolume in a workspace's storage gate,
+/// the snapshot directory and the gate of workspaces no record explains, a temporary entry
+/// beside a workspace path) are each reported as an `orphan` finding naming the path, whose
+/// hint holds the exact command that removes it — run verbatim here, after which nothing is
+/// reported and the workspace is untouched — or, for a gate holding a workspace subvolume,
+/// the declaration that adopts it, which is followed here and makes `reload` adopt it.
+#[test]
+fn must_orphan_findings_carry_the_exact_command_or_the_adoption() {
+    let Some(rig) = rig("orphans", Storage::Host, Via::Daemon) else {
+        return;
+    };
+    let (a, a_tree) = make_tree(&rig, "a", 11, SMALL);
+    let a_id = init(&rig, &a);
+    checkpoint(&rig, &a, "c1", &[]).ok();
+    let mnt = rig.layout.mount.clone();
+    let btrfs = |args: &str| {
+        let out = sh(&format!("btrfs {args}"));
+        assert!(
+            out.status.success(),
+            "btrfs {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // 1. a subvolume in a recorded workspace's gate
+    let stray = mnt.join(format!("gates/{a_id}/stray"));
+    btrfs(&format!("subvolume create {}", stray.display()));
+    // 2. the snapshot directory of an unknown workspace, holding a snapshot
+    let lost_snaps = mnt.join("snapshots/ws-fedcba");
+    fs::create_dir_all(&lost_snaps).unwrap();
+    btrfs(&format!("subvolume create {}/s1", lost_snaps.display()));
+    // 3. a temporary entry beside a workspace path, holding data
+    let tmp_entry = rig
+        .layout
+        .home
+        .join(".ws-ckpt-release-0123456789ab-6b0f00000000-1-1");
+    fs::create_dir_all(&tmp_entry).unwrap();
+    fs::write(tmp_entry.join("data"), b"kept until looked at").unwrap();
+    // 4. the gate of an unknown workspace, holding its subvolume (to be adopted)
+    let lost_gate = mnt.join("gates/ws-abcdef");
+    fs::create_dir_all(&lost_gate).unwrap();
+    btrfs(&format!("subvolume create {}/live", lost_gate.display()));
+    fs::write(lost_gate.join("live/kept"), b"adopt me").unwrap();
+
+    let (_, plan) = rig.json(&["plan"]);
+    let found = orphan_findings(&plan);
+    let mut problems = Vec::new();
+    let by_path = |p: &Path| {
+        found
+            .iter()
+            .find(|(fp, _)| Path::new(fp) == p)
+            .map(|(_, h)| h.clone())
+    };
+    for p in [&stray, &lost_snaps, &tmp_entry] {
+        let Some(hint) = by_path(p) else {
+            problems.push(format!(
+                "no orphan finding names {} (found: {found:?})",
+                p.display()
+            ));
+            continue;
+        };
+        let Some(cmd) = last_command(&hint) else {
+            problems.push(format!(
+                "the hint for {} names no command: {hint}",
+                p.display()
+            ));
+            continue;
+        };
+        if !cmd.contains(&p.display().to_string()) {
+            problems.push(format!("`{cmd}` (for {}) does not name it", p.display()));
+        }
+        let out = sh(&cmd);
+        if !out.status.success() {
+            problems.push(format!(
+                "`{cmd}` failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if fs::symlink_metadata(p).is_ok() {
+            problems.push(format!("`{cmd}` left {} in place", p.display()));
+        }
+    }
+    match by_path(&lost_gate) {
+        Some(hint) if hint.contains("id = \"ws-abcdef\"") && hint.contains("`ws-ckpt reload`") => {}
+        other => problems.push(format!(
+            "the orphan finding for {} does not say how to adopt it: {other:?}",
+            lost_gate.display()
+        )),
+    }
+    // Adopt as the hint says: a declared workspace with that id whose path is missing.
+    let c = rig.layout.home.join("c");
+    fs::write(
+        rig.layout.dropin_dir().join("60-adopt.toml"),
+        format!(
+            "[[workspace]]\npath = {:?}\nid = \"ws-abcdef\"\n",
+            c.display().to_string()
+        ),
+    )
+    .unwrap();
+    // With a daemon, `reload` makes it read the new declaration now (its watcher would, a
+    // moment later); `apply` right after the edit may still run on the config it had.
+    let (ar, _) = rig.json(&["reload"]);
+    if ar.code() != Some(0) {
+        problems.push(format!("reload after the fixes failed:\n{}", ar.describe()));
+    }
+    if fs::read(c.join("kept")).ok().as_deref() != Some(b"adopt me".as_slice()) {
+        problems.push(format!(
+            "the adopted workspace at {} does not hold its data",
+            c.display()
+        ));
+    }
+    let (_, plan) = rig.json(&["plan"]);
+    let left = orphan_findings(&plan);
+    if !left.is_empty() {
+        problems.push(format!("orphan findings after the fixes: {left:?}"));
+    }
+    let diffs = compare_tree(&a, &a_tree, true);
+    if !diffs.is_empty() {
+        problems.push(format!("workspace a changed: {diffs:?}"));
+    }
+    if !listed_for(&rig, &a_id).iter().any(|l| l.id == "c1") {
+        problems.push("checkpoint c1 of a is no longer listed".into());
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_converged(&rig);
 }

@@ -249,6 +249,9 @@ fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
         }
         r
     });
+    // The request is over, answered or not (a client killed meanwhile): tests that kill a
+    // client wait for this line before they judge what the daemon did.
+    tracing::debug!(uid = caller.uid, pid = caller.pid, "connection closed");
 }
 
 /// Answer `e` on a connection that is not served, without waiting for the client.

@@ -318,7 +318,7 @@ impl Planner<'_> {
                 &p,
                 "a workspace subvolume (earlier layout) that no workspace records",
                 format!(
-                    "to keep it, declare its workspace (a [[workspace]] with `id = \"{name}\"` whose path is missing or a symlink to it) and run `ws-ckpt apply`, which adopts it; to drop it: `btrfs subvolume delete {}`",
+                    "to keep it, declare its workspace (a [[workspace]] with `id = \"{name}\"` whose path is missing or a symlink to it) and run `ws-ckpt reload` (`ws-ckpt apply` when no daemon runs), which adopts it; to drop it: `btrfs subvolume delete {}`",
                     p.display()
                 ),
             );
@@ -331,7 +331,7 @@ impl Planner<'_> {
                     (
                         "the storage gate of a workspace that no record explains, holding its subvolume",
                         format!(
-                            "to keep it, declare its workspace (a [[workspace]] with `id = \"{ws_id}\"` whose path is missing or a symlink to {}) and run `ws-ckpt apply`, which adopts it; to drop it: `btrfs subvolume delete {} && rmdir {}`",
+                            "to keep it, declare its workspace (a [[workspace]] with `id = \"{ws_id}\"` whose path is missing or a symlink to {}) and run `ws-ckpt reload` (`ws-ckpt apply` when no daemon runs), which adopts it; to drop it: `btrfs subvolume delete {} && rmdir {}`",
                             self.res.ws_subvol(ws_id).display(),
                             self.res.ws_subvol(ws_id).display(),
                             gate.display()
@@ -385,7 +385,7 @@ impl Planner<'_> {
                 format!("remove it: `rmdir {}`", dir.display())
             } else {
                 format!(
-                    "to keep them, declare the workspace (`id = \"{ws_id}\"`) and run `ws-ckpt apply`, which adopts them; to drop them: `btrfs subvolume delete {}/* && rmdir {}`",
+                    "to keep them, declare the workspace (`id = \"{ws_id}\"`) and run `ws-ckpt reload` (`ws-ckpt apply` when no daemon runs), which adopts them; to drop them: `btrfs subvolume delete {}/* && rmdir {}`",
                     dir.display(),
                     dir.display()
                 )

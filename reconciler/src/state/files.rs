@@ -3,9 +3,9 @@
 //! temporaries a killed atomic writer left behind are removed.
 //!
 //! Only names ws-ckpt itself makes are removed, only in its own directories: the atomic
-//! writer's `.<name>.tmp.<pid>.<n>` next to `state.json`, next to each index file and next to
-//! each drop-in of `config.d`, the `.<ws_id>.removing` directory of an interrupted index
-//! removal, and `.ws-ckpt-creating-<hash>-<op>` next to the loop image (an image that was
+//! writer's `.<name>.tmp.<pid>.<n>` next to `state.json` and its journal, next to each index
+//! file and next to each drop-in of `config.d`, the `.<ws_id>.removing` directory of an
+//! interrupted index removal, and `.ws-ckpt-creating-<hash>-<op>` next to the loop image (an image that was
 //! being formatted). It runs while the caller holds the daemon lock, so no other ws-ckpt
 //! process is writing there; its own process's temporaries are left alone.
 //!
@@ -21,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::index::{INDEX_FILE, JOURNAL_FILE};
+use super::pending_journal::STATE_JOURNAL_FILE;
 
 /// Mode of the state directory.
 pub const STATE_DIR_MODE: u32 = 0o700;
@@ -53,7 +54,7 @@ pub fn tidy_state_dir(dirs: StateDirs<'_>) -> io::Result<Tidied> {
     let mut done = Tidied::default();
     let sd = dirs.state_dir;
     narrow(sd, STATE_DIR_MODE, true, &mut done)?;
-    remove_writer_temps(sd, &["state.json"], &mut done);
+    remove_writer_temps(sd, &["state.json", STATE_JOURNAL_FILE], &mut done);
     for f in ["state.json", "audit.jsonl"] {
         let _ = narrow(&sd.join(f), PRIVATE_FILE_MODE, false, &mut done);
     }
@@ -277,6 +278,7 @@ mod tests {
         }
         let ours = [
             sd.join(".state.json.tmp.999999.0"),
+            sd.join(".state.journal.jsonl.tmp.999999.5"),
             idx.join(".journal.jsonl.tmp.999999.1"),
             idx.join(".index.json.tmp.999999.2"),
             dropin.join(".50-ws-1.toml.tmp.999999.3"),
