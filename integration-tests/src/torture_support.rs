@@ -34,7 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -978,6 +978,8 @@ pub struct PowerDisk {
     image: PathBuf,
     mnt: PathBuf,
     dev: Option<PathBuf>,
+    /// The loop device of the last power-on, tried first at the next one.
+    last_dev: Option<PathBuf>,
     /// Mount points backed by files on this disk (unmounted first by `power_off`).
     dependents: Vec<PathBuf>,
 }
@@ -1002,6 +1004,7 @@ impl PowerDisk {
             image,
             mnt,
             dev: None,
+            last_dev: None,
             dependents,
         };
         d.power_on();
@@ -1014,13 +1017,32 @@ impl PowerDisk {
     }
 
     /// Attach the image to a loop device and mount it (replaying its journal).
+    ///
+    /// The disk comes back as the device it was (a real disk keeps its major:minor across a
+    /// power cut): the loop device it had is tried first, and any free one only when another
+    /// test took that one meanwhile. Recorded identities (st_dev of the directory holding a
+    /// workspace on this disk) then mean the same after the cut as before.
     pub fn power_on(&mut self) {
-        let out = run_tool(
+        let again = self.last_dev.as_ref().is_some_and(|d| {
             Command::new(find_tool("losetup"))
-                .args(["-f", "--show"])
-                .arg(&self.image),
-        );
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                .arg(d)
+                .arg(&self.image)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success())
+        });
+        let dev = if again {
+            self.last_dev.clone().unwrap().display().to_string()
+        } else {
+            let out = run_tool(
+                Command::new(find_tool("losetup"))
+                    .args(["-f", "--show"])
+                    .arg(&self.image),
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
         assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
         nix::mount::mount(
             Some(dev.as_str()),
@@ -1030,7 +1052,8 @@ impl PowerDisk {
             None::<&str>,
         )
         .unwrap_or_else(|e| panic!("mount {dev} on {} failed: {e}", self.mnt.display()));
-        self.dev = Some(PathBuf::from(dev));
+        self.dev = Some(PathBuf::from(&dev));
+        self.last_dev = Some(PathBuf::from(dev));
     }
 
     /// The power cut: shut the filesystem down without flushing its journal. From this instant
