@@ -318,6 +318,72 @@ fn regression_3_power_cut_during_release_leaves_no_unrecorded_subvolume() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Item 3's rule for `delete`: a deletion is recorded as done only once btrfs has committed
+/// it. The daemon is held right after the delete's end record (before its cleaner wait) and
+/// the power goes: after recovery the pinned snapshot is either gone or still listed with its
+/// message, metadata and pin, never back on disk unrecorded and then adopted without them
+/// (what the torture power cut found when the end record beat the btrfs commit).
+#[test]
+fn regression_3b_power_cut_after_delete_leaves_no_unrecorded_snapshot() {
+    let Some(mut rig) = rig("regression_3b", Storage::PowerDisk, Via::Daemon) else {
+        return;
+    };
+    let (p, _) = make_tree(&rig, "d", 7, SMALL);
+    let ws_id = init(&rig, &p);
+    let ps = p.display().to_string();
+    checkpoint(&rig, &p, "keep", &["-m", "kept"]).ok();
+    checkpoint(
+        &rig,
+        &p,
+        "doomed",
+        &["-m", "pinned one", "--pin", "--metadata", r#"{"k":1}"#],
+    )
+    .ok();
+    rig.sync();
+    let holds = rig.env.root.join("holds");
+    fs::create_dir_all(&holds).unwrap();
+    rig.stop_daemon().unwrap();
+    rig.start_daemon_env(&[("WS_CKPT_FAULT_HOLD", holds.to_str().unwrap())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    fs::write(holds.join("delete:before-cleaner-wait"), b"").unwrap();
+    let reached = holds.join("delete:before-cleaner-wait.reached");
+    let child = spawn(&rig, &["delete", "-w", &ps, "-s", "doomed", "--force"]);
+    assert!(
+        ws_ckpt_integration_tests::wait_until(Duration::from_secs(120), || reached.exists()),
+        "the delete never reached its hold point\n{}",
+        child.stderr()
+    );
+    // Everything the daemon wrote to state_dir is on the disk; btrfs has what it committed.
+    syncfs(&rig.layout.state_dir);
+    rig.power_cut();
+    child.kill9();
+    rig.kill_daemon();
+    rig.power_cycle().unwrap_or_else(|e| panic!("{e}"));
+    rig.start_daemon().unwrap_or_else(|e| panic!("{e}"));
+    let r = rig.json(&["apply"]).0;
+    assert_eq!(r.code(), Some(0), "recovery apply:\n{}", r.describe());
+    let listed = listed_for(&rig, &ws_id);
+    let mut problems = Vec::new();
+    if let Some(d) = listed.iter().find(|l| l.id == "doomed") {
+        if d.message.as_deref() != Some("pinned one") || !d.pinned || d.metadata.is_none() {
+            problems.push(format!(
+                "`doomed` came back with message {:?}, metadata {:?}, pinned {}: its record was forgotten before btrfs committed the deletion",
+                d.message, d.metadata, d.pinned
+            ));
+        }
+    }
+    let stray = unrecorded_subvolumes(&rig);
+    if !stray.is_empty() {
+        problems.push(format!("unrecorded subvolumes on disk: {stray:?}"));
+    }
+    assert!(
+        listed.iter().any(|l| l.id == "keep"),
+        "the other snapshot is gone"
+    );
+    problems.extend(rig.converged());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. state_dir full
 // ---------------------------------------------------------------------------------------------

@@ -39,34 +39,54 @@ impl Executor<'_> {
         ids: &[String],
         recovering: bool,
     ) -> Result<()> {
-        let mut owed = false;
+        // Every subvolume is deleted first, then the deletions are committed, and only then
+        // are their entries and the record forgotten: a power cut before the commit brings
+        // the subvolumes back, and a record already ended would leave them unrecorded (then
+        // adopted without their message, metadata and pin).
+        let mut deleted = 0;
+        let mut failure = None;
         for (n, id) in ids.iter().enumerate() {
             let p = self.res.snapshot_path(ws_id, id);
             if let Err(e) = self.sys.delete_subvolume_if_present(&p) {
                 if recovering {
+                    // The record stays; the next pass retries (deleting is idempotent).
                     return Err(e.into());
                 }
-                if !owed {
-                    self.store.end_or_forget(op);
-                } else {
-                    self.store.forget_pending(op);
-                }
-                let done = if n == 0 {
-                    "nothing was deleted".to_string()
-                } else {
-                    format!("deleted {}", ids[..n].join(", "))
-                };
-                return Err(Error::new(
-                    ErrorCode::OperationFailed,
-                    format!(
-                        "cannot delete snapshot {id} of workspace {ws_id} ({}): {e}; {done}; {} kept",
-                        p.display(),
-                        ids[n..].join(", ")
-                    ),
-                ));
+                failure = Some((n, p, e));
+                break;
             }
             fault::point("delete:after-subvolume");
+            deleted = n + 1;
+        }
+        if deleted > 0 {
+            // A failed commit leaves the record: the deletions were issued and take effect
+            // with the next commit, so recovery finishing them is what happens anyway.
+            self.sys.commit(&self.res.mount)?;
+        }
+        let mut owed = false;
+        for id in &ids[..deleted] {
             owed |= !self.store.forget_deleted_snapshot(ws_id, id);
+        }
+        if let Some((n, p, e)) = failure {
+            if !owed {
+                self.store.end_or_forget(op);
+            } else {
+                self.store.forget_pending(op);
+            }
+            let done = if n == 0 {
+                "nothing was deleted".to_string()
+            } else {
+                format!("deleted {}", ids[..n].join(", "))
+            };
+            return Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "cannot delete snapshot {} of workspace {ws_id} ({}): {e}; {done}; {} kept",
+                    ids[n],
+                    p.display(),
+                    ids[n..].join(", ")
+                ),
+            ));
         }
         if owed {
             // The index on disk still lists a deleted snapshot: the record of this deletion
