@@ -1,6 +1,8 @@
 //! Regression tests for the checkpoint items 5 and 7 of issue 10: a failed checkpoint leaves
 //! no snapshot (state_dir full), and a checkpoint killed between the snapshot and its index
-//! record keeps its message, metadata and pin. Root only; each test has its own environment.
+//! record keeps its message, metadata and pin — also when a power cut loses the index line
+//! whose fdatasync ran alongside the snapshot ioctl (issue 9). Root only; each test has its
+//! own environment.
 
 mod regression_common;
 
@@ -178,4 +180,103 @@ fn regression_7_checkpoint_killed_after_snapshot_keeps_message_metadata_and_pin(
         problems.extend(rig.converged().into_iter().map(|c| format!("{via:?}: {c}")));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Issue 9 lets the index line's fdatasync run while the snapshot ioctl does; the snapshot
+/// carries the same record (an xattr of its root, committed with it). What a power cut keeps
+/// then may be the snapshot without the line: here the line is cut off the journal by hand,
+/// and the next `apply` must adopt the snapshot with its message, metadata and pin (a
+/// cleanup then keeps it), while a later snapshot that inherited the record under another
+/// name is not mistaken for it.
+#[test]
+fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
+    let Some(rig) = rig("regression_7b", Storage::Host, Via::InProcess) else {
+        return;
+    };
+    let (a, _) = make_tree(&rig, "a", 9, SMALL);
+    let ws_id = init(&rig, &a);
+    checkpoint(&rig, &a, "s0", &["-m", "base"]).ok();
+    let meta = json!({"tool": "edit", "step": 7});
+    let r = checkpoint(
+        &rig,
+        &a,
+        "lost",
+        &["-m", "agent step", "--metadata", &meta.to_string(), "--pin"],
+    );
+    assert_eq!(r.code(), Some(0), "checkpoint:\n{}", r.describe());
+    // The journal as a power cut right after the snapshot's commit could leave it: without
+    // the line of `lost` (and its confirmation).
+    let journal = rig
+        .layout
+        .state_dir
+        .join("indexes")
+        .join(&ws_id)
+        .join("journal.jsonl");
+    let text = fs::read_to_string(&journal).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("\"lost\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(
+        kept, text,
+        "the journal of {ws_id} has no line for `lost`:\n{text}"
+    );
+    fs::write(&journal, kept).unwrap();
+    // A snapshot made by hand afterwards inherits the workspace root's record.
+    let by_hand = rig.layout.snapshots_root().join(&ws_id).join("by-hand");
+    let out = std::process::Command::new("btrfs")
+        .args(["subvolume", "snapshot", "-r"])
+        .arg(rig.layout.mount.join("gates").join(&ws_id).join("live"))
+        .arg(&by_hand)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "btrfs subvolume snapshot: {out:?}");
+
+    let ar = rig.json(&["apply"]).0;
+    assert_eq!(ar.code(), Some(0), "apply:\n{}", ar.describe());
+    let l = listed_for(&rig, &ws_id);
+    let lost = l.iter().find(|x| x.id == "lost").expect("`lost` is listed");
+    assert_eq!(lost.message.as_deref(), Some("agent step"));
+    assert_eq!(lost.metadata.as_ref(), Some(&meta));
+    assert!(lost.pinned, "the pin survives the lost line");
+    let hand = l
+        .iter()
+        .find(|x| x.id == "by-hand")
+        .expect("`by-hand` is listed");
+    assert_eq!(
+        hand.message, None,
+        "a record inherited under another name is not its own"
+    );
+    assert!(!hand.pinned);
+    // Nothing changed in the tree between s0 and `lost`: the record each root carries is
+    // not a change `diff` reports (the send stream has a set_xattr on the root).
+    let d = rig
+        .json(&[
+            "diff",
+            "-w",
+            &a.display().to_string(),
+            "-f",
+            "s0",
+            "-t",
+            "lost",
+        ])
+        .0;
+    assert_eq!(d.code(), Some(0), "diff:\n{}", d.describe());
+    assert!(
+        !d.stdout.contains("\"path\""),
+        "diff s0 -> lost reports changes:\n{}",
+        d.stdout
+    );
+    checkpoint(&rig, &a, "z-newest", &[]).ok();
+    let c = rig
+        .json(&["cleanup", "-w", &a.display().to_string(), "--keep", "1"])
+        .0;
+    assert_eq!(c.code(), Some(0), "cleanup:\n{}", c.describe());
+    let after: Vec<String> = listed_for(&rig, &ws_id).into_iter().map(|x| x.id).collect();
+    assert!(
+        after.contains(&"lost".to_string()),
+        "cleanup took the pinned `lost`: {after:?}"
+    );
+    assert_converged(&rig);
 }

@@ -593,6 +593,20 @@ impl Store {
     /// them. Memory is unchanged until [`Store::confirm_checkpoint`]; on error nothing is
     /// recorded. The caller holds the workspace's lock until it confirms or withdraws.
     pub fn record_checkpoint(&self, ws_id: &str, id: &str, entry: &SnapshotEntry) -> Result<()> {
+        self.record_checkpoint_deferred(ws_id, id, entry)?.sync()?;
+        Ok(())
+    }
+
+    /// [`Store::record_checkpoint`] with the line's `fdatasync` left to the caller, who
+    /// makes it while the snapshot ioctl runs when the snapshot carries the same record
+    /// ([`crate::sys::Sys::set_checkpoint_record`]): whichever of the two a power cut keeps,
+    /// the checkpoint is found with its message, metadata and pin.
+    pub fn record_checkpoint_deferred(
+        &self,
+        ws_id: &str,
+        id: &str,
+        entry: &SnapshotEntry,
+    ) -> Result<crate::state::index::IndexSync> {
         let pending = {
             let mut g = self.lock();
             g.prepare_append(ws_id)?;
@@ -606,8 +620,7 @@ impl Store {
         // The fdatasync outside the store's lock (the caller holds the workspace's, so nothing
         // else writes this journal meantime): concurrent checkpoints of other workspaces share
         // the disk's flushes instead of queueing one after the other (issue 9).
-        pending.sync()?;
-        Ok(())
+        Ok(pending)
     }
 
     /// The snapshot of a recorded checkpoint exists: it is listed from now on, and a

@@ -161,8 +161,16 @@ impl Session for Shared {
     }
 
     fn after_mutation(&self, engine: &Engine) {
-        // New workspaces bring new snapshot directories to watch.
-        self.refresh_watches(engine);
+        // New workspaces bring new snapshot directories to watch. Most requests (a
+        // checkpoint, a rollback) change none: then no stat of every watched directory before
+        // the reply (a directory replaced meanwhile is re-watched by the pass its removal
+        // triggers).
+        let want = watch_set(engine);
+        if let Some(w) = lock(&self.watches).as_mut() {
+            if !w.has_set(&want) {
+                w.update(want);
+            }
+        }
     }
 }
 

@@ -205,6 +205,12 @@ impl Watches {
         self.watched = next;
     }
 
+    /// True when `want` is the set given last ([`Watches::update`] would only re-check the
+    /// directories' identities, which every reconcile pass does).
+    pub fn has_set(&self, want: &WatchSet) -> bool {
+        *self.set.lock().unwrap_or_else(|p| p.into_inner()) == *want
+    }
+
     /// Directories currently watched.
     pub fn watched(&self) -> Vec<PathBuf> {
         self.watched.keys().cloned().collect()

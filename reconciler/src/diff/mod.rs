@@ -661,6 +661,25 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_record_on_the_root_is_not_a_change() {
+        let name = crate::sys::CHECKPOINT_RECORD_XATTR;
+        let s = StreamBuilder::new(1)
+            .snapshot()
+            .c(cmd::SET_XATTR, &[(attr::PATH, ""), (13, name), (14, "{}")])
+            .c(cmd::REMOVE_XATTR, &[(attr::PATH, "sub"), (13, name)])
+            .c(
+                cmd::SET_XATTR,
+                &[
+                    (attr::PATH, "other"),
+                    (13, "trusted.ws-ckpt.other"),
+                    (14, "1"),
+                ],
+            )
+            .end();
+        assert_eq!(diff_lines(&s), ["M other"]);
+    }
+
+    #[test]
     fn root_mode_change_is_reported_as_dot() {
         let s = StreamBuilder::new(1).snapshot().p(cmd::CHMOD, "").end();
         assert_eq!(diff_lines(&s), ["M ."]);

@@ -294,6 +294,10 @@ impl Tree {
                     n.kind = KindGuess::Known(EntryKind::File);
                 }
             }
+            // ws-ckpt's own record on the workspace root changes with every checkpoint.
+            cmd::SET_XATTR | cmd::REMOVE_XATTR
+                if c.attr(attr::XATTR_NAME)
+                    == Some(crate::sys::CHECKPOINT_RECORD_XATTR.as_bytes()) => {}
             cmd::CHMOD
             | cmd::CHOWN
             | cmd::SET_XATTR

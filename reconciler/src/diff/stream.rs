@@ -87,6 +87,7 @@ pub(crate) mod cmd {
 /// changes in v2).
 pub(crate) mod attr {
     pub(crate) const INO: u16 = 3;
+    pub(crate) const XATTR_NAME: u16 = 13;
     pub(crate) const PATH: u16 = 15;
     pub(crate) const PATH_TO: u16 = 16;
     pub(crate) const PATH_LINK: u16 = 17;
@@ -96,6 +97,7 @@ pub(crate) mod attr {
     pub(crate) fn name(a: u16) -> &'static str {
         match a {
             INO => "ino",
+            XATTR_NAME => "xattr_name",
             PATH => "path",
             PATH_TO => "path_to",
             PATH_LINK => "path_link",

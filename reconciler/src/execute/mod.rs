@@ -193,8 +193,26 @@ impl Executor<'_> {
                     let created = std::fs::symlink_metadata(&p)
                         .and_then(|m| m.created())
                         .unwrap_or_else(|_| SystemTime::now());
-                    let entry = new_entry(created, None, None, false);
-                    self.store.put_snapshot(ws_id, id, entry)?;
+                    // A checkpoint whose index line a power cut lost: its snapshot carries
+                    // the record (message, metadata, pin), and it takes its place in the
+                    // lineage as the checkpoint would have.
+                    let carried = self
+                        .sys
+                        .checkpoint_record(&p)
+                        .ok()
+                        .flatten()
+                        .and_then(|b| crate::ops::CheckpointNote::entry_for(&b, ws_id, id));
+                    match carried {
+                        Some(entry) => {
+                            tracing::info!(ws_id, snapshot = %id, "adopting a checkpoint with the record its snapshot carries");
+                            self.store.record_checkpoint(ws_id, id, &entry)?;
+                            self.store.confirm_checkpoint(ws_id, id, entry);
+                        }
+                        None => {
+                            let entry = new_entry(created, None, None, false);
+                            self.store.put_snapshot(ws_id, id, entry)?;
+                        }
+                    }
                 }
                 Ok(Change::from_changed(!snapshots.is_empty()))
             }

@@ -12,7 +12,7 @@ use crate::ids::{self, check_snapshot_id};
 use crate::model::PathState;
 use crate::observe::path_state;
 use crate::state::WorkspaceEntry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -69,6 +69,34 @@ pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoin
     })
 }
 
+/// The record a checkpoint's snapshot carries (xattr [`crate::sys::CHECKPOINT_RECORD_XATTR`]
+/// of its root): read back when the snapshot is found without an index entry.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CheckpointNote {
+    pub(crate) ws_id: String,
+    pub(crate) id: String,
+    pub(crate) entry: crate::state::SnapshotEntry,
+}
+
+/// Largest record put on a snapshot: an xattr value fits in one btrfs leaf (about 16 KiB
+/// with the default node size; the kernel refuses larger ones, and the record is then
+/// written to the journal first).
+const MAX_NOTE_BYTES: usize = 15 * 1024;
+
+impl CheckpointNote {
+    /// The entry `bytes` (read from the snapshot `id` of workspace `ws_id`) records, when it
+    /// is the record of that very snapshot: a record inherited by a later snapshot (the
+    /// workspace root carries the last one, and a rollback copies it back) names another ID.
+    pub(crate) fn entry_for(
+        bytes: &[u8],
+        ws_id: &str,
+        id: &str,
+    ) -> Option<crate::state::SnapshotEntry> {
+        let note: CheckpointNote = serde_json::from_slice(bytes).ok()?;
+        (note.ws_id == ws_id && note.id == id).then_some(note.entry)
+    }
+}
+
 /// Largest checkpoint message, in bytes of UTF-8 (SPEC §7.3).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 4096;
 /// Largest checkpoint metadata, in bytes of compact JSON (SPEC §7.3).
@@ -123,37 +151,123 @@ impl Engine {
     ) -> Result<CheckpointResult> {
         self.in_workspace(&ws.ws_id, || {
             let prepared = self.checkpoint_prepare(ws, args, initialized)?;
-            // Intent before effect: the one durable record, then the snapshot.
             let entry = new_entry(
                 prepared.created,
                 prepared.message.clone(),
                 prepared.metadata.clone(),
                 prepared.pin,
             );
-            self.store
-                .record_checkpoint(&prepared.ws_id, &prepared.id, &entry)
-                .map_err(|e| {
-                    Error::new(
-                        e.code,
-                        format!(
-                            "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
-                            prepared.id, prepared.ws_id, e.message
-                        ),
-                    )
-                    .hint(format!(
-                        "free space in {} (`df {}`) and retry; nothing was changed",
-                        self.state_dir().display(),
-                        self.state_dir().display()
-                    ))
-                })?;
-            fault::point("checkpoint:after-record");
-            if let Err(e) = take_checkpoint_snapshot(self.sys(), &prepared) {
-                self.store.withdraw_checkpoint(&prepared.ws_id, &prepared.id);
+            // The record goes on the workspace root first, so that the snapshot carries it
+            // (committed by the snapshot's own btrfs transaction); then the journal line's
+            // fdatasync can run while the ioctl does: whichever of the two a power cut keeps,
+            // the checkpoint is found with its message, metadata and pin (issues 9 and 10).
+            let carried = self.carry_record(&prepared, &entry);
+            let unrecorded = |e: Error| {
+                Error::new(
+                    e.code,
+                    format!(
+                        "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
+                        prepared.id, prepared.ws_id, e.message
+                    ),
+                )
+                .hint(format!(
+                    "free space in {} (`df {}`) and retry; nothing was changed",
+                    self.state_dir().display(),
+                    self.state_dir().display()
+                ))
+            };
+            let line = self
+                .store
+                .record_checkpoint_deferred(&prepared.ws_id, &prepared.id, &entry)
+                .map_err(unrecorded)?;
+            let (snapshot, synced) = if carried {
+                std::thread::scope(|s| {
+                    let sync = s.spawn(|| line.sync());
+                    fault::point("checkpoint:after-record");
+                    let snapshot = take_checkpoint_snapshot(self.sys(), &prepared);
+                    let synced = sync
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (snapshot, synced)
+                })
+            } else {
+                // Intent before effect, one after the other.
+                line.sync().map_err(|e| unrecorded(e.into()))?;
+                fault::point("checkpoint:after-record");
+                (take_checkpoint_snapshot(self.sys(), &prepared), Ok(()))
+            };
+            if let Err(e) = snapshot {
+                self.store
+                    .withdraw_checkpoint(&prepared.ws_id, &prepared.id);
                 return Err(e);
+            }
+            if let Err(e) = synced {
+                return self.checkpoint_unsynced(prepared, entry, e.into());
             }
             fault::point("checkpoint:after-snapshot");
             self.checkpoint_commit(prepared, entry)
         })
+    }
+
+    /// Put the checkpoint's record on the workspace root for its snapshot to carry. False when
+    /// it cannot (too large for an xattr on this filesystem, or refused): the journal line is
+    /// then made durable before the snapshot instead.
+    fn carry_record(&self, p: &PreparedCheckpoint, entry: &crate::state::SnapshotEntry) -> bool {
+        let note = CheckpointNote {
+            ws_id: p.ws_id.clone(),
+            id: p.id.clone(),
+            entry: entry.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&note) else {
+            return false;
+        };
+        if bytes.len() > MAX_NOTE_BYTES {
+            return false;
+        }
+        match self.sys().set_checkpoint_record(&p.subvol, &bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(ws_id = %p.ws_id, error = %e, "the snapshot cannot carry its record; recording it first");
+                false
+            }
+        }
+    }
+
+    /// The snapshot exists but the journal line could not be made durable: a failed
+    /// checkpoint leaves no snapshot (issue 10), so it is deleted and the record withdrawn.
+    /// When the deletion fails too, the snapshot stays, carrying its record: it is what any
+    /// later process finds, so the checkpoint is reported taken.
+    fn checkpoint_unsynced(
+        &self,
+        p: PreparedCheckpoint,
+        entry: crate::state::SnapshotEntry,
+        e: Error,
+    ) -> Result<CheckpointResult> {
+        match self
+            .sys()
+            .delete_subvolume(&p.dest)
+            .and_then(|()| self.sys().commit(&p.dest))
+        {
+            Ok(()) => {
+                self.store.withdraw_checkpoint(&p.ws_id, &p.id);
+                Err(Error::new(
+                    e.code,
+                    format!(
+                        "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
+                        p.id, p.ws_id, e.message
+                    ),
+                )
+                .hint(format!(
+                    "free space in {} (`df {}`) and retry; nothing was changed",
+                    self.state_dir().display(),
+                    self.state_dir().display()
+                )))
+            }
+            Err(d) => {
+                tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, delete_error = %d, "the journal line of a checkpoint failed and its snapshot could not be deleted; kept, with the record it carries");
+                self.checkpoint_commit(p, entry)
+            }
+        }
     }
 
     /// `ws-ckpt checkpoint` of `path`, which is not a recorded workspace: a directory is

@@ -1203,3 +1203,54 @@ fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() 
     let got = env.engine.store.snapshot_entry(&r.ws_id, "gone").unwrap();
     assert!(got.missing, "shown as MISSING: {got:?}");
 }
+
+/// A snapshot whose index line a power cut lost is adopted with the record it carries
+/// (message, metadata, pin): the checkpoint put it on the workspace root before the ioctl.
+/// A record inherited from an earlier checkpoint (another ID) is not taken for its own.
+#[test]
+fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
+    let mut env = setup(&["a"]);
+    env.pin("a", "p1");
+    let id = env.ws_id("a");
+    let res = env.res();
+    let carried = env
+        .sys
+        .checkpoint_record(&res.snapshot_path(&id, "p1"))
+        .unwrap()
+        .expect("the snapshot carries its record");
+    let entry = CheckpointNote::entry_for(&carried, &id, "p1").expect("its own record");
+    assert_eq!(entry.message.as_deref(), Some("keep me"));
+    assert!(entry.pinned);
+    assert!(CheckpointNote::entry_for(&carried, &id, "other").is_none());
+
+    // What a power cut between the snapshot's commit and the journal's leaves: a snapshot
+    // with its record and no index line.
+    let subvol = res.ws_subvol(&id);
+    let mut lost = new_entry(SystemTime::now(), Some("lost line".into()), None, true);
+    lost.metadata = Some(serde_json::json!({"k": "v"}));
+    let note = serde_json::to_vec(&CheckpointNote {
+        ws_id: id.clone(),
+        id: "lost".into(),
+        entry: lost,
+    })
+    .unwrap();
+    env.sys.set_checkpoint_record(&subvol, &note).unwrap();
+    env.sys
+        .snapshot(&subvol, &res.snapshot_path(&id, "lost"), true)
+        .unwrap();
+    // A snapshot made by hand afterwards inherits that record, under another name.
+    env.sys
+        .snapshot(&subvol, &res.snapshot_path(&id, "by-hand"), true)
+        .unwrap();
+
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    let index = env.engine.store.read().indexes[&id].clone();
+    let lost = &index.snapshots["lost"];
+    assert_eq!(lost.message.as_deref(), Some("lost line"));
+    assert!(lost.pinned, "the pin survives: retention must not take it");
+    assert_eq!(lost.metadata, Some(serde_json::json!({"k": "v"})));
+    let by_hand = &index.snapshots["by-hand"];
+    assert_eq!(by_hand.message, None);
+    assert!(!by_hand.pinned);
+}

@@ -7,7 +7,7 @@
 //! This module must not touch anything outside the paths it is given, and must not be used
 //! outside tests and dry-run tooling: it only imitates the kernel's answers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ impl std::fmt::Debug for FakeSys {
 struct State {
     subvolumes: BTreeSet<PathBuf>,
     readonly: BTreeSet<PathBuf>,
+    /// Checkpoint records by subvolume ([`Sys::set_checkpoint_record`]); snapshots copy them.
+    records: BTreeMap<PathBuf, Vec<u8>>,
     /// (st_dev, st_ino) of the image files "formatted" by `create_image`.
     formatted: BTreeSet<(u64, u64)>,
     mounts: Vec<MountEntry>,
@@ -66,6 +68,7 @@ impl FakeSys {
             state: Mutex::new(State {
                 subvolumes: BTreeSet::new(),
                 readonly: BTreeSet::new(),
+                records: BTreeMap::new(),
                 formatted: BTreeSet::new(),
                 mounts: Vec::new(),
                 loops: Vec::new(),
@@ -282,7 +285,25 @@ impl Sys for FakeSys {
         if readonly {
             st.readonly.insert(dest.to_path_buf());
         }
+        if let Some(record) = st.records.get(source).cloned() {
+            st.records.insert(dest.to_path_buf(), record);
+        }
         Ok(())
+    }
+
+    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()> {
+        const OP: &str = "set_checkpoint_record";
+        let mut st = self.enter(OP, &[&display(subvol)], subvol)?;
+        if !st.subvolumes.contains(subvol) || !is_real_dir(subvol) {
+            return Err(err(OP, subvol, libc::EINVAL));
+        }
+        st.records.insert(subvol.to_path_buf(), record.to_vec());
+        Ok(())
+    }
+
+    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(st.records.get(subvol).cloned())
     }
 
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {
@@ -304,6 +325,7 @@ impl Sys for FakeSys {
         std::fs::remove_dir_all(path).map_err(|e| SysError::io(OP, path, e))?;
         st.subvolumes.remove(path);
         st.readonly.remove(path);
+        st.records.remove(path);
         Ok(())
     }
 

@@ -134,6 +134,54 @@ impl Sys for LinuxSys {
             .map_err(|e| SysError::io(OP, dest, e))
     }
 
+    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()> {
+        const OP: &str = "set the checkpoint record of";
+        let dir = open_dir(OP, subvol)?;
+        let name = record_xattr_name();
+        // SAFETY: `name` is NUL-terminated; `record` is readable for `record.len()` bytes; the
+        // fd is an open directory.
+        let rc = unsafe {
+            libc::fsetxattr(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                record.as_ptr().cast(),
+                record.len(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(SysError::io(OP, subvol, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>> {
+        const OP: &str = "read the checkpoint record of";
+        let dir = open_dir(OP, subvol)?;
+        let name = record_xattr_name();
+        // The largest xattr value Linux allows (XATTR_SIZE_MAX).
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: `name` is NUL-terminated; `buf` is writable for `buf.len()` bytes; the fd is
+        // an open directory.
+        let n = unsafe {
+            libc::fgetxattr(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+                _ => Err(SysError::io(OP, subvol, e)),
+            };
+        }
+        buf.truncate(n as usize);
+        Ok(Some(buf))
+    }
+
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {
         const OP: &str = "delete subvolume";
         tracing::debug!(path = %path.display(), "delete subvolume");
@@ -774,6 +822,10 @@ fn copy_name(op: &'static str, path: &Path, name: &OsStr, buf: &mut [u8]) -> Sys
     buf[..bytes.len()].copy_from_slice(bytes);
     buf[bytes.len()..].fill(0);
     Ok(())
+}
+
+fn record_xattr_name() -> std::ffi::CString {
+    std::ffi::CString::new(super::CHECKPOINT_RECORD_XATTR).expect("no NUL in a constant")
 }
 
 fn open_dir(op: &'static str, path: &Path) -> SysResult<File> {

@@ -182,6 +182,11 @@ pub enum SubvolumeCheck {
     Subvolume(OpenSubvolume),
 }
 
+/// The xattr a checkpoint's snapshot carries its own index record in ([`Sys::set_checkpoint_record`]):
+/// a snapshot whose index line was lost in a power cut is adopted with its message, metadata
+/// and pin. Copies and verifications of trees leave it out, and so does `diff`.
+pub const CHECKPOINT_RECORD_XATTR: &str = "trusted.ws-ckpt.checkpoint";
+
 /// Every side effect on btrfs, loop devices and mounts.
 ///
 /// Paths are absolute. Implementations do exactly what the method says and nothing else.
@@ -190,6 +195,13 @@ pub trait Sys: Send + Sync {
     fn create_subvolume(&self, path: &Path) -> SysResult<()>;
     /// Snapshot subvolume `source` to `dest` (must not exist), read-only if asked.
     fn snapshot(&self, source: &Path, dest: &Path, readonly: bool) -> SysResult<()>;
+    /// Set xattr [`CHECKPOINT_RECORD_XATTR`] of the root of subvolume `subvol` to `record`
+    /// (a `trusted.*` name: invisible to and unchangeable by unprivileged users). The next
+    /// snapshot of `subvol` carries it, committed in the same btrfs transaction as the
+    /// snapshot itself.
+    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()>;
+    /// The [`CHECKPOINT_RECORD_XATTR`] of the root of subvolume `subvol`, if it has one.
+    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>>;
     /// Delete the subvolume at `path` (it may be read-only; no recursion into nested ones).
     fn delete_subvolume(&self, path: &Path) -> SysResult<()>;
     /// True when `path` exists and is the root of a subvolume.
