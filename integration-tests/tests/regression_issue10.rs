@@ -400,6 +400,47 @@ fn regression_3b_power_cut_after_delete_leaves_no_unrecorded_snapshot() {
 /// later. What an operator expects, and what the product does (execute/workspace.rs
 /// `undo_release`): a release that says "failed" left the workspace as it was; a deletion
 /// whose subvolume is gone is reported done even when its record must wait for space.
+/// A release killed (or cut) after its deletions, while it forgets the workspace: the index
+/// used to be removed after `state.json` forgot the workspace, so a cut between the two left
+/// the index of an unrecorded workspace, and a later init of the same path (same ID) listed
+/// the released snapshots again (MISSING). The index now goes first: a kill there leaves the
+/// release recorded in its last phase, and recovery finishes it.
+#[test]
+fn regression_3c_release_killed_while_forgetting_leaves_no_index() {
+    let Some(rig) = rig("regression_3c", Storage::Host, Via::InProcess) else {
+        return;
+    };
+    let (a, a_tree) = make_tree(&rig, "a", 11, SMALL);
+    let ws_id = init(&rig, &a);
+    checkpoint(&rig, &a, "s1", &["-m", "one", "--pin"]).ok();
+    let ap = a.display().to_string();
+    let child = rig.env.spawn(
+        &["--format", "json", "release", &ap],
+        &[("WS_CKPT_FAULT", "release:after-index-removed")],
+    );
+    let st = wait_exit(&child, "release");
+    assert!(
+        !st.success(),
+        "the release was not killed at the fault point"
+    );
+    let r = rig.json(&["apply"]).0;
+    assert_eq!(r.code(), Some(0), "apply after the kill:\n{}", r.describe());
+    let index = rig.layout.state_dir.join("indexes").join(&ws_id);
+    assert!(!index.exists(), "{} is left behind", index.display());
+    assert!(
+        fs::symlink_metadata(&a).unwrap().is_dir(),
+        "{} is not a plain directory again",
+        a.display()
+    );
+    let diffs = compare_tree(&a, &a_tree, true);
+    assert!(diffs.is_empty(), "the released tree differs: {diffs:?}");
+    // The same path made a workspace again starts with no snapshot.
+    assert_eq!(init(&rig, &a), ws_id);
+    let listed = listed_for(&rig, &ws_id);
+    assert!(listed.is_empty(), "a new workspace lists {listed:?}");
+    assert_converged(&rig);
+}
+
 #[test]
 fn regression_4_state_dir_full_failed_operations_have_no_later_effect() {
     let Some(mut rig) = rig("regression_4", Storage::SmallStateDir(16), Via::Daemon) else {

@@ -452,6 +452,18 @@ impl Store {
     /// Returns whether everything was written.
     pub fn forget_released(&self, ws_id: &str, op_id: &str) -> bool {
         let mut g = self.lock();
+        // The index goes first: a power cut after `state.json` forgot the workspace but before
+        // the index was removed would leave the index of an unrecorded workspace behind (and
+        // a later init of the same path, same ID, would list the released snapshots again).
+        // The other way round, the cut leaves the release recorded in its last phase, and
+        // recovery finishes recording it.
+        g.owed_indexes.remove(ws_id);
+        let index_removed = g.indexes.remove(ws_id).map_err(|e| {
+            tracing::warn!(ws_id, error = %e, "cannot remove the index of a released workspace; it is ignored and removed by the next release of this ID");
+        });
+        g.p.indexes.remove(ws_id);
+        g.withdrawn.remove(ws_id);
+        crate::fault::point("release:after-index-removed");
         let written = g
             .update_state(|s| {
                 if let Some(s) = s.as_mut() {
@@ -477,12 +489,6 @@ impl Store {
             g.owed_state = true;
         }
         g.bump(Some(ws_id));
-        g.owed_indexes.remove(ws_id);
-        let index_removed = g.indexes.remove(ws_id).map_err(|e| {
-            tracing::warn!(ws_id, error = %e, "cannot remove the index of a released workspace; it is ignored and removed by the next release of this ID");
-        });
-        g.p.indexes.remove(ws_id);
-        g.withdrawn.remove(ws_id);
         written && index_removed.is_ok()
     }
 
