@@ -211,7 +211,6 @@ impl Executor<'_> {
             (
                 PendingKind::Rollback { tmp, .. },
                 Step::ForgetRollback { .. }
-                | Step::DeleteUnfinishedSnapshot { .. }
                 | Step::DeleteOtherCopy { .. },
             ) => {
                 // The workspace symlink points at `subvol` by name; whichever subvolume holds

@@ -192,7 +192,7 @@ impl Engine {
             }
         }
         let tmp = res.rollback_tmp(&ws_id, &new_op_id());
-        let mut kind = PendingKind::Rollback {
+        let kind = PendingKind::Rollback {
             ws_id: ws_id.clone(),
             snapshot: snapshot.to_string(),
             subvol: subvol.clone(),
@@ -210,13 +210,8 @@ impl Engine {
             .hint("the workspace is unchanged; check free space (`ws-ckpt status`) and retry"));
         }
         fault::point("rollback:after-snapshot");
-        if let PendingKind::Rollback { phase, .. } = &mut kind {
-            *phase = RollbackPhase::Ready;
-        }
-        if let Err(e) = self.store.update(&op, kind) {
-            self.abandon_rollback(&op, &tmp);
-            return Err(e);
-        }
+        // No record of the copy's completion: it is complete once it exists, and recovery
+        // of either phase keeps whichever subvolume holds the workspace's name.
         if let Err(e) = exchange(&tmp, &subvol) {
             self.abandon_rollback(&op, &tmp);
             return Err(Error::new(

@@ -416,11 +416,6 @@ pub enum RecoveryStep {
         /// Workspace subvolume.
         subvol: PathBuf,
     },
-    /// Rollback: the workspace was not touched; the unfinished writable snapshot goes.
-    DeleteUnfinishedSnapshot {
-        /// The writable snapshot.
-        tmp: PathBuf,
-    },
     /// Rollback: whether or not the exchange happened, the subvolume under the workspace's
     /// name is live; the other copy goes.
     DeleteOtherCopy {
@@ -446,7 +441,6 @@ impl RecoveryStep {
             RecoveryStep::RemovePartialImageCopy { .. }
                 | RecoveryStep::DeletePartialSubvolume { .. }
                 | RecoveryStep::RemovePartialCopy { .. }
-                | RecoveryStep::DeleteUnfinishedSnapshot { .. }
         )
     }
 
@@ -499,10 +493,6 @@ impl RecoveryStep {
             RecoveryStep::ForgetRollback { subvol } => {
                 format!("workspace {} is intact; forget the rollback", subvol.display())
             }
-            RecoveryStep::DeleteUnfinishedSnapshot { tmp } => format!(
-                "the workspace was not touched; delete the unfinished snapshot {}",
-                tmp.display()
-            ),
             RecoveryStep::DeleteOtherCopy { subvol, tmp } => format!(
                 "the exchange may or may not have happened; the subvolume at {} is the live one (the workspace points to it); delete the other copy {}",
                 subvol.display(),

@@ -4,7 +4,7 @@
 use super::{Action, Planner, Recovery, RecoveryStep};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::PathState;
-use crate::state::{InitPhase, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
+use crate::state::{InitPhase, PendingKind, PendingOp, ReleasePhase};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -230,23 +230,20 @@ impl Planner<'_> {
                     ),
                 }
             }
-            PendingKind::Rollback {
-                subvol, tmp, phase, ..
-            } => {
+            PendingKind::Rollback { subvol, tmp, .. } => {
                 let tmp_present = self.obs.is_subvol(tmp);
                 let subvol_present = self.obs.is_subvol(subvol);
-                match (phase, subvol_present, tmp_present) {
-                    (_, true, false) => self.interrupted(
+                match (subvol_present, tmp_present) {
+                    (true, false) => self.interrupted(
                         op,
                         RecoveryStep::ForgetRollback {
                             subvol: subvol.clone(),
                         },
                     ),
-                    (RollbackPhase::Snapshotting, true, true) => self.interrupted(
-                        op,
-                        RecoveryStep::DeleteUnfinishedSnapshot { tmp: tmp.clone() },
-                    ),
-                    (RollbackPhase::Ready, true, true) => self.interrupted(
+                    // The copy is complete once it exists (a snapshot is made atomically);
+                    // the exchange follows without a record of its own, so it may have
+                    // happened in either phase.
+                    (true, true) => self.interrupted(
                         op,
                         RecoveryStep::DeleteOtherCopy {
                             subvol: subvol.clone(),

@@ -143,9 +143,12 @@ pub enum ReleasePhase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RollbackPhase {
-    /// Writable snapshot of the target being made; the workspace is untouched.
+    /// Writable snapshot of the target being made. Once it exists it is complete (a snapshot
+    /// is made atomically) and the exchange may have happened: it is not recorded apart (one
+    /// fdatasync less before the reply; recovery treats both phases alike).
     Snapshotting,
-    /// The writable snapshot is complete; the exchange may have happened.
+    /// The writable snapshot is complete; the exchange may have happened (written by
+    /// versions before 0.4.1; read as [`RollbackPhase::Snapshotting`] is).
     Ready,
 }
 
