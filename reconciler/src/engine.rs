@@ -31,6 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // One insertion or removal per change: nothing is left half-updated by a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How many observe→plan→execute rounds one apply may take (bootstrap, then migrations, then
 /// workspaces, then snapshots).
 pub const MAX_ROUNDS: usize = 6;
@@ -84,6 +89,21 @@ pub struct Engine {
     lock: Mutex<Option<DaemonLock>>,
     /// The previous holder of the lock did not stop cleanly.
     pub unclean_detected: bool,
+    /// Answer a rollback before its last commit ([`Engine::set_defer_finishing`]).
+    defer_finishing: std::sync::atomic::AtomicBool,
+    /// The last step of operations answered already, by workspace: run under the
+    /// workspace's lock before anything else runs on it.
+    owed: Mutex<std::collections::BTreeMap<String, OwedFinish>>,
+}
+
+/// The last step of a rollback that was answered already: commit the deletion of the old
+/// state, then end the record.
+#[derive(Debug)]
+pub struct OwedFinish {
+    /// The operation.
+    pub op_id: String,
+    /// The btrfs mount to commit.
+    pub mount: PathBuf,
 }
 
 /// The path an action is about, when it names one.
@@ -117,6 +137,8 @@ impl Engine {
             store,
             workspaces: WorkspaceLocks::default(),
             host: ReentrantLock::default(),
+            defer_finishing: Default::default(),
+            owed: Default::default(),
             lock: Mutex::new(Some(lock)),
         };
         if engine.store.has_unsettled() {
@@ -159,6 +181,8 @@ impl Engine {
             store,
             workspaces: WorkspaceLocks::default(),
             host: ReentrantLock::default(),
+            defer_finishing: Default::default(),
+            owed: Default::default(),
             lock: Mutex::new(None),
         }))
     }
@@ -185,7 +209,70 @@ impl Engine {
     /// Run `f` holding workspace `ws_id`: operations and pass steps on one workspace run one
     /// at a time; different workspaces proceed in parallel. Reentrant for this thread.
     pub fn in_workspace<R>(&self, ws_id: &str, f: impl FnOnce() -> R) -> R {
-        self.workspaces.run(ws_id, f)
+        self.workspaces.run(ws_id, || {
+            self.finish_owed_locked(ws_id);
+            f()
+        })
+    }
+
+    /// Answer rollbacks before their last commit, which then runs right after (the daemon:
+    /// its connection threads outlive the answer). A command that owns its engine finishes
+    /// before it returns.
+    pub fn set_defer_finishing(&self, on: bool) {
+        self.defer_finishing
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn defers_finishing(&self) -> bool {
+        self.defer_finishing
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Leave `finish` for after the answer; the caller holds `ws_id`'s lock.
+    pub(crate) fn owe_finish(&self, ws_id: &str, finish: OwedFinish) {
+        let previous = relock(&self.owed).insert(ws_id.to_string(), finish);
+        if let Some(p) = previous {
+            // Not expected: each operation on the workspace runs the owed step first.
+            self.finish_logged(ws_id, p);
+        }
+    }
+
+    /// Commit the deletion of the old state, then end the record.
+    pub(crate) fn finish(&self, f: OwedFinish) -> Result<()> {
+        self.sys.commit(&f.mount)?;
+        crate::fault::point("rollback:after-commit");
+        self.store.end(&f.op_id)
+    }
+
+    fn finish_logged(&self, ws_id: &str, f: OwedFinish) {
+        let op = f.op_id.clone();
+        if let Err(e) = self.finish(f) {
+            // The record stays: the next pass finishes it (recovery commits, then ends it).
+            tracing::warn!(ws_id, op, error = %e.message, "could not finish an answered rollback; the next pass finishes it");
+        }
+    }
+
+    /// Run the owed step of `ws_id`, if any; the caller holds its lock.
+    fn finish_owed_locked(&self, ws_id: &str) {
+        let owed = relock(&self.owed).remove(ws_id);
+        if let Some(f) = owed {
+            self.finish_logged(ws_id, f);
+        }
+    }
+
+    /// True when some answered operation still owes its last step.
+    pub fn has_owed(&self) -> bool {
+        !relock(&self.owed).is_empty()
+    }
+
+    /// Run every owed step, each under its workspace's lock (the daemon, right after
+    /// answering; passes, plans and shutdown, so that none reports an answered operation as
+    /// interrupted).
+    pub fn finish_owed_all(&self) {
+        let ws: Vec<String> = relock(&self.owed).keys().cloned().collect();
+        for w in ws {
+            self.in_workspace(&w, || ());
+        }
     }
 
     /// True when some thread holds workspace `ws_id` (diagnostics and tests).
@@ -241,6 +328,8 @@ impl Engine {
 
     /// Plan against a fresh observation.
     pub fn plan(&self, opts: PlanOptions) -> Plan {
+        // An answered operation's last step is not an interruption to report.
+        self.finish_owed_all();
         let persisted = self.store.snapshot();
         self.plan_from(&self.config(), &persisted, opts)
     }
@@ -266,6 +355,7 @@ impl Engine {
         opts: ApplyOptions,
         progress: &mut dyn FnMut(&str, &crate::tree::Progress),
     ) -> ApplyReport {
+        self.finish_owed_all();
         let mut report = ApplyReport {
             changed: false,
             actions: Vec::new(),
@@ -814,6 +904,7 @@ impl Engine {
 
     /// `status` from a fresh observation and plan; `daemon` describes the serving daemon.
     pub fn status(&self, daemon: Option<&DaemonInfo>) -> StatusReport {
+        self.finish_owed_all();
         let config = self.config();
         let persisted = self.store.snapshot();
         let (obs, res) = observe(self.sys.as_ref(), &config, &persisted);

@@ -93,7 +93,14 @@ fn open_engine(config: Config) -> Result<Engine, Error> {
     loop {
         let e = match Engine::open(config.clone(), Arc::clone(&sys), "daemon", Duration::ZERO) {
             Err(e) if e.code == ErrorCode::Locked => e,
-            r => return r,
+            r => {
+                // Its connection threads outlive each answer: a rollback's last commit runs
+                // right after it is answered.
+                if let Ok(engine) = &r {
+                    engine.set_defer_finishing(true);
+                }
+                return r;
+            }
         };
         let holder = crate::lock::holder(&state_dir);
         let pid = holder

@@ -93,10 +93,30 @@ impl Shared {
         }
         let is_reload = matches!(req, Request::Reload);
         let result = crate::handler::handle_reply(self, caller, req, &mut |_, _| {});
+        self.finish_owed_after_answer();
         if is_reload {
             self.tick("reload request");
         }
         result
+    }
+
+    /// A request left the last step of its operation for after its answer (a rollback's
+    /// commit): run it on a thread of its own, which waits for the workspace's lock and so
+    /// starts as the answer is sent. Anything else on that workspace runs the step first.
+    fn finish_owed_after_answer(&self) {
+        let Some(engine) = self.engine() else {
+            return;
+        };
+        if !engine.has_owed() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("ws-ckpt-finish".into())
+            .spawn(move || engine.finish_owed_all());
+        if let Err(e) = spawned {
+            // The next request on the workspace, pass or plan runs it instead.
+            tracing::warn!(error = %e, "cannot start a thread for an answered rollback's last commit");
+        }
     }
 
     /// Re-read the config; keep the last good one when it fails (reported, never partially

@@ -18,6 +18,7 @@ pub(super) fn close_engine(shared: &Shared) {
 
 /// Record the clean stop (unless the state must not be written) and release the lock.
 pub(super) fn close(engine: &Engine) {
+    engine.finish_owed_all();
     if engine.store.read().problem.is_none() {
         let recorded = engine.store.update_state(|s| {
             if let Some(s) = s.as_mut() {

@@ -10,6 +10,7 @@ use crate::observe::state_in;
 use crate::plan::RecoveryStep as Step;
 use crate::state::{ParentRecord, PendingKind, PendingOp};
 use crate::tree::Kind;
+use std::path::Path;
 
 /// Identities recorded in the user's directory, moved to the device number its filesystem
 /// has now: after a reboot or a remount `st_dev` may differ while the filesystem (its ID) and
@@ -209,17 +210,30 @@ impl Executor<'_> {
                 self.store.end(op_id)?;
             }
             (
-                PendingKind::Rollback { tmp, .. },
+                PendingKind::Rollback {
+                    ws_id,
+                    snapshot,
+                    subvol,
+                    tmp,
+                    live_tree,
+                    ..
+                },
                 Step::ForgetRollback { .. }
-                | Step::DeleteOtherCopy { .. },
+                | Step::DeleteOtherCopy { .. }
+                | Step::FinishRollback { .. },
             ) => {
                 // The workspace symlink points at `subvol` by name; whichever subvolume holds
-                // that name is live (before or after the exchange). The other one is the copy
-                // to drop, whether finishing or reverting; its deletion is committed before
-                // the record goes.
-                if self.sys.delete_subvolume_if_present(&tmp)? {
-                    self.sys.commit(&self.res.mount)?;
+                // that name is live. Without the live subvolume's id (earlier versions) the
+                // other one is the copy to drop, whether finishing or reverting. With it, a
+                // rollback whose copy exists is finished: the copy takes the name unless it
+                // already has (the reply may have gone before the exchange was committed).
+                if let (Some(live), true) = (live_tree, self.sys.is_subvolume(&tmp)?) {
+                    self.finish_rollback_exchange(&ws_id, &snapshot, &subvol, &tmp, live)?;
                 }
+                self.sys.delete_subvolume_if_present(&tmp)?;
+                // Always committed before the record goes: a deletion issued before the
+                // interruption may not be committed yet.
+                self.sys.commit(&self.res.mount)?;
                 self.store.end(op_id)?;
             }
             (PendingKind::DeleteSnapshots { ws_id, snapshots }, Step::FinishDeleting { .. }) => {
@@ -238,5 +252,55 @@ impl Executor<'_> {
             }
         }
         Ok(Change::Created)
+    }
+}
+
+impl Executor<'_> {
+    /// Subvolume (tree) id of the subvolume root at `path`, if it is one.
+    fn tree_id(&self, path: &Path) -> Result<Option<u64>> {
+        Ok(match self.sys.open_subvolume(path)? {
+            crate::sys::SubvolumeCheck::Subvolume(o) => Some(o.tree_id),
+            _ => None,
+        })
+    }
+
+    /// An interrupted rollback recorded with the live subvolume's id `live`, whose copy
+    /// exists at `tmp`: when `subvol` is still that subvolume, exchange the names now and
+    /// make the target the lineage head; when `tmp` is, the exchange happened. Anything
+    /// else is not what the rollback left: both are kept and the error says so.
+    fn finish_rollback_exchange(
+        &self,
+        ws_id: &str,
+        snapshot: &str,
+        subvol: &Path,
+        tmp: &Path,
+        live: u64,
+    ) -> Result<()> {
+        let at_name = self.tree_id(subvol)?;
+        let at_tmp = self.tree_id(tmp)?;
+        if at_name == Some(live) && at_tmp != Some(live) {
+            super::exchange(tmp, subvol)?;
+            tracing::info!(
+                ws_id,
+                snapshot,
+                "finished an interrupted rollback: the copy took the workspace's place"
+            );
+            // No later snapshot of this workspace can exist: its commit would have committed
+            // the exchange too.
+            self.store.set_head(ws_id, snapshot)?;
+            Ok(())
+        } else if at_tmp == Some(live) && at_name != Some(live) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::OperationFailed,
+                format!(
+                    "interrupted rollback of {ws_id}: neither {} (subvolume {at_name:?}) nor {} (subvolume {at_tmp:?}) is the workspace's previous subvolume {live}; both are kept",
+                    subvol.display(),
+                    tmp.display()
+                ),
+            )
+            .hint("compare the two and remove the wrong one by hand (`btrfs subvolume delete`), then run `ws-ckpt apply`"))
+        }
     }
 }

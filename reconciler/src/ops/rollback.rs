@@ -192,12 +192,19 @@ impl Engine {
             }
         }
         let tmp = res.rollback_tmp(&ws_id, &new_op_id());
+        // Recorded so that recovery can tell whether the exchange happened: the reply does
+        // not wait for the exchange's commit, and a rollback whose copy exists is finished.
+        let live_tree = match self.sys().open_subvolume(&subvol)? {
+            crate::sys::SubvolumeCheck::Subvolume(o) => Some(o.tree_id),
+            _ => None,
+        };
         let kind = PendingKind::Rollback {
             ws_id: ws_id.clone(),
             snapshot: snapshot.to_string(),
             subvol: subvol.clone(),
             tmp: tmp.clone(),
             phase: RollbackPhase::Snapshotting,
+            live_tree,
         };
         let op = self.store.begin(kind.clone())?;
         fault::point("rollback:after-begin");
@@ -221,8 +228,8 @@ impl Engine {
         }
         // No commit of its own: the exchange is made durable by the commit after the deletion
         // below (btrfs commits are ordered, so a power cut keeps the exchange without the
-        // deletion, or neither; recovery of a `ready` rollback deletes whichever copy then
-        // holds `tmp`). One commit instead of two before the reply.
+        // deletion, or neither; recovery, told by `live_tree` which subvolume is which,
+        // finishes the rollback either way).
         fault::point("rollback:after-exchange");
         // `tmp` now holds the previous state of the workspace.
         if let Err(e) = self.sys().delete_subvolume(&tmp) {
@@ -236,15 +243,24 @@ impl Engine {
             .hint("move any nested subvolume out of it, then run `ws-ckpt apply` to finish"));
         }
         fault::point("rollback:after-delete-old");
-        // The deletion is committed before the end record: a power cut cannot leave the old
-        // state's copy behind while the operation is already forgotten (issue 10).
-        self.sys().commit(&res.mount)?;
-        // The live workspace now descends from the target (`rollback -n` counts from it),
-        // recorded once the exchange is committed.
+        // The live workspace now descends from the target (`rollback -n` counts from it).
         if let Err(e) = self.store.set_head(&ws_id, snapshot) {
             tracing::warn!(ws_id = %ws_id, snapshot, error = %e, "could not record the lineage head after the rollback");
         }
-        self.store.end(&op)?;
+        // The deletion is committed before the end record: a power cut cannot leave the old
+        // state's copy behind while the operation is already forgotten (issue 10). The
+        // daemon answers first and commits right after, still before anything else runs on
+        // this workspace (`Engine::in_workspace`); a power cut meanwhile is finished by
+        // recovery (the copy takes the workspace's place again if the exchange was lost).
+        let finish = crate::engine::OwedFinish {
+            op_id: op,
+            mount: res.mount.clone(),
+        };
+        if live_tree.is_some() && self.defers_finishing() {
+            self.owe_finish(&ws_id, finish);
+        } else {
+            self.finish(finish)?;
+        }
         Ok(RollbackResult {
             ws_id,
             workspace: ws.workspace_path,

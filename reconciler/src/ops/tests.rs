@@ -716,7 +716,24 @@ fn interrupted_rollback_recovers_at_every_step() {
             "a",
         ),
     ];
-    for (name, phase, copied, exchanged, deleted, want) in cases {
+    // Records of earlier versions (no subvolume id): whichever subvolume holds the
+    // workspace's name stays. Records with the live subvolume's id: the rollback is finished
+    // whenever its copy exists (its reply does not wait for the exchange's commit).
+    let with_id = [
+        ("after-snapshot", true, false, false, "a"),
+        ("after-exchange", true, true, false, "a"),
+        ("after-delete-old", true, true, true, "a"),
+        ("after-begin", false, false, false, "live"),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(n, p, c, x, d, w)| (n, p, c, x, d, w, false))
+        .chain(
+            with_id
+                .into_iter()
+                .map(|(n, c, x, d, w)| (n, RollbackPhase::Snapshotting, c, x, d, w, true)),
+        );
+    for (name, phase, copied, exchanged, deleted, want, recorded_id) in cases {
         let mut env = setup(&["a"]);
         env.checkpoint("a", Some("c1")).unwrap();
         std::fs::write(env.ws("a").join("file.txt"), b"live").unwrap();
@@ -724,6 +741,12 @@ fn interrupted_rollback_recovers_at_every_step() {
         let res = env.res();
         let subvol = res.ws_subvol(&id);
         let tmp = res.rollback_tmp(&id, "test");
+        let live_tree = recorded_id.then(|| {
+            use std::os::unix::fs::MetadataExt;
+            // The fake's subvolume id is the root directory's inode.
+            std::fs::metadata(&subvol).unwrap().ino()
+        });
+        let name = format!("{name}{}", if recorded_id { " (with id)" } else { "" });
         env.engine
             .store
             .begin(PendingKind::Rollback {
@@ -732,6 +755,7 @@ fn interrupted_rollback_recovers_at_every_step() {
                 subvol: subvol.clone(),
                 tmp: tmp.clone(),
                 phase,
+                live_tree,
             })
             .unwrap();
         if copied {
@@ -1263,4 +1287,42 @@ fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
     let by_hand = &index.snapshots["by-hand"];
     assert_eq!(by_hand.message, None);
     assert!(!by_hand.pinned);
+}
+
+/// The daemon answers a rollback before its last commit: the record stays open until that
+/// step runs, and it runs before anything else on the workspace, before a plan or a status
+/// (which must not report an answered rollback as interrupted), and at shutdown.
+#[test]
+fn an_answered_rollback_finishes_before_anything_else_sees_it() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c1")).unwrap();
+    std::fs::write(env.ws("a").join("file.txt"), b"changed").unwrap();
+    env.engine.set_defer_finishing(true);
+    let spec = env.ws_str("a");
+    env.rollback(&spec, "c1", true).unwrap();
+    assert_eq!(env.content("a"), "a");
+    assert!(env.engine.has_owed());
+    assert_eq!(env.engine.store.read().pending().len(), 1);
+    // Another operation on the workspace runs the owed step first.
+    env.checkpoint("a", Some("c2")).unwrap();
+    assert!(!env.engine.has_owed());
+    assert!(env.engine.store.read().pending().is_empty());
+    // A plan does too, and so sees nothing interrupted.
+    env.rollback(&spec, "c1", true).unwrap();
+    assert!(env.engine.has_owed());
+    let p = env.engine.plan(crate::plan::PlanOptions::default());
+    assert!(p.actions.is_empty(), "{:#?}", p.actions);
+    assert!(env.engine.store.read().pending().is_empty());
+    let id = env.ws_id("a");
+    assert_eq!(
+        env.sys.list_subvolumes(&env.res().gate(&id)).unwrap(),
+        ["live"],
+        "the previous state is deleted"
+    );
+    // And `finish_owed_all` (the daemon's thread after the answer, and shutdown).
+    env.rollback(&spec, "c2", true).unwrap();
+    env.engine.finish_owed_all();
+    assert!(!env.engine.has_owed());
+    assert!(env.engine.store.read().pending().is_empty());
+    assert_eq!(env.content("a"), "a");
 }

@@ -416,6 +416,18 @@ pub enum RecoveryStep {
         /// Workspace subvolume.
         subvol: PathBuf,
     },
+    /// Rollback recorded with the live subvolume's id: its copy exists, so it is finished.
+    /// Unless the exchange already happened (the subvolume under the workspace's name is no
+    /// longer the recorded one), the copy takes the workspace's name now; then the previous
+    /// state goes.
+    FinishRollback {
+        /// Workspace subvolume.
+        subvol: PathBuf,
+        /// The copy of the target (or, after the exchange, the previous state).
+        tmp: PathBuf,
+        /// Target snapshot ID.
+        snapshot: String,
+    },
     /// Rollback: whether or not the exchange happened, the subvolume under the workspace's
     /// name is live; the other copy goes.
     DeleteOtherCopy {
@@ -493,6 +505,15 @@ impl RecoveryStep {
             RecoveryStep::ForgetRollback { subvol } => {
                 format!("workspace {} is intact; forget the rollback", subvol.display())
             }
+            RecoveryStep::FinishRollback {
+                subvol,
+                tmp,
+                snapshot,
+            } => format!(
+                "finish the rollback to {snapshot}: the copy {} takes the place of {} unless it already has (told by subvolume id), then the previous state is deleted",
+                tmp.display(),
+                subvol.display()
+            ),
             RecoveryStep::DeleteOtherCopy { subvol, tmp } => format!(
                 "the exchange may or may not have happened; the subvolume at {} is the live one (the workspace points to it); delete the other copy {}",
                 subvol.display(),

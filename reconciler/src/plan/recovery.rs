@@ -230,7 +230,13 @@ impl Planner<'_> {
                     ),
                 }
             }
-            PendingKind::Rollback { subvol, tmp, .. } => {
+            PendingKind::Rollback {
+                subvol,
+                tmp,
+                snapshot,
+                live_tree,
+                ..
+            } => {
                 let tmp_present = self.obs.is_subvol(tmp);
                 let subvol_present = self.obs.is_subvol(subvol);
                 match (subvol_present, tmp_present) {
@@ -243,6 +249,14 @@ impl Planner<'_> {
                     // The copy is complete once it exists (a snapshot is made atomically);
                     // the exchange follows without a record of its own, so it may have
                     // happened in either phase.
+                    (true, true) if live_tree.is_some() => self.interrupted(
+                        op,
+                        RecoveryStep::FinishRollback {
+                            subvol: subvol.clone(),
+                            tmp: tmp.clone(),
+                            snapshot: snapshot.clone(),
+                        },
+                    ),
                     (true, true) => self.interrupted(
                         op,
                         RecoveryStep::DeleteOtherCopy {

@@ -105,6 +105,12 @@ pub enum PendingKind {
         tmp: PathBuf,
         /// How far it got.
         phase: RollbackPhase,
+        /// Subvolume (tree) id of the live workspace subvolume when the rollback began. With
+        /// it, recovery tells whether the exchange happened and finishes the rollback either
+        /// way (the reply does not wait for the exchange's commit); without it (records of
+        /// earlier versions), recovery keeps whichever subvolume holds the workspace's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live_tree: Option<u64>,
     },
     /// Deletion of snapshots (delete, cleanup, retention).
     DeleteSnapshots {

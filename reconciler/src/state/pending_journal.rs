@@ -207,6 +207,7 @@ mod tests {
                 subvol: "/mnt/x/ws-1".into(),
                 tmp: "/mnt/x/.ws-1.rollback-o".into(),
                 phase,
+                live_tree: None,
             },
         }
     }
