@@ -207,6 +207,74 @@ fn regression_2_power_cut_after_rollback_leaves_no_rollback_subvolume() {
     );
 }
 
+/// The daemon answers a rollback before the commit that makes its exchange and the old
+/// state's deletion durable (issue 9). A power cut in that window (held open with the fault
+/// hook, after the client got its answer, nothing synced) must not undo the acknowledged
+/// rollback: recovery finishes it (the copy takes the workspace's place again, by subvolume
+/// id) and leaves no copy, no record, and the target as the lineage head.
+#[test]
+fn regression_2b_power_cut_before_an_answered_rollback_commits() {
+    let Some(mut rig) = rig("regression_2b", Storage::PowerDisk, Via::Daemon) else {
+        return;
+    };
+    let (p, tree_s1) = make_tree(&rig, "w", 3, SMALL);
+    let ws_id = init(&rig, &p);
+    checkpoint(&rig, &p, "s1", &["-m", "first"]).ok();
+    let mut tree_s2 = tree_s1.clone();
+    add_file(&p, &mut tree_s2, "changed-after-s1", 70_000, 19);
+    checkpoint(&rig, &p, "s2", &["-m", "second"]).ok();
+    let holds = rig.env.root.join("holds");
+    fs::create_dir_all(&holds).unwrap();
+    let point = "rollback:before-commit";
+    rig.stop_daemon().unwrap();
+    rig.start_daemon_env(&[("WS_CKPT_FAULT_HOLD", holds.to_str().unwrap())])
+        .unwrap();
+    rig.sync();
+    fs::write(holds.join(point), b"held\n").unwrap();
+    let (r, _) = rig.json(&["rollback", "-w", &p.display().to_string(), "-s", "s1"]);
+    r.ok();
+    let reached = holds.join(format!("{point}.reached"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        reached.exists(),
+        "the answered rollback never reached {point}"
+    );
+    // Acknowledged, its commit held: power cut now.
+    rig.power_cut();
+    rig.power_cycle().unwrap_or_else(|e| panic!("{e}"));
+    rig.start_daemon().unwrap_or_else(|e| panic!("{e}"));
+    let r = rig.json(&["apply"]).0;
+    assert_eq!(r.code(), Some(0), "recovery apply:\n{}", r.describe());
+    let diffs = compare_tree(&p, &tree_s1, true);
+    assert!(
+        diffs.is_empty(),
+        "the acknowledged rollback to s1 was undone by the power cut:\n{}",
+        diffs.join("\n")
+    );
+    let leftovers: Vec<String> = fs::read_dir(rig.layout.mount.join("gates").join(&ws_id))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".rollback-"))
+        .chain(unrecorded_subvolumes(&rig))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let (l, v) = rig.json(&["list", "-w", &p.display().to_string()]);
+    assert_eq!(l.code(), Some(0), "list:\n{}", l.describe());
+    let heads: Vec<String> = v
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|s| s["head"] == true)
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(heads, ["s1"], "the lineage head after recovery");
+    assert_converged(&rig);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. power cut during a release
 // ---------------------------------------------------------------------------------------------

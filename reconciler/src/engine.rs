@@ -239,6 +239,7 @@ impl Engine {
 
     /// Commit the deletion of the old state, then end the record.
     pub(crate) fn finish(&self, f: OwedFinish) -> Result<()> {
+        crate::fault::point("rollback:before-commit");
         self.sys.commit(&f.mount)?;
         crate::fault::point("rollback:after-commit");
         self.store.end(&f.op_id)
