@@ -162,20 +162,7 @@ impl Engine {
             // fdatasync can run while the ioctl does: whichever of the two a power cut keeps,
             // the checkpoint is found with its message, metadata and pin (issues 9 and 10).
             let carried = self.carry_record(&prepared, &entry);
-            let unrecorded = |e: Error| {
-                Error::new(
-                    e.code,
-                    format!(
-                        "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
-                        prepared.id, prepared.ws_id, e.message
-                    ),
-                )
-                .hint(format!(
-                    "free space in {} (`df {}`) and retry; nothing was changed",
-                    self.state_dir().display(),
-                    self.state_dir().display()
-                ))
-            };
+            let unrecorded = |e: Error| self.not_recorded(&prepared, e);
             let line = self
                 .store
                 .record_checkpoint_deferred(&prepared.ws_id, &prepared.id, &entry)
@@ -233,6 +220,23 @@ impl Engine {
         }
     }
 
+    /// The error of a checkpoint that was not taken because its record could not be written.
+    fn not_recorded(&self, p: &PreparedCheckpoint, e: Error) -> Error {
+        let dir = self.state_dir();
+        Error::new(
+            e.code,
+            format!(
+                "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
+                p.id, p.ws_id, e.message
+            ),
+        )
+        .hint(format!(
+            "free space in {} (`df {}`) and retry; nothing was changed",
+            dir.display(),
+            dir.display()
+        ))
+    }
+
     /// The snapshot exists but the journal line could not be made durable: a failed
     /// checkpoint leaves no snapshot (issue 10), so it is deleted and the record withdrawn.
     /// When the deletion fails too, the snapshot stays, carrying its record: it is what any
@@ -250,18 +254,7 @@ impl Engine {
         {
             Ok(()) => {
                 self.store.withdraw_checkpoint(&p.ws_id, &p.id);
-                Err(Error::new(
-                    e.code,
-                    format!(
-                        "checkpoint {} of workspace {} was not taken: it could not be recorded: {}",
-                        p.id, p.ws_id, e.message
-                    ),
-                )
-                .hint(format!(
-                    "free space in {} (`df {}`) and retry; nothing was changed",
-                    self.state_dir().display(),
-                    self.state_dir().display()
-                )))
+                Err(self.not_recorded(&p, e))
             }
             Err(d) => {
                 tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, delete_error = %d, "the journal line of a checkpoint failed and its snapshot could not be deleted; kept, with the record it carries");

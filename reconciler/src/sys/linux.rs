@@ -6,7 +6,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -137,49 +137,19 @@ impl Sys for LinuxSys {
     fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()> {
         const OP: &str = "set the checkpoint record of";
         let dir = open_dir(OP, subvol)?;
-        let name = record_xattr_name();
-        // SAFETY: `name` is NUL-terminated; `record` is readable for `record.len()` bytes; the
-        // fd is an open directory.
-        let rc = unsafe {
-            libc::fsetxattr(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                record.as_ptr().cast(),
-                record.len(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(SysError::io(OP, subvol, std::io::Error::last_os_error()));
-        }
-        Ok(())
+        let target = crate::tree::xattr::Target::Fd(dir.as_fd());
+        crate::tree::xattr::set(target, &record_xattr_name(), record)
+            .map_err(|e| SysError::io(OP, subvol, e))
     }
 
     fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>> {
         const OP: &str = "read the checkpoint record of";
         let dir = open_dir(OP, subvol)?;
-        let name = record_xattr_name();
-        // The largest xattr value Linux allows (XATTR_SIZE_MAX).
-        let mut buf = vec![0u8; 65536];
-        // SAFETY: `name` is NUL-terminated; `buf` is writable for `buf.len()` bytes; the fd is
-        // an open directory.
-        let n = unsafe {
-            libc::fgetxattr(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
-                _ => Err(SysError::io(OP, subvol, e)),
-            };
+        let target = crate::tree::xattr::Target::Fd(dir.as_fd());
+        match crate::tree::xattr::get(target, &record_xattr_name()) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+            r => r.map_err(|e| SysError::io(OP, subvol, e)),
         }
-        buf.truncate(n as usize);
-        Ok(Some(buf))
     }
 
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {

@@ -114,7 +114,7 @@ mod sparse;
 mod verify;
 mod walk;
 pub mod worker;
-mod xattr;
+pub(crate) mod xattr;
 
 pub use creds::{report as current_credentials, CredReport, Owner};
 pub use error::{Op, TreeError};
