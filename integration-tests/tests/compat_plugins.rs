@@ -10,11 +10,25 @@ use ws_ckpt_integration_tests::compat_support::{
     PolicyView,
 };
 
-/// Make an unrelated workspace detached, so that the host's overall health is degraded.
+/// Make an unrelated workspace detached, so that the host's overall health is degraded. The
+/// daemon may repair the symlink between the removal and the mkdir (EEXIST): try again.
 fn degrade_host(c: &Compat) {
     let other = c.workspace("someone-elses");
-    fs::remove_file(&other).unwrap();
-    fs::create_dir(&other).unwrap();
+    for _ in 0..50 {
+        if fs::symlink_metadata(&other).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&other).unwrap();
+        }
+        match fs::create_dir(&other) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if fs::symlink_metadata(&other).is_ok_and(|m| m.is_dir()) {
+                    return;
+                }
+            }
+            Err(e) => panic!("cannot make {other} a plain directory: {e}"),
+        }
+    }
+    panic!("{other} kept coming back as a symlink (50 tries)");
 }
 
 #[test]
