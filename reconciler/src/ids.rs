@@ -126,7 +126,7 @@ pub fn check_snapshot_id(id: &str) -> Result<(), Error> {
 pub fn generate_snapshot_id(now: SystemTime, taken: impl Fn(&str) -> bool) -> String {
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (y, mo, day) = civil_from_days((secs / 86_400) as i64);
+    let (y, mo, day) = crate::time::civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     let base = format!(
         "{y:04}{mo:02}{day:02}-{:02}{:02}{:02}-{:03}",
@@ -136,20 +136,6 @@ pub fn generate_snapshot_id(now: SystemTime, taken: impl Fn(&str) -> bool) -> St
         d.subsec_millis()
     );
     first_free(base, taken)
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -240,7 +226,7 @@ mod tests {
         let b = generate_snapshot_id(t + Duration::from_secs(1), |_| false);
         assert!(b > a);
         assert_eq!(generate_snapshot_id(t, |id| id == a), format!("{a}-2"));
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_416), (2025, 11, 24));
+        assert_eq!(crate::time::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(crate::time::civil_from_days(20_416), (2025, 11, 24));
     }
 }

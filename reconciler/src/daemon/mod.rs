@@ -8,6 +8,7 @@
 //! This module must not plan or change the system itself: it calls the engine. (`daemon
 //! --check`, which only plans and never takes the lock, is the client's: `client`.)
 
+mod heap;
 pub mod notify;
 mod reconcile;
 pub mod server;

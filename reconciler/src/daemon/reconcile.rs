@@ -87,6 +87,8 @@ impl Shared {
         )) {
             tracing::warn!(error = %e, "cannot send status to systemd");
         }
+        drop(report);
+        super::heap::release_free_memory();
         interval
     }
 

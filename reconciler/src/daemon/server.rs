@@ -238,8 +238,10 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
 
 fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
     tracing::debug!(uid = caller.uid, pid = caller.pid, "connection");
+    let mut heavy = false;
     ipc::serve_connection(stream, ipc::Timeouts::DAEMON, &mut |req| {
         let op = req.op();
+        heavy |= super::heap::is_heavy(op);
         let r = handler(&caller, req);
         match &r {
             Ok(_) => tracing::debug!(uid = caller.uid, pid = caller.pid, op, "request done"),
@@ -249,6 +251,10 @@ fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
         }
         r
     });
+    // Answered: what the request freed goes back to the kernel, off the client's time.
+    if heavy {
+        super::heap::release_free_memory();
+    }
     // The request is over, answered or not (a client killed meanwhile): tests that kill a
     // client wait for this line before they judge what the daemon did.
     tracing::debug!(uid = caller.uid, pid = caller.pid, "connection closed");

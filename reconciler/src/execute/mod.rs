@@ -376,14 +376,11 @@ pub fn new_entry(
     metadata: Option<serde_json::Value>,
     pinned: bool,
 ) -> SnapshotEntry {
-    SnapshotEntry {
-        message,
-        metadata,
-        pinned,
-        created_at: crate::time::Timestamp::nanos(created),
-        missing: false,
-        extra: Default::default(),
-    }
+    let mut e = SnapshotEntry::new(crate::time::Timestamp::nanos(created));
+    e.set_message(message);
+    e.set_metadata(metadata);
+    e.pinned = pinned;
+    e
 }
 
 /// fsync a directory (best effort; logged on failure).

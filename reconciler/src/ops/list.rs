@@ -306,8 +306,8 @@ impl Engine {
                             ListSnapshot {
                                 id: id.clone(),
                                 created_at: e.created_at.clone(),
-                                message: e.message.clone(),
-                                metadata: e.metadata.clone(),
+                                message: e.message().map(str::to_string),
+                                metadata: e.metadata(),
                                 pinned: e.pinned,
                                 missing: e.missing || gone,
                                 snapshot_path: path,

@@ -1086,10 +1086,10 @@ fn a_checkpoint_interrupted_after_its_snapshot_keeps_message_metadata_and_pin() 
     assert_eq!(env.ids("a"), ["k1"]);
     let got = env.engine.store.snapshot_entry(&ws_id, "k1").unwrap();
     assert_eq!(
-        (&got.message, &got.metadata, got.pinned, &got.created_at),
+        (got.message(), got.metadata(), got.pinned, &got.created_at),
         (
-            &entry.message,
-            &entry.metadata,
+            entry.message(),
+            entry.metadata(),
             entry.pinned,
             &entry.created_at
         ),

@@ -26,10 +26,11 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use super::entry::SnapshotEntry;
+
 use super::atomic::{fsync_dir, move_aside};
 use super::journal::{read_optional, JournalFiles, Replay};
 use super::StateError;
-use crate::time::Timestamp;
 
 /// File name of the full index.
 pub const INDEX_FILE: &str = "index.json";
@@ -40,40 +41,6 @@ pub const JOURNAL_FILE: &str = "journal.jsonl";
 pub const COMPACT_MIN_JOURNAL_BYTES: u64 = 64 * 1024;
 /// Mode of index files (they hold every message and metadata: root only, SPEC §7.3).
 const INDEX_FILE_MODE: u32 = 0o600;
-
-/// One snapshot of a workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotEntry {
-    /// The checkpoint message (`-m`).
-    pub message: Option<String>,
-    /// Caller-supplied JSON metadata (`--metadata`).
-    pub metadata: Option<Value>,
-    /// Pinned snapshots are never removed by retention.
-    #[serde(default)]
-    pub pinned: bool,
-    /// Creation time (RFC 3339, parsed once when read).
-    pub created_at: Timestamp,
-    /// The snapshot subvolume was found gone (shown as MISSING).
-    #[serde(default)]
-    pub missing: bool,
-    /// Fields this version does not know; written back unchanged.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl SnapshotEntry {
-    /// An unpinned entry without message or metadata.
-    pub fn new(created_at: Timestamp) -> Self {
-        SnapshotEntry {
-            message: None,
-            metadata: None,
-            pinned: false,
-            created_at,
-            missing: false,
-            extra: Map::new(),
-        }
-    }
-}
 
 /// The index of one workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,11 +252,11 @@ impl IndexStore {
             Err(e) => return corrupt(dir, now, format!("{INDEX_FILE}: {e}")),
         };
         let Some(journal) = journal else {
-            return Ok(IndexLoad::Loaded(index));
+            return Ok(loaded(index));
         };
         let lines = match files.replay(&index_bytes, &journal) {
             Err(e) => return corrupt(dir, now, e),
-            Ok(Replay::Nothing) => return Ok(IndexLoad::Loaded(index)),
+            Ok(Replay::Nothing) => return Ok(loaded(index)),
             Ok(Replay::Stale) => {
                 // The compaction that produced this index.json was interrupted before it
                 // removed the journal: every operation in it is already part of index.json.
@@ -298,7 +265,7 @@ impl IndexStore {
                     "dropping a journal already folded into index.json (interrupted compaction)"
                 );
                 files.drop_journal()?;
-                return Ok(IndexLoad::Loaded(index));
+                return Ok(loaded(index));
             }
             Ok(Replay::Lines { lines, torn }) => {
                 if torn {
@@ -320,7 +287,7 @@ impl IndexStore {
                 Err(e) => return corrupt(dir, now, format!("{JOURNAL_FILE} line {line_no}: {e}")),
             }
         }
-        Ok(IndexLoad::Loaded(index))
+        Ok(loaded(index))
     }
 
     /// Append one op as one line with `O_APPEND` + `fdatasync`; O(1) in the number of snapshots.
@@ -438,6 +405,13 @@ impl IndexStore {
     }
 }
 
+/// A loaded index, its snapshot map shrunk to its size: the map grows by doubling while it is
+/// read, and the daemon keeps every index for as long as it runs.
+fn loaded(mut index: WorkspaceIndex) -> IndexLoad {
+    index.snapshots.shrink_to_fit();
+    IndexLoad::Loaded(index)
+}
+
 fn remove_dir_optional(path: &Path) -> Result<(), StateError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
@@ -481,6 +455,7 @@ fn corrupt(dir: &Path, now: SystemTime, error: String) -> Result<IndexLoad, Stat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::Timestamp;
     use serde_json::json;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -495,7 +470,7 @@ mod tests {
             i % 60
         )));
         if matches!(i % 3, 0) {
-            e.message = Some(format!("checkpoint {i}"));
+            e.set_message(Some(format!("checkpoint {i}")));
         }
         e
     }
@@ -549,7 +524,7 @@ mod tests {
         let ids: Vec<&str> = idx.snapshots.keys().map(String::as_str).collect();
         assert_eq!(ids, ["c1", "b0", "a9"], "file order, not sorted");
         assert!(idx.snapshots["b0"].pinned && idx.snapshots["b0"].missing);
-        assert_eq!(idx.snapshots["b0"].metadata, Some(json!({"k": [1]})));
+        assert_eq!(idx.snapshots["b0"].metadata(), Some(json!({"k": [1]})));
         assert!(!idx.snapshots["a9"].pinned && !idx.snapshots["a9"].missing);
 
         let out: Value = serde_json::to_value(&idx).unwrap();
@@ -933,7 +908,7 @@ mod tests {
         record(&store, ws, &mut idx, put("a", 0));
         let mut pinned = entry(1);
         pinned.pinned = true;
-        pinned.message = Some("agent step".into());
+        pinned.set_message(Some("agent step".into()));
         let intent = IndexOp::Checkpoint {
             id: "k".into(),
             entry: pinned.clone(),
@@ -951,8 +926,8 @@ mod tests {
         // Listed as recorded, with the lineage links the intent line carries.
         let k = &loaded.snapshots["k"];
         assert_eq!(
-            (&k.message, k.pinned, &k.created_at),
-            (&pinned.message, pinned.pinned, &pinned.created_at)
+            (k.message(), k.pinned, &k.created_at),
+            (pinned.message(), pinned.pinned, &pinned.created_at)
         );
         assert_eq!(loaded.head(), Some("k"));
         assert_eq!(loaded, idx);

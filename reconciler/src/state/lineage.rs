@@ -6,13 +6,14 @@
 //! children to its parent. `rollback -n N` follows the chain: 1 = the head, 2 = its parent…
 //!
 //! The fields keep upstream's names and places in `index.json` (inside each entry, and `head`
-//! at the top level; in memory they live in the entries' and the index's `extra`), so an index
-//! we write stays readable by a 0.5.0 daemon and one it wrote drives `-n` here.
+//! at the top level; in memory they live in the entries, see `state::entry`, and in the index's
+//! `extra`), so an index we write stays readable by a 0.5.0 daemon and one it wrote drives `-n` here.
 //!
 //! Pure: each function reads an index and returns the one [`IndexOp`] that applies a change
 //! with its links kept consistent (a `Batch`, appended as one journal line). It never decides
 //! what to snapshot, roll back or delete.
 
+use super::entry::{CHILDREN, PARENT};
 use super::index::{IndexOp, SnapshotEntry, WorkspaceIndex};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -20,48 +21,27 @@ use std::collections::BTreeMap;
 /// The `child_ids` entry of the snapshot the live workspace descends from.
 pub const LIVE_CHILD: &str = "__live__";
 
-const PARENT: &str = "parent_id";
-const CHILDREN: &str = "child_ids";
 const HEAD: &str = "head";
 
 impl SnapshotEntry {
-    /// The snapshot the live workspace descended from when this one was taken.
-    pub fn parent_id(&self) -> Option<&str> {
-        self.extra.get(PARENT).and_then(Value::as_str)
-    }
-
-    /// The snapshots taken from this one (and [`LIVE_CHILD`] when it is the head).
-    pub fn child_ids(&self) -> Vec<&str> {
-        self.extra
-            .get(CHILDREN)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default()
-    }
-
     fn set_parent_id(&mut self, parent: Option<&str>) {
         match parent {
-            Some(p) => {
-                self.extra.insert(PARENT.into(), Value::from(p));
-            }
+            Some(p) => self.put_parent(Some(p)),
             None => {
                 // Present-but-null is how 0.5.0 writes a root; absent is how 0.3 wrote every
                 // entry. Either reads as "no parent"; keep whichever the entry had.
-                if self.extra.contains_key(PARENT) {
-                    self.extra.insert(PARENT.into(), Value::Null);
+                if self.has_field(PARENT) {
+                    self.put_parent(None);
                 }
             }
         }
     }
 
     fn set_child_ids(&mut self, children: &[String]) {
-        if children.is_empty() && !self.extra.contains_key(CHILDREN) {
+        if children.is_empty() && !self.has_field(CHILDREN) {
             return;
         }
-        self.extra.insert(
-            CHILDREN.into(),
-            Value::Array(children.iter().map(|c| Value::from(c.as_str())).collect()),
-        );
+        self.put_children(children);
     }
 
     fn owned_children(&self) -> Vec<String> {
@@ -152,7 +132,7 @@ pub fn checkpoint(index: &WorkspaceIndex, id: &str, mut entry: SnapshotEntry) ->
     entry.set_parent_id(parent.as_deref());
     if entry.parent_id().is_none() {
         // A root: written as 0.5.0 writes one.
-        entry.extra.insert(PARENT.into(), Value::Null);
+        entry.put_parent(None);
     }
     entry.set_child_ids(&[LIVE_CHILD.to_string()]);
     let mut ops = ch.into_ops();

@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub mod atomic;
+mod entry;
 pub mod files;
 pub mod index;
 pub(crate) mod journal;

@@ -586,10 +586,20 @@ fn statx_at(dir: &File, name: &std::ffi::CStr, flags: libc::c_int) -> Result<Ent
 
 /// Every subvolume reference held by subvolume `root_id` (the filesystem of `fd`): the
 /// subvolumes whose directory entry is in one of its directories, as (inode of that
-/// directory, entry name), in subvolume-ID order. One `BTRFS_IOC_TREE_SEARCH` pass over the
-/// root tree's `ROOT_REF` items of `root_id`.
+/// directory, entry name), in subvolume-ID order. See [`each_root_ref`].
 fn root_refs(fd: &File, root_id: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
     let mut found = Vec::new();
+    each_root_ref(fd, root_id, &mut |dirid, name| {
+        found.push((dirid, name.to_vec()))
+    })?;
+    Ok(found)
+}
+
+/// `f(inode of the directory, entry name)` for every subvolume reference held by subvolume
+/// `root_id`, in subvolume-ID order, without collecting them (100 000 of them are megabytes
+/// the caller mostly filters out). One `BTRFS_IOC_TREE_SEARCH` pass over the root tree's
+/// `ROOT_REF` items of `root_id`.
+fn each_root_ref(fd: &File, root_id: u64, f: &mut dyn FnMut(u64, &[u8])) -> Result<(), Errno> {
     let mut min_offset = 0u64;
     loop {
         let mut args = Box::new(BtrfsSearchArgs {
@@ -641,7 +651,7 @@ fn root_refs(fd: &File, root_id: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
             let dirid = u64::from_le_bytes(item[0..8].try_into().unwrap_or([0; 8]));
             let name_len = u16::from_le_bytes([item[16], item[17]]) as usize;
             if let Some(name) = item.get(18..18 + name_len) {
-                found.push((dirid, name.to_vec()));
+                f(dirid, name);
             }
         }
         match last {
@@ -649,7 +659,7 @@ fn root_refs(fd: &File, root_id: u64) -> Result<Vec<(u64, Vec<u8>)>, Errno> {
             _ => break,
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// [`Sys::list_subvolumes_many`] from the subvolume references: each directory is opened
@@ -713,19 +723,19 @@ fn list_by_root_refs(dirs: &[PathBuf]) -> Result<Vec<SysResult<Vec<String>>>, Er
     }
     let mut names: HashMap<(Root, u64), Vec<String>> = HashMap::new();
     for (key, (file, wanted)) in &roots {
-        for (dirid, name) in root_refs(file, key.1)? {
+        each_root_ref(file, key.1, &mut |dirid, name| {
             if !wanted.contains(&dirid) {
-                continue;
+                return;
             }
-            match String::from_utf8(name) {
-                Ok(n) => names.entry((*key, dirid)).or_default().push(n),
-                Err(raw) => tracing::warn!(
+            match std::str::from_utf8(name) {
+                Ok(n) => names.entry((*key, dirid)).or_default().push(n.to_string()),
+                Err(_) => tracing::warn!(
                     dir_inode = dirid,
-                    name = %String::from_utf8_lossy(raw.as_bytes()),
+                    name = %String::from_utf8_lossy(name),
                     "ignoring subvolume whose name is not UTF-8"
                 ),
             }
-        }
+        })?;
     }
     // Each list is moved out for the last directory that wants it (the same directory named
     // twice gets a copy): 100 000 names are not held twice.
