@@ -201,7 +201,7 @@ impl Executor<'_> {
                         .checkpoint_record(&p)
                         .ok()
                         .flatten()
-                        .and_then(|b| crate::ops::CheckpointNote::entry_for(&b, ws_id, id));
+                        .and_then(|b| crate::state::CheckpointNote::entry_for(&b, ws_id, id));
                     match carried {
                         Some(entry) => {
                             tracing::info!(ws_id, snapshot = %id, "adopting a checkpoint with the record its snapshot carries");

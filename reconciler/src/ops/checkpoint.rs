@@ -11,8 +11,9 @@ use crate::fault;
 use crate::ids::{self, check_snapshot_id};
 use crate::model::PathState;
 use crate::observe::path_state;
+use crate::state::CheckpointNote;
 use crate::state::WorkspaceEntry;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -67,34 +68,6 @@ pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoin
             Error::from(e)
         }
     })
-}
-
-/// The record a checkpoint's snapshot carries (xattr [`crate::sys::CHECKPOINT_RECORD_XATTR`]
-/// of its root): read back when the snapshot is found without an index entry.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct CheckpointNote {
-    pub(crate) ws_id: String,
-    pub(crate) id: String,
-    pub(crate) entry: crate::state::SnapshotEntry,
-}
-
-/// Largest record put on a snapshot: an xattr value fits in one btrfs leaf (about 16 KiB
-/// with the default node size; the kernel refuses larger ones, and the record is then
-/// written to the journal first).
-const MAX_NOTE_BYTES: usize = 15 * 1024;
-
-impl CheckpointNote {
-    /// The entry `bytes` (read from the snapshot `id` of workspace `ws_id`) records, when it
-    /// is the record of that very snapshot: a record inherited by a later snapshot (the
-    /// workspace root carries the last one, and a rollback copies it back) names another ID.
-    pub(crate) fn entry_for(
-        bytes: &[u8],
-        ws_id: &str,
-        id: &str,
-    ) -> Option<crate::state::SnapshotEntry> {
-        let note: CheckpointNote = serde_json::from_slice(bytes).ok()?;
-        (note.ws_id == ws_id && note.id == id).then_some(note.entry)
-    }
 }
 
 /// Largest checkpoint message, in bytes of UTF-8 (SPEC §7.3).
@@ -208,7 +181,7 @@ impl Engine {
         let Ok(bytes) = serde_json::to_vec(&note) else {
             return false;
         };
-        if bytes.len() > MAX_NOTE_BYTES {
+        if bytes.len() > crate::state::record::MAX_NOTE_BYTES {
             return false;
         }
         match self.sys().set_checkpoint_record(&p.subvol, &bytes) {

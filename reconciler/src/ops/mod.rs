@@ -29,7 +29,6 @@ mod rollback;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use checkpoint::CheckpointNote;
 pub use checkpoint::{take_checkpoint_snapshot, CheckpointResult, PreparedCheckpoint};
 pub use cleanup::CleanupResult;
 pub use delete::DeleteResult;

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::engine::ApplyOptions;
 use crate::execute::{exchange, new_entry};
 use crate::ids;
+use crate::state::CheckpointNote;
 use crate::state::{PendingKind, RollbackPhase};
 use crate::sys::fake::FakeSys;
 use crate::sys::Sys;
@@ -1253,7 +1254,7 @@ fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
         .unwrap()
         .expect("the snapshot carries its record");
     let entry = CheckpointNote::entry_for(&carried, &id, "p1").expect("its own record");
-    assert_eq!(entry.message.as_deref(), Some("keep me"));
+    assert_eq!(entry.message(), Some("keep me"));
     assert!(entry.pinned);
     assert!(CheckpointNote::entry_for(&carried, &id, "other").is_none());
 
@@ -1261,7 +1262,7 @@ fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
     // with its record and no index line.
     let subvol = res.ws_subvol(&id);
     let mut lost = new_entry(SystemTime::now(), Some("lost line".into()), None, true);
-    lost.metadata = Some(serde_json::json!({"k": "v"}));
+    lost.set_metadata(Some(serde_json::json!({"k": "v"})));
     let note = serde_json::to_vec(&CheckpointNote {
         ws_id: id.clone(),
         id: "lost".into(),
@@ -1281,11 +1282,11 @@ fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
     assert!(report.ok(), "{report:#?}");
     let index = env.engine.store.read().indexes[&id].clone();
     let lost = &index.snapshots["lost"];
-    assert_eq!(lost.message.as_deref(), Some("lost line"));
+    assert_eq!(lost.message(), Some("lost line"));
     assert!(lost.pinned, "the pin survives: retention must not take it");
-    assert_eq!(lost.metadata, Some(serde_json::json!({"k": "v"})));
+    assert_eq!(lost.metadata(), Some(serde_json::json!({"k": "v"})));
     let by_hand = &index.snapshots["by-hand"];
-    assert_eq!(by_hand.message, None);
+    assert_eq!(by_hand.message(), None);
     assert!(!by_hand.pinned);
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod journal;
 pub mod lineage;
 pub mod pending;
 pub mod pending_journal;
+pub mod record;
 pub mod statefile;
 
 pub use atomic::{fsync_dir, move_aside, write_atomic, write_atomic_mode, DEFAULT_FILE_MODE};
@@ -27,6 +28,7 @@ pub use index::{
 };
 pub use pending::{InitPhase, PendingEntry, PendingKind, PendingOp, ReleasePhase, RollbackPhase};
 pub use pending_journal::{PendingChange, StateJournal, STATE_JOURNAL_FILE};
+pub use record::CheckpointNote;
 pub use statefile::{
     load_state, save_state, ActionFailure, BackendIdentity, BackendPaths, BackendType, LoopImage,
     ParentRecord, SelectionMethod, StateFile, StateLoad, WorkspaceEntry, STATE_FILE_MODE,

@@ -185,7 +185,7 @@ pub enum SubvolumeCheck {
 /// The xattr a checkpoint's snapshot carries its own index record in ([`Sys::set_checkpoint_record`]):
 /// a snapshot whose index line was lost in a power cut is adopted with its message, metadata
 /// and pin. Copies and verifications of trees leave it out, and so does `diff`.
-pub const CHECKPOINT_RECORD_XATTR: &str = "trusted.ws-ckpt.checkpoint";
+pub const CHECKPOINT_RECORD_XATTR: &str = crate::tree::CHECKPOINT_RECORD_XATTR;
 
 /// Every side effect on btrfs, loop devices and mounts.
 ///

@@ -95,7 +95,7 @@ pub(crate) fn names(t: Target<'_>) -> io::Result<Vec<CString>> {
             .split(|b| *b == 0)
             .filter(|s| !s.is_empty())
             // ws-ckpt's own record on a workspace root is not part of the user's tree.
-            .filter(|s| *s != crate::sys::CHECKPOINT_RECORD_XATTR.as_bytes())
+            .filter(|s| *s != super::CHECKPOINT_RECORD_XATTR.as_bytes())
             .filter_map(|s| CString::new(s).ok())
             .collect();
         names.sort();
