@@ -687,10 +687,12 @@ fn kill9_at_every_step_then_apply_converges() {
         a.ok();
         a
     };
-    // Rollback old → new; before the exchange the workspace keeps "old" content.
+    // Rollback old → new; before the copy exists the workspace keeps "old" content; from then
+    // on recovery finishes the rollback (the record names the live subvolume, so it can tell
+    // whether the exchange happened).
     for (point, done) in [
         ("rollback:after-begin", false),
-        ("rollback:after-snapshot", false),
+        ("rollback:after-snapshot", true),
         ("rollback:after-exchange", true),
         ("rollback:after-delete-old", true),
     ] {
