@@ -4,6 +4,7 @@
 mod args;
 mod cmd;
 mod gen;
+mod json;
 mod output;
 
 use clap::Parser;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use ws_ckpt::error::Error;
+use ws_ckpt::error::{Error, ErrorCode};
 
 /// A string made safe for a terminal: control characters (C0 including newline and tab,
 /// DEL, C1) are written as escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{9b}`), so a path, message
@@ -43,6 +43,39 @@ pub(crate) fn json<T: Serialize>(v: &T) {
         .map_err(std::io::Error::from)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
+    if let Err(e) = written {
+        // A closed stdout (`| head`) is not an error of ours to report.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write output: {e}");
+        }
+    }
+}
+
+/// Print a result's compact JSON text as [`json`] prints its value, from the text itself
+/// (`crate::json`: nothing is decoded); an error when the text is not JSON.
+pub(crate) fn json_text(text: &[u8]) -> Result<(), Error> {
+    let Some(mut out) = crate::json::pretty(text) else {
+        return Err(Error::new(
+            ErrorCode::Io,
+            "unexpected reply from ws-ckpt: the result is not valid JSON",
+        ));
+    };
+    out.push(b'\n');
+    write_stdout(&out);
+    Ok(())
+}
+
+/// Write `bytes` to stdout in one go (a closed stdout is not reported).
+pub(crate) fn write_stdout(bytes: &[u8]) {
+    use std::io::Write as _;
+    write_stdout_with(|w| w.write_all(bytes).and_then(|()| w.flush()));
+}
+
+/// Write to stdout with `write` (a closed stdout is not reported).
+pub(crate) fn write_stdout_with(
+    write: impl FnOnce(&mut std::io::StdoutLock<'_>) -> std::io::Result<()>,
+) {
+    let written = write(&mut std::io::stdout().lock());
     if let Err(e) = written {
         // A closed stdout (`| head`) is not an error of ours to report.
         if e.kind() != std::io::ErrorKind::BrokenPipe {

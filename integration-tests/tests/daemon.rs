@@ -919,23 +919,53 @@ fn cli_output_is_the_same_in_process_and_through_the_daemon() {
     let w = a.to_str().unwrap();
     env.run(&["checkpoint", "-w", w, "-s", "one", "-m", "first"])
         .ok();
-    env.run(&["checkpoint", "-w", w, "-s", "two", "--pin"]).ok();
-    let commands: [&[&str]; 4] = [
+    env.run(&[
+        "checkpoint",
+        "-w",
+        w,
+        "-s",
+        "two \"quoted\" é",
+        "--pin",
+        "-m",
+        "tab\there, newline\nthere",
+        "--metadata",
+        r#"{"tool":"edit","n":[1,2.5,-0.0,1e-7],"nested":{"empty":{},"list":[],"s":"\u001b\\"}}"#,
+    ])
+    .ok();
+    let commands: [&[&str]; 6] = [
         &["list"],
         &["list", "-w", w],
-        &["diff", "-w", w, "-f", "one", "-t", "two"],
+        &["list", "-w", w, "--limit", "1"],
+        &["list", "--cursor", "7b7d"],
+        &["diff", "-w", w, "-f", "one", "-t", "two \"quoted\" é"],
         &["plan"],
     ];
     let capture = |env: &TestEnv| -> Vec<(String, String)> {
         commands
             .iter()
             .flat_map(|c| {
+                // A cursor it never issued is refused (in JSON: the error document).
+                let refused = c.contains(&"--cursor");
                 let table = env.run(c);
-                table.ok();
                 let mut j = vec!["--format", "json"];
                 j.extend_from_slice(c);
                 let json = env.run(&j);
-                json.ok();
+                for r in [&table, &json] {
+                    match refused {
+                        true => assert_eq!(r.code(), Some(1), "{c:?}: {}", r.stderr),
+                        false => {
+                            r.ok();
+                        }
+                    }
+                }
+                // serde_json's pretty form of the value, whichever way it was printed.
+                let v: serde_json::Value = serde_json::from_str(&json.stdout)
+                    .unwrap_or_else(|e| panic!("{c:?}: not JSON ({e}): {}", json.stdout));
+                assert_eq!(
+                    json.stdout,
+                    format!("{}\n", serde_json::to_string_pretty(&v).unwrap()),
+                    "{c:?}"
+                );
                 [
                     (table.stdout.clone(), table.stderr.clone()),
                     (json.stdout.clone(), String::new()),

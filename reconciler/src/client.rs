@@ -16,11 +16,12 @@ use crate::api::{Caller, Progress, Reply, Request};
 use crate::config::{Config, DEFAULT_RUNTIME_DIR};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::ipc;
+use crate::ipc::{self, RawResult};
 use crate::plan::PlanOptions;
 use crate::sys::linux::LinuxSys;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -130,6 +131,34 @@ impl Client {
         timeout: Duration,
         progress: Progress<'_>,
     ) -> Result<T> {
+        self.call_with(req, timeout, progress, ipc::exchange_as::<T>, Reply::decode)
+    }
+
+    /// [`Client::call`], with the result as compact JSON text, not decoded: from the daemon
+    /// the text it wrote, in-process the text of the engine's reply (the same text either
+    /// way), for a command that prints the result as JSON.
+    pub fn call_raw(
+        &self,
+        req: Request,
+        timeout: Duration,
+        progress: Progress<'_>,
+    ) -> Result<RawResult> {
+        self.call_with(req, timeout, progress, ipc::exchange_raw, |r| {
+            Ok(RawResult::from_reply(r))
+        })
+    }
+
+    /// The transport of [`Client::call_as`] and [`Client::call_raw`]: `exchange` sends the
+    /// request on a daemon connection and decodes its answer; `from_reply` decodes the
+    /// in-process reply.
+    fn call_with<T>(
+        &self,
+        req: Request,
+        timeout: Duration,
+        progress: Progress<'_>,
+        exchange: impl Fn(UnixStream, &Path, &Request, Duration) -> ipc::Exchange<T>,
+        from_reply: impl Fn(Reply) -> Result<T>,
+    ) -> Result<T> {
         let deadline = Instant::now() + START_WAIT;
         let mut waited_for: Option<String> = None;
         let mut wait = |what: String| {
@@ -145,7 +174,7 @@ impl Client {
         loop {
             let last_chance = Instant::now() >= deadline;
             if let Some(stream) = ipc::connect(&self.socket)? {
-                match ipc::exchange_as(stream, &self.socket, &req, timeout) {
+                match exchange(stream, &self.socket, &req, timeout) {
                     ipc::Exchange::Answered(r) => return r,
                     ipc::Exchange::NotTaken(e) if last_chance => return Err(e),
                     ipc::Exchange::NotTaken(_) => {
@@ -180,7 +209,7 @@ impl Client {
             }
             match self
                 .in_process(config, &req, progress)
-                .and_then(Reply::decode)
+                .and_then(&from_reply)
             {
                 Err(e) if e.code == ErrorCode::Locked && !last_chance => {
                     // Another in-process command, or a daemon that took the lock just now.

@@ -308,8 +308,8 @@ fn dispatch(
                 limit: *limit,
                 cursor: cursor.clone(),
             };
-            // Thousands of snapshots: written as text once, not built as a value tree.
-            Reply::json_of(&engine.list(caller, ws.as_ref(), &page)?)
+            // Thousands of snapshots: written as text once, from the indexes themselves.
+            Ok(Reply::Json(engine.list_json(caller, ws.as_ref(), &page)?))
         }
         Request::Delete {
             snapshot,

@@ -1,7 +1,8 @@
 //! One function per subcommand (one file per group): each builds a [`Request`], hands it to the
 //! library's [`Client`] (the daemon when one answers, else in-process as root), and prints the
 //! JSON result as a table or as is. The output is the same either way because both routes
-//! produce the same JSON value. `WS_CKPT_SOCKET` (upstream's variable) pins the daemon's
+//! produce the same JSON text; in JSON mode it is re-printed from that text without decoding
+//! it ([`crate::json`]). `WS_CKPT_SOCKET` (upstream's variable) pins the daemon's
 //! socket: then nothing runs in-process.
 //!
 //! After a successful change in table mode, the last stdout line is upstream's
@@ -24,6 +25,7 @@ use std::time::Duration;
 use ws_ckpt::api::Request;
 use ws_ckpt::client::Client;
 use ws_ckpt::error::{Error, ErrorCode};
+use ws_ckpt::ipc::RawResult;
 use ws_ckpt::paths::absolute_user_path;
 use ws_ckpt::tree::Progress;
 
@@ -176,6 +178,26 @@ fn dispatch(cli: &Cli) -> Result<i32, Error> {
 fn call(cli: &Cli, req: Request, timeout: Duration) -> Result<Value, Error> {
     let mut progress = progress_printer();
     client(cli).call(req, timeout, &mut progress)
+}
+
+/// [`call`] for a command whose JSON output is its result unchanged: in JSON mode the result
+/// is printed from its text as it came (not decoded, see [`crate::json`]) and `None` is
+/// returned; in table mode its value is returned for the table.
+fn call_or_print(cli: &Cli, req: Request, timeout: Duration) -> Result<Option<Value>, Error> {
+    let mut progress = progress_printer();
+    let client = client(cli);
+    if !json_mode(cli) {
+        return client.call(req, timeout, &mut progress).map(Some);
+    }
+    let raw = client.call_raw(req, timeout, &mut progress)?;
+    output::json_text(raw.bytes())?;
+    Ok(None)
+}
+
+/// [`call`], with the result as the JSON text it came as.
+fn call_raw(cli: &Cli, req: Request, timeout: Duration) -> Result<RawResult, Error> {
+    let mut progress = progress_printer();
+    client(cli).call_raw(req, timeout, &mut progress)
 }
 
 /// [`call`], with the result decoded straight into `T`.

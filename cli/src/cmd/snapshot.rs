@@ -1,6 +1,6 @@
 //! The snapshot commands: `checkpoint`, `rollback`, `list`, `delete`, `cleanup`, `diff`.
 
-use super::{call, call_as, confirm, json_mode, str_of, ws_spec, QUICK, SLOW};
+use super::{call_as, call_or_print, call_raw, confirm, json_mode, str_of, ws_spec, QUICK, SLOW};
 use crate::args::Cli;
 use crate::output;
 use serde_json::Value;
@@ -37,10 +37,7 @@ pub(super) fn checkpoint(
         metadata,
         pin,
     };
-    let v = call(cli, req, SLOW)?;
-    if json_mode(cli) {
-        output::json(&v);
-    } else {
+    if let Some(v) = call_or_print(cli, req, SLOW)? {
         if v["initialized"] == true {
             eprintln!(
                 "initialized {} as workspace {}",
@@ -72,10 +69,10 @@ pub(super) fn rollback(
         force,
         preview,
     };
-    let v = call(cli, req, QUICK)?;
-    if json_mode(cli) {
-        output::json(&v);
-    } else if preview {
+    let Some(v) = call_or_print(cli, req, QUICK)? else {
+        return Ok(0);
+    };
+    if preview {
         println!("Rollback preview (no changes applied)");
         println!("Target snapshot: {}", str_of(&v["snapshot"]));
         println!();
@@ -105,27 +102,43 @@ pub(super) fn list(
         limit,
         cursor,
     };
-    let listed: ListResult = call_as(cli, req, QUICK)?;
     if json_mode(cli) {
-        let items = listed.items();
-        if paged {
-            /// One page, as ws-ckpt 0.5.0 prints it.
-            #[derive(serde::Serialize)]
-            struct Page<'a> {
-                snapshots: Vec<ws_ckpt::ops::ListItem<'a>>,
-                next_cursor: Option<&'a str>,
-            }
-            output::json(&Page {
-                snapshots: items,
-                next_cursor: listed.next_cursor.as_ref().and_then(|c| c.as_deref()),
-            });
-        } else {
-            output::json(&items);
+        let raw = call_raw(cli, req, QUICK)?;
+        // Straight from the reply's text; a reply of another shape is decoded (and refused
+        // with a message when it is no list at all).
+        match crate::json::list_output(raw.bytes(), paged) {
+            Some(listed) => output::write_stdout_with(|w| listed.write_to(w)),
+            None => print_list_json(&parse_list(raw.bytes())?, paged),
         }
     } else {
-        print_list(&listed);
+        print_list(&call_as(cli, req, QUICK)?);
     }
     Ok(0)
+}
+
+/// A list reply decoded.
+fn parse_list(text: &[u8]) -> Result<ListResult, Error> {
+    serde_json::from_slice(text)
+        .map_err(|e| Error::new(ErrorCode::Io, format!("unexpected reply from ws-ckpt: {e}")))
+}
+
+/// `list --format json` of a decoded list: upstream's array of items, or one page.
+fn print_list_json(listed: &ListResult, paged: bool) {
+    let items = listed.items();
+    if paged {
+        /// One page, as ws-ckpt 0.5.0 prints it.
+        #[derive(serde::Serialize)]
+        struct Page<'a> {
+            snapshots: Vec<ws_ckpt::ops::ListItem<'a>>,
+            next_cursor: Option<&'a str>,
+        }
+        output::json(&Page {
+            snapshots: items,
+            next_cursor: listed.next_cursor.as_ref().and_then(|c| c.as_deref()),
+        });
+    } else {
+        output::json(&items);
+    }
 }
 
 /// `delete [-w WS] -s ID [--force] [--dry-run]`. A pinned or MISSING snapshot without
@@ -144,7 +157,7 @@ pub(super) fn delete(
         force,
         dry_run,
     };
-    let v = match call(cli, req(force), QUICK) {
+    let v = match call_or_print(cli, req(force), QUICK) {
         Err(e)
             if !force
                 && matches!(
@@ -159,13 +172,11 @@ pub(super) fn delete(
                 eprintln!("Operation cancelled: {snapshot} was not deleted.");
                 return Ok(0);
             }
-            call(cli, req(true), QUICK)?
+            call_or_print(cli, req(true), QUICK)?
         }
         other => other?,
     };
-    if json_mode(cli) {
-        output::json(&v);
-    } else {
+    if let Some(v) = v {
         let verb = if dry_run { "would delete" } else { "deleted" };
         for id in v["deleted"].as_array().into_iter().flatten() {
             println!("{verb} {} from {}", str_of(id), str_of(&v["ws_id"]));
@@ -186,10 +197,7 @@ pub(super) fn cleanup(
         keep,
         dry_run,
     };
-    let v = call(cli, req, SLOW)?;
-    if json_mode(cli) {
-        output::json(&v);
-    } else {
+    if let Some(v) = call_or_print(cli, req, SLOW)? {
         let deleted = v["deleted"].as_array().cloned().unwrap_or_default();
         if deleted.is_empty() {
             println!(
@@ -223,10 +231,7 @@ pub(super) fn diff(
         from: from.to_string(),
         to,
     };
-    let v = call(cli, req, SLOW)?;
-    if json_mode(cli) {
-        output::json(&v)
-    } else {
+    if let Some(v) = call_or_print(cli, req, SLOW)? {
         print_diff(&v)
     }
     Ok(0)

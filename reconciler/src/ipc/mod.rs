@@ -191,7 +191,7 @@ pub fn response_line(result: &Result<Reply, Error>) -> Vec<u8> {
             if let Reply::Json(t) = r {
                 out.reserve(t.len() + 24);
             }
-            out.extend_from_slice(br#"{"ok":true,"result":"#);
+            out.extend_from_slice(OK_PREFIX);
             r.write_json(&mut out);
             out.push(b'}');
         }
@@ -257,6 +257,59 @@ pub fn decode_response_as<T: DeserializeOwned>(line: &[u8], socket: &Path) -> Re
     }
 }
 
+/// The start of every successful response line, as [`response_line`] writes it.
+const OK_PREFIX: &[u8] = br#"{"ok":true,"result":"#;
+
+/// A request's result as the compact JSON text the daemon wrote (or the in-process engine
+/// produced), not decoded: a command printing JSON re-prints it without building values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResult {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl RawResult {
+    /// The result's JSON text.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The text of an in-process reply (a text reply is taken as it is, not copied).
+    pub fn from_reply(reply: Reply) -> RawResult {
+        match reply {
+            Reply::Json(text) => RawResult::whole(text.into_bytes()),
+            other => {
+                let mut buf = Vec::new();
+                other.write_json(&mut buf);
+                RawResult::whole(buf)
+            }
+        }
+    }
+
+    fn whole(buf: Vec<u8>) -> RawResult {
+        let end = buf.len();
+        RawResult { buf, start: 0, end }
+    }
+}
+
+/// [`decode_response`] without decoding the result: its text is cut out of the line as
+/// [`response_line`] wrote it (the caller parses it, so it is not checked here). A line of
+/// another form (an error, or another writer's spacing) is decoded and the result re-encoded.
+pub fn decode_response_raw(line: Vec<u8>, socket: &Path) -> Result<RawResult, Error> {
+    if line.len() > OK_PREFIX.len() && line.starts_with(OK_PREFIX) && line.ends_with(b"}") {
+        let end = line.len() - 1;
+        return Ok(RawResult {
+            buf: line,
+            start: OK_PREFIX.len(),
+            end,
+        });
+    }
+    let v: Value = decode_response_as(&line, socket)?;
+    // Writing a Value into a Vec cannot fail.
+    Ok(RawResult::whole(serde_json::to_vec(&v).unwrap_or_default()))
+}
+
 /// Outcome of reading one line.
 #[derive(Debug)]
 pub enum Line {
@@ -271,25 +324,29 @@ pub enum Line {
 /// are [`IpcError::Io`].
 pub fn read_line_bounded<R: BufRead>(r: &mut R, limit: usize) -> Result<Line, IpcError> {
     let mut buf = Vec::new();
-    loop {
-        let chunk = match r.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(IpcError::Io {
-                    what: "reading from the socket".into(),
-                    source,
-                })
-            }
-        };
-        match line_step(&mut buf, chunk, limit)? {
-            Step::More(n) => r.consume(n),
-            Step::Done(n, line) => {
-                r.consume(n);
-                return Ok(line);
-            }
+    // At most one byte past the limit: enough to tell a line of `limit` bytes from a longer
+    // one. `read_until` finds the newline a word at a time (a `list` reply is megabytes).
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    match r.take(cap).read_until(b'\n', &mut buf) {
+        Ok(_) => {}
+        Err(source) => {
+            return Err(IpcError::Io {
+                what: "reading from the socket".into(),
+                source,
+            })
         }
     }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        return Ok(Line::Data(buf));
+    }
+    if buf.len() > limit {
+        return Err(IpcError::TooLong { limit });
+    }
+    Ok(match buf.is_empty() {
+        true => Line::Eof,
+        false => Line::Data(buf),
+    })
 }
 
 /// What one buffered chunk did to the line being read.
@@ -301,7 +358,7 @@ enum Step {
 }
 
 /// Append `chunk` up to its first newline to `buf` (an empty chunk is EOF), refusing a line
-/// longer than `limit` bytes: the line-splitting both readers share.
+/// longer than `limit` bytes: the server's line splitting.
 fn line_step(buf: &mut Vec<u8>, chunk: &[u8], limit: usize) -> Result<Step, IpcError> {
     if chunk.is_empty() {
         let line = match buf.is_empty() {
@@ -334,6 +391,20 @@ fn write_line(w: &mut impl Write, line: &str) -> std::io::Result<()> {
 fn write_bytes(w: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     w.write_all(bytes)?;
     w.flush()
+}
+
+/// Write one response line, the same bytes as [`response_line`]; a large text result (a
+/// `list`) is sent from where it is, not copied into the line's buffer first.
+fn write_response(w: &mut impl Write, result: &Result<Reply, Error>) -> std::io::Result<()> {
+    match result {
+        Ok(Reply::Json(t)) if t.len() >= 64 * 1024 => {
+            w.write_all(OK_PREFIX)?;
+            w.write_all(t.as_bytes())?;
+            w.write_all(b"}\n")?;
+            w.flush()
+        }
+        _ => write_bytes(w, &response_line(result)),
+    }
 }
 
 /// Read the next request line from a server connection: wait up to `t.idle` for its first
@@ -424,7 +495,7 @@ pub fn serve_connection(
             Ok(req) => {
                 let result = handler(req);
                 handled += 1;
-                if let Err(e) = write_bytes(&mut writer, &response_line(&result)) {
+                if let Err(e) = write_response(&mut writer, &result) {
                     tracing::debug!(error = %e, "cannot send the response; client gone");
                     break;
                 }
@@ -491,6 +562,31 @@ pub fn exchange_as<T: DeserializeOwned>(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<T> {
+    exchange_with(stream, socket, req, timeout, |line| {
+        decode_response_as(&line, socket)
+    })
+}
+
+/// [`exchange`], keeping the result as the text the daemon wrote ([`decode_response_raw`]).
+pub fn exchange_raw(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Exchange<RawResult> {
+    exchange_with(stream, socket, req, timeout, |line| {
+        decode_response_raw(line, socket)
+    })
+}
+
+/// [`exchange`] with the response line decoded by `decode`.
+fn exchange_with<T>(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+    decode: impl FnOnce(Vec<u8>) -> Result<T, Error>,
+) -> Exchange<T> {
     let t = Some(timeout).filter(|d| !d.is_zero());
     let io = |what: &str, e: std::io::Error| -> Error {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
@@ -524,7 +620,7 @@ pub fn exchange_as<T: DeserializeOwned>(
     let mut reader =
         BufReader::with_capacity(256 * 1024, stream.take(MAX_RESPONSE_BYTES as u64 + 1));
     match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
-        Ok(Line::Data(line)) => match decode_response_as(&line, socket) {
+        Ok(Line::Data(line)) => match decode(line) {
             Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
             r => answered(r),
         },
@@ -701,6 +797,46 @@ mod tests {
             decode_response(b"garbage", p).unwrap_err().code,
             ErrorCode::Io
         );
+    }
+
+    #[test]
+    fn raw_results_are_the_text_the_daemon_wrote() {
+        let p = Path::new("/run/x.sock");
+        let v = serde_json::json!({"a": [1, 2.5, "é\n"], "b": {}});
+        let compact = serde_json::to_vec(&v).unwrap();
+        let mut line = response_line(&Ok(v.clone().into()));
+        line.pop();
+        assert_eq!(decode_response_raw(line, p).unwrap().bytes(), compact);
+        // Another writer's spacing: decoded, then written compactly.
+        let spaced = br#"{ "result" : {"a": [1, 2.5, "\u00e9\n"], "b": {}}, "ok": true }"#;
+        assert_eq!(
+            decode_response_raw(spaced.to_vec(), p).unwrap().bytes(),
+            compact
+        );
+        let e = Error::new(ErrorCode::SnapshotMissing, "gone").hint("delete --force");
+        let mut line = response_line(&Err(e.clone()));
+        line.pop();
+        assert_eq!(decode_response_raw(line, p).unwrap_err(), e);
+        assert_eq!(
+            decode_response_raw(b"garbage".to_vec(), p)
+                .unwrap_err()
+                .code,
+            ErrorCode::Io
+        );
+        // In-process: the reply's own text.
+        let text = String::from_utf8(compact.clone()).unwrap();
+        assert_eq!(RawResult::from_reply(Reply::Json(text)).bytes(), compact);
+        assert_eq!(RawResult::from_reply(v.into()).bytes(), compact);
+    }
+
+    #[test]
+    fn a_large_text_reply_is_sent_as_its_response_line() {
+        let big = format!("[{}\"end\"]", "\"x\",".repeat(40_000));
+        for r in [Ok(Reply::Json(big)), Ok(Reply::Json("[]".into()))] {
+            let mut sent = Vec::new();
+            write_response(&mut sent, &r).unwrap();
+            assert_eq!(sent, response_line(&r));
+        }
     }
 
     #[test]

@@ -7,11 +7,13 @@
 use crate::api::{Addressed, Caller};
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
-use crate::state::WorkspaceEntry;
+use crate::state::{SnapshotEntry, WorkspaceEntry, WorkspaceIndex};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest `--limit`.
@@ -238,6 +240,58 @@ impl Engine {
         workspace: Option<&Addressed>,
         page: &ListPage,
     ) -> Result<ListResult> {
+        let (sources, cursor, scope) = self.list_sources(caller, workspace, page)?;
+        let out: Vec<ListWorkspace> = sources.iter().map(Source::to_owned).collect();
+        if !page.is_paged() {
+            return Ok(ListResult {
+                workspaces: out,
+                next_cursor: None,
+            });
+        }
+        Ok(paginate(
+            out,
+            cursor,
+            page.limit.unwrap_or(DEFAULT_PAGE),
+            &scope,
+            workspace.is_some(),
+        ))
+    }
+
+    /// [`Engine::list`] as the compact JSON text of its [`ListResult`] (the request path's
+    /// reply). An unpaged list is written straight from the indexes: no copy of any entry.
+    pub fn list_json(
+        &self,
+        caller: &Caller,
+        workspace: Option<&Addressed>,
+        page: &ListPage,
+    ) -> Result<String> {
+        let encode = |e: serde_json::Error| {
+            Error::new(ErrorCode::Io, format!("cannot encode the list: {e}"))
+        };
+        if page.is_paged() {
+            return serde_json::to_string(&self.list(caller, workspace, page)?).map_err(encode);
+        }
+        let (sources, _, _) = self.list_sources(caller, workspace, page)?;
+        let count: usize = sources.iter().map(|s| s.order.len()).sum();
+        // About what an entry without message or metadata takes, so that the buffer rarely
+        // grows (each growth copies everything written so far).
+        let mut out = Vec::with_capacity(256 + count * 320);
+        let view = ResultView {
+            workspaces: sources.iter().map(Source::view).collect(),
+        };
+        serde_json::to_writer(&mut out, &view).map_err(encode)?;
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).map_err(|e| Error::new(ErrorCode::Io, e.to_string()))
+    }
+
+    /// What a list reads: the workspaces (each with its index and what is found of its
+    /// snapshots), the decoded cursor and the cursor's scope.
+    fn list_sources(
+        &self,
+        caller: &Caller,
+        workspace: Option<&Addressed>,
+        page: &ListPage,
+    ) -> Result<(Vec<Source>, Option<Cursor>, String)> {
         if let Some(n) = page.limit {
             if n == 0 || n > MAX_PAGE {
                 return Err(Error::new(
@@ -274,7 +328,7 @@ impl Engine {
                 (all, self.light_resolution())
             }
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(entries.len());
         for w in entries {
             let problem = match &storage {
                 Err(_) if workspace.is_none() => {
@@ -283,64 +337,206 @@ impl Engine {
                 Err(e) => Some(e.message.clone()),
                 Ok(res) => self.attached_subvol(&w, res).err().map(|e| e.message),
             };
+            // Shared with the store, not copied: the index is read after the lock is released.
             let index = self.store.read().indexes.get(&w.ws_id).cloned();
-            let head = index.as_ref().and_then(|i| i.head().map(str::to_string));
-            let head = head.as_deref();
+            let snap_dir = storage.as_ref().ok().map(|r| r.snap_dir(&w.ws_id));
             // One listing of the snapshot directory, not a lookup per snapshot; when it
             // cannot be read, nothing is reported MISSING for it.
-            let present: Option<HashSet<String>> = match (&storage, &index) {
-                (Ok(r), Some(i)) if !i.snapshots.is_empty() => self
+            let present: Option<Present> = match (&snap_dir, &index) {
+                (Some(dir), Some(i)) if !i.snapshots.is_empty() => self
                     .sys()
-                    .list_dirs(&r.snap_dir(&w.ws_id))
+                    .list_dirs(dir)
                     .ok()
                     .map(|names| names.into_iter().collect()),
                 _ => None,
             };
-            let mut snapshots: Vec<ListSnapshot> = index
-                .map(|i| {
-                    i.snapshots
-                        .iter()
-                        .map(|(id, e)| {
-                            let path = storage.as_ref().ok().map(|r| r.snapshot_path(&w.ws_id, id));
-                            let gone = present.as_ref().is_some_and(|p| !p.contains(id));
-                            ListSnapshot {
-                                id: id.clone(),
-                                created_at: e.created_at.clone(),
-                                message: e.message().map(str::to_string),
-                                metadata: e.metadata(),
-                                pinned: e.pinned,
-                                missing: e.missing || gone,
-                                snapshot_path: path,
-                                parent_id: e.parent_id().map(str::to_string),
-                                child_ids: e.child_ids().into_iter().map(str::to_string).collect(),
-                                head: head == Some(id.as_str()),
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Stable: entries with equal times keep their recorded order.
-            snapshots.sort_by_key(|s| s.created_at.time());
-            out.push(ListWorkspace {
-                ws_id: w.ws_id,
-                path: w.workspace_path,
+            let order = match &index {
+                Some(i) => list_order(i),
+                None => Vec::new(),
+            };
+            out.push(Source {
+                entry: w,
                 problem,
-                snapshots,
+                index,
+                snap_dir,
+                present,
+                order,
             });
         }
-        if !page.is_paged() {
-            return Ok(ListResult {
-                workspaces: out,
-                next_cursor: None,
-            });
+        Ok((out, cursor, scope))
+    }
+}
+
+/// The positions of `index`'s snapshots in list order: by creation time, entries with equal
+/// times in their recorded order (which is creation order, so usually nothing moves).
+fn list_order(index: &WorkspaceIndex) -> Vec<usize> {
+    let entries: Vec<&SnapshotEntry> = index.snapshots.values().collect();
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    let sorted = entries
+        .windows(2)
+        .all(|w| w[0].created_at.time() <= w[1].created_at.time());
+    if !sorted {
+        // Stable: equal times keep their recorded order.
+        order.sort_by_key(|&i| entries[i].created_at.time());
+    }
+    order
+}
+
+/// The names found in a snapshot directory. Hashed with FNV-1a: they are the daemon's own
+/// directory entries, looked up once each, and a list of 10 000 snapshots should not spend
+/// its time in SipHash.
+type Present = HashSet<String, BuildHasherDefault<Fnv>>;
+
+/// The FNV-1a hash (64 bits).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
-        Ok(paginate(
-            out,
-            cursor,
-            page.limit.unwrap_or(DEFAULT_PAGE),
-            &scope,
-            workspace.is_some(),
-        ))
+    }
+}
+
+/// One listed workspace, read before its snapshots are written out.
+struct Source {
+    entry: WorkspaceEntry,
+    problem: Option<String>,
+    index: Option<Arc<WorkspaceIndex>>,
+    /// Its snapshot directory (`None` when the backend cannot be reached).
+    snap_dir: Option<PathBuf>,
+    /// The names in the snapshot directory (`None`: not read; nothing is MISSING).
+    present: Option<Present>,
+    /// [`list_order`] of the index.
+    order: Vec<usize>,
+}
+
+impl Source {
+    fn view(&self) -> WorkspaceView<'_> {
+        WorkspaceView {
+            ws_id: &self.entry.ws_id,
+            path: &self.entry.workspace_path,
+            problem: self.problem.as_deref(),
+            snapshots: SnapshotsOf(self),
+        }
+    }
+
+    /// Its snapshots in list order.
+    fn snapshots(&self) -> impl Iterator<Item = SnapshotView<'_>> {
+        let head = self.index.as_ref().and_then(|i| i.head());
+        self.order.iter().filter_map(move |&pos| {
+            let (id, e) = self.index.as_ref()?.snapshots.get_index(pos)?;
+            let gone = self
+                .present
+                .as_ref()
+                .is_some_and(|p| !p.contains(id.as_str()));
+            Some(SnapshotView {
+                id,
+                created_at: &e.created_at,
+                message: e.message(),
+                metadata: e.metadata(),
+                pinned: e.pinned,
+                missing: e.missing || gone,
+                snapshot_path: self.snap_dir.as_deref().map(|dir| SnapshotPath { dir, id }),
+                parent_id: e.parent_id(),
+                child_ids: e.child_ids(),
+                head: head == Some(id.as_str()),
+            })
+        })
+    }
+
+    fn to_owned(&self) -> ListWorkspace {
+        ListWorkspace {
+            ws_id: self.entry.ws_id.clone(),
+            path: self.entry.workspace_path.clone(),
+            problem: self.problem.clone(),
+            snapshots: self.snapshots().map(|s| s.to_owned()).collect(),
+        }
+    }
+}
+
+/// A [`ListResult`] of an unpaged list, borrowing what it shows: the same JSON.
+#[derive(Serialize)]
+struct ResultView<'a> {
+    workspaces: Vec<WorkspaceView<'a>>,
+}
+
+/// A [`ListWorkspace`], borrowed: the same fields in the same order.
+#[derive(Serialize)]
+struct WorkspaceView<'a> {
+    ws_id: &'a str,
+    path: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<&'a str>,
+    snapshots: SnapshotsOf<'a>,
+}
+
+/// The snapshots of a [`Source`], written as they are read.
+struct SnapshotsOf<'a>(&'a Source);
+
+impl Serialize for SnapshotsOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.snapshots())
+    }
+}
+
+/// A [`ListSnapshot`], borrowed: the same fields in the same order.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    id: &'a str,
+    created_at: &'a Timestamp,
+    message: Option<&'a str>,
+    metadata: Option<serde_json::Value>,
+    pinned: bool,
+    missing: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_path: Option<SnapshotPath<'a>>,
+    parent_id: Option<&'a str>,
+    child_ids: Vec<&'a str>,
+    head: bool,
+}
+
+impl SnapshotView<'_> {
+    fn to_owned(&self) -> ListSnapshot {
+        ListSnapshot {
+            id: self.id.to_string(),
+            created_at: self.created_at.clone(),
+            message: self.message.map(str::to_string),
+            metadata: self.metadata.clone(),
+            pinned: self.pinned,
+            missing: self.missing,
+            snapshot_path: self.snapshot_path.as_ref().map(|p| p.dir.join(p.id)),
+            parent_id: self.parent_id.map(str::to_string),
+            child_ids: self.child_ids.iter().map(|c| c.to_string()).collect(),
+            head: self.head,
+        }
+    }
+}
+
+/// `<dir>/<id>`, serialized as the joined path would be, without building it.
+struct SnapshotPath<'a> {
+    dir: &'a Path,
+    id: &'a str,
+}
+
+impl Serialize for SnapshotPath<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.dir.to_str() {
+            // What `Path::join` gives for an ID (one normal component, never absolute).
+            Some(d) if d.ends_with('/') => s.collect_str(&format_args!("{d}{}", self.id)),
+            Some(d) => s.collect_str(&format_args!("{d}/{}", self.id)),
+            None => self.dir.join(self.id).serialize(s),
+        }
     }
 }
 
@@ -488,6 +684,94 @@ mod tests {
         };
         assert_eq!(Cursor::decode(&c.encode(), "ws-a").unwrap(), c);
         assert!(Cursor::decode(&c.encode(), "*").is_err());
+    }
+
+    /// A workspace entry and an index of `snaps` (ID, seconds) taken in that order through
+    /// the lineage, with a message, metadata and a pin on some.
+    fn source(
+        ws_id: &str,
+        snaps: &[(&str, u64)],
+        present: Option<&[&str]>,
+        problem: Option<&str>,
+    ) -> Source {
+        let mut index = WorkspaceIndex::new(format!("/w/{ws_id} \"q\"").into());
+        for (i, (id, t)) in snaps.iter().enumerate() {
+            let mut e = SnapshotEntry::new(Timestamp::nanos(
+                UNIX_EPOCH + std::time::Duration::from_secs(*t),
+            ));
+            if i % 2 == 0 {
+                e.set_message(Some(format!("step {i}\twith é and \u{1b}")));
+                e.set_metadata(Some(
+                    serde_json::json!({"tool": "edit", "n": [i, 1.5], "o": {}}),
+                ));
+            }
+            e.pinned = i % 3 == 0;
+            e.missing = i == 1;
+            let op = crate::state::lineage::checkpoint(&index, id, e);
+            index.apply(&op);
+        }
+        let entry = WorkspaceEntry {
+            ws_id: ws_id.into(),
+            workspace_path: index.workspace_path.clone(),
+            registered_at: String::new(),
+            origin_backend: crate::state::BackendType::BtrfsLoop,
+            owner_uid: None,
+            parent: None,
+            others_search: None,
+            extra: Default::default(),
+        };
+        let order = list_order(&index);
+        Source {
+            entry,
+            problem: problem.map(str::to_string),
+            index: Some(Arc::new(index)),
+            snap_dir: present.map(|_| PathBuf::from(format!("/mnt/snapshots/{ws_id}"))),
+            present: present.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            order,
+        }
+    }
+
+    #[test]
+    fn the_written_list_is_the_list_result_serialized() {
+        let sources = [
+            // Out of time order: listed by creation time, equal times in recorded order.
+            source(
+                "ws-a",
+                &[("a3", 3), ("a1", 1), ("a2", 2), ("a2b", 2), ("a0", 0)],
+                Some(&["a3", "a2", "a2b", "a0", "stray"]),
+                None,
+            ),
+            source(
+                "ws-b",
+                &[("b1", 1)],
+                None,
+                Some("the backend is not mounted"),
+            ),
+            source("ws-c", &[], Some(&[]), None),
+        ];
+        let view = ResultView {
+            workspaces: sources.iter().map(Source::view).collect(),
+        };
+        let owned = ListResult {
+            workspaces: sources.iter().map(Source::to_owned).collect(),
+            next_cursor: None,
+        };
+        let a1 = &owned.workspaces[0].snapshots[1];
+        assert_eq!(a1.id, "a1");
+        assert!(a1.missing, "not in the directory");
+        assert_eq!(
+            owned.workspaces[0]
+                .snapshots
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a0", "a1", "a2", "a2b", "a3"]
+        );
+        assert!(owned.workspaces[0].snapshots.iter().any(|s| s.head));
+        assert_eq!(
+            serde_json::to_string(&view).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
     }
 
     #[test]
