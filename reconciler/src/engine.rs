@@ -98,7 +98,7 @@ pub struct Engine {
 
 /// The last step of a rollback that was answered already: commit the deletion of the old
 /// state, then end the record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OwedFinish {
     /// The operation.
     pub op_id: String,
@@ -253,11 +253,14 @@ impl Engine {
         }
     }
 
-    /// Run the owed step of `ws_id`, if any; the caller holds its lock.
+    /// Run the owed step of `ws_id`, if any; the caller holds its lock. The entry goes only
+    /// once the step is done: [`Engine::finish_owed_all`] (a status, a plan) that sees it
+    /// waits for the lock, so it never looks at the record while the step is under way.
     fn finish_owed_locked(&self, ws_id: &str) {
-        let owed = relock(&self.owed).remove(ws_id);
+        let owed = relock(&self.owed).get(ws_id).cloned();
         if let Some(f) = owed {
             self.finish_logged(ws_id, f);
+            relock(&self.owed).remove(ws_id);
         }
     }
 
