@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::execute::{ActionOutcome, Executor, Outcome};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::lock::DaemonLock;
-use crate::locks::{ReentrantLock, WorkspaceLocks};
+use crate::locks::{relock, ReentrantLock, WorkspaceLocks};
 use crate::model::{Observed, PathState};
 use crate::observe::observe;
 use crate::paths::absolute_user_path;
@@ -30,11 +30,6 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
-
-fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // One insertion or removal per change: nothing is left half-updated by a panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// How many observe→plan→execute rounds one apply may take (bootstrap, then migrations, then
 /// workspaces, then snapshots).

@@ -22,7 +22,7 @@ pub struct ReentrantLock {
     freed: Condvar,
 }
 
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing inside can be left half-updated by a panic (one assignment per change).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -256,14 +256,6 @@ impl Executor<'_> {
 }
 
 impl Executor<'_> {
-    /// Subvolume (tree) id of the subvolume root at `path`, if it is one.
-    fn tree_id(&self, path: &Path) -> Result<Option<u64>> {
-        Ok(match self.sys.open_subvolume(path)? {
-            crate::sys::SubvolumeCheck::Subvolume(o) => Some(o.tree_id),
-            _ => None,
-        })
-    }
-
     /// An interrupted rollback recorded with the live subvolume's id `live`, whose copy
     /// exists at `tmp`: when `subvol` is still that subvolume, exchange the names now and
     /// make the target the lineage head; when `tmp` is, the exchange happened. Anything
@@ -276,8 +268,8 @@ impl Executor<'_> {
         tmp: &Path,
         live: u64,
     ) -> Result<()> {
-        let at_name = self.tree_id(subvol)?;
-        let at_tmp = self.tree_id(tmp)?;
+        let at_name = self.sys.subvolume_id(subvol)?;
+        let at_tmp = self.sys.subvolume_id(tmp)?;
         if at_name == Some(live) && at_tmp != Some(live) {
             super::exchange(tmp, subvol)?;
             tracing::info!(

@@ -194,10 +194,7 @@ impl Engine {
         let tmp = res.rollback_tmp(&ws_id, &new_op_id());
         // Recorded so that recovery can tell whether the exchange happened: the reply does
         // not wait for the exchange's commit, and a rollback whose copy exists is finished.
-        let live_tree = match self.sys().open_subvolume(&subvol)? {
-            crate::sys::SubvolumeCheck::Subvolume(o) => Some(o.tree_id),
-            _ => None,
-        };
+        let live_tree = self.sys().subvolume_id(&subvol)?;
         let kind = PendingKind::Rollback {
             ws_id: ws_id.clone(),
             snapshot: snapshot.to_string(),

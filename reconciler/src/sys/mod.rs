@@ -226,6 +226,13 @@ pub trait Sys: Send + Sync {
     /// Subvolumes directly nested inside the subvolume `subvol` (anywhere in its tree), as
     /// paths relative to `subvol`. Snapshots of `subvol` do not include their contents.
     fn nested_subvolumes(&self, subvol: &Path) -> SysResult<Vec<PathBuf>>;
+    /// Subvolume (tree) id of the subvolume root at `path`; `None` when it is not one.
+    fn subvolume_id(&self, path: &Path) -> SysResult<Option<u64>> {
+        Ok(match self.open_subvolume(path)? {
+            SubvolumeCheck::Subvolume(o) => Some(o.tree_id),
+            _ => None,
+        })
+    }
     /// Commit the filesystem containing `path` (`BTRFS_IOC_SYNC`): what was done to it, the
     /// deletion of subvolumes included, is durable when this returns.
     fn commit(&self, path: &Path) -> SysResult<()>;
