@@ -52,6 +52,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(raw::SPAWNED_MODE) {
         std::process::exit(raw::spawned_main(&argv[2..]));
     }
+    if argv.get(1).map(String::as_str) == Some(raw::DELETE_MODE) {
+        std::process::exit(raw::delete_main(&argv[2..]));
+    }
     let args = Args::parse();
     let code = match run(&args) {
         Ok(()) => 0,

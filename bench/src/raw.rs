@@ -22,6 +22,39 @@ use ws_ckpt::sys::Sys;
 /// the one snapshot ioctl, started as a process like the CLI is.
 pub(crate) const SPAWNED_MODE: &str = "raw-snapshot";
 
+/// First argument that makes this program the kernel's side of the cleanup row:
+/// `ws-ckpt-bench raw-delete DIR` deletes every subvolume in DIR but the last (by name), then
+/// commits, syncs and waits for the btrfs cleaner — what `ws-ckpt cleanup --keep 1` asks of
+/// the kernel, with nothing around it.
+pub(crate) const DELETE_MODE: &str = "raw-delete";
+
+/// The `raw-delete` mode: returns the exit code.
+pub(crate) fn delete_main(args: &[String]) -> i32 {
+    let [dir] = args else {
+        eprintln!("usage: ws-ckpt-bench {DELETE_MODE} DIR");
+        return 2;
+    };
+    let dir = Path::new(dir);
+    let done = LinuxSys::new().map_err(|e| e.to_string()).and_then(|s| {
+        let mut names = s.list_subvolumes(dir).map_err(|e| e.to_string())?;
+        names.pop();
+        for name in &names {
+            s.delete_subvolume(&dir.join(name))
+                .map_err(|e| e.to_string())?;
+        }
+        s.commit(dir).map_err(|e| e.to_string())?;
+        s.sync_and_wait_cleaner(dir, ws_ckpt::execute::CLEANER_WAIT)
+            .map_err(|e| e.to_string())
+    });
+    match done {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ws-ckpt-bench {DELETE_MODE}: {e}");
+            1
+        }
+    }
+}
+
 /// The `raw-snapshot` mode: returns the exit code.
 pub(crate) fn spawned_main(args: &[String]) -> i32 {
     let [src, dst, mode] = args else {
@@ -80,6 +113,25 @@ impl Raw {
             .with_context(|| format!("cannot create {}", parent.display()))?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         Ok(parent.join(format!("s{n:07}")))
+    }
+
+    /// The directory `<dir>/<group>`, created.
+    pub(crate) fn group_dir(&self, group: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(group);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Start [`DELETE_MODE`] on `dir` (this program, as a process like the CLI's cleanup).
+    pub(crate) fn spawn_delete(&self, dir: &Path) -> Result<std::process::Child> {
+        let exe = std::env::current_exe().context("cannot locate this program")?;
+        Command::new(exe)
+            .arg(DELETE_MODE)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot spawn the raw deletion")
     }
 
     /// One snapshot of `source` into `group`, timed (only the [`Sys::snapshot`] call).

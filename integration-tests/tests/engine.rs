@@ -1109,3 +1109,39 @@ fn late_write_into_the_workspace_undoes_the_release() {
     assert!(meta.is_dir() && !meta.file_type().is_symlink());
     assert_eq!(std::fs::read(p.join("late.txt")).unwrap(), b"late");
 }
+
+/// The daemon reuses its host observation between requests (issue 9) only while the mount
+/// table is unchanged: a mount or an unmount anywhere makes the next request observe anew.
+#[test]
+fn the_reused_host_observation_follows_every_mount_change() {
+    use std::cell::Cell;
+    use std::sync::Arc;
+    use ws_ckpt::host_cache::HostCache;
+    let Some(env) = TestEnv::new("host-cache-mounts") else {
+        return;
+    };
+    let config = Arc::new(ws_ckpt::config::Config::defaults(&env.config));
+    let cache = HostCache::new(std::time::Duration::from_secs(3600));
+    cache.set_enabled(true);
+    let observed = Cell::new(0);
+    let get = || {
+        cache.get(&config, || {
+            observed.set(observed.get() + 1);
+            ws_ckpt::model::Observed::default()
+        });
+        observed.get()
+    };
+    assert_eq!(get(), 1);
+    assert_eq!(get(), 1, "reused while nothing changed");
+    let dir = env.root.join("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    sh(
+        "mount",
+        &["-t", "tmpfs", "none", &dir.display().to_string()],
+    );
+    let after_mount = get();
+    sh("umount", &[&dir.display().to_string()]);
+    assert_eq!(after_mount, 2, "a mount is seen by the next request");
+    assert_eq!(get(), 3, "an unmount is seen by the next request");
+    assert_eq!(get(), 3);
+}

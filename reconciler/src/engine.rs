@@ -89,6 +89,8 @@ pub struct Engine {
     /// The last step of operations answered already, by workspace: run under the
     /// workspace's lock before anything else runs on it.
     owed: Mutex<std::collections::BTreeMap<String, OwedFinish>>,
+    /// The host observation operations resolve their storage from (reused by the daemon).
+    host_cache: crate::host_cache::HostCache,
 }
 
 /// The last step of a rollback that was answered already: commit the deletion of the old
@@ -134,6 +136,7 @@ impl Engine {
             host: ReentrantLock::default(),
             defer_finishing: Default::default(),
             owed: Default::default(),
+            host_cache: Default::default(),
             lock: Mutex::new(Some(lock)),
         };
         if engine.store.has_unsettled() {
@@ -178,6 +181,7 @@ impl Engine {
             host: ReentrantLock::default(),
             defer_finishing: Default::default(),
             owed: Default::default(),
+            host_cache: Default::default(),
             lock: Mutex::new(None),
         }))
     }
@@ -216,6 +220,19 @@ impl Engine {
     pub fn set_defer_finishing(&self, on: bool) {
         self.defer_finishing
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reuse the host observation between requests while the mount table and the config are
+    /// unchanged (the daemon; see [`crate::host_cache`]).
+    pub fn set_reuse_host_observation(&self, on: bool) {
+        self.host_cache.set_enabled(on);
+    }
+
+    /// The host observation for `config` (phase 1; reused when allowed, see
+    /// [`Engine::set_reuse_host_observation`]).
+    pub(crate) fn host_observation(&self, config: &Arc<Config>) -> Arc<crate::model::Observed> {
+        self.host_cache
+            .get(config, || crate::observe::observe_host(self.sys(), config))
     }
 
     pub(crate) fn defers_finishing(&self) -> bool {

@@ -30,6 +30,7 @@ pub mod execute;
 pub mod fault;
 pub mod finding;
 pub mod handler;
+pub mod host_cache;
 pub mod ids;
 pub mod ipc;
 pub mod lock;

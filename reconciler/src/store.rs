@@ -13,7 +13,7 @@
 //! directory), because the disk already says so or because keeping the old record would give
 //! a failed operation a later effect: the withdrawal of an operation that failed
 //! ([`Store::forget_pending`]) and the record of an effect that is already durable
-//! ([`Store::forget_deleted_snapshot`], [`Store::forget_released`]). Such a write is *owed*:
+//! ([`Store::forget_deleted_snapshots`], [`Store::forget_released`]). Such a write is *owed*:
 //! the next write of that file writes it whole first (the indexes before `state.json`, so a
 //! pending deletion is never forgotten on disk while its index still lists what it deleted),
 //! and [`Store::flush_owed`] retries it. Until it is written, what the disk records is an
@@ -421,26 +421,62 @@ impl Store {
         }
     }
 
-    /// The subvolume of snapshot `id` is deleted (durable): forget its entry as
-    /// [`Store::remove_snapshot`] does, in memory even when the line cannot be written (owed:
-    /// the index is then written whole before its next line; until then the pending deletion
-    /// that deleted it stays recorded on disk, so a restart finishes recording it). Returns
-    /// whether the line was written.
-    pub fn forget_deleted_snapshot(&self, ws_id: &str, id: &str) -> bool {
-        let mut g = self.lock();
-        let Some(idx) = g.p.indexes.get(ws_id).cloned() else {
-            return true;
+    /// The subvolumes of snapshots `ids` are deleted (durable): forget their entries as
+    /// [`Store::remove_snapshot`] does, with the lineage links they move, in one journal line
+    /// (one `fdatasync` for a whole cleanup); in memory even when the line cannot be written
+    /// (owed: the index is then written whole before its next line; until then the pending
+    /// deletion that deleted them stays recorded on disk, so a restart finishes recording
+    /// it). Returns whether the line was written.
+    pub fn forget_deleted_snapshots(&self, ws_id: &str, ids: &[String]) -> bool {
+        let line = {
+            let mut g = self.lock();
+            if !g.p.indexes.contains_key(ws_id) {
+                return true;
+            }
+            if let Err(e) = g.prepare_append(ws_id) {
+                tracing::warn!(ws_id, error = %e, "cannot write the index before forgetting deleted snapshots; written with the next change");
+                g.owed_indexes.insert(ws_id.to_string());
+            }
+            let before = g.index_or_new(ws_id);
+            let mut after = (*before).clone();
+            let mut ops = Vec::new();
+            for id in ids {
+                if after.snapshots.contains_key(id) {
+                    let op = lineage::remove(&after, id);
+                    after.apply(&op);
+                    ops.push(op);
+                }
+            }
+            let op = match ops.len() {
+                0 => return true,
+                1 => ops.swap_remove(0),
+                _ => IndexOp::Batch { ops },
+            };
+            let line = if g.owed_indexes.contains(ws_id) {
+                None
+            } else {
+                match g.indexes.append_deferred(ws_id, &op, &before) {
+                    Ok(line) => Some(line),
+                    Err(e) => {
+                        tracing::warn!(ws_id, error = %e, "the snapshots are deleted but their index entries cannot be removed yet; forgotten in memory, written with the next change");
+                        g.owed_indexes.insert(ws_id.to_string());
+                        None
+                    }
+                }
+            };
+            g.change_index(ws_id, before, |i| *i = after);
+            match line {
+                Some(line) => line,
+                None => return false,
+            }
         };
-        if !idx.snapshots.contains_key(id) {
-            return true;
-        }
-        let op = lineage::remove(&idx, id);
-        match g.apply_index_op(ws_id, op.clone()) {
+        // The fdatasync outside the store's lock (the caller holds the workspace's): the
+        // checkpoints of other workspaces go on meanwhile (issue 9).
+        match line.sync() {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(ws_id, snapshot = id, error = %e, "the snapshot is deleted but its index entry cannot be removed yet; forgotten in memory, written with the next change");
-                g.change_index(ws_id, idx, |i| i.apply(&op));
-                g.owed_indexes.insert(ws_id.to_string());
+                tracing::warn!(ws_id, error = %e, "the snapshots are deleted but the removal of their index entries is not durable; written with the next change");
+                self.lock().owed_indexes.insert(ws_id.to_string());
                 false
             }
         }

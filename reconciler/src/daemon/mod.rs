@@ -97,8 +97,11 @@ fn open_engine(config: Config) -> Result<Engine, Error> {
             r => {
                 // Its connection threads outlive each answer: a rollback's last commit runs
                 // right after it is answered.
+                // It serves many requests: the host observation is reused while the mount
+                // table is unchanged.
                 if let Ok(engine) = &r {
                     engine.set_defer_finishing(true);
+                    engine.set_reuse_host_observation(true);
                 }
                 return r;
             }

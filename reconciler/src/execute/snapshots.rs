@@ -63,10 +63,7 @@ impl Executor<'_> {
             // with the next commit, so recovery finishing them is what happens anyway.
             self.sys.commit(&self.res.mount)?;
         }
-        let mut owed = false;
-        for id in &ids[..deleted] {
-            owed |= !self.store.forget_deleted_snapshot(ws_id, id);
-        }
+        let owed = !self.store.forget_deleted_snapshots(ws_id, &ids[..deleted]);
         if let Some((n, p, e)) = failure {
             if !owed {
                 self.store.end_or_forget(op);

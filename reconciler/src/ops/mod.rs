@@ -43,7 +43,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::finding::FindingKind;
 use crate::ids::check_snapshot_id;
 use crate::model::{Observed, PathState, StateProblem};
-use crate::observe::{observe_host, path_state};
+use crate::observe::path_state;
 use crate::resolve::{resolve_backend, storage_mounted, Resolution};
 use crate::state::PendingKind;
 use crate::state::{SnapshotEntry, WorkspaceEntry};
@@ -108,7 +108,7 @@ impl Engine {
             .hint("upgrade ws-ckpt, or restore a state.json written by this version"));
         }
         let config = self.config();
-        let obs = observe_host(self.sys(), &config);
+        let obs = self.host_observation(&config);
         if let Some(e) = &obs.storage_error {
             return Err(Error::new(ErrorCode::Io, e.clone()));
         }

@@ -588,6 +588,46 @@ fn cleanup_keeps_pinned_and_newest() {
 }
 
 #[test]
+fn a_cleanup_forgets_its_snapshots_in_one_journal_line() {
+    let mut env = setup(&["a"]);
+    for i in 1..=6 {
+        env.checkpoint("a", Some(&format!("c{i}"))).unwrap();
+    }
+    let id = env.ws_id("a");
+    let journal = env
+        .root
+        .join("state/indexes")
+        .join(&id)
+        .join(crate::state::JOURNAL_FILE);
+    let lines = || std::fs::read_to_string(&journal).unwrap().lines().count();
+    let before = lines();
+    let r = env.cleanup(&id, Some("2")).expect("cleanup");
+    assert_eq!(r.deleted.len(), 4);
+    // One line for the four removals and the lineage links they move, one fdatasync.
+    assert_eq!(
+        lines(),
+        before + 1,
+        "{}",
+        std::fs::read_to_string(&journal).unwrap()
+    );
+    assert_eq!(env.ids("a"), ["c5", "c6"]);
+    let env = env.reopen();
+    assert_eq!(
+        env.ids("a"),
+        ["c5", "c6"],
+        "the one line is what a restart reads"
+    );
+    let idx = env.engine.store.read().indexes.get(&id).cloned().unwrap();
+    assert_eq!(idx.head(), Some("c6"));
+    assert_eq!(idx.snapshots["c6"].parent_id(), Some("c5"));
+    assert_eq!(
+        idx.snapshots["c5"].parent_id(),
+        None,
+        "its deleted parent is unlinked"
+    );
+}
+
+#[test]
 fn cleanup_defaults_to_the_workspace_policy() {
     let mut env = setup_with(&["a"], "\n[retention]\nkeep = 1\n");
     for i in 1..=3 {
