@@ -1,5 +1,5 @@
 //! The daemon's socket: binding `<runtime_dir>/ws-ckpt.sock` (mode 0666), the accept
-//! thread, one thread per connection (bounded), and the caller's identity from
+//! thread, one thread per connection (bounded; threads are reused), and the caller's identity from
 //! `SO_PEERCRED`.
 //!
 //! It moves requests between the wire ([`crate::ipc`]) and a handler; it must not decide
@@ -180,12 +180,87 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Connection threads kept waiting for the next connection at most (each for [`IDLE_FOR`]).
+const IDLE_WORKERS: usize = 4;
+/// How long a connection thread waits for the next connection before it ends.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+/// One accepted connection, holding its slot.
+struct Job {
+    stream: UnixStream,
+    caller: Caller,
+    _guard: ConnGuard,
+}
+
+/// The connection threads. A thread that served its connection waits a while for the next
+/// (at most [`IDLE_WORKERS`] wait, each for [`IDLE_FOR`]), so that a request usually starts
+/// no thread: the accept thread hands the connection to a waiting one (a rendezvous: only
+/// a thread blocked in `recv` takes it) and starts a thread only when none waits.
+struct Workers {
+    handoff: std::sync::mpsc::SyncSender<Job>,
+    waiting: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+    handler: Arc<Handler>,
+}
+
+impl Workers {
+    fn new(handler: Arc<Handler>) -> Workers {
+        let (handoff, waiting) = std::sync::mpsc::sync_channel(0);
+        Workers {
+            handoff,
+            waiting: Arc::new(Mutex::new(waiting)),
+            idle: Arc::default(),
+            handler,
+        }
+    }
+
+    /// Serve `job` on a waiting thread, else on a new one.
+    fn run(&self, job: Job) {
+        use std::sync::mpsc::TrySendError;
+        let job = match self.handoff.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+        };
+        let waiting = Arc::clone(&self.waiting);
+        let idle = Arc::clone(&self.idle);
+        let handler = Arc::clone(&self.handler);
+        let spawned = std::thread::Builder::new()
+            .name("ws-ckpt-conn".into())
+            .spawn(move || {
+                let mut job = job;
+                loop {
+                    serve(job.stream, job.caller, handler.as_ref());
+                    drop(job._guard);
+                    if idle.fetch_add(1, Ordering::SeqCst) >= IDLE_WORKERS {
+                        idle.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    // Ends when the accept loop is gone (the sender dropped) or after a while.
+                    let next = waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .recv_timeout(IDLE_FOR);
+                    idle.fetch_sub(1, Ordering::SeqCst);
+                    match next {
+                        Ok(j) => job = j,
+                        Err(_) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The connection is closed (its slot given back) with the job.
+            tracing::warn!(error = %e, "cannot start a connection thread");
+        }
+    }
+}
+
 /// Accept connections until `stopping` is set (wake the thread with a connection after
-/// setting it). Each connection gets its own thread; beyond the slots its caller may take
+/// setting it). Each connection is served on a thread of its own (see [`Workers`]); beyond the slots its caller may take
 /// (see [`MAX_CONNECTIONS`], [`MAX_PER_UID`], [`ROOT_RESERVE`]) a connection gets a `Busy`
 /// error and is closed.
 pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: Arc<Handler>) {
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let workers = Workers::new(handler);
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -222,16 +297,11 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
             slots: Arc::clone(&slots),
             uid: caller.uid,
         };
-        let handler = Arc::clone(&handler);
-        let spawned = std::thread::Builder::new()
-            .name("ws-ckpt-conn".into())
-            .spawn(move || {
-                let _guard = guard;
-                serve(stream, caller, handler.as_ref());
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start a connection thread");
-        }
+        workers.run(Job {
+            stream,
+            caller,
+            _guard: guard,
+        });
     }
     tracing::debug!("no longer accepting connections");
 }
@@ -365,6 +435,59 @@ mod tests {
         stopping.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&path);
         t.join().unwrap();
+    }
+
+    /// A status request on a new connection to `path`; the handler's result.
+    fn status_via(path: &Path) -> serde_json::Value {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(
+            format!(
+                "{}\n",
+                ipc::encode_request(&Request::Status { workspace: None })
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(&c).read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["result"].clone()
+    }
+
+    #[test]
+    fn a_connection_thread_serves_the_next_connection_and_ends_with_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, path) = bind(dir.path()).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&threads);
+        let handler: Arc<Handler> = Arc::new(move |_: &Caller, _: Request| {
+            let me = std::thread::current();
+            seen.lock().unwrap().push(me.id());
+            Ok(serde_json::json!({"thread": me.name()}).into())
+        });
+        let s2 = Arc::clone(&stopping);
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        for _ in 0..5 {
+            assert_eq!(status_via(&path)["thread"], "ws-ckpt-conn");
+            // The thread that answered is back waiting once its slot is free.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ids = threads.lock().unwrap().clone();
+        assert_eq!(ids.len(), 5);
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "one thread served the five connections one after the other: {ids:?}"
+        );
+        stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&path);
+        t.join().unwrap();
+        // The waiting thread ends with the loop (its sender is gone): the handler, which it
+        // holds, is dropped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&threads) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(&threads), 1, "the waiting thread ended");
     }
 
     #[test]
