@@ -1,6 +1,9 @@
 //! Snapshot deletion (retention, cleanup, delete), crash-safe: the list is recorded first.
 
 use super::{Change, Executor, CLEANER_WAIT};
+
+/// Snapshot deletions committed together at most, in a long deletion (a cleanup).
+const DELETIONS_PER_COMMIT: usize = 16;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::state::PendingKind;
@@ -57,6 +60,14 @@ impl Executor<'_> {
             }
             fault::point("delete:after-subvolume");
             deleted = n + 1;
+            if deleted % DELETIONS_PER_COMMIT == 0 && deleted < ids.len() {
+                // Keep each transaction small: the commit of another workspace's checkpoint
+                // writes out every deletion made since the last one (issue 9). Best effort:
+                // the commit after the loop is the one that counts.
+                if let Err(e) = self.sys.commit(&self.res.mount) {
+                    tracing::debug!(ws_id, error = %e, "intermediate commit of deletions failed");
+                }
+            }
         }
         if deleted > 0 {
             // A failed commit leaves the record: the deletions were issued and take effect

@@ -628,6 +628,28 @@ fn a_cleanup_forgets_its_snapshots_in_one_journal_line() {
 }
 
 #[test]
+fn a_long_cleanup_commits_its_deletions_in_small_transactions() {
+    let mut env = setup(&["a"]);
+    for i in 1..=41 {
+        env.checkpoint("a", Some(&format!("c{i:02}"))).unwrap();
+    }
+    let id = env.ws_id("a");
+    let commits = |env: &Env| {
+        env.sys
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("commit "))
+            .count()
+    };
+    let before = commits(&env);
+    let r = env.cleanup(&id, Some("1")).expect("cleanup");
+    assert_eq!(r.deleted.len(), 40);
+    // After the 16th and the 32nd deletion, then the one that makes them all durable.
+    assert_eq!(commits(&env) - before, 3, "{:?}", env.sys.calls());
+    assert_eq!(env.ids("a"), ["c41"]);
+}
+
+#[test]
 fn cleanup_defaults_to_the_workspace_policy() {
     let mut env = setup_with(&["a"], "\n[retention]\nkeep = 1\n");
     for i in 1..=3 {
