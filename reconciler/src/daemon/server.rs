@@ -417,21 +417,10 @@ mod tests {
         });
         let s2 = Arc::clone(&stopping);
         let t = std::thread::spawn(move || accept_loop(l, s2, handler));
-        let mut c = UnixStream::connect(&path).unwrap();
-        c.write_all(
-            format!(
-                "{}\n",
-                ipc::encode_request(&Request::Status { workspace: None })
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        let mut line = String::new();
-        BufReader::new(&c).read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["result"]["uid"], Caller::this_process().uid);
-        assert_eq!(v["result"]["pid"], std::process::id());
-        assert_eq!(v["result"]["op"], "status");
+        let v = status_via(&path);
+        assert_eq!(v["uid"], Caller::this_process().uid);
+        assert_eq!(v["pid"], std::process::id());
+        assert_eq!(v["op"], "status");
         stopping.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&path);
         t.join().unwrap();
