@@ -464,7 +464,9 @@ impl Store {
                     }
                 }
             };
-            g.change_index(ws_id, before, |i| *i = after);
+            drop(before);
+            g.p.indexes.insert(ws_id.to_string(), Arc::new(after));
+            g.bump(Some(ws_id));
             match line {
                 Some(line) => line,
                 None => return false,

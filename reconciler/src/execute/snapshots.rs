@@ -1,12 +1,12 @@
 //! Snapshot deletion (retention, cleanup, delete), crash-safe: the list is recorded first.
 
 use super::{Change, Executor, CLEANER_WAIT};
-
-/// Snapshot deletions committed together at most, in a long deletion (a cleanup).
-const DELETIONS_PER_COMMIT: usize = 16;
 use crate::error::{Error, ErrorCode, Result};
 use crate::fault;
 use crate::state::PendingKind;
+
+/// Snapshot deletions committed together at most, in a long deletion (a cleanup).
+const DELETIONS_PER_COMMIT: usize = 16;
 
 impl Executor<'_> {
     /// Delete snapshots (retention, cleanup, delete), crash-safe: the list is recorded first,
