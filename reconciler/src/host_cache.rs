@@ -7,9 +7,10 @@
 //! A command that owns its engine observes every time (it makes one request).
 
 use crate::config::Config;
+use crate::locks::relock;
 use crate::model::Observed;
+use crate::sys::mountinfo::{mount_table_changed, MOUNTINFO_PATH};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,7 @@ impl HostCache {
 
     /// Reuse observations (the daemon) or not (the default; turning it off forgets the last).
     pub fn set_enabled(&self, on: bool) {
-        let mut g = self.lock();
+        let mut g = relock(&self.inner);
         g.enabled = on;
         if !on {
             g.mountinfo = None;
@@ -64,19 +65,16 @@ impl HostCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The host observation for `config`: the last one when still valid, else `observe()`
     /// (kept for reuse unless it failed to read the mount table).
     pub fn get(&self, config: &Arc<Config>, observe: impl FnOnce() -> Observed) -> Arc<Observed> {
-        let mut g = self.lock();
+        let mut g = relock(&self.inner);
         if !g.enabled {
             return Arc::new(observe());
         }
         let changed = match &g.mountinfo {
-            Some(f) => mount_table_changed(f),
+            // An error: it cannot be told, so it changed.
+            Some(f) => mount_table_changed(f, 0).unwrap_or(true),
             None => true,
         };
         if !changed {
@@ -88,7 +86,7 @@ impl HostCache {
         }
         g.last = None;
         if changed {
-            g.mountinfo = File::open("/proc/self/mountinfo").ok();
+            g.mountinfo = File::open(MOUNTINFO_PATH).ok();
         }
         let at = Instant::now();
         let obs = Arc::new(observe());
@@ -103,22 +101,16 @@ impl HostCache {
     }
 }
 
-/// True when the mount table changed since the last look through `f` (or cannot be told).
-fn mount_table_changed(f: &File) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: f.as_raw_fd(),
-        events: libc::POLLPRI,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; `f` outlives it.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-    rc != 0 || pfd.revents != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    fn a_config() -> Arc<Config> {
+        Arc::new(Config::defaults(std::path::Path::new(
+            "/etc/ws-ckpt/config.toml",
+        )))
+    }
 
     fn count<'a>(n: &'a Cell<usize>) -> impl FnOnce() -> Observed + 'a {
         move || {
@@ -130,9 +122,7 @@ mod tests {
     #[test]
     fn off_observes_every_time() {
         let cache = HostCache::default();
-        let config = Arc::new(Config::defaults(std::path::Path::new(
-            "/etc/ws-ckpt/config.toml",
-        )));
+        let config = a_config();
         let n = Cell::new(0);
         cache.get(&config, count(&n));
         cache.get(&config, count(&n));
@@ -143,16 +133,12 @@ mod tests {
     fn on_reuses_for_the_same_config_only() {
         let cache = HostCache::new(Duration::from_secs(3600));
         cache.set_enabled(true);
-        let config = Arc::new(Config::defaults(std::path::Path::new(
-            "/etc/ws-ckpt/config.toml",
-        )));
+        let config = a_config();
         let n = Cell::new(0);
         cache.get(&config, count(&n));
         cache.get(&config, count(&n));
         assert_eq!(n.get(), 1, "reused while nothing changed");
-        let reloaded = Arc::new(Config::defaults(std::path::Path::new(
-            "/etc/ws-ckpt/config.toml",
-        )));
+        let reloaded = a_config();
         cache.get(&reloaded, count(&n));
         assert_eq!(n.get(), 2, "a reloaded config observes anew");
         cache.set_enabled(false);
@@ -165,9 +151,7 @@ mod tests {
     fn never_reused_past_its_age_or_after_a_failed_read() {
         let cache = HostCache::new(Duration::ZERO);
         cache.set_enabled(true);
-        let config = Arc::new(Config::defaults(std::path::Path::new(
-            "/etc/ws-ckpt/config.toml",
-        )));
+        let config = a_config();
         let n = Cell::new(0);
         cache.get(&config, count(&n));
         cache.get(&config, count(&n));

@@ -189,7 +189,7 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 struct Job {
     stream: UnixStream,
     caller: Caller,
-    _guard: ConnGuard,
+    guard: ConnGuard,
 }
 
 /// The connection threads. A thread that served its connection waits a while for the next
@@ -230,7 +230,7 @@ impl Workers {
                 let mut job = job;
                 loop {
                     serve(job.stream, job.caller, handler.as_ref());
-                    drop(job._guard);
+                    drop(job.guard);
                     if idle.fetch_add(1, Ordering::SeqCst) >= IDLE_WORKERS {
                         idle.fetch_sub(1, Ordering::SeqCst);
                         return;
@@ -300,7 +300,7 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
         workers.run(Job {
             stream,
             caller,
-            _guard: guard,
+            guard,
         });
     }
     tracing::debug!("no longer accepting connections");

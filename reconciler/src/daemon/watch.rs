@@ -221,29 +221,21 @@ impl Watches {
 /// changes (the kernel flags `/proc/self/mountinfo` with POLLPRI/POLLERR). It sleeps in
 /// `poll()` between changes.
 pub fn spawn_mount_watcher(tx: Sender<Event>) -> Result<(), WatchError> {
-    let file = std::fs::File::open("/proc/self/mountinfo").map_err(WatchError::MountInfo)?;
+    let file = std::fs::File::open(crate::sys::mountinfo::MOUNTINFO_PATH)
+        .map_err(WatchError::MountInfo)?;
     std::thread::Builder::new()
         .name("ws-ckpt-mounts".into())
-        .spawn(move || {
-            use std::os::fd::AsRawFd;
-            let wanted = libc::POLLPRI | libc::POLLERR;
-            loop {
-                let mut pfd = libc::pollfd {
-                    fd: file.as_raw_fd(),
-                    events: wanted,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call; `file` outlives it.
-                let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
-                if rc < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
+        .spawn(move || loop {
+            match crate::sys::mountinfo::mount_table_changed(&file, -1) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if tx.send(Event::Tick("mount table changed")).is_err() {
+                        return;
                     }
-                    tracing::warn!(error = %e, "cannot watch the mount table; mount changes are seen at the next periodic pass");
-                    return;
                 }
-                if pfd.revents & wanted != 0 && tx.send(Event::Tick("mount table changed")).is_err() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the mount table; mount changes are seen at the next periodic pass");
                     return;
                 }
             }

@@ -1,8 +1,9 @@
 //! Parsing of `/proc/self/mountinfo` into [`MountEntry`] values, and lookup of the mount that
 //! contains a path.
 //!
-//! Parsing is pure ([`parse_mountinfo`]); [`read_mountinfo`] only reads the file. This module
-//! must not canonicalize paths, stat anything, or decide what a mount means.
+//! Parsing is pure ([`parse_mountinfo`]); [`read_mountinfo`] only reads the file and
+//! [`mount_table_changed`] only polls it. This module must not canonicalize paths, stat
+//! anything, or decide what a mount means.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -31,6 +32,24 @@ pub fn read_mountinfo() -> SysResult<Vec<MountEntry>> {
     let path = Path::new(MOUNTINFO_PATH);
     let bytes = std::fs::read(path).map_err(|e| SysError::io("read mount table", path, e))?;
     Ok(parse_mountinfo_bytes(&bytes))
+}
+
+/// Whether the mount table changed since the last look through `file` (an open
+/// [`MOUNTINFO_PATH`]; the kernel flags it with POLLPRI/POLLERR once per change, and this
+/// look clears the flag). Waits up to `timeout_ms` for a change (`-1`: until one comes).
+pub fn mount_table_changed(file: &std::fs::File, timeout_ms: i32) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let wanted = libc::POLLPRI | libc::POLLERR;
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: wanted,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; `file` outlives it.
+    if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pfd.revents & wanted != 0)
 }
 
 /// The mount whose mount point is the longest component-wise prefix of `path`. When several
