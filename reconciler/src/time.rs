@@ -223,7 +223,7 @@ impl Timestamp {
     }
 
     /// `f` of the text as stored, without allocating.
-    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+    pub(crate) fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match &self.0 {
             Repr::Text(t) => f(&t.text),
             Repr::Exact {

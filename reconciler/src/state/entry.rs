@@ -237,17 +237,27 @@ impl SnapshotEntry {
     /// The snapshots taken from this one (`child_ids`, with `state::lineage::LIVE_CHILD`
     /// when it is the head).
     pub fn child_ids(&self) -> Vec<&str> {
-        if let Some(f) = self.fields() {
-            return f
-                .get(CHILDREN)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-        }
-        if self.flags & HAS_CHILDREN == 0 {
-            return Vec::new();
-        }
-        self.compact_parts().1.collect()
+        self.child_ids_iter().collect()
+    }
+
+    /// [`SnapshotEntry::child_ids`], without collecting them.
+    pub fn child_ids_iter(&self) -> impl Iterator<Item = &str> {
+        let (listed, compact) = match self.fields() {
+            Some(f) => (
+                f.get(CHILDREN)
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str)),
+                None,
+            ),
+            None => (
+                None,
+                (self.flags & HAS_CHILDREN != 0).then(|| self.compact_parts().1),
+            ),
+        };
+        listed
+            .into_iter()
+            .flatten()
+            .chain(compact.into_iter().flatten())
     }
 
     /// Whether the lineage field `key` ([`PARENT`] or [`CHILDREN`]) is present.
