@@ -50,8 +50,10 @@ pub(crate) struct Cli {
     pub command: Command,
 }
 
-/// Subcommands.
+/// Subcommands. Each one's arguments are built only when it is the one invoked (`defer`):
+/// a `checkpoint` does not pay for the definitions of the other commands' flags.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(crate) enum Command {
     /// Show what `apply` would change: actions and findings.
     ///
@@ -361,7 +363,8 @@ pub(crate) enum Command {
     },
 }
 
-/// Upstream's `config` flags.
+// Upstream's `config` flags (no doc comment: with `defer` it would become the about text of
+// `config`, which is built after the variant's own).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct ConfigArgs {
     /// The global settings.
@@ -396,7 +399,7 @@ pub(crate) struct ConfigArgs {
     pub reset: bool,
 }
 
-/// `config` subcommands.
+// `config` subcommands (no doc comment, as for `ConfigArgs`).
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Print the effective merged config (all files, defaults filled in).
