@@ -4,10 +4,16 @@
 //!
 //! Nothing here acts on what an event says (house style 10): events are filtered for
 //! relevance, then become "reconcile now". The loop decides everything.
+//!
+//! The watches are inotify's, each directory with the mask of what matters there (see
+//! [`WatchSet::mask_of`]): never `IN_OPEN` or `IN_ACCESS`, so that a command reading the
+//! config, or the daemon opening a snapshot directory, wakes nothing; no `IN_CREATE` in
+//! snapshot directories (every checkpoint creates an entry there); no writes in the image's
+//! directory (the state directory, where every request appends to the audit log).
 
-use notify::event::{EventKind, ModifyKind};
-use notify::{RecursiveMode, Watcher};
-use std::collections::{BTreeMap, BTreeSet};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
@@ -27,9 +33,9 @@ pub enum Event {
 /// Errors setting up a trigger.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    /// The inotify watcher could not be created.
+    /// The inotify instance could not be created.
     #[error("cannot create the inotify watcher: {0}; check fs.inotify.max_user_instances")]
-    Watcher(#[source] notify::Error),
+    Watcher(#[source] std::io::Error),
     /// `/proc/self/mountinfo` could not be opened.
     #[error("cannot open /proc/self/mountinfo to watch mount changes: {0}; is /proc mounted?")]
     MountInfo(#[source] std::io::Error),
@@ -46,6 +52,46 @@ pub enum WatchError {
         source: std::io::Error,
     },
 }
+
+/// What happened to a path, as one inotify event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// An entry was created.
+    Created,
+    /// An entry was deleted, or the watched directory itself (or its filesystem went away).
+    Deleted,
+    /// An entry was renamed out of or into the directory, or the directory itself was.
+    Renamed,
+    /// A file was written (modified, or closed after writing).
+    Written,
+}
+
+/// One filesystem event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FsEvent {
+    /// `path` (an entry of a watched directory, or the directory itself) changed.
+    Changed(PathBuf, Change),
+    /// The kernel's event queue overflowed: events were lost.
+    Overflow,
+}
+
+/// Changes in the config file's directory and in `config.d`.
+const CONFIG_MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_MODIFY)
+    .union(AddWatchFlags::IN_CLOSE_WRITE)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF);
+/// Removals in a snapshot directory (its own checkpoints create entries: not watched).
+const SNAPSHOT_MASK: AddWatchFlags = AddWatchFlags::IN_DELETE
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF);
+/// Entries appearing or vanishing in the image's directory (not its writes).
+const IMAGE_MASK: AddWatchFlags = SNAPSHOT_MASK.union(AddWatchFlags::IN_CREATE);
 
 /// Which paths matter. Directories are watched; events are kept only when they concern
 /// these paths.
@@ -65,56 +111,67 @@ impl WatchSet {
     /// Directories to watch, in a stable order.
     pub fn dirs(&self) -> BTreeSet<PathBuf> {
         let mut d = BTreeSet::new();
-        if let Some(p) = self
-            .config_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
+        if let Some(p) = self.config_dir() {
             d.insert(p.to_path_buf());
         }
         d.insert(self.dropin_dir.clone());
         d.extend(self.snapshot_dirs.iter().cloned());
-        if let Some(p) = self
-            .image
-            .as_ref()
-            .and_then(|i| i.parent())
-            .filter(|p| !p.as_os_str().is_empty())
-        {
+        if let Some(p) = self.image_dir() {
             d.insert(p.to_path_buf());
         }
         d
     }
 
+    fn config_dir(&self) -> Option<&Path> {
+        self.config_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    fn image_dir(&self) -> Option<&Path> {
+        self.image
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The events watched in `dir`: those of every role it has (one of [`WatchSet::dirs`]).
+    pub fn mask_of(&self, dir: &Path) -> AddWatchFlags {
+        let mut mask = AddWatchFlags::empty();
+        if self.config_dir() == Some(dir) || self.dropin_dir == dir {
+            mask |= CONFIG_MASK;
+        }
+        if self.snapshot_dirs.contains(dir) {
+            mask |= SNAPSHOT_MASK;
+        }
+        if self.image_dir() == Some(dir) {
+            mask |= IMAGE_MASK;
+        }
+        mask
+    }
+
     /// Why this event should trigger a pass, or `None` when it is irrelevant.
-    pub fn relevance(&self, ev: &notify::Event) -> Option<&'static str> {
-        if ev.need_rescan() {
-            return Some("watch queue overflow");
+    pub fn relevance(&self, ev: &FsEvent) -> Option<&'static str> {
+        let (p, change) = match ev {
+            FsEvent::Overflow => return Some("watch queue overflow"),
+            FsEvent::Changed(p, change) => (p, *change),
+        };
+        let removal = matches!(change, Change::Deleted | Change::Renamed);
+        let appear_vanish = removal || change == Change::Created;
+        if *p == self.config_file || *p == self.dropin_dir {
+            return Some("config changed");
         }
-        if matches!(ev.kind, EventKind::Access(_)) {
-            return None;
+        if p.parent() == Some(self.dropin_dir.as_path()) && is_dropin_name(p) {
+            return Some("config changed");
         }
-        let removal = matches!(
-            ev.kind,
-            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
-        );
-        let appear_vanish = removal || matches!(ev.kind, EventKind::Create(_));
-        let content = !matches!(ev.kind, EventKind::Modify(ModifyKind::Metadata(_)));
-        for p in &ev.paths {
-            if content && (*p == self.config_file || *p == self.dropin_dir) {
-                return Some("config changed");
-            }
-            if content && p.parent() == Some(self.dropin_dir.as_path()) && is_dropin_name(p) {
-                return Some("config changed");
-            }
-            if removal
-                && (self.snapshot_dirs.contains(p)
-                    || p.parent().is_some_and(|d| self.snapshot_dirs.contains(d)))
-            {
-                return Some("snapshot removed");
-            }
-            if appear_vanish && self.image.as_deref() == Some(p.as_path()) {
-                return Some("image appeared or vanished");
-            }
+        if removal
+            && (self.snapshot_dirs.contains(p)
+                || p.parent().is_some_and(|d| self.snapshot_dirs.contains(d)))
+        {
+            return Some("snapshot removed");
+        }
+        if appear_vanish && self.image.as_deref() == Some(p.as_path()) {
+            return Some("image appeared or vanished");
         }
         None
     }
@@ -126,51 +183,95 @@ fn is_dropin_name(p: &Path) -> bool {
         .is_some_and(|n| !n.starts_with('.') && n.ends_with(".toml"))
 }
 
+/// The event `ev` of the watch on `dir` (`None`: nothing this module looks at).
+fn fs_event(dir: &Path, ev: &InotifyEvent) -> Option<FsEvent> {
+    use AddWatchFlags as F;
+    let m = ev.mask;
+    if m.contains(F::IN_Q_OVERFLOW) {
+        return Some(FsEvent::Overflow);
+    }
+    let change = if m.contains(F::IN_CREATE) {
+        Change::Created
+    } else if m.intersects(F::IN_DELETE | F::IN_DELETE_SELF | F::IN_UNMOUNT) {
+        Change::Deleted
+    } else if m.intersects(F::IN_MOVED_FROM | F::IN_MOVED_TO | F::IN_MOVE_SELF) {
+        Change::Renamed
+    } else if m.intersects(F::IN_MODIFY | F::IN_CLOSE_WRITE) {
+        Change::Written
+    } else {
+        return None;
+    };
+    let path = match &ev.name {
+        Some(name) => dir.join(name),
+        None => dir.to_path_buf(),
+    };
+    Some(FsEvent::Changed(path, change))
+}
+
+/// What the watcher thread reads: the paths of the watches, and what matters.
+#[derive(Default)]
+struct Targets {
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    set: WatchSet,
+}
+
+/// One watched directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watched {
+    /// Its (device, inode) when the watch was added.
+    id: (u64, u64),
+    mask: AddWatchFlags,
+    wd: WatchDescriptor,
+}
+
 /// The inotify watches, re-registered after every pass (directories may appear, and a
-/// remount replaces a directory by another inode).
+/// remount replaces a directory by another inode), and the thread reading their events.
+/// Dropping it ends the thread.
 pub struct Watches {
-    watcher: notify::RecommendedWatcher,
-    watched: BTreeMap<PathBuf, (u64, u64)>,
-    set: Arc<Mutex<WatchSet>>,
+    inotify: Arc<Inotify>,
+    targets: Arc<Mutex<Targets>>,
+    watched: BTreeMap<PathBuf, Watched>,
+    /// The write end of a pipe the thread polls: closed (dropped) with this, it ends the
+    /// thread.
+    _stop: OwnedFd,
+}
+
+fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Watches {
     /// Create the watcher; relevant events become [`Event::Tick`] on `tx`.
     pub fn new(tx: Sender<Event>) -> Result<Watches, WatchError> {
-        let set = Arc::new(Mutex::new(WatchSet::default()));
-        let filter = Arc::clone(&set);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            let why = match res {
-                Ok(ev) => {
-                    let set = filter.lock().unwrap_or_else(|p| p.into_inner());
-                    let why = set.relevance(&ev);
-                    if let Some(w) = why {
-                        tracing::debug!(reason = w, paths = ?ev.paths, kind = ?ev.kind, "watch event");
-                    }
-                    why
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch error; running a full pass");
-                    Some("watch error")
-                }
-            };
-            if let Some(w) = why {
-                let _ = tx.send(Event::Tick(w));
-            }
-        })
-        .map_err(WatchError::Watcher)?;
+        let inotify = Arc::new(
+            Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+                .map_err(|e| WatchError::Watcher(e.into()))?,
+        );
+        let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| WatchError::Watcher(e.into()))?;
+        let targets = Arc::new(Mutex::new(Targets::default()));
+        let (ino, tg) = (Arc::clone(&inotify), Arc::clone(&targets));
+        std::thread::Builder::new()
+            .name("ws-ckpt-watch".into())
+            .spawn(move || read_events(&ino, &tg, &stop_rx, &tx))
+            .map_err(|source| WatchError::Thread {
+                name: "watch",
+                source,
+            })?;
         Ok(Watches {
-            watcher,
+            inotify,
+            targets,
             watched: BTreeMap::new(),
-            set,
+            _stop: stop_tx,
         })
     }
 
-    /// Make the watched directories match `want`: add new or replaced ones, drop vanished
-    /// ones. Failures are logged (the periodic pass still covers those paths).
+    /// Make the watched directories match `want`: add new or replaced ones (or change what
+    /// is watched in them), drop vanished ones. Failures are logged (the periodic pass still
+    /// covers those paths).
     pub fn update(&mut self, want: WatchSet) {
         let dirs = want.dirs();
-        *self.set.lock().unwrap_or_else(|p| p.into_inner()) = want;
+        let mut targets = relock(&self.targets);
         let mut next = BTreeMap::new();
         for dir in dirs {
             let Ok(meta) = std::fs::metadata(&dir) else {
@@ -180,40 +281,112 @@ impl Watches {
                 continue;
             }
             let id = (meta.dev(), meta.ino());
-            if self.watched.get(&dir) == Some(&id) {
-                next.insert(dir, id);
+            let mask = want.mask_of(&dir);
+            if let Some(w) = self
+                .watched
+                .get(&dir)
+                .filter(|w| w.id == id && w.mask == mask)
+            {
+                next.insert(dir, *w);
                 continue;
             }
-            if self.watched.contains_key(&dir) {
-                let _ = self.watcher.unwatch(&dir);
-            }
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
+            match self
+                .inotify
+                .add_watch(&dir, mask | AddWatchFlags::IN_ONLYDIR)
+            {
+                Ok(wd) => {
                     tracing::debug!(dir = %dir.display(), "watching");
-                    next.insert(dir, id);
+                    targets.dirs.insert(wd, dir.clone());
+                    next.insert(dir, Watched { id, mask, wd });
                 }
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; changes there are seen at the next periodic pass")
                 }
             }
         }
-        for dir in self.watched.keys() {
-            if !next.contains_key(dir) {
-                let _ = self.watcher.unwatch(dir);
+        // A watch no directory uses any more (vanished, or replaced by another inode).
+        for w in self.watched.values() {
+            if !next.values().any(|n: &Watched| n.wd == w.wd) {
+                let _ = self.inotify.rm_watch(w.wd);
+                targets.dirs.remove(&w.wd);
             }
         }
+        targets.set = want;
         self.watched = next;
     }
 
     /// True when `want` is the set given last ([`Watches::update`] would only re-check the
     /// directories' identities, which every reconcile pass does).
     pub fn has_set(&self, want: &WatchSet) -> bool {
-        *self.set.lock().unwrap_or_else(|p| p.into_inner()) == *want
+        relock(&self.targets).set == *want
     }
 
     /// Directories currently watched.
     pub fn watched(&self) -> Vec<PathBuf> {
         self.watched.keys().cloned().collect()
+    }
+}
+
+/// The watcher thread: waits for events (or for `stop` to close), keeps the relevant ones,
+/// and sends one [`Event::Tick`] per batch read. Ends when `stop` closes or the loop is gone.
+fn read_events(ino: &Inotify, targets: &Mutex<Targets>, stop: &OwnedFd, tx: &Sender<Event>) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: ino.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds for the duration of the call; both descriptors outlive it.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(error = %e, "cannot wait for filesystem events; changes are seen at the next periodic pass");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        let events = match ino.read_events() {
+            Ok(events) => events,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read filesystem events; running a full pass");
+                let _ = tx.send(Event::Tick("watch error"));
+                return;
+            }
+        };
+        let mut why = None;
+        {
+            let mut t = relock(targets);
+            for ev in &events {
+                if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    t.dirs.remove(&ev.wd);
+                    continue;
+                }
+                let fs = match ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    true => Some(FsEvent::Overflow),
+                    false => t.dirs.get(&ev.wd).and_then(|dir| fs_event(dir, ev)),
+                };
+                if let Some(w) = fs.as_ref().and_then(|fs| t.set.relevance(fs)) {
+                    tracing::debug!(reason = w, event = ?fs, "watch event");
+                    why.get_or_insert(w);
+                }
+            }
+        }
+        if let Some(w) = why {
+            if tx.send(Event::Tick(w)).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -275,12 +448,11 @@ pub fn spawn_signal_thread(tx: Sender<Event>) -> Result<(), WatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{AccessKind, CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
     use std::sync::mpsc;
     use std::time::Duration;
 
-    fn ev(kind: EventKind, path: &str) -> notify::Event {
-        notify::Event::new(kind).add_path(PathBuf::from(path))
+    fn ev(change: Change, path: &str) -> FsEvent {
+        FsEvent::Changed(PathBuf::from(path), change)
     }
 
     fn set() -> WatchSet {
@@ -312,112 +484,180 @@ mod tests {
     }
 
     #[test]
+    fn each_directory_watches_what_matters_there_and_never_opens() {
+        use AddWatchFlags as F;
+        let s = set();
+        let config = s.mask_of(Path::new("/etc/w"));
+        assert!(config.contains(F::IN_CLOSE_WRITE | F::IN_MOVED_TO | F::IN_CREATE));
+        assert_eq!(s.mask_of(Path::new("/etc/w/config.d")), config);
+        let snaps = s.mask_of(Path::new("/mnt/s/ws-1"));
+        assert!(snaps.contains(F::IN_DELETE | F::IN_MOVED_FROM | F::IN_DELETE_SELF));
+        assert!(!snaps.intersects(F::IN_CREATE | F::IN_MODIFY | F::IN_CLOSE_WRITE));
+        let image = s.mask_of(Path::new("/var/lib/w"));
+        assert!(image.contains(F::IN_CREATE | F::IN_DELETE | F::IN_MOVED_TO));
+        assert!(!image.intersects(F::IN_MODIFY | F::IN_CLOSE_WRITE));
+        for dir in s.dirs() {
+            let m = s.mask_of(&dir);
+            assert!(!m.is_empty(), "{}", dir.display());
+            assert!(
+                !m.intersects(F::IN_OPEN | F::IN_ACCESS | F::IN_CLOSE_NOWRITE | F::IN_ATTRIB),
+                "{}",
+                dir.display()
+            );
+        }
+        // A directory with two roles watches both.
+        let shared = WatchSet {
+            image: Some("/etc/w/img".into()),
+            ..set()
+        };
+        assert_eq!(shared.mask_of(Path::new("/etc/w")), config | IMAGE_MASK);
+    }
+
+    #[test]
     fn config_events_are_relevant_other_files_not() {
         let s = set();
-        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
         assert_eq!(
-            s.relevance(&ev(data, "/etc/w/config.toml")),
+            s.relevance(&ev(Change::Written, "/etc/w/config.toml")),
             Some("config changed")
         );
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Create(CreateKind::File),
-                "/etc/w/config.d/50-x.toml"
-            )),
+            s.relevance(&ev(Change::Created, "/etc/w/config.d/50-x.toml")),
             Some("config changed")
         );
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Create(CreateKind::Folder),
-                "/etc/w/config.d"
-            )),
+            s.relevance(&ev(Change::Created, "/etc/w/config.d")),
             Some("config changed")
         );
         assert_eq!(
-            s.relevance(&ev(data, "/etc/w/config.d/.50-x.toml.swp")),
-            None
-        );
-        assert_eq!(s.relevance(&ev(data, "/etc/w/config.d/notes.txt")), None);
-        assert_eq!(s.relevance(&ev(data, "/etc/w/other.toml")), None);
-        assert_eq!(
-            s.relevance(&ev(
-                EventKind::Access(AccessKind::Any),
-                "/etc/w/config.toml"
-            )),
+            s.relevance(&ev(Change::Written, "/etc/w/config.d/.50-x.toml.swp")),
             None
         );
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
-                "/etc/w/config.toml"
-            )),
+            s.relevance(&ev(Change::Written, "/etc/w/config.d/notes.txt")),
             None
         );
+        assert_eq!(s.relevance(&ev(Change::Written, "/etc/w/other.toml")), None);
     }
 
     #[test]
     fn only_removals_in_snapshot_dirs_matter() {
         let s = set();
         assert_eq!(
-            s.relevance(&ev(EventKind::Remove(RemoveKind::Folder), "/mnt/s/ws-1/c1")),
+            s.relevance(&ev(Change::Deleted, "/mnt/s/ws-1/c1")),
             Some("snapshot removed")
         );
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
-                "/mnt/s/ws-1/c1"
-            )),
+            s.relevance(&ev(Change::Renamed, "/mnt/s/ws-1/c1")),
             Some("snapshot removed")
         );
         assert_eq!(
-            s.relevance(&ev(EventKind::Remove(RemoveKind::Folder), "/mnt/s/ws-1")),
+            s.relevance(&ev(Change::Deleted, "/mnt/s/ws-1")),
             Some("snapshot removed")
         );
         // Our own checkpoints create entries: no pass for those.
-        assert_eq!(
-            s.relevance(&ev(EventKind::Create(CreateKind::Folder), "/mnt/s/ws-1/c2")),
-            None
-        );
-        assert_eq!(
-            s.relevance(&ev(EventKind::Remove(RemoveKind::Folder), "/mnt/other/c1")),
-            None
-        );
+        assert_eq!(s.relevance(&ev(Change::Created, "/mnt/s/ws-1/c2")), None);
+        assert_eq!(s.relevance(&ev(Change::Deleted, "/mnt/other/c1")), None);
     }
 
     #[test]
     fn image_appearing_matters_but_not_its_writes() {
         let s = set();
         assert_eq!(
-            s.relevance(&ev(EventKind::Create(CreateKind::File), "/var/lib/w/img")),
+            s.relevance(&ev(Change::Created, "/var/lib/w/img")),
             Some("image appeared or vanished")
         );
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-                "/var/lib/w/img"
-            )),
+            s.relevance(&ev(Change::Renamed, "/var/lib/w/img")),
             Some("image appeared or vanished")
         );
+        assert_eq!(s.relevance(&ev(Change::Written, "/var/lib/w/img")), None);
         assert_eq!(
-            s.relevance(&ev(
-                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-                "/var/lib/w/img"
-            )),
-            None
-        );
-        assert_eq!(
-            s.relevance(&ev(
-                EventKind::Create(CreateKind::File),
-                "/var/lib/w/state.json.tmp"
-            )),
+            s.relevance(&ev(Change::Created, "/var/lib/w/state.json.tmp")),
             None
         );
     }
 
     #[test]
-    fn rescan_is_always_relevant() {
-        let e = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-        assert_eq!(set().relevance(&e), Some("watch queue overflow"));
+    fn overflow_is_always_relevant() {
+        assert_eq!(
+            set().relevance(&FsEvent::Overflow),
+            Some("watch queue overflow")
+        );
+    }
+
+    #[test]
+    fn inotify_events_become_changes_of_the_watched_paths() {
+        use AddWatchFlags as F;
+        let dir = Path::new("/mnt/s/ws-1");
+        let wd = {
+            let ino = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            ino.add_watch(tmp.path(), F::IN_CREATE).unwrap()
+        };
+        let raw = |mask: AddWatchFlags, name: Option<&str>| InotifyEvent {
+            wd,
+            mask,
+            cookie: 0,
+            name: name.map(Into::into),
+        };
+        let cases = [
+            (
+                F::IN_CREATE | F::IN_ISDIR,
+                Some("c1"),
+                Some(ev(Change::Created, "/mnt/s/ws-1/c1")),
+            ),
+            (
+                F::IN_DELETE | F::IN_ISDIR,
+                Some("c1"),
+                Some(ev(Change::Deleted, "/mnt/s/ws-1/c1")),
+            ),
+            (
+                F::IN_MOVED_FROM,
+                Some("c1"),
+                Some(ev(Change::Renamed, "/mnt/s/ws-1/c1")),
+            ),
+            (
+                F::IN_DELETE_SELF,
+                None,
+                Some(ev(Change::Deleted, "/mnt/s/ws-1")),
+            ),
+            (
+                F::IN_MOVE_SELF,
+                None,
+                Some(ev(Change::Renamed, "/mnt/s/ws-1")),
+            ),
+            (
+                F::IN_UNMOUNT,
+                None,
+                Some(ev(Change::Deleted, "/mnt/s/ws-1")),
+            ),
+            (
+                F::IN_CLOSE_WRITE,
+                Some("f"),
+                Some(ev(Change::Written, "/mnt/s/ws-1/f")),
+            ),
+            (F::IN_Q_OVERFLOW, None, Some(FsEvent::Overflow)),
+            (F::IN_OPEN, Some("f"), None),
+            (F::IN_IGNORED, None, None),
+        ];
+        for (mask, name, want) in cases {
+            assert_eq!(fs_event(dir, &raw(mask, name)), want, "{mask:?}");
+        }
+    }
+
+    /// The masks registered on the watches of this process's inotify descriptors, from
+    /// `/proc/self/fdinfo` (`inotify wd:… mask:<hex> …`).
+    fn registered_masks(ino: &Inotify) -> Vec<u32> {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ino.as_fd().as_raw_fd()))
+                .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("inotify "))
+            .map(|l| {
+                let hex = l.split(" mask:").nth(1).unwrap().split(' ').next().unwrap();
+                u32::from_str_radix(hex, 16).unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -452,6 +692,47 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)).unwrap(),
             Event::Tick("config changed")
         );
+        // Reading the config registers nothing to wake for.
+        for mask in registered_masks(&w.inotify) {
+            let mask = AddWatchFlags::from_bits_truncate(mask);
+            assert!(!mask.intersects(AddWatchFlags::IN_OPEN | AddWatchFlags::IN_ACCESS));
+        }
+    }
+
+    #[test]
+    fn snapshot_directories_wake_the_loop_for_removals_only() {
+        let root = tempfile::tempdir().unwrap();
+        let snaps = root.path().join("snapshots");
+        std::fs::create_dir(&snaps).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut w = Watches::new(tx).unwrap();
+        w.update(WatchSet {
+            config_file: root.path().join("etc/config.toml"),
+            dropin_dir: root.path().join("etc/config.d"),
+            snapshot_dirs: [snaps.clone()].into_iter().collect(),
+            image: None,
+        });
+        assert_eq!(w.watched(), vec![snaps.clone()]);
+        assert_eq!(registered_masks(&w.inotify), vec![SNAPSHOT_MASK.bits()]);
+        // A checkpoint's new entry, and reading the directory: nothing.
+        std::fs::create_dir(snaps.join("c1")).unwrap();
+        std::fs::read_dir(&snaps).unwrap().for_each(drop);
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        std::fs::remove_dir(snaps.join("c1")).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Event::Tick("snapshot removed")
+        );
+        // Dropping the watches ends the thread: the loop's sender goes with it.
+        drop(w);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                _ if std::time::Instant::now() > deadline => panic!("the watch thread did not end"),
+                _ => {}
+            }
+        }
     }
 
     #[test]
