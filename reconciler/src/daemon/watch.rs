@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
+use crate::locks::relock;
+
 /// What the loop receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -234,10 +236,6 @@ pub struct Watches {
     /// The write end of a pipe the thread polls: closed (dropped) with this, it ends the
     /// thread.
     _stop: OwnedFd,
-}
-
-fn relock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Watches {

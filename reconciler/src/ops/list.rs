@@ -486,7 +486,7 @@ fn write_list(sources: &[Source], out: &mut Vec<u8>) -> serde_json::Result<()> {
 }
 
 /// The JSON string of `parts` joined: copied as they are when none holds a byte JSON
-/// escapes (a control character, `"` or `\\`), else through serde_json.
+/// escapes (a control character, `"` or a backslash), else through serde_json.
 fn put_str(out: &mut Vec<u8>, parts: &[&str]) -> serde_json::Result<()> {
     let plain = parts.iter().all(|p| {
         // No early exit: the loop over the bytes vectorizes.
