@@ -8,6 +8,7 @@
 use crate::api::{Caller, Reply, Request};
 use crate::error::{Error, ErrorCode};
 use crate::ipc;
+use crate::locks::relock;
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -173,10 +174,7 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .give_back(self.uid);
+        relock(&self.slots).give_back(self.uid);
     }
 }
 
@@ -236,10 +234,7 @@ impl Workers {
                         return;
                     }
                     // Ends when the accept loop is gone (the sender dropped) or after a while.
-                    let next = waiting
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .recv_timeout(IDLE_FOR);
+                    let next = relock(&waiting).recv_timeout(IDLE_FOR);
                     idle.fetch_sub(1, Ordering::SeqCst);
                     match next {
                         Ok(j) => job = j,
@@ -285,10 +280,7 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
                 continue;
             }
         };
-        let taken = slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(caller.uid);
+        let taken = relock(&slots).take(caller.uid);
         if let Err(why) = taken {
             refuse_busy(stream, &caller, why);
             continue;

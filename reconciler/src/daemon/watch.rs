@@ -341,14 +341,13 @@ fn read_events(ino: &Inotify, targets: &Mutex<Targets>, stop: &OwnedFd, tx: &Sen
                 revents: 0,
             },
         ];
-        // SAFETY: two valid pollfds for the duration of the call; both descriptors outlive it.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        match crate::sys::poll(&mut fds, -1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wait for filesystem events; changes are seen at the next periodic pass");
+                return;
             }
-            tracing::warn!(error = %e, "cannot wait for filesystem events; changes are seen at the next periodic pass");
-            return;
         }
         if fds[1].revents != 0 {
             return;

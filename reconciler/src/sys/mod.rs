@@ -20,6 +20,15 @@ mod loopdev;
 pub mod mountinfo;
 mod send;
 
+/// `poll(2)` on `fds` for up to `timeout_ms` (`-1`: no limit): how many have events in their
+/// `revents`. An interrupted wait is an error of kind `Interrupted`.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> std::io::Result<usize> {
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfds, borrowed exclusively for the
+    // duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// Error from a system call or an external program, always naming what it acted on.
 #[derive(Debug, thiserror::Error)]
 pub enum SysError {

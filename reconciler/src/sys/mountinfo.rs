@@ -40,16 +40,13 @@ pub fn read_mountinfo() -> SysResult<Vec<MountEntry>> {
 pub fn mount_table_changed(file: &std::fs::File, timeout_ms: i32) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     let wanted = libc::POLLPRI | libc::POLLERR;
-    let mut pfd = libc::pollfd {
+    let mut pfd = [libc::pollfd {
         fd: file.as_raw_fd(),
         events: wanted,
         revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; `file` outlives it.
-    if unsafe { libc::poll(&mut pfd, 1, timeout_ms) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(pfd.revents & wanted != 0)
+    }];
+    super::poll(&mut pfd, timeout_ms)?;
+    Ok(pfd[0].revents & wanted != 0)
 }
 
 /// The mount whose mount point is the longest component-wise prefix of `path`. When several
