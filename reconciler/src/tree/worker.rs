@@ -219,16 +219,22 @@ pub(crate) fn run(
         if settings.deadline.is_some_and(|d| started.elapsed() > d) {
             return Err(worker_err("the job took longer than its deadline; killed"));
         }
-        let mut pfd = [libc::pollfd {
+        let mut pfd = libc::pollfd {
             fd: ours.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        }];
-        match crate::sys::poll(&mut pfd, 100) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(worker_err(format!("poll failed: {e}"))),
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(worker_err(format!("poll failed: {e}")));
+        }
+        if n == 0 {
+            continue;
         }
         let mut iov = [IoSliceMut::new(&mut buf)];
         let received =
