@@ -182,14 +182,17 @@ fn regression_7_checkpoint_killed_after_snapshot_keeps_message_metadata_and_pin(
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// Issue 9 lets the index line's fdatasync run while the snapshot ioctl does; the snapshot
-/// carries the same record (an xattr of its root, committed with it). What a power cut keeps
-/// then may be the snapshot without the line: here the line is cut off the journal by hand,
-/// and the next `apply` must adopt the snapshot with its message, metadata and pin (a
-/// cleanup then keeps it), while a later snapshot that inherited the record under another
-/// name is not mistaken for it.
+/// Issue 9 lets the index line's fdatasync run while the snapshot ioctl does; the same
+/// record is on the snapshot's directory (an xattr, committed with the snapshot or before
+/// it) until the line is durable. What a power cut keeps then may be the snapshot without
+/// the line: here the checkpoint is killed right after its snapshot and the line's sync,
+/// before the record is removed, and the line is cut off the journal by hand (what the
+/// power cut would have lost). The next `apply` must adopt the snapshot with its message,
+/// metadata and pin (a cleanup then keeps it), while a snapshot made by hand gets none of
+/// it. The workspace root is never touched, so a checkpoint of an unchanged tree is no
+/// change `diff` reports.
 #[test]
-fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
+fn regression_7b_index_line_lost_snapshot_adopted_with_its_record() {
     let Some(rig) = rig("regression_7b", Storage::Host, Via::InProcess) else {
         return;
     };
@@ -197,15 +200,50 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
     let ws_id = init(&rig, &a);
     checkpoint(&rig, &a, "s0", &["-m", "base"]).ok();
     let meta = json!({"tool": "edit", "step": 7});
-    let r = checkpoint(
-        &rig,
-        &a,
-        "lost",
-        &["-m", "agent step", "--metadata", &meta.to_string(), "--pin"],
+    let snap_dir = rig.layout.snapshots_root().join(&ws_id);
+    let live = rig.layout.mount.join("gates").join(&ws_id).join("live");
+    assert!(
+        ws_ckpt_xattrs(&snap_dir).is_empty(),
+        "a completed checkpoint leaves no record on {}",
+        snap_dir.display()
     );
-    assert_eq!(r.code(), Some(0), "checkpoint:\n{}", r.describe());
+    assert!(
+        ws_ckpt_xattrs(&live).is_empty(),
+        "the workspace root is not touched"
+    );
+    let ap = a.display().to_string();
+    let m = meta.to_string();
+    let r = rig.env.run_env(
+        &[
+            "checkpoint",
+            "-w",
+            &ap,
+            "-s",
+            "lost",
+            "-m",
+            "agent step",
+            "--metadata",
+            &m,
+            "--pin",
+        ],
+        &[("WS_CKPT_FAULT", "checkpoint:after-snapshot")],
+    );
+    assert_ne!(
+        r.code(),
+        Some(0),
+        "killed at the fault point:\n{}",
+        r.describe()
+    );
+    assert!(snap_dir.join("lost").exists(), "the snapshot was taken");
+    let records = ws_ckpt_xattrs(&snap_dir);
+    assert_eq!(
+        records.len(),
+        1,
+        "one record on {}: {records:?}",
+        snap_dir.display()
+    );
     // The journal as a power cut right after the snapshot's commit could leave it: without
-    // the line of `lost` (and its confirmation).
+    // the line of `lost`.
     let journal = rig
         .layout
         .state_dir
@@ -223,11 +261,11 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
         "the journal of {ws_id} has no line for `lost`:\n{text}"
     );
     fs::write(&journal, kept).unwrap();
-    // A snapshot made by hand afterwards inherits the workspace root's record.
-    let by_hand = rig.layout.snapshots_root().join(&ws_id).join("by-hand");
+    // A snapshot made by hand afterwards has no record of its own.
+    let by_hand = snap_dir.join("by-hand");
     let out = std::process::Command::new("btrfs")
         .args(["subvolume", "snapshot", "-r"])
-        .arg(rig.layout.mount.join("gates").join(&ws_id).join("live"))
+        .arg(&live)
         .arg(&by_hand)
         .output()
         .unwrap();
@@ -246,11 +284,15 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
         .expect("`by-hand` is listed");
     assert_eq!(
         hand.message, None,
-        "a record inherited under another name is not its own"
+        "another snapshot's record is not its own"
     );
     assert!(!hand.pinned);
-    // Nothing changed in the tree between s0 and `lost`: the record each root carries is
-    // not a change `diff` reports (the send stream has a set_xattr on the root).
+    assert!(
+        ws_ckpt_xattrs(&snap_dir).is_empty(),
+        "the adopted record is removed from {}",
+        snap_dir.display()
+    );
+    // Nothing changed in the tree between s0 and `lost`.
     let d = rig
         .json(&[
             "diff",
@@ -279,4 +321,25 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_the_record_it_carries() {
         "cleanup took the pinned `lost`: {after:?}"
     );
     assert_converged(&rig);
+}
+
+/// The names of ws-ckpt's own xattrs on `path` (`trusted.ws-ckpt.*`; the tests run as root,
+/// so `trusted.*` names are listed).
+fn ws_ckpt_xattrs(path: &Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: `c` is NUL-terminated; `buf` is writable for its length.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        n >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| s.starts_with(b"trusted.ws-ckpt"))
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
 }

@@ -642,9 +642,9 @@ impl Store {
     }
 
     /// [`Store::record_checkpoint`] with the line's `fdatasync` left to the caller, who
-    /// makes it while the snapshot ioctl runs when the snapshot carries the same record
-    /// ([`crate::sys::Sys::set_checkpoint_record`]): whichever of the two a power cut keeps,
-    /// the checkpoint is found with its message, metadata and pin.
+    /// makes it while the snapshot ioctl runs when the same record is on the snapshot's
+    /// directory ([`crate::sys::Sys::set_checkpoint_record`]): whichever of the two a power
+    /// cut keeps, the checkpoint is found with its message, metadata and pin.
     pub fn record_checkpoint_deferred(
         &self,
         ws_id: &str,

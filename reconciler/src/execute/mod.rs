@@ -193,9 +193,10 @@ impl Executor<'_> {
                     let created = std::fs::symlink_metadata(&p)
                         .and_then(|m| m.created())
                         .unwrap_or_else(|_| SystemTime::now());
-                    // A checkpoint whose index line a power cut lost: its snapshot carries
-                    // the record (message, metadata, pin), and it takes its place in the
-                    // lineage as the checkpoint would have.
+                    // A checkpoint whose index line a power cut lost: its record (message,
+                    // metadata, pin) is on its snapshot directory (or, from earlier builds,
+                    // on the snapshot's root), and it takes its place in the lineage as the
+                    // checkpoint would have.
                     let carried = self
                         .sys
                         .checkpoint_record(&p)
@@ -204,9 +205,13 @@ impl Executor<'_> {
                         .and_then(|b| crate::state::CheckpointNote::entry_for(&b, ws_id, id));
                     match carried {
                         Some(entry) => {
-                            tracing::info!(ws_id, snapshot = %id, "adopting a checkpoint with the record its snapshot carries");
+                            tracing::info!(ws_id, snapshot = %id, "adopting a checkpoint with its record");
                             self.store.record_checkpoint(ws_id, id, &entry)?;
                             self.store.confirm_checkpoint(ws_id, id, entry);
+                            let dir = self.res.snap_dir(ws_id);
+                            if let Err(e) = self.sys.remove_checkpoint_record(&dir, id) {
+                                tracing::warn!(ws_id, snapshot = %id, error = %e, "cannot remove an adopted checkpoint's record from its snapshot directory; it is harmless");
+                            }
                         }
                         None => {
                             let entry = new_entry(created, None, None, false);

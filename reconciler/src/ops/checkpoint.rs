@@ -57,6 +57,13 @@ pub struct PreparedCheckpoint {
     initialized: bool,
 }
 
+impl PreparedCheckpoint {
+    /// The directory the snapshot goes in (the workspace's snapshot directory).
+    fn snap_dir(&self) -> &Path {
+        self.dest.parent().unwrap_or(&self.dest)
+    }
+}
+
 /// The snapshot ioctl of a prepared checkpoint (no engine state touched; runs under the
 /// workspace's own lock only).
 pub fn take_checkpoint_snapshot(sys: &dyn crate::sys::Sys, p: &PreparedCheckpoint) -> Result<()> {
@@ -130,16 +137,27 @@ impl Engine {
                 prepared.metadata.clone(),
                 prepared.pin,
             );
-            // The record goes on the workspace root first, so that the snapshot carries it
-            // (committed by the snapshot's own btrfs transaction); then the journal line's
+            // The record goes on the snapshot's directory first, so that it is committed by
+            // the snapshot's own btrfs transaction or an earlier one; then the journal line's
             // fdatasync can run while the ioctl does: whichever of the two a power cut keeps,
             // the checkpoint is found with its message, metadata and pin (issues 9 and 10).
+            // Not on the workspace root: a source changed in the snapshot's transaction makes
+            // the ioctl write its tree too (about a millisecond more on a loop device).
             let carried = self.carry_record(&prepared, &entry);
             let unrecorded = |e: Error| self.not_recorded(&prepared, e);
-            let line = self
-                .store
-                .record_checkpoint_deferred(&prepared.ws_id, &prepared.id, &entry)
-                .map_err(unrecorded)?;
+            let line =
+                match self
+                    .store
+                    .record_checkpoint_deferred(&prepared.ws_id, &prepared.id, &entry)
+                {
+                    Ok(line) => line,
+                    Err(e) => {
+                        if carried {
+                            self.drop_record(&prepared);
+                        }
+                        return Err(unrecorded(e));
+                    }
+                };
             let (snapshot, synced) = if carried {
                 std::thread::scope(|s| {
                     let sync = s.spawn(|| line.sync());
@@ -159,19 +177,26 @@ impl Engine {
             if let Err(e) = snapshot {
                 self.store
                     .withdraw_checkpoint(&prepared.ws_id, &prepared.id);
+                if carried {
+                    self.drop_record(&prepared);
+                }
                 return Err(e);
             }
             if let Err(e) = synced {
                 return self.checkpoint_unsynced(prepared, entry, e.into());
             }
             fault::point("checkpoint:after-snapshot");
+            if carried {
+                // The journal line is durable: it is the record from now on.
+                self.drop_record(&prepared);
+            }
             self.checkpoint_commit(prepared, entry)
         })
     }
 
-    /// Put the checkpoint's record on the workspace root for its snapshot to carry. False when
-    /// it cannot (too large for an xattr on this filesystem, or refused): the journal line is
-    /// then made durable before the snapshot instead.
+    /// Put the checkpoint's record on its snapshot's directory until its journal line is
+    /// durable. False when it cannot (too large for an xattr on this filesystem, or refused):
+    /// the journal line is then made durable before the snapshot instead.
     fn carry_record(&self, p: &PreparedCheckpoint, entry: &crate::state::SnapshotEntry) -> bool {
         let note = CheckpointNote {
             ws_id: p.ws_id.clone(),
@@ -184,12 +209,24 @@ impl Engine {
         if bytes.len() > crate::state::record::MAX_NOTE_BYTES {
             return false;
         }
-        match self.sys().set_checkpoint_record(&p.subvol, &bytes) {
+        match self
+            .sys()
+            .set_checkpoint_record(p.snap_dir(), &p.id, &bytes)
+        {
             Ok(()) => true,
             Err(e) => {
-                tracing::debug!(ws_id = %p.ws_id, error = %e, "the snapshot cannot carry its record; recording it first");
+                tracing::debug!(ws_id = %p.ws_id, error = %e, "the checkpoint's record cannot go on its snapshot directory; recording it first");
                 false
             }
+        }
+    }
+
+    /// Remove the record [`Engine::carry_record`] put, now that the journal holds it or the
+    /// checkpoint was not taken. Left behind (this fails, or the process dies first), it is
+    /// only ever read for a snapshot of its own ID found without an index entry.
+    fn drop_record(&self, p: &PreparedCheckpoint) {
+        if let Err(e) = self.sys().remove_checkpoint_record(p.snap_dir(), &p.id) {
+            tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, "cannot remove a checkpoint's record from its snapshot directory; it is harmless");
         }
     }
 
@@ -212,8 +249,8 @@ impl Engine {
 
     /// The snapshot exists but the journal line could not be made durable: a failed
     /// checkpoint leaves no snapshot (issue 10), so it is deleted and the record withdrawn.
-    /// When the deletion fails too, the snapshot stays, carrying its record: it is what any
-    /// later process finds, so the checkpoint is reported taken.
+    /// When the deletion fails too, the snapshot stays, with its record on its directory: it
+    /// is what any later process finds, so the checkpoint is reported taken.
     fn checkpoint_unsynced(
         &self,
         p: PreparedCheckpoint,
@@ -227,10 +264,11 @@ impl Engine {
         {
             Ok(()) => {
                 self.store.withdraw_checkpoint(&p.ws_id, &p.id);
+                self.drop_record(&p);
                 Err(self.not_recorded(&p, e))
             }
             Err(d) => {
-                tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, delete_error = %d, "the journal line of a checkpoint failed and its snapshot could not be deleted; kept, with the record it carries");
+                tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, delete_error = %d, "the journal line of a checkpoint failed and its snapshot could not be deleted; kept, with its record on its snapshot directory");
                 self.checkpoint_commit(p, entry)
             }
         }

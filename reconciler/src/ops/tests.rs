@@ -12,7 +12,7 @@ use crate::state::CheckpointNote;
 use crate::state::{PendingKind, RollbackPhase};
 use crate::sys::fake::FakeSys;
 use crate::sys::Sys;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::SystemTime;
 use tempfile::TempDir;
@@ -1301,41 +1301,95 @@ fn an_acknowledged_checkpoint_whose_snapshot_vanished_stays_listed_as_missing() 
     assert!(got.missing, "shown as MISSING: {got:?}");
 }
 
-/// A snapshot whose index line a power cut lost is adopted with the record it carries
-/// (message, metadata, pin): the checkpoint put it on the workspace root before the ioctl.
-/// A record inherited from an earlier checkpoint (another ID) is not taken for its own.
+/// A checkpoint's record is on its snapshot directory while the snapshot ioctl runs (so a
+/// power cut that keeps the snapshot keeps the record), is never put on the workspace root
+/// (a source changed in the snapshot's transaction costs the ioctl a tree write), and is
+/// removed once the index line is durable, or when the checkpoint fails.
 #[test]
-fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
+fn a_checkpoint_record_is_on_the_snapshot_directory_only_while_the_line_is_not_durable() {
     let mut env = setup(&["a"]);
-    env.pin("a", "p1");
+    env.checkpoint("a", Some("c0")).unwrap();
     let id = env.ws_id("a");
     let res = env.res();
-    let carried = env
-        .sys
-        .checkpoint_record(&res.snapshot_path(&id, "p1"))
-        .unwrap()
-        .expect("the snapshot carries its record");
-    let entry = CheckpointNote::entry_for(&carried, &id, "p1").expect("its own record");
+    let dest = res.snapshot_path(&id, "p1");
+    let (sys, seen) = (Arc::clone(&env.sys), Arc::new(Mutex::new(None)));
+    let (d, seen2) = (dest.clone(), Arc::clone(&seen));
+    env.sys.on_next("snapshot", move || {
+        let record = sys.checkpoint_record(&d).unwrap();
+        *seen2.lock().unwrap() = Some((sys.records_now(), record));
+    });
+    env.pin("a", "p1");
+    let (held, record) = seen.lock().unwrap().take().expect("the snapshot ioctl ran");
+    assert_eq!(
+        held,
+        std::slice::from_ref(&dest),
+        "one record, for p1, while its ioctl runs"
+    );
+    let entry = CheckpointNote::entry_for(&record.unwrap(), &id, "p1").expect("its own record");
     assert_eq!(entry.message(), Some("keep me"));
     assert!(entry.pinned);
-    assert!(CheckpointNote::entry_for(&carried, &id, "other").is_none());
+    assert!(
+        env.sys.records_now().is_empty(),
+        "the record is removed once the line is durable"
+    );
+    assert_eq!(env.sys.checkpoint_record(&dest).unwrap(), None);
+    assert!(
+        !env.sys
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("set_checkpoint_record")
+                && c.contains(&*res.ws_subvol(&id).to_string_lossy())),
+        "nothing is put on the workspace root: {:?}",
+        env.sys.calls()
+    );
+
+    // A failed snapshot leaves no record.
+    env.sys.fail_next("snapshot", libc::ENOSPC);
+    assert!(env.checkpoint("a", Some("fails")).is_err());
+    assert!(
+        env.sys.records_now().is_empty(),
+        "{:?}",
+        env.sys.records_now()
+    );
+}
+
+/// A snapshot whose index line a power cut lost is adopted with its record (message,
+/// metadata, pin): the one on its snapshot directory, or, for a snapshot taken by an earlier
+/// build, the one its root carries. A record inherited from an earlier checkpoint (another
+/// ID) is not taken for its own.
+#[test]
+fn a_snapshot_without_index_entry_is_adopted_with_its_record() {
+    let mut env = setup(&["a"]);
+    env.checkpoint("a", Some("c0")).unwrap();
+    let id = env.ws_id("a");
+    let res = env.res();
+    let subvol = res.ws_subvol(&id);
+    let note = |snapshot: &str, message: &str| {
+        let mut lost = new_entry(SystemTime::now(), Some(message.into()), None, true);
+        lost.set_metadata(Some(serde_json::json!({"k": snapshot})));
+        serde_json::to_vec(&CheckpointNote {
+            ws_id: id.clone(),
+            id: snapshot.into(),
+            entry: lost,
+        })
+        .unwrap()
+    };
 
     // What a power cut between the snapshot's commit and the journal's leaves: a snapshot
-    // with its record and no index line.
-    let subvol = res.ws_subvol(&id);
-    let mut lost = new_entry(SystemTime::now(), Some("lost line".into()), None, true);
-    lost.set_metadata(Some(serde_json::json!({"k": "v"})));
-    let note = serde_json::to_vec(&CheckpointNote {
-        ws_id: id.clone(),
-        id: "lost".into(),
-        entry: lost,
-    })
-    .unwrap();
-    env.sys.set_checkpoint_record(&subvol, &note).unwrap();
+    // with its record on its directory and no index line.
+    env.sys
+        .set_checkpoint_record(&res.snap_dir(&id), "lost", &note("lost", "lost line"))
+        .unwrap();
     env.sys
         .snapshot(&subvol, &res.snapshot_path(&id, "lost"), true)
         .unwrap();
-    // A snapshot made by hand afterwards inherits that record, under another name.
+    // The same, left by an earlier build: the record on the workspace root, carried.
+    env.sys
+        .set_root_record(&subvol, &note("legacy", "earlier build"));
+    env.sys
+        .snapshot(&subvol, &res.snapshot_path(&id, "legacy"), true)
+        .unwrap();
+    // A snapshot made by hand afterwards inherits that root record, under another name.
     env.sys
         .snapshot(&subvol, &res.snapshot_path(&id, "by-hand"), true)
         .unwrap();
@@ -1343,13 +1397,20 @@ fn a_snapshot_without_index_entry_is_adopted_with_the_record_it_carries() {
     let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
     assert!(report.ok(), "{report:#?}");
     let index = env.engine.store.read().indexes[&id].clone();
-    let lost = &index.snapshots["lost"];
-    assert_eq!(lost.message(), Some("lost line"));
-    assert!(lost.pinned, "the pin survives: retention must not take it");
-    assert_eq!(lost.metadata(), Some(serde_json::json!({"k": "v"})));
+    for (snapshot, message) in [("lost", "lost line"), ("legacy", "earlier build")] {
+        let got = &index.snapshots[snapshot];
+        assert_eq!(got.message(), Some(message));
+        assert!(got.pinned, "the pin survives: retention must not take it");
+        assert_eq!(got.metadata(), Some(serde_json::json!({"k": snapshot})));
+    }
     let by_hand = &index.snapshots["by-hand"];
     assert_eq!(by_hand.message(), None);
     assert!(!by_hand.pinned);
+    assert!(
+        env.sys.records_now().is_empty(),
+        "an adopted record is removed: {:?}",
+        env.sys.records_now()
+    );
 }
 
 /// The daemon answers a rollback before its last commit: the record stays open until that

@@ -1,11 +1,14 @@
-//! The record a checkpoint's snapshot carries: its own index entry, put on the workspace root
-//! as an xattr just before the snapshot ioctl, so that the snapshot and the record are
-//! committed by one btrfs transaction (see `ops::checkpoint`).
+//! A checkpoint's record: its own index entry, put as an xattr on the snapshot's directory
+//! just before the snapshot ioctl, so that the record is committed by the snapshot's btrfs
+//! transaction or an earlier one, and removed once the index line is durable (see
+//! `ops::checkpoint`).
 
 use serde::{Deserialize, Serialize};
 
-/// The record a checkpoint's snapshot carries (xattr `trusted.ws-ckpt.checkpoint`
-/// of its root): read back when the snapshot is found without an index entry.
+/// A checkpoint's record (xattr `trusted.ws-ckpt.checkpoint.<digest of the ID>` of its
+/// snapshot's directory; earlier builds put it in `trusted.ws-ckpt.checkpoint` of the
+/// workspace root, which the snapshot copies): read back when the snapshot is found without
+/// an index entry.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CheckpointNote {
     /// Workspace ID.
@@ -22,9 +25,10 @@ pub struct CheckpointNote {
 pub(crate) const MAX_NOTE_BYTES: usize = 15 * 1024;
 
 impl CheckpointNote {
-    /// The entry `bytes` (read from the snapshot `id` of workspace `ws_id`) records, when it
-    /// is the record of that very snapshot: a record inherited by a later snapshot (the
-    /// workspace root carries the last one, and a rollback copies it back) names another ID.
+    /// The entry `bytes` (read for the snapshot `id` of workspace `ws_id`) records, when it
+    /// is the record of that very snapshot: a record on a snapshot's root may be inherited
+    /// from an earlier checkpoint (a workspace root written by earlier builds carries the
+    /// last one, and a rollback copies it back), and then names another ID.
     pub fn entry_for(bytes: &[u8], ws_id: &str, id: &str) -> Option<super::SnapshotEntry> {
         let note: CheckpointNote = serde_json::from_slice(bytes).ok()?;
         (note.ws_id == ws_id && note.id == id).then_some(note.entry)

@@ -42,8 +42,12 @@ impl std::fmt::Debug for FakeSys {
 struct State {
     subvolumes: BTreeSet<PathBuf>,
     readonly: BTreeSet<PathBuf>,
-    /// Checkpoint records by subvolume ([`Sys::set_checkpoint_record`]); snapshots copy them.
+    /// Checkpoint records by the path of their snapshot ([`Sys::set_checkpoint_record`]: on
+    /// the snapshot's directory, under its name).
     records: BTreeMap<PathBuf, Vec<u8>>,
+    /// Records on subvolume roots (as earlier builds put them there); snapshots copy
+    /// them.
+    root_records: BTreeMap<PathBuf, Vec<u8>>,
     /// (st_dev, st_ino) of the image files "formatted" by `create_image`.
     formatted: BTreeSet<(u64, u64)>,
     mounts: Vec<MountEntry>,
@@ -69,6 +73,7 @@ impl FakeSys {
                 subvolumes: BTreeSet::new(),
                 readonly: BTreeSet::new(),
                 records: BTreeMap::new(),
+                root_records: BTreeMap::new(),
                 formatted: BTreeSet::new(),
                 mounts: Vec::new(),
                 loops: Vec::new(),
@@ -103,6 +108,19 @@ impl FakeSys {
     /// Make the next call of trait method `op` (e.g. `"snapshot"`) fail with `errno`.
     pub fn fail_next(&self, op: &str, errno: i32) {
         self.lock().failures.insert(op.to_owned(), errno);
+    }
+
+    /// Put `record` on the root of subvolume `subvol`, where earlier builds put a
+    /// checkpoint's record before its snapshot (which copies it).
+    pub fn set_root_record(&self, subvol: &Path, record: &[u8]) {
+        self.lock()
+            .root_records
+            .insert(subvol.to_path_buf(), record.to_vec());
+    }
+
+    /// The checkpoint records held on snapshot directories, by the path of their snapshot.
+    pub fn records_now(&self) -> Vec<PathBuf> {
+        self.lock().records.keys().cloned().collect()
     }
 
     /// Every trait call so far, e.g. `"create_subvolume /x/y"`, in order (failed ones too).
@@ -285,25 +303,36 @@ impl Sys for FakeSys {
         if readonly {
             st.readonly.insert(dest.to_path_buf());
         }
-        if let Some(record) = st.records.get(source).cloned() {
-            st.records.insert(dest.to_path_buf(), record);
+        if let Some(record) = st.root_records.get(source).cloned() {
+            st.root_records.insert(dest.to_path_buf(), record);
         }
         Ok(())
     }
 
-    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()> {
+    fn set_checkpoint_record(&self, dir: &Path, id: &str, record: &[u8]) -> SysResult<()> {
         const OP: &str = "set_checkpoint_record";
-        let mut st = self.enter(OP, &[&display(subvol)], subvol)?;
-        if !st.subvolumes.contains(subvol) || !is_real_dir(subvol) {
-            return Err(err(OP, subvol, libc::EINVAL));
+        let mut st = self.enter(OP, &[&display(dir), &id], dir)?;
+        if !is_real_dir(dir) {
+            return Err(err(OP, dir, libc::ENOENT));
         }
-        st.records.insert(subvol.to_path_buf(), record.to_vec());
+        st.records.insert(dir.join(id), record.to_vec());
         Ok(())
     }
 
-    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>> {
+    fn remove_checkpoint_record(&self, dir: &Path, id: &str) -> SysResult<()> {
+        const OP: &str = "remove_checkpoint_record";
+        let mut st = self.enter(OP, &[&display(dir), &id], dir)?;
+        st.records.remove(&dir.join(id));
+        Ok(())
+    }
+
+    fn checkpoint_record(&self, snapshot: &Path) -> SysResult<Option<Vec<u8>>> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(st.records.get(subvol).cloned())
+        Ok(st
+            .records
+            .get(snapshot)
+            .or_else(|| st.root_records.get(snapshot))
+            .cloned())
     }
 
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {

@@ -134,21 +134,40 @@ impl Sys for LinuxSys {
             .map_err(|e| SysError::io(OP, dest, e))
     }
 
-    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()> {
-        const OP: &str = "set the checkpoint record of";
-        let dir = open_dir(OP, subvol)?;
-        let target = crate::tree::xattr::Target::Fd(dir.as_fd());
-        crate::tree::xattr::set(target, &record_xattr_name(), record)
-            .map_err(|e| SysError::io(OP, subvol, e))
+    fn set_checkpoint_record(&self, dir: &Path, id: &str, record: &[u8]) -> SysResult<()> {
+        const OP: &str = "put the checkpoint record on";
+        let d = open_dir(OP, dir)?;
+        let target = crate::tree::xattr::Target::Fd(d.as_fd());
+        crate::tree::xattr::set(target, &record_xattr_name(id), record)
+            .map_err(|e| SysError::io(OP, dir, e))
     }
 
-    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>> {
+    fn remove_checkpoint_record(&self, dir: &Path, id: &str) -> SysResult<()> {
+        const OP: &str = "remove the checkpoint record from";
+        let d = open_dir(OP, dir)?;
+        let target = crate::tree::xattr::Target::Fd(d.as_fd());
+        match crate::tree::xattr::remove(target, &record_xattr_name(id)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+            r => r.map_err(|e| SysError::io(OP, dir, e)),
+        }
+    }
+
+    fn checkpoint_record(&self, snapshot: &Path) -> SysResult<Option<Vec<u8>>> {
         const OP: &str = "read the checkpoint record of";
-        let dir = open_dir(OP, subvol)?;
-        let target = crate::tree::xattr::Target::Fd(dir.as_fd());
-        match crate::tree::xattr::get(target, &record_xattr_name()) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
-            r => r.map_err(|e| SysError::io(OP, subvol, e)),
+        let (dir, name) = split(OP, snapshot)?;
+        let get = |path: &Path, xattr: &std::ffi::CStr| -> SysResult<Option<Vec<u8>>> {
+            let d = open_dir(OP, path)?;
+            match crate::tree::xattr::get(crate::tree::xattr::Target::Fd(d.as_fd()), xattr) {
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+                r => r.map_err(|e| SysError::io(OP, snapshot, e)),
+            }
+        };
+        let id = name
+            .to_str()
+            .ok_or_else(|| SysError::io(OP, snapshot, Errno::EINVAL))?;
+        match get(dir, &record_xattr_name(id))? {
+            Some(record) => Ok(Some(record)),
+            None => get(snapshot, &legacy_record_xattr_name()),
         }
     }
 
@@ -804,7 +823,13 @@ fn copy_name(op: &'static str, path: &Path, name: &OsStr, buf: &mut [u8]) -> Sys
     Ok(())
 }
 
-fn record_xattr_name() -> std::ffi::CString {
+/// The xattr of snapshot `id`'s record on its directory.
+fn record_xattr_name(id: &str) -> std::ffi::CString {
+    std::ffi::CString::new(super::checkpoint_record_name(id)).expect("a constant and hex digits")
+}
+
+/// The xattr earlier builds put the record in, on the workspace root.
+fn legacy_record_xattr_name() -> std::ffi::CString {
     std::ffi::CString::new(super::CHECKPOINT_RECORD_XATTR).expect("no NUL in a constant")
 }
 

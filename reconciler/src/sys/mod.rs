@@ -191,10 +191,28 @@ pub enum SubvolumeCheck {
     Subvolume(OpenSubvolume),
 }
 
-/// The xattr a checkpoint's snapshot carries its own index record in ([`Sys::set_checkpoint_record`]):
-/// a snapshot whose index line was lost in a power cut is adopted with its message, metadata
-/// and pin. Copies and verifications of trees leave it out, and so does `diff`.
+/// The xattr a checkpoint's record is kept in until its index line is durable
+/// ([`Sys::set_checkpoint_record`]): a snapshot whose index line was lost in a power cut is
+/// adopted with its message, metadata and pin. On the workspace's snapshot directory the
+/// name is followed by `.` and a digest of the snapshot ID ([`checkpoint_record_name`]);
+/// earlier builds put it, without a suffix, on the workspace root, whose snapshots carry
+/// it (copies and verifications of trees leave that one out, and so does `diff`).
 pub const CHECKPOINT_RECORD_XATTR: &str = crate::tree::CHECKPOINT_RECORD_XATTR;
+
+/// The xattr name of the record of snapshot `id` on its snapshot directory:
+/// [`CHECKPOINT_RECORD_XATTR`], `.`, and the first 16 bytes of SHA-256 of the ID in hex (an ID
+/// may be 255 bytes, longer than an xattr name may be; the record itself names its ID).
+pub fn checkpoint_record_name(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let mut name = String::with_capacity(CHECKPOINT_RECORD_XATTR.len() + 33);
+    name.push_str(CHECKPOINT_RECORD_XATTR);
+    name.push('.');
+    for b in &digest[..16] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
 
 /// Every side effect on btrfs, loop devices and mounts.
 ///
@@ -204,13 +222,20 @@ pub trait Sys: Send + Sync {
     fn create_subvolume(&self, path: &Path) -> SysResult<()>;
     /// Snapshot subvolume `source` to `dest` (must not exist), read-only if asked.
     fn snapshot(&self, source: &Path, dest: &Path, readonly: bool) -> SysResult<()>;
-    /// Set xattr [`CHECKPOINT_RECORD_XATTR`] of the root of subvolume `subvol` to `record`
-    /// (a `trusted.*` name: invisible to and unchangeable by unprivileged users). The next
-    /// snapshot of `subvol` carries it, committed in the same btrfs transaction as the
-    /// snapshot itself.
-    fn set_checkpoint_record(&self, subvol: &Path, record: &[u8]) -> SysResult<()>;
-    /// The [`CHECKPOINT_RECORD_XATTR`] of the root of subvolume `subvol`, if it has one.
-    fn checkpoint_record(&self, subvol: &Path) -> SysResult<Option<Vec<u8>>>;
+    /// Put `record`, the record of the snapshot `id` about to be created in directory `dir`,
+    /// on `dir` (xattr [`checkpoint_record_name`]: a `trusted.*` name, invisible to and
+    /// unchangeable by unprivileged users). Set before the snapshot ioctl, it is committed in
+    /// the same btrfs transaction as the snapshot or an earlier one, never after: a snapshot
+    /// that survives a power cut finds its record. The snapshot's source is not touched, so
+    /// its transaction writes nothing more than a plain snapshot's (issue 9).
+    fn set_checkpoint_record(&self, dir: &Path, id: &str, record: &[u8]) -> SysResult<()>;
+    /// Remove the record of snapshot `id` from directory `dir` (once its index line is
+    /// durable). An absent record is not an error.
+    fn remove_checkpoint_record(&self, dir: &Path, id: &str) -> SysResult<()>;
+    /// The record of the snapshot at `snapshot`: the one its directory holds for its name,
+    /// else the one its root carries (put there by earlier builds; it may be inherited
+    /// from an earlier checkpoint, and names that one's ID), if any.
+    fn checkpoint_record(&self, snapshot: &Path) -> SysResult<Option<Vec<u8>>>;
     /// Delete the subvolume at `path` (it may be read-only; no recursion into nested ones).
     fn delete_subvolume(&self, path: &Path) -> SysResult<()>;
     /// True when `path` exists and is the root of a subvolume.

@@ -102,9 +102,10 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 mod copy;
-/// The xattr a checkpoint's snapshot carries its own index record in (`trusted.*`: invisible
-/// to and unchangeable by unprivileged users). Not part of the user's tree: copies and
-/// verifications leave it out (see `sys::Sys::set_checkpoint_record`).
+/// The xattr of a checkpoint's index record (`trusted.*`: invisible to and unchangeable by
+/// unprivileged users). Earlier builds put it on the workspace root, and snapshots carry it;
+/// not part of the user's tree: copies and verifications leave it out (see
+/// `sys::Sys::set_checkpoint_record`).
 pub const CHECKPOINT_RECORD_XATTR: &str = "trusted.ws-ckpt.checkpoint";
 mod creds;
 mod ctl;
