@@ -349,6 +349,41 @@ pub fn read_line_bounded<R: BufRead>(r: &mut R, limit: usize) -> Result<Line, Ip
     })
 }
 
+/// How much of a reply [`read_reply`] reads on the stack first.
+const REPLY_HEAD_BYTES: usize = 16 * 1024;
+
+/// Read the one reply line of at most `limit` bytes from `r`, as [`read_line_bounded`]
+/// does. Most replies are small and come in one read, into a buffer on the stack; only a
+/// longer one (a `list` of megabytes) goes on through a large read buffer, which then comes
+/// in few reads. (That buffer for every command was an `mmap` and a `munmap` per process,
+/// whose TLB shootdown costs about 0.1 ms on a VM.) Nothing is expected after the line.
+fn read_reply<R: Read>(mut r: R, limit: usize) -> Result<Line, IpcError> {
+    let mut head = [0u8; REPLY_HEAD_BYTES];
+    let n = loop {
+        match r.read(&mut head) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(IpcError::Io {
+                    what: "reading from the socket".into(),
+                    source,
+                })
+            }
+        }
+    };
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if let Some(end) = head[..n].iter().position(|b| *b == b'\n') {
+        if end > limit {
+            return Err(IpcError::TooLong { limit });
+        }
+        return Ok(Line::Data(head[..end].to_vec()));
+    }
+    let rest = std::io::Cursor::new(&head[..n]).chain(r);
+    read_line_bounded(&mut BufReader::with_capacity(256 * 1024, rest), limit)
+}
+
 /// What one buffered chunk did to the line being read.
 enum Step {
     /// Consume this many bytes; the line goes on.
@@ -616,10 +651,7 @@ fn exchange_with<T>(
         let err = io("cannot send the request to", e);
         return Exchange::NotTaken(err);
     }
-    // Large buffer: a `list` reply of megabytes comes in few reads.
-    let mut reader =
-        BufReader::with_capacity(256 * 1024, stream.take(MAX_RESPONSE_BYTES as u64 + 1));
-    match read_line_bounded(&mut reader, MAX_RESPONSE_BYTES) {
+    match read_reply(stream.take(MAX_RESPONSE_BYTES as u64 + 1), MAX_RESPONSE_BYTES) {
         Ok(Line::Data(line)) => match decode(line) {
             Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
             r => answered(r),
@@ -755,6 +787,67 @@ mod tests {
         assert!(matches!(
             decode_request(b"\xff").unwrap_err(),
             IpcError::NotUtf8
+        ));
+    }
+
+    /// Hands out its bytes `chunk` at a time, as a socket may.
+    struct Chunked(Cursor<Vec<u8>>, usize);
+
+    impl Read for Chunked {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn a_reply_is_read_whole_in_one_read_or_across_many() {
+        let data = |line: &[u8]| Line::Data(line.to_vec());
+        let read = |bytes: Vec<u8>, chunk: usize, limit: usize| {
+            read_reply(Chunked(Cursor::new(bytes), chunk), limit)
+        };
+        let same = |a: Line, b: Line| match (a, b) {
+            (Line::Data(x), Line::Data(y)) => x == y,
+            (Line::Eof, Line::Eof) => true,
+            _ => false,
+        };
+        // Small, in one read (the usual reply), and in pieces.
+        assert!(same(
+            read(b"{\"ok\":true}\n".to_vec(), 1 << 20, 100).unwrap(),
+            data(b"{\"ok\":true}")
+        ));
+        assert!(same(
+            read(b"{\"ok\":true}\n".to_vec(), 3, 100).unwrap(),
+            data(b"{\"ok\":true}")
+        ));
+        // Longer than the stack buffer, in one read and in odd pieces.
+        let big: Vec<u8> = (0..REPLY_HEAD_BYTES * 3 + 7)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let mut line = big.clone();
+        line.push(b'\n');
+        for chunk in [1 << 20, REPLY_HEAD_BYTES, 4093] {
+            let got = read(line.clone(), chunk, big.len()).unwrap();
+            assert!(same(got, data(&big)), "chunk {chunk}");
+            assert!(matches!(
+                read(line.clone(), chunk, big.len() - 1),
+                Err(IpcError::TooLong { .. })
+            ));
+        }
+        // Too long within the first read; at the limit is fine.
+        assert!(matches!(
+            read(b"0123456789\n".to_vec(), 64, 9),
+            Err(IpcError::TooLong { limit: 9 })
+        ));
+        assert!(same(
+            read(b"0123456789\n".to_vec(), 64, 10).unwrap(),
+            data(b"0123456789")
+        ));
+        // Closed without a reply; a last line without its newline still counts.
+        assert!(same(read(Vec::new(), 64, 10).unwrap(), Line::Eof));
+        assert!(same(
+            read(b"partial".to_vec(), 3, 10).unwrap(),
+            data(b"partial")
         ));
     }
 
