@@ -26,11 +26,18 @@ pub const SNAPSHOT_ID_RULE: &str =
     "any UTF-8 name of 1-255 bytes (spaces and CJK allowed) that is not blank, \
      contains no / \\ NUL or control character, and does not start with a dot";
 
+/// The first `len` bytes (at most all 32) of the SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8], len: usize) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(len)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `ws-` + the first 6 hex digits of SHA-256 of the absolute path.
 pub fn derive_ws_id(path: &Path) -> String {
-    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
-    let hex: String = digest.iter().take(3).map(|b| format!("{b:02x}")).collect();
-    format!("ws-{hex}")
+    format!("ws-{}", sha256_hex(path.as_os_str().as_encoded_bytes(), 3))
 }
 
 /// The derived ID for `path`, with `-2`, `-3`… appended while `taken(id)` says it is used by
@@ -142,6 +149,19 @@ pub fn generate_snapshot_id(now: SystemTime, taken: impl Fn(&str) -> bool) -> St
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn sha256_hex_is_a_prefix_of_the_digest_in_lowercase_hex() {
+        let full = "d0f631ca1ddba8db3bcfcb9e057cdc98";
+        assert_eq!(sha256_hex(b"c1", 16), full);
+        assert_eq!(sha256_hex(b"c1", 3), &full[..6]);
+        assert_eq!(sha256_hex(b"c1", 99).len(), 64, "at most the whole digest");
+        // The name a checkpoint's record is kept under on disk (read back after upgrades).
+        assert_eq!(
+            crate::sys::checkpoint_record_name("c1"),
+            format!("trusted.ws-ckpt.checkpoint.{full}")
+        );
+    }
 
     #[test]
     fn ws_id_is_stable_and_short() {

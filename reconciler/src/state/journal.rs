@@ -16,10 +16,10 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::atomic::{fsync_dir, write_atomic_mode};
 use super::StateError;
+use crate::ids::sha256_hex;
 
 /// Version of the journal header.
 const JOURNAL_VERSION: u32 = 1;
@@ -69,13 +69,6 @@ pub(crate) enum Replay<'a> {
     },
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 pub(crate) fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
@@ -116,7 +109,7 @@ impl JournalFiles {
             return Ok(Replay::Nothing);
         }
         let (header, mut rest) = self.parse_header(journal)?;
-        if header.base_sha256 != sha256_hex(base) {
+        if header.base_sha256 != sha256_hex(base, 32) {
             return Ok(Replay::Stale);
         }
         let mut lines = Vec::new();
@@ -195,7 +188,7 @@ impl JournalFiles {
     /// Replace the base with `bytes` and drop the journal, so that a crash at any point
     /// leaves either the old state (old base + journal) or the new one.
     pub(crate) fn install(&self, bytes: &[u8]) -> Result<(), StateError> {
-        let new_hash = sha256_hex(bytes);
+        let new_hash = sha256_hex(bytes, 32);
         let journal_base = self
             .read_header()?
             .and_then(Result::ok)
@@ -235,7 +228,7 @@ impl JournalFiles {
         // The base was replaced: either by an install whose last step did not happen (the
         // journal is stale) or by hand with the same content (the journal still applies).
         let base = fs::read(&self.base).map_err(|e| StateError::io(&self.base, e))?;
-        if sha256_hex(&base) != header.base_sha256 {
+        if sha256_hex(&base, 32) != header.base_sha256 {
             tracing::warn!(journal = %self.journal.display(), "restarting a stale journal");
             return self.start();
         }
@@ -267,7 +260,7 @@ impl JournalFiles {
             .map_err(|e| StateError::io(&self.base, e))?;
         let line = self.header_line(&JournalHeader {
             journal: JOURNAL_VERSION,
-            base_sha256: sha256_hex(&bytes),
+            base_sha256: sha256_hex(&bytes, 32),
             base_ino: meta.ino(),
             base_len: bytes.len() as u64,
         })?;

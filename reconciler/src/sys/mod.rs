@@ -203,15 +203,10 @@ pub const CHECKPOINT_RECORD_XATTR: &str = crate::tree::CHECKPOINT_RECORD_XATTR;
 /// [`CHECKPOINT_RECORD_XATTR`], `.`, and the first 16 bytes of SHA-256 of the ID in hex (an ID
 /// may be 255 bytes, longer than an xattr name may be; the record itself names its ID).
 pub fn checkpoint_record_name(id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(id.as_bytes());
-    let mut name = String::with_capacity(CHECKPOINT_RECORD_XATTR.len() + 33);
-    name.push_str(CHECKPOINT_RECORD_XATTR);
-    name.push('.');
-    for b in &digest[..16] {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
+    format!(
+        "{CHECKPOINT_RECORD_XATTR}.{}",
+        crate::ids::sha256_hex(id.as_bytes(), 16)
+    )
 }
 
 /// Every side effect on btrfs, loop devices and mounts.
