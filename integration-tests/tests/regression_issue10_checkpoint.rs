@@ -1,7 +1,8 @@
 //! Regression tests for the checkpoint items 5 and 7 of issue 10: a failed checkpoint leaves
 //! no snapshot (state_dir full), and a checkpoint killed between the snapshot and its index
 //! record keeps its message, metadata and pin — also when a power cut loses the index line
-//! whose fdatasync ran alongside the snapshot ioctl (issue 9). Root only; each test has its
+//! whose fdatasync ran alongside the snapshot ioctl (issue 9), and a record left behind is
+//! removed when the daemon starts. Root only; each test has its
 //! own environment.
 
 mod regression_common;
@@ -213,9 +214,9 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_its_record() {
     );
     let ap = a.display().to_string();
     let m = meta.to_string();
-    let r = rig.env.run_env(
+    killed_after_snapshot(
+        &rig,
         &[
-            "checkpoint",
             "-w",
             &ap,
             "-s",
@@ -226,13 +227,6 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_its_record() {
             &m,
             "--pin",
         ],
-        &[("WS_CKPT_FAULT", "checkpoint:after-snapshot")],
-    );
-    assert_ne!(
-        r.code(),
-        Some(0),
-        "killed at the fault point:\n{}",
-        r.describe()
     );
     assert!(snap_dir.join("lost").exists(), "the snapshot was taken");
     let records = ws_ckpt_xattrs(&snap_dir);
@@ -321,6 +315,63 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_its_record() {
         "cleanup took the pinned `lost`: {after:?}"
     );
     assert_converged(&rig);
+}
+
+/// A checkpoint killed after its journal line was durable but before its record was removed
+/// leaves that record on the snapshot directory; the daemon's start removes it, and the
+/// checkpoint stays listed with its message and pin (the line is the record now).
+#[test]
+fn regression_7c_a_leftover_record_is_swept_when_the_daemon_starts() {
+    let Some(mut rig) = rig("regression_7c", Storage::Host, Via::InProcess) else {
+        return;
+    };
+    let (a, _) = make_tree(&rig, "a", 5, SMALL);
+    let ws_id = init(&rig, &a);
+    let snap_dir = rig.layout.snapshots_root().join(&ws_id);
+    let ap = a.display().to_string();
+    killed_after_snapshot(
+        &rig,
+        &["-w", &ap, "-s", "kept", "-m", "agent step", "--pin"],
+    );
+    assert_eq!(
+        ws_ckpt_xattrs(&snap_dir).len(),
+        1,
+        "the interrupted checkpoint left its record on {}",
+        snap_dir.display()
+    );
+    rig.start_daemon().unwrap();
+    assert!(
+        ws_ckpt_xattrs(&snap_dir).is_empty(),
+        "the daemon's start removed the leftover record from {}: {:?}",
+        snap_dir.display(),
+        ws_ckpt_xattrs(&snap_dir)
+    );
+    let l = listed_for(&rig, &ws_id);
+    let kept = l.iter().find(|x| x.id == "kept").expect("`kept` is listed");
+    assert_eq!(kept.message.as_deref(), Some("agent step"));
+    assert!(kept.pinned);
+    // A checkpoint through the daemon leaves none either.
+    checkpoint(&rig, &a, "next", &[]).ok();
+    assert!(ws_ckpt_xattrs(&snap_dir).is_empty());
+    rig.stop_daemon().unwrap();
+    assert_converged(&rig);
+}
+
+/// `ws-ckpt checkpoint <args…>`, killed at `checkpoint:after-snapshot` (the snapshot taken and
+/// its journal line durable, its record not yet removed from the snapshot directory).
+fn killed_after_snapshot(rig: &Rig, args: &[&str]) {
+    let argv: Vec<&str> = std::iter::once("checkpoint")
+        .chain(args.iter().copied())
+        .collect();
+    let r = rig
+        .env
+        .run_env(&argv, &[("WS_CKPT_FAULT", "checkpoint:after-snapshot")]);
+    assert_ne!(
+        r.code(),
+        Some(0),
+        "killed at the fault point:\n{}",
+        r.describe()
+    );
 }
 
 /// The names of ws-ckpt's own xattrs on `path` (`trusted.ws-ckpt.*`; the tests run as root,

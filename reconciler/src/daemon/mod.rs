@@ -159,6 +159,10 @@ fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32,
         return Err(e.into());
     }
     let mut interval = shared.pass("startup");
+    // Records interrupted checkpoints left behind, once (none is in flight yet).
+    if let Some(engine) = shared.engine() {
+        engine.sweep_checkpoint_records();
+    }
     let (listener, socket) = match server::bind_at(&socket_path) {
         Ok(x) => x,
         Err(e) => {

@@ -230,6 +230,75 @@ impl Engine {
         }
     }
 
+    /// Remove the checkpoint records nothing needs any more: those of snapshots the index
+    /// lists, and those of snapshots that do not exist (their checkpoint was not taken). One is
+    /// left behind when its process dies between the journal line's `fdatasync` and the
+    /// record's removal. The record of a snapshot found without an index entry is kept: the
+    /// next pass adopts that snapshot with it. The daemon runs this once, after its start-up
+    /// pass (no checkpoint is in flight then: an in-process command holds the daemon lock).
+    /// Nothing is done while the storage is not available. Returns how many were removed.
+    pub fn sweep_checkpoint_records(&self) -> usize {
+        // One resolution for every workspace (it also settles interrupted intents first).
+        let Ok(res) = self.storage_for(None) else {
+            return 0;
+        };
+        let workspaces: Vec<WorkspaceEntry> = self
+            .store
+            .read()
+            .state
+            .as_ref()
+            .map(|s| s.workspaces.clone())
+            .unwrap_or_default();
+        workspaces
+            .iter()
+            .map(|ws| self.in_workspace(&ws.ws_id, || self.sweep_records_of(ws, &res)))
+            .sum()
+    }
+
+    fn sweep_records_of(&self, ws: &WorkspaceEntry, res: &crate::resolve::Resolution) -> usize {
+        let dir = res.snap_dir(&ws.ws_id);
+        let records = match self.sys().checkpoint_records(&dir) {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::debug!(ws_id = %ws.ws_id, error = %e, "cannot list the checkpoint records of a snapshot directory");
+                return 0;
+            }
+        };
+        let index = self.store.read().indexes.get(&ws.ws_id).cloned();
+        let mut removed = 0;
+        for bytes in records {
+            // Anything that is not one of this workspace's records is left as it is.
+            let Ok(note) = serde_json::from_slice::<CheckpointNote>(&bytes) else {
+                continue;
+            };
+            if note.ws_id != ws.ws_id {
+                continue;
+            }
+            let listed = index
+                .as_ref()
+                .is_some_and(|i| i.snapshots.contains_key(&note.id));
+            // When unsure whether the snapshot exists, keep its record.
+            let exists = || {
+                self.sys()
+                    .is_subvolume(&res.snapshot_path(&ws.ws_id, &note.id))
+                    .unwrap_or(true)
+            };
+            if !listed && exists() {
+                continue;
+            }
+            match self.sys().remove_checkpoint_record(&dir, &note.id) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(ws_id = %ws.ws_id, snapshot = %note.id, error = %e, "cannot remove a checkpoint record nothing needs; it is harmless")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(ws_id = %ws.ws_id, removed, "removed the checkpoint records interrupted checkpoints left on their snapshot directory");
+        }
+        removed
+    }
+
     /// The error of a checkpoint that was not taken because its record could not be written.
     fn not_recorded(&self, p: &PreparedCheckpoint, e: Error) -> Error {
         let dir = self.state_dir();

@@ -1413,6 +1413,65 @@ fn a_snapshot_without_index_entry_is_adopted_with_its_record() {
     );
 }
 
+/// Records an interrupted checkpoint left behind are swept: the one of a listed snapshot and
+/// the one of a snapshot that was never made go; the one of a snapshot found without an index
+/// entry stays for its adoption, and so does anything that is not this workspace's record.
+#[test]
+fn the_sweep_removes_the_records_nothing_needs_and_keeps_the_rest() {
+    let mut env = setup(&["a", "b"]);
+    env.checkpoint("a", Some("c0")).unwrap();
+    let id = env.ws_id("a");
+    let other = env.ws_id("b");
+    let res = env.res();
+    let subvol = res.ws_subvol(&id);
+    let dir = res.snap_dir(&id);
+    let note = |ws_id: &str, snapshot: &str| {
+        serde_json::to_vec(&CheckpointNote {
+            ws_id: ws_id.into(),
+            id: snapshot.into(),
+            entry: new_entry(SystemTime::now(), Some("m".into()), None, true),
+        })
+        .unwrap()
+    };
+    // Killed after its line was durable, before the record's removal: listed, record kept.
+    env.sys
+        .set_checkpoint_record(&dir, "c0", &note(&id, "c0"))
+        .unwrap();
+    // Killed before its ioctl: no snapshot.
+    env.sys
+        .set_checkpoint_record(&dir, "never", &note(&id, "never"))
+        .unwrap();
+    // A snapshot whose line was lost: its record is what adoption needs.
+    env.sys
+        .set_checkpoint_record(&dir, "lost", &note(&id, "lost"))
+        .unwrap();
+    env.sys
+        .snapshot(&subvol, &res.snapshot_path(&id, "lost"), true)
+        .unwrap();
+    // Not this workspace's record (named for another), and not a record at all.
+    env.sys
+        .set_checkpoint_record(&dir, "foreign", &note(&other, "foreign"))
+        .unwrap();
+    env.sys
+        .set_checkpoint_record(&dir, "junk", b"not json")
+        .unwrap();
+
+    assert_eq!(env.engine.sweep_checkpoint_records(), 2);
+    let mut left = env.sys.records_now();
+    left.sort();
+    let mut want = vec![dir.join("foreign"), dir.join("junk"), dir.join("lost")];
+    want.sort();
+    assert_eq!(left, want);
+    // Idempotent: nothing more to remove.
+    assert_eq!(env.engine.sweep_checkpoint_records(), 0);
+    // The adoption then takes the kept record, as before.
+    let report = env.engine.apply(ApplyOptions::default(), &mut |_, _| {});
+    assert!(report.ok(), "{report:#?}");
+    let index = env.engine.store.read().indexes[&id].clone();
+    assert_eq!(index.snapshots["lost"].message(), Some("m"));
+    assert!(!env.sys.records_now().contains(&dir.join("lost")));
+}
+
 /// The daemon answers a rollback before its last commit: the record stays open until that
 /// step runs, and it runs before anything else on the workspace, before a plan or a status
 /// (which must not report an answered rollback as interrupted), and at shutdown.

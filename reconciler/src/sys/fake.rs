@@ -335,6 +335,16 @@ impl Sys for FakeSys {
             .cloned())
     }
 
+    fn checkpoint_records(&self, dir: &Path) -> SysResult<Vec<Vec<u8>>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(st
+            .records
+            .iter()
+            .filter(|(snapshot, _)| snapshot.parent() == Some(dir))
+            .map(|(_, record)| record.clone())
+            .collect())
+    }
+
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {
         const OP: &str = "delete_subvolume";
         let mut st = self.enter(OP, &[&display(path)], path)?;

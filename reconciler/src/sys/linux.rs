@@ -171,6 +171,28 @@ impl Sys for LinuxSys {
         }
     }
 
+    fn checkpoint_records(&self, dir: &Path) -> SysResult<Vec<Vec<u8>>> {
+        const OP: &str = "list the checkpoint records of";
+        let d = match open_dir(OP, dir) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
+            r => r?,
+        };
+        let target = crate::tree::xattr::Target::Fd(d.as_fd());
+        let prefix = format!("{}.", super::CHECKPOINT_RECORD_XATTR);
+        let mut records = Vec::new();
+        for name in crate::tree::xattr::names(target).map_err(|e| SysError::io(OP, dir, e))? {
+            if !name.to_bytes().starts_with(prefix.as_bytes()) {
+                continue;
+            }
+            if let Some(value) =
+                crate::tree::xattr::get(target, &name).map_err(|e| SysError::io(OP, dir, e))?
+            {
+                records.push(value);
+            }
+        }
+        Ok(records)
+    }
+
     fn delete_subvolume(&self, path: &Path) -> SysResult<()> {
         const OP: &str = "delete subvolume";
         tracing::debug!(path = %path.display(), "delete subvolume");

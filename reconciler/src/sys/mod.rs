@@ -231,6 +231,10 @@ pub trait Sys: Send + Sync {
     /// else the one its root carries (put there by earlier builds; it may be inherited
     /// from an earlier checkpoint, and names that one's ID), if any.
     fn checkpoint_record(&self, snapshot: &Path) -> SysResult<Option<Vec<u8>>>;
+    /// Every checkpoint record on directory `dir` (the values of its
+    /// [`checkpoint_record_name`] xattrs), whatever snapshot they are for. A missing `dir`
+    /// holds none.
+    fn checkpoint_records(&self, dir: &Path) -> SysResult<Vec<Vec<u8>>>;
     /// Delete the subvolume at `path` (it may be read-only; no recursion into nested ones).
     fn delete_subvolume(&self, path: &Path) -> SysResult<()>;
     /// True when `path` exists and is the root of a subvolume.
