@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ws_ckpt::tree::worker::WORKER_ARG;
-use ws_ckpt::tree::{Compare, Dir, Job, Owner, Progress, Removed, TreeError, WorkerSettings};
+use ws_ckpt::tree::{
+    current_credentials, Compare, Dir, Job, Owner, Progress, Removed, TreeError, WorkerSettings,
+};
 use ws_ckpt_integration_tests::tree_support::{files_containing, TreeUser};
 use ws_ckpt_integration_tests::{bin_path, TestEnv};
 
@@ -72,6 +74,8 @@ fn tree_worker_runs_as_the_owner_with_no_capability() {
     assert_eq!(report.uids, [user.uid; 3]);
     assert_eq!(report.cap_bounding, 0);
     assert!(report.no_new_privs && !report.dumpable);
+    // Tree work runs niced, below the daemon's interactive requests.
+    assert_eq!(report.nice, 10, "a worker's job runs at nice 10");
     // The real binary's `main` has the hook too.
     let mut job = Job::as_owner(owner.clone()).with_worker(WorkerSettings {
         exe: bin_path(),
@@ -81,7 +85,19 @@ fn tree_worker_runs_as_the_owner_with_no_capability() {
     // A root job runs in-process with root's credentials.
     let mut root = Job::as_owner(Owner::root());
     assert!(root.runs_in_process().unwrap());
-    assert_eq!(root.credentials().unwrap().uids, [0; 3]);
+    let before = current_credentials().nice;
+    let in_process = root.credentials().unwrap();
+    assert_eq!(in_process.uids, [0; 3]);
+    assert_eq!(
+        in_process.nice,
+        before.max(10),
+        "an in-process job runs niced too"
+    );
+    assert_eq!(
+        current_credentials().nice,
+        before,
+        "the calling thread gets its priority back after the job"
+    );
     // Started by hand (not as root), the worker refuses to do anything.
     let out = user
         .command(Path::new(PROBE))
@@ -286,31 +302,45 @@ fn tree_worker_refuses_what_the_owner_cannot_recreate() {
     }
 }
 
-/// The pid of our worker child running `WORKER_ARG`, if any.
-fn worker_pid() -> Option<u32> {
+/// The pid of our worker child running `WORKER_ARG` as `uid`, if any.
+fn worker_pid(uid: u32) -> Option<u32> {
     let me = std::process::id();
     for e in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u32>().ok());
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if ppid == Some(me)
-            && cmdline
-                .windows(WORKER_ARG.len())
-                .any(|w| w == WORKER_ARG.as_bytes())
-        {
+        if is_our_worker(pid, me, uid) {
             return Some(pid);
         }
     }
     None
+}
+
+/// Whether `pid` is a tree worker child of `parent` running as `uid` (the tests of this file
+/// run in parallel in one process, each with its own user: another test's worker is not it).
+fn is_our_worker(pid: u32, parent: u32, uid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u32>().ok());
+    let real_uid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|u| u.parse::<u32>().ok())
+        });
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    ppid == Some(parent)
+        && real_uid == Some(uid)
+        && cmdline
+            .windows(WORKER_ARG.len())
+            .any(|w| w == WORKER_ARG.as_bytes())
 }
 
 #[test]
@@ -332,14 +362,18 @@ fn tree_owner_can_kill_her_worker_but_not_trace_it_or_signal_the_daemon() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let done = AtomicBool::new(false);
+    let probed = std::sync::atomic::AtomicU32::new(0);
     let mut results = Vec::new();
     let mut report = |p: &Progress| {
         // Only once the worker reported progress has it dropped to the owner.
         if done.load(Ordering::Relaxed) || p.entries_done == 0 {
             return;
         }
-        let Some(pid) = worker_pid() else { return };
+        let Some(pid) = worker_pid(user.uid) else {
+            return;
+        };
         done.store(true, Ordering::Relaxed);
+        probed.store(pid, Ordering::Relaxed);
         // Hold the worker while she probes it, so the copy cannot finish first however
         // loaded the machine is (her SIGKILL ends a stopped process too).
         let stopped = i32::try_from(pid).expect("a pid fits in pid_t");
@@ -390,5 +424,9 @@ fn tree_owner_can_kill_her_worker_but_not_trace_it_or_signal_the_daemon() {
     );
     assert_eq!(get("kill"), "ok", "she may kill her own job");
     assert!(matches!(err, TreeError::Worker { .. }), "{err:?}");
-    assert!(worker_pid().is_none(), "the worker was reaped");
+    let pid = probed.load(Ordering::Relaxed);
+    assert!(
+        !is_our_worker(pid, std::process::id(), user.uid),
+        "the worker {pid} was reaped"
+    );
 }

@@ -121,6 +121,9 @@ pub struct CredReport {
     /// `PR_GET_DUMPABLE` (a non-dumpable process cannot be ptraced or read through /proc by
     /// its own user).
     pub dumpable: bool,
+    /// The thread's nice value (tree jobs run at 10, below interactive requests).
+    #[serde(default)]
+    pub nice: i32,
 }
 
 impl CredReport {
@@ -258,6 +261,7 @@ pub fn report() -> CredReport {
         cap_bounding: bounding,
         no_new_privs: prctl(libc::PR_GET_NO_NEW_PRIVS, 0).unwrap_or(0) == 1,
         dumpable: prctl(libc::PR_GET_DUMPABLE, 0).unwrap_or(1) != 0,
+        nice: super::nice::current().unwrap_or(0),
     }
 }
 
@@ -361,6 +365,7 @@ mod tests {
             cap_bounding: 0,
             no_new_privs: true,
             dumpable: false,
+            nice: 10,
         };
         assert_eq!(good.check(&owner), Ok(()));
         let bad = CredReport {

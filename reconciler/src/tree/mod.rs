@@ -112,6 +112,7 @@ mod ctl;
 mod error;
 pub mod fd;
 pub mod names;
+mod nice;
 mod pace;
 mod proto;
 mod remove;
@@ -170,14 +171,16 @@ pub struct Progress {
     pub entries_total: u64,
 }
 
-/// Run a job in this process, with this process's credentials. `owner` is the identity whose
-/// recreation limits apply (`None` for root).
+/// Run a job in this process, with this process's credentials, on this thread lowered to
+/// bulk priority until it ends ([`nice`]). `owner` is the identity whose recreation limits
+/// apply (`None` for root).
 pub(crate) fn run_in_process(
     job: &JobSpec,
     owner: Option<&Owner>,
     dirs: &[&Dir],
     ctl: &mut Ctl<'_>,
 ) -> Result<Outcome, TreeError> {
+    let _bulk = nice::BulkPriority::enter();
     let owner = owner.filter(|o| !o.is_root());
     match (job, dirs) {
         (JobSpec::Copy, [src, dst]) => copy::copy(src, dst, owner, ctl).map(Outcome::Stats),
