@@ -83,6 +83,8 @@ fn fill(dir: &Path) {
 struct Tally {
     ok: u32,
     failed: u32,
+    /// The first few distinct failures, for the report.
+    errors: Vec<String>,
 }
 
 impl Tally {
@@ -93,6 +95,9 @@ impl Tally {
                 let msg = e.to_string();
                 assert!(!msg.contains("panicked"), "{msg}");
                 self.failed += 1;
+                if self.errors.len() < 4 && !self.errors.contains(&msg) {
+                    self.errors.push(msg);
+                }
             }
         }
     }

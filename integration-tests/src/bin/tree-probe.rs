@@ -4,8 +4,11 @@
 //!
 //! - `swap DIR_A NAME_A DIR_B NAME_B ROUNDS SECS [LINK_TARGET]`: exchange the two entries with
 //!   `renameat2(RENAME_EXCHANGE)` in a tight loop (re-creating `DIR_B/NAME_B` as a symlink to
-//!   `LINK_TARGET` whenever it is missing), for at most ROUNDS exchanges or SECS seconds; prints
-//!   the number of successful exchanges.
+//!   `LINK_TARGET` whenever it is missing and `DIR_A/NAME_A` is there to be exchanged with it),
+//!   for at most ROUNDS exchanges or SECS seconds; prints the number of successful exchanges.
+//!   The link waits for its partner so that, when both are in a destination the engine is
+//!   about to fill, the link does not make the destination non-empty (which the engine
+//!   refuses, so the race would never start).
 //! - `signal PID SIG`: send a signal; prints `ok` or the errno.
 //! - `ptrace PID`: try `PTRACE_ATTACH` (detaching again if it worked); prints `ok` or the errno.
 //! - `readmem PID`: try to open `/proc/PID/mem` and `/proc/PID/environ`; prints what worked.
@@ -37,8 +40,15 @@ fn swap(args: &[String]) -> i32 {
     while done < rounds && Instant::now() < until {
         tries += 1;
         if let Some(t) = &link {
-            // SAFETY: both strings are NUL-terminated.
-            unsafe { libc::symlink(t.as_ptr(), b.as_ptr()) };
+            // SAFETY: `a` is NUL-terminated and `st` is a plain out-buffer.
+            let a_there = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::lstat(a.as_ptr(), &mut st) == 0
+            };
+            if a_there {
+                // SAFETY: both strings are NUL-terminated.
+                unsafe { libc::symlink(t.as_ptr(), b.as_ptr()) };
+            }
         }
         // SAFETY: both strings are NUL-terminated.
         let rc = unsafe {
