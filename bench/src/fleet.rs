@@ -289,6 +289,7 @@ pub(crate) fn fleet_phase(
         workspace: Some(workspaces[0].0.display().to_string()),
         limit: Some(1),
         cursor: None,
+        output: None,
     };
     progress("fleet: first start on the filled image");
     let first = inst.start_daemon_ready(&probe)?;

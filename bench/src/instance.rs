@@ -227,6 +227,7 @@ impl Instance {
                 workspace: workspace.map(|w| w.display().to_string()),
                 limit: None,
                 cursor: None,
+                output: None,
             },
             SLOW,
         )?;

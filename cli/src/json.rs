@@ -6,7 +6,8 @@
 //! gives (tests below).
 //!
 //! `list` is reshaped on the way (its reply is grouped by workspace; the output is
-//! upstream's flat array), still copying every value from the reply's text. A reply not of
+//! upstream's flat array), still copying every value from the reply's text. That is only
+//! needed for a daemon of an earlier version: today's daemon prints the list itself. A reply not of
 //! the expected shape makes [`list_items`] return `None`, and the caller takes the decoding
 //! path, which reports the problem.
 

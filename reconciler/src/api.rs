@@ -66,6 +66,11 @@ pub enum Request {
         /// Where the previous page ended (its `next_cursor`).
         #[serde(default)]
         cursor: Option<String>,
+        /// `"json"`: answer with what `list --format json` prints ([`Reply::Printed`])
+        /// instead of the [`ListResult`](crate::ops::ListResult). Absent on the wire when
+        /// not asked for, so a daemon that does not know it is only sent it when asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<ListOutput>,
     },
     /// Delete one snapshot.
     Delete {
@@ -230,6 +235,14 @@ impl Request {
     }
 }
 
+/// The printed form a `list` request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListOutput {
+    /// `list --format json`: upstream's array of items (or, paged, one page of them).
+    Json,
+}
+
 /// A change requested by `config` (upstream's flags). Each `Some` sets one setting; `reset`
 /// (workspace scope only) removes the workspace's own values so that it inherits the global
 /// ones again.
@@ -375,12 +388,16 @@ impl Target {
 /// The result of a request on its way to the caller: a JSON value, or (for results too large
 /// to go through a [`serde_json::Value`] cheaply, such as a `list` of thousands of
 /// snapshots) the same JSON already written as text. Both mean the same JSON document.
+/// A request that asks for its printed form gets [`Reply::Printed`] instead.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
     /// A JSON value.
     Value(serde_json::Value),
     /// Compact JSON text of one value.
     Json(String),
+    /// What the command prints, as it prints it (`list` with `output`). As a JSON value it
+    /// is that text as one string.
+    Printed(Vec<u8>),
 }
 
 impl Reply {
@@ -398,7 +415,7 @@ impl Reply {
     pub fn as_value(&self) -> Option<&serde_json::Value> {
         match self {
             Reply::Value(v) => Some(v),
-            Reply::Json(_) => None,
+            Reply::Json(_) | Reply::Printed(_) => None,
         }
     }
 
@@ -407,6 +424,9 @@ impl Reply {
         let decoded = match self {
             Reply::Value(v) => serde_json::from_value(v),
             Reply::Json(t) => serde_json::from_str(&t),
+            Reply::Printed(t) => {
+                serde_json::from_value(String::from_utf8_lossy(&t).into_owned().into())
+            }
         };
         decoded.map_err(|e| {
             crate::error::Error::new(
@@ -424,6 +444,9 @@ impl Reply {
                 let _ = serde_json::to_writer(&mut *out, v);
             }
             Reply::Json(t) => out.extend_from_slice(t.as_bytes()),
+            Reply::Printed(t) => {
+                let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(t));
+            }
         }
     }
 }

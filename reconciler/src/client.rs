@@ -148,6 +148,20 @@ impl Client {
         })
     }
 
+    /// [`Client::call`] of a request that asks for its printed form (`list` with `output`):
+    /// the text to print, or the result's JSON text when the daemon answered with the
+    /// result. The same text from the daemon or in-process.
+    pub fn call_printed(
+        &self,
+        req: Request,
+        timeout: Duration,
+        progress: Progress<'_>,
+    ) -> Result<ipc::Printed> {
+        self.call_with(req, timeout, progress, ipc::exchange_printed, |r| {
+            Ok(ipc::Printed::from_reply(r))
+        })
+    }
+
     /// The transport of [`Client::call_as`] and [`Client::call_raw`]: `exchange` sends the
     /// request on a daemon connection and decodes its answer; `from_reply` decodes the
     /// in-process reply.

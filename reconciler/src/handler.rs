@@ -11,7 +11,7 @@
 //! This module routes; it decides nothing about authorization (`auth`) and implements no
 //! operation (`ops`, `engine`).
 
-use crate::api::{Addressed, Caller, CheckpointArgs, Progress, Reply, Request, Target};
+use crate::api::{Addressed, Caller, CheckpointArgs, ListOutput, Progress, Reply, Request, Target};
 use crate::engine::{ApplyOptions, ApplyReport, Engine};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops::{ListPage, RollbackTarget};
@@ -299,6 +299,7 @@ fn dispatch(
             workspace,
             limit,
             cursor,
+            output,
         } => {
             let ws = match workspace {
                 Some(_) => Some(addressed(&target)?),
@@ -309,7 +310,14 @@ fn dispatch(
                 cursor: cursor.clone(),
             };
             // Thousands of snapshots: written as text once, from the indexes themselves.
-            Ok(Reply::Json(engine.list_json(caller, ws.as_ref(), &page)?))
+            match output {
+                Some(ListOutput::Json) => Ok(Reply::Printed(engine.list_output_json(
+                    caller,
+                    ws.as_ref(),
+                    &page,
+                )?)),
+                None => Ok(Reply::Json(engine.list_json(caller, ws.as_ref(), &page)?)),
+            }
         }
         Request::Delete {
             snapshot,

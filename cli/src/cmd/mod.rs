@@ -25,7 +25,7 @@ use std::time::Duration;
 use ws_ckpt::api::Request;
 use ws_ckpt::client::Client;
 use ws_ckpt::error::{Error, ErrorCode};
-use ws_ckpt::ipc::RawResult;
+use ws_ckpt::ipc::{Printed, RawResult};
 use ws_ckpt::paths::absolute_user_path;
 use ws_ckpt::tree::Progress;
 
@@ -198,6 +198,12 @@ fn call_or_print(cli: &Cli, req: Request, timeout: Duration) -> Result<Option<Va
 fn call_raw(cli: &Cli, req: Request, timeout: Duration) -> Result<RawResult, Error> {
     let mut progress = progress_printer();
     client(cli).call_raw(req, timeout, &mut progress)
+}
+
+/// [`call`] of a request asking for its printed form (see `Client::call_printed`).
+fn call_printed(cli: &Cli, req: Request, timeout: Duration) -> Result<Printed, Error> {
+    let mut progress = progress_printer();
+    client(cli).call_printed(req, timeout, &mut progress)
 }
 
 /// [`call`], with the result decoded straight into `T`.

@@ -1,13 +1,17 @@
 //! The snapshot commands: `checkpoint`, `rollback`, `list`, `delete`, `cleanup`, `diff`.
 
-use super::{call_as, call_or_print, call_raw, confirm, json_mode, str_of, ws_spec, QUICK, SLOW};
+use super::{
+    call_as, call_or_print, call_printed, call_raw, confirm, json_mode, str_of, ws_spec, QUICK,
+    SLOW,
+};
 use crate::args::Cli;
 use crate::output;
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::time::SystemTime;
-use ws_ckpt::api::Request;
+use ws_ckpt::api::{ListOutput, Request};
 use ws_ckpt::error::{Error, ErrorCode};
+use ws_ckpt::ipc::Printed;
 use ws_ckpt::ops::ListResult;
 
 /// `checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]`: prints the snapshot ID.
@@ -97,23 +101,39 @@ pub(super) fn list(
 ) -> Result<i32, Error> {
     let workspace = workspace.map(ws_spec).transpose()?;
     let paged = limit.is_some() || cursor.is_some();
-    let req = Request::List {
-        workspace,
+    let request = |output| Request::List {
+        workspace: workspace.clone(),
         limit,
-        cursor,
+        cursor: cursor.clone(),
+        output,
     };
-    if json_mode(cli) {
-        let raw = call_raw(cli, req, QUICK)?;
-        // Straight from the reply's text; a reply of another shape is decoded (and refused
-        // with a message when it is no list at all).
-        match crate::json::list_output(raw.bytes(), paged) {
-            Some(listed) => output::write_stdout_with(|w| listed.write_to(w)),
-            None => print_list_json(&parse_list(raw.bytes())?, paged),
+    if !json_mode(cli) {
+        print_list(&call_as(cli, request(None), QUICK)?);
+        return Ok(0);
+    }
+    // The daemon writes the output itself; the CLI only copies it.
+    let raw = match call_printed(cli, request(Some(ListOutput::Json)), QUICK) {
+        Ok(Printed::Text(text)) => {
+            output::write_stdout(&text);
+            return Ok(0);
         }
-    } else {
-        print_list(&call_as(cli, req, QUICK)?);
+        Ok(Printed::Result(raw)) => raw,
+        // A daemon of an earlier version: it knows only the result.
+        Err(e) if refuses_output_field(&e) => call_raw(cli, request(None), QUICK)?,
+        Err(e) => return Err(e),
+    };
+    // Straight from the reply's text; a reply of another shape is decoded (and refused
+    // with a message when it is no list at all).
+    match crate::json::list_output(raw.bytes(), paged) {
+        Some(listed) => output::write_stdout_with(|w| listed.write_to(w)),
+        None => print_list_json(&parse_list(raw.bytes())?, paged),
     }
     Ok(0)
+}
+
+/// True for a daemon's refusal of a list request's `output` field (it predates it).
+fn refuses_output_field(e: &Error) -> bool {
+    e.code == ErrorCode::InvalidArgument && e.message.contains("unknown field `output`")
 }
 
 /// A list reply decoded.
@@ -124,20 +144,10 @@ fn parse_list(text: &[u8]) -> Result<ListResult, Error> {
 
 /// `list --format json` of a decoded list: upstream's array of items, or one page.
 fn print_list_json(listed: &ListResult, paged: bool) {
-    let items = listed.items();
     if paged {
-        /// One page, as ws-ckpt 0.5.0 prints it.
-        #[derive(serde::Serialize)]
-        struct Page<'a> {
-            snapshots: Vec<ws_ckpt::ops::ListItem<'a>>,
-            next_cursor: Option<&'a str>,
-        }
-        output::json(&Page {
-            snapshots: items,
-            next_cursor: listed.next_cursor.as_ref().and_then(|c| c.as_deref()),
-        });
+        output::json(&listed.page_items());
     } else {
-        output::json(&items);
+        output::json(&listed.items());
     }
 }
 

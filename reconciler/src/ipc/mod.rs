@@ -1,6 +1,8 @@
 //! The daemon's socket protocol (SPEC §7.2): newline-delimited JSON over a Unix stream
 //! socket, one request per line (`{"v":1,"op":"checkpoint",...}`), one response line per
 //! request (`{"ok":true,"result":…}` or `{"ok":false,"error":{"code","message","hint"}}`).
+//! A request that asks for its printed form (`list` with `"output":"json"`) is answered by a
+//! header line `{"ok":true,"printed":N}` followed by the N bytes the command prints.
 //!
 //! This module holds the wire codec, the bounded line reader, the server side of one
 //! connection ([`serve_connection`], generic over the request handler) and the client
@@ -183,9 +185,16 @@ pub fn encode_response(result: &Result<Reply, Error>) -> String {
 }
 
 /// One response line with its newline, written in one buffer: `{"ok":true,"result":…}` around
-/// the result's own text (a large `list` is not copied into another JSON tree).
+/// the result's own text (a large `list` is not copied into another JSON tree). A printed
+/// answer is its header line followed by its text.
 pub fn response_line(result: &Result<Reply, Error>) -> Vec<u8> {
     let mut out = Vec::new();
+    if let Ok(Reply::Printed(text)) = result {
+        out.reserve(text.len() + 32);
+        out.extend_from_slice(&printed_header(text.len()));
+        out.extend_from_slice(text);
+        return out;
+    }
     match result {
         Ok(r) => {
             if let Reply::Json(t) = r {
@@ -259,6 +268,47 @@ pub fn decode_response_as<T: DeserializeOwned>(line: &[u8], socket: &Path) -> Re
 
 /// The start of every successful response line, as [`response_line`] writes it.
 const OK_PREFIX: &[u8] = br#"{"ok":true,"result":"#;
+
+/// The start of the header line of a printed answer ([`Reply::Printed`]).
+const PRINTED_PREFIX: &[u8] = br#"{"ok":true,"printed":"#;
+
+/// The header line (newline included) of a printed answer of `len` bytes.
+fn printed_header(len: usize) -> Vec<u8> {
+    let mut h = PRINTED_PREFIX.to_vec();
+    h.extend_from_slice(len.to_string().as_bytes());
+    h.extend_from_slice(b"}\n");
+    h
+}
+
+/// The length a printed answer's header line (newline excluded) announces; `None` for any
+/// other line.
+fn printed_len(line: &[u8]) -> Option<usize> {
+    let digits = line.strip_prefix(PRINTED_PREFIX)?.strip_suffix(b"}")?;
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The answer to a request that asked for its printed form: the printed text, or (from a
+/// daemon that answered with the result itself) the result's JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Printed {
+    /// What to print, as it is to be printed.
+    Text(Vec<u8>),
+    /// The result's JSON text: the caller prints it as it prints results.
+    Result(RawResult),
+}
+
+impl Printed {
+    /// The in-process reply as its answer on a connection would be.
+    pub fn from_reply(reply: Reply) -> Printed {
+        match reply {
+            Reply::Printed(text) => Printed::Text(text),
+            other => Printed::Result(RawResult::from_reply(other)),
+        }
+    }
+}
 
 /// A request's result as the compact JSON text the daemon wrote (or the in-process engine
 /// produced), not decoded: a command printing JSON re-prints it without building values.
@@ -356,8 +406,9 @@ const REPLY_HEAD_BYTES: usize = 16 * 1024;
 /// does. Most replies are small and come in one read, into a buffer on the stack; only a
 /// longer one (a `list` of megabytes) goes on through a large read buffer, which then comes
 /// in few reads. (That buffer for every command was an `mmap` and a `munmap` per process,
-/// whose TLB shootdown costs about 0.1 ms on a VM.) Nothing is expected after the line.
-fn read_reply<R: Read>(mut r: R, limit: usize) -> Result<Line, IpcError> {
+/// whose TLB shootdown costs about 0.1 ms on a VM.) Nothing is expected after the line,
+/// except after the header line of a printed answer: then its text.
+fn read_reply<R: Read>(mut r: R, limit: usize) -> Result<Answer, IpcError> {
     let mut head = [0u8; REPLY_HEAD_BYTES];
     let n = loop {
         match r.read(&mut head) {
@@ -372,16 +423,69 @@ fn read_reply<R: Read>(mut r: R, limit: usize) -> Result<Line, IpcError> {
         }
     };
     if n == 0 {
-        return Ok(Line::Eof);
+        return Ok(Answer::Line(Line::Eof));
     }
     if let Some(end) = head[..n].iter().position(|b| *b == b'\n') {
         if end > limit {
             return Err(IpcError::TooLong { limit });
         }
-        return Ok(Line::Data(head[..end].to_vec()));
+        if let Some(len) = printed_len(&head[..end]) {
+            return read_printed(&head[end + 1..n], r, len, limit).map(Answer::Printed);
+        }
+        return Ok(Answer::Line(Line::Data(head[..end].to_vec())));
     }
     let rest = std::io::Cursor::new(&head[..n]).chain(r);
-    read_line_bounded(&mut BufReader::with_capacity(256 * 1024, rest), limit)
+    let mut reader = BufReader::with_capacity(256 * 1024, rest);
+    match read_line_bounded(&mut reader, limit)? {
+        Line::Data(line) => match printed_len(&line) {
+            // A printed answer whose header came in pieces.
+            Some(len) => read_printed(&[], reader, len, limit).map(Answer::Printed),
+            None => Ok(Answer::Line(Line::Data(line))),
+        },
+        Line::Eof => Ok(Answer::Line(Line::Eof)),
+    }
+}
+
+/// The `len` bytes of a printed answer: `first` (read with its header), then the rest from
+/// `r`. An answer that ends early is an error (nothing partial is printed).
+fn read_printed<R: Read>(
+    first: &[u8],
+    r: R,
+    len: usize,
+    limit: usize,
+) -> Result<Vec<u8>, IpcError> {
+    if len > limit {
+        return Err(IpcError::TooLong { limit });
+    }
+    let first = &first[..first.len().min(len)];
+    // The length is the daemon's word: reserve at most 16 MiB before the bytes arrive.
+    let mut text = Vec::with_capacity(len.min(16 << 20));
+    text.extend_from_slice(first);
+    let left = (len - first.len()) as u64;
+    if let Err(source) = r.take(left).read_to_end(&mut text) {
+        return Err(IpcError::Io {
+            what: "reading from the socket".into(),
+            source,
+        });
+    }
+    if text.len() < len {
+        return Err(IpcError::Io {
+            what: "reading from the socket".into(),
+            source: std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!("the answer ended after {} of its {len} bytes", text.len()),
+            ),
+        });
+    }
+    Ok(text)
+}
+
+/// What a client reads back for one request.
+enum Answer {
+    /// A response line (or the end of the connection).
+    Line(Line),
+    /// The text of a printed answer, read after its header line.
+    Printed(Vec<u8>),
 }
 
 /// What one buffered chunk did to the line being read.
@@ -436,6 +540,11 @@ fn write_response(w: &mut impl Write, result: &Result<Reply, Error>) -> std::io:
             w.write_all(OK_PREFIX)?;
             w.write_all(t.as_bytes())?;
             w.write_all(b"}\n")?;
+            w.flush()
+        }
+        Ok(Reply::Printed(t)) if t.len() >= 64 * 1024 => {
+            w.write_all(&printed_header(t.len()))?;
+            w.write_all(t)?;
             w.flush()
         }
         _ => write_bytes(w, &response_line(result)),
@@ -597,8 +706,8 @@ pub fn exchange_as<T: DeserializeOwned>(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<T> {
-    exchange_with(stream, socket, req, timeout, |line| {
-        decode_response_as(&line, socket)
+    exchange_with(stream, socket, req, timeout, |answer| {
+        decode_response_as(&answer_line(answer, socket)?, socket)
     })
 }
 
@@ -609,9 +718,43 @@ pub fn exchange_raw(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<RawResult> {
-    exchange_with(stream, socket, req, timeout, |line| {
-        decode_response_raw(line, socket)
+    exchange_with(stream, socket, req, timeout, |answer| {
+        decode_response_raw(answer_line(answer, socket)?, socket)
     })
+}
+
+/// [`exchange`] of a request that asks for its printed form: the text to print, or the
+/// result when the daemon answered with one.
+pub fn exchange_printed(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Exchange<Printed> {
+    exchange_with(stream, socket, req, timeout, |answer| match answer {
+        Answer::Printed(text) => Ok(Printed::Text(text)),
+        Answer::Line(_) => {
+            decode_response_raw(answer_line(answer, socket)?, socket).map(Printed::Result)
+        }
+    })
+}
+
+/// The response line of an answer that must be one (a printed answer to a request that
+/// did not ask for one is a protocol error).
+fn answer_line(answer: Answer, socket: &Path) -> Result<Vec<u8>, Error> {
+    match answer {
+        Answer::Line(Line::Data(line)) => Ok(line),
+        Answer::Line(Line::Eof) => Err(IpcError::BadResponse {
+            socket: socket.display().to_string(),
+            why: "the connection ended without an answer".into(),
+        }
+        .into()),
+        Answer::Printed(_) => Err(IpcError::BadResponse {
+            socket: socket.display().to_string(),
+            why: "printed output where a result was expected".into(),
+        }
+        .into()),
+    }
 }
 
 /// [`exchange`] with the response line decoded by `decode`.
@@ -620,7 +763,7 @@ fn exchange_with<T>(
     socket: &Path,
     req: &Request,
     timeout: Duration,
-    decode: impl FnOnce(Vec<u8>) -> Result<T, Error>,
+    decode: impl FnOnce(Answer) -> Result<T, Error>,
 ) -> Exchange<T> {
     let t = Some(timeout).filter(|d| !d.is_zero());
     let io = |what: &str, e: std::io::Error| -> Error {
@@ -652,11 +795,11 @@ fn exchange_with<T>(
         return Exchange::NotTaken(err);
     }
     match read_reply(stream.take(MAX_RESPONSE_BYTES as u64 + 1), MAX_RESPONSE_BYTES) {
-        Ok(Line::Data(line)) => match decode(line) {
+        Ok(answer @ (Answer::Line(Line::Data(_)) | Answer::Printed(_))) => match decode(answer) {
             Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
             r => answered(r),
         },
-        Ok(Line::Eof) => answered(Err(Error::new(
+        Ok(Answer::Line(Line::Eof)) => answered(Err(Error::new(
             ErrorCode::Io,
             format!(
                 "the ws-ckpt daemon at {} closed the connection without answering",
@@ -804,7 +947,10 @@ mod tests {
     fn a_reply_is_read_whole_in_one_read_or_across_many() {
         let data = |line: &[u8]| Line::Data(line.to_vec());
         let read = |bytes: Vec<u8>, chunk: usize, limit: usize| {
-            read_reply(Chunked(Cursor::new(bytes), chunk), limit)
+            read_reply(Chunked(Cursor::new(bytes), chunk), limit).map(|a| match a {
+                Answer::Line(l) => l,
+                Answer::Printed(_) => panic!("not a printed answer"),
+            })
         };
         let same = |a: Line, b: Line| match (a, b) {
             (Line::Data(x), Line::Data(y)) => x == y,
@@ -923,9 +1069,72 @@ mod tests {
     }
 
     #[test]
+    fn a_printed_answer_is_its_header_then_its_bytes_read_whole_or_refused() {
+        let text: Vec<u8> = (0..REPLY_HEAD_BYTES * 2 + 5)
+            .map(|i| {
+                if i % 61 == 60 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect();
+        let sent = response_line(&Ok(Reply::Printed(text.clone())));
+        assert!(
+            sent.starts_with(format!("{{\"ok\":true,\"printed\":{}}}\n", text.len()).as_bytes())
+        );
+        let read = |bytes: &[u8], chunk: usize, limit: usize| {
+            read_reply(Chunked(Cursor::new(bytes.to_vec()), chunk), limit)
+        };
+        for chunk in [1 << 20, 7, REPLY_HEAD_BYTES] {
+            match read(&sent, chunk, text.len()).unwrap() {
+                Answer::Printed(t) => assert_eq!(t, text, "chunk {chunk}"),
+                Answer::Line(_) => panic!("a printed answer read as a line"),
+            }
+        }
+        // Small, and empty.
+        for t in [&b"[]\n"[..], b""] {
+            let sent = response_line(&Ok(Reply::Printed(t.to_vec())));
+            assert!(matches!(read(&sent, 64, 100).unwrap(), Answer::Printed(got) if got == t));
+        }
+        // Cut short, or longer than the limit: an error, never a part.
+        let cut = &sent[..sent.len() - 1];
+        assert!(matches!(read(cut, 4096, 1 << 20), Err(IpcError::Io { .. })));
+        assert!(matches!(
+            read(&sent, 4096, text.len() - 1),
+            Err(IpcError::TooLong { .. })
+        ));
+        // A header of another form is an ordinary line.
+        for line in [
+            &b"{\"ok\":true,\"printed\":x}\n"[..],
+            b"{\"ok\":true,\"printed\":}\n",
+        ] {
+            assert!(matches!(
+                read(line, 64, 100).unwrap(),
+                Answer::Line(Line::Data(_))
+            ));
+        }
+        // In-process, the same text; as a value, the text as a string.
+        assert_eq!(
+            Printed::from_reply(Reply::Printed(b"[]\n".to_vec())),
+            Printed::Text(b"[]\n".to_vec())
+        );
+        assert_eq!(
+            Reply::Printed(b"[]\n".to_vec()).decode::<String>().unwrap(),
+            "[]\n"
+        );
+    }
+
+    #[test]
     fn a_large_text_reply_is_sent_as_its_response_line() {
         let big = format!("[{}\"end\"]", "\"x\",".repeat(40_000));
-        for r in [Ok(Reply::Json(big)), Ok(Reply::Json("[]".into()))] {
+        let printed = Reply::Printed(big.clone().into_bytes());
+        for r in [
+            Ok(Reply::Json(big)),
+            Ok(Reply::Json("[]".into())),
+            Ok(printed),
+            Ok(Reply::Printed(b"[]\n".to_vec())),
+        ] {
             let mut sent = Vec::new();
             write_response(&mut sent, &r).unwrap();
             assert_eq!(sent, response_line(&r));

@@ -118,7 +118,24 @@ pub struct ListMeta<'a> {
     pub child_ids: &'a [String],
 }
 
+/// One page of `list --format json` (`--limit`/`--cursor`), as ws-ckpt 0.5.0 prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListPageItems<'a> {
+    /// The page's snapshots as upstream items, in list order.
+    pub snapshots: Vec<ListItem<'a>>,
+    /// The cursor of the next page; `null` on the last one.
+    pub next_cursor: Option<&'a str>,
+}
+
 impl ListResult {
+    /// The result as one page of items (what a paged `list --format json` prints).
+    pub fn page_items(&self) -> ListPageItems<'_> {
+        ListPageItems {
+            snapshots: self.items(),
+            next_cursor: self.next_cursor.as_ref().and_then(|c| c.as_deref()),
+        }
+    }
+
     /// Every snapshot as an upstream item, in list order.
     pub fn items(&self) -> Vec<ListItem<'_>> {
         let mut out: Vec<((u64, &str, &str), ListItem<'_>)> = Vec::new();
@@ -279,6 +296,35 @@ impl Engine {
         write_list(&sources, &mut out).map_err(encode)?;
         // Only UTF-8 was written (strings, and serde_json's output).
         String::from_utf8(out).map_err(|e| Error::new(ErrorCode::Io, e.to_string()))
+    }
+
+    /// What `ws-ckpt list --format json` prints for this list, newline included: the
+    /// pretty JSON of [`ListResult::items`] (or, paged, of [`ListResult::page_items`]), the
+    /// bytes `serde_json::to_writer_pretty` gives for them (a test checks it). The daemon
+    /// writes it so that the CLI only copies it to its output: a list of thousands of
+    /// snapshots is not sent as one shape, read back and re-indented as another.
+    pub fn list_output_json(
+        &self,
+        caller: &Caller,
+        workspace: Option<&Addressed>,
+        page: &ListPage,
+    ) -> Result<Vec<u8>> {
+        let encode = |e: serde_json::Error| {
+            Error::new(ErrorCode::Io, format!("cannot encode the list: {e}"))
+        };
+        let mut out = Vec::new();
+        if page.is_paged() {
+            let listed = self.list(caller, workspace, page)?;
+            serde_json::to_writer_pretty(&mut out, &listed.page_items()).map_err(encode)?;
+        } else {
+            let (sources, _, _) = self.list_sources(caller, workspace, page)?;
+            let count: usize = sources.iter().map(|s| s.order.len()).sum();
+            // About what an item without message or metadata takes.
+            out.reserve(64 + count * 560);
+            write_items_pretty(&sources, &mut out).map_err(encode)?;
+        }
+        out.push(b'\n');
+        Ok(out)
     }
 
     /// What a list reads: the workspaces (each with its index and what is found of its
@@ -482,6 +528,112 @@ fn write_list(sources: &[Source], out: &mut Vec<u8>) -> serde_json::Result<()> {
         out.extend_from_slice(b"]}");
     }
     out.extend_from_slice(b"]}");
+    Ok(())
+}
+
+/// The pretty JSON of the [`ListResult::items`] of the unpaged list of `sources`, written
+/// straight into `out` as `serde_json::to_writer_pretty` writes them (two spaces per level),
+/// without building the result or the items.
+fn write_items_pretty(sources: &[Source], out: &mut Vec<u8>) -> serde_json::Result<()> {
+    /// What every item of one workspace shares, written once.
+    struct Shared {
+        workspace: Vec<u8>,
+        ws_id: Vec<u8>,
+        problem: Option<Vec<u8>>,
+    }
+    let mut shared = Vec::with_capacity(sources.len());
+    let mut views: Vec<(u64, usize, SnapshotView<'_>)> = Vec::new();
+    for (si, src) in sources.iter().enumerate() {
+        let mut workspace = Vec::new();
+        serde_json::to_writer(&mut workspace, &src.entry.workspace_path)?;
+        let mut ws_id = Vec::new();
+        put_str(&mut ws_id, &[&src.entry.ws_id])?;
+        let problem = match &src.problem {
+            Some(p) => {
+                let mut text = Vec::new();
+                put_str(&mut text, &[p])?;
+                Some(text)
+            }
+            None => None,
+        };
+        shared.push(Shared {
+            workspace,
+            ws_id,
+            problem,
+        });
+        views.extend(src.snapshots().map(|v| (nanos(v.created_at.time()), si, v)));
+    }
+    // The order of `ListResult::items`: creation time, workspace, ID.
+    views.sort_by(|a, b| {
+        (a.0, &sources[a.1].entry.ws_id, a.2.id).cmp(&(b.0, &sources[b.1].entry.ws_id, b.2.id))
+    });
+    if views.is_empty() {
+        out.extend_from_slice(b"[]");
+        return Ok(());
+    }
+    out.push(b'[');
+    for (i, (_, si, v)) in views.iter().enumerate() {
+        let w = &shared[*si];
+        out.extend_from_slice(if i == 0 { b"\n  {" } else { b",\n  {" });
+        out.extend_from_slice(b"\n    \"id\": ");
+        put_str(out, &[v.id])?;
+        out.extend_from_slice(b",\n    \"workspace\": ");
+        out.extend_from_slice(&w.workspace);
+        out.extend_from_slice(b",\n    \"ws_id\": ");
+        out.extend_from_slice(&w.ws_id);
+        out.extend_from_slice(b",\n    \"meta\": {");
+        put_opt_str(out, b"\n      \"message\": ", v.message)?;
+        out.extend_from_slice(b",\n      \"metadata\": ");
+        match &v.metadata {
+            Some(m) => put_pretty_at(out, m, 3)?,
+            None => out.extend_from_slice(b"null"),
+        }
+        put_bool(out, b",\n      \"pinned\": ", v.pinned);
+        out.extend_from_slice(b",\n      \"created_at\": ");
+        v.created_at.with_text(|t| put_str(out, &[t]))?;
+        put_bool(out, b",\n      \"missing\": ", v.missing);
+        put_opt_str(out, b",\n      \"parent_id\": ", v.parent_id)?;
+        out.extend_from_slice(b",\n      \"child_ids\": [");
+        let mut children = 0;
+        for c in v.entry.child_ids_iter() {
+            out.extend_from_slice(if children == 0 {
+                b"\n        "
+            } else {
+                b",\n        "
+            });
+            put_str(out, &[c])?;
+            children += 1;
+        }
+        out.extend_from_slice(if children == 0 { b"]" } else { b"\n      ]" });
+        out.extend_from_slice(b"\n    }");
+        if let Some(p) = &v.snapshot_path {
+            out.extend_from_slice(b",\n    \"snapshot_path\": ");
+            p.write(out)?;
+        }
+        put_bool(out, b",\n    \"head\": ", v.head);
+        if let Some(p) = &w.problem {
+            out.extend_from_slice(b",\n    \"problem\": ");
+            out.extend_from_slice(p);
+        }
+        out.extend_from_slice(b"\n  }");
+    }
+    out.extend_from_slice(b"\n]");
+    Ok(())
+}
+
+/// `v` pretty-printed as it is when nested `depth` levels deep: its own pretty text with every
+/// line after the first indented by `depth` levels (a string never holds a raw newline).
+fn put_pretty_at(out: &mut Vec<u8>, v: &serde_json::Value, depth: usize) -> serde_json::Result<()> {
+    let text = serde_json::to_vec_pretty(v)?;
+    let mut lines = text.split(|b| *b == b'\n');
+    if let Some(first) = lines.next() {
+        out.extend_from_slice(first);
+    }
+    for line in lines {
+        out.push(b'\n');
+        out.resize(out.len() + 2 * depth, b' ');
+        out.extend_from_slice(line);
+    }
     Ok(())
 }
 
@@ -797,10 +949,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_written_list_is_the_list_result_serialized() {
-        let sources = [
-            // Out of time order: listed by creation time, equal times in recorded order.
+    /// Four workspaces covering what a list holds: snapshots out of time order (equal times
+    /// in recorded order) and one not in its directory (MISSING); a workspace whose
+    /// snapshots interleave in time with the first's (equal times order by workspace, then
+    /// ID), with a problem needing escapes and no snapshot directory; an empty one; escaped
+    /// IDs and a directory ending in a slash.
+    fn fixture() -> [Source; 4] {
+        [
             source(
                 "ws-a",
                 &[("a3", 3), ("a1", 1), ("a2", 2), ("a2b", 2), ("a0", 0)],
@@ -809,12 +964,11 @@ mod tests {
             ),
             source(
                 "ws-b",
-                &[("b1", 1)],
+                &[("b2", 2), ("b1", 1), ("b0", 0), ("a9", 0)],
                 None,
-                Some("the backend is not mounted"),
+                Some("the backend is \"not\" mounted"),
             ),
             source("ws-c", &[], Some(&[]), None),
-            // Escaped IDs and directory, a directory ending in a slash.
             Source {
                 snap_dir: Some("/mnt/sn\"aps\\/".into()),
                 ..source(
@@ -824,7 +978,12 @@ mod tests {
                     None,
                 )
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn the_written_list_is_the_list_result_serialized() {
+        let sources = fixture();
         let mut written = Vec::new();
         write_list(&sources, &mut written).unwrap();
         let owned = ListResult {
@@ -846,6 +1005,40 @@ mod tests {
         assert_eq!(
             String::from_utf8(written).unwrap(),
             serde_json::to_string(&owned).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_written_output_is_the_items_pretty_printed() {
+        let sources = fixture();
+        let owned = ListResult {
+            workspaces: sources.iter().map(Source::to_owned).collect(),
+            next_cursor: None,
+        };
+        let items = owned.items();
+        // What the fixture covers: metadata (nested, an empty object), children, missing,
+        // no snapshot path, a problem.
+        assert!(items.iter().any(|i| i.meta.metadata.is_some()));
+        assert!(items.iter().any(|i| !i.meta.child_ids.is_empty()));
+        assert!(items.iter().any(|i| i.meta.missing));
+        assert!(items.iter().any(|i| i.snapshot_path.is_none()));
+        assert!(items.iter().any(|i| i.problem.is_some()));
+        let mut written = Vec::new();
+        write_items_pretty(&sources, &mut written).unwrap();
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            String::from_utf8(serde_json::to_vec_pretty(&items).unwrap()).unwrap()
+        );
+        let mut empty = Vec::new();
+        write_items_pretty(&sources[2..3], &mut empty).unwrap();
+        assert_eq!(empty, b"[]");
+        let mut nested = Vec::new();
+        let v = serde_json::json!({"a": [1, {"b": []}], "c": {}});
+        put_pretty_at(&mut nested, &v, 1).unwrap();
+        let wrapped = serde_json::to_string_pretty(&[&v]).unwrap();
+        assert_eq!(
+            format!("[\n  {}\n]", String::from_utf8(nested).unwrap()),
+            wrapped
         );
     }
 

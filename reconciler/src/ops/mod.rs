@@ -33,7 +33,9 @@ pub use checkpoint::{take_checkpoint_snapshot, CheckpointResult, PreparedCheckpo
 pub use cleanup::CleanupResult;
 pub use delete::DeleteResult;
 pub use diff::DiffResult;
-pub use list::{ListItem, ListMeta, ListPage, ListResult, ListSnapshot, ListWorkspace, MAX_PAGE};
+pub use list::{
+    ListItem, ListMeta, ListPage, ListPageItems, ListResult, ListSnapshot, ListWorkspace, MAX_PAGE,
+};
 pub use recover::{RecoverPreview, RecoverTarget};
 pub use rollback::{RollbackPreview, RollbackResult, RollbackTarget};
 
