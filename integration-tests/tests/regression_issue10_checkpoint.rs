@@ -8,6 +8,7 @@
 mod regression_common;
 
 use regression_common::*;
+use ws_ckpt_integration_tests::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // 5. state_dir full
@@ -350,10 +351,116 @@ fn regression_7c_a_leftover_record_is_swept_when_the_daemon_starts() {
     let kept = l.iter().find(|x| x.id == "kept").expect("`kept` is listed");
     assert_eq!(kept.message.as_deref(), Some("agent step"));
     assert!(kept.pinned);
-    // A checkpoint through the daemon leaves none either.
+    // A checkpoint through the daemon leaves none either, once its settle thread ran.
     checkpoint(&rig, &a, "next", &[]).ok();
-    assert!(ws_ckpt_xattrs(&snap_dir).is_empty());
+    assert!(
+        wait_until(Duration::from_secs(20), || ws_ckpt_xattrs(&snap_dir)
+            .is_empty()),
+        "the daemon settled `next`: {:?}",
+        ws_ckpt_xattrs(&snap_dir)
+    );
     rig.stop_daemon().unwrap();
+    assert_converged(&rig);
+}
+
+/// The daemon answers a checkpoint once the snapshot ioctl has committed the snapshot and
+/// its record; the journal line is made durable, and the record removed, by its settle
+/// thread afterwards. Here that thread is held before it starts, and the daemon is then
+/// killed, with the line of one checkpoint cut off the journal (what a power cut before the
+/// settle could lose) and the other's kept. The next start must list both with their
+/// message, metadata and pin, and leave no record behind; a clean stop settles what waits.
+#[test]
+fn regression_7d_a_daemon_checkpoint_answered_before_its_line_is_durable() {
+    let Some(mut rig) = rig("regression_7d", Storage::Host, Via::InProcess) else {
+        return;
+    };
+    let (a, _) = make_tree(&rig, "a", 5, SMALL);
+    let ws_id = init(&rig, &a);
+    let snap_dir = rig.layout.snapshots_root().join(&ws_id);
+    let hold = rig.env.root.join("hold");
+    fs::create_dir_all(&hold).unwrap();
+    fs::write(hold.join("settle:before-sync"), b"").unwrap();
+    rig.start_daemon_env(&[("WS_CKPT_FAULT_HOLD", hold.to_str().unwrap())])
+        .unwrap();
+    let meta = json!({"tool": "shell", "step": 3});
+    let m = meta.to_string();
+    let ap = a.display().to_string();
+    for id in ["kept", "lost"] {
+        let r = rig.json(&[
+            "checkpoint",
+            "-w",
+            &ap,
+            "-s",
+            id,
+            "-m",
+            "agent step",
+            "--metadata",
+            &m,
+            "--pin",
+        ]);
+        assert_eq!(
+            r.0.code(),
+            Some(0),
+            "checkpoint {id}:
+{}",
+            r.0.describe()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || hold
+            .join("settle:before-sync.reached")
+            .exists()),
+        "the settle thread reached its held point; daemon log:\n{}",
+        rig.daemon().map(|d| d.stderr()).unwrap_or_default()
+    );
+    assert_eq!(
+        ws_ckpt_xattrs(&snap_dir).len(),
+        2,
+        "both answered checkpoints keep their record on {} until they are settled",
+        snap_dir.display()
+    );
+    rig.kill_daemon();
+    let journal = rig
+        .layout
+        .state_dir
+        .join("indexes")
+        .join(&ws_id)
+        .join("journal.jsonl");
+    let text = fs::read_to_string(&journal).unwrap();
+    let cut: String = text
+        .lines()
+        .filter(|l| !l.contains("\"lost\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(cut, text, "the journal of {ws_id} has a line for `lost`");
+    fs::write(&journal, cut).unwrap();
+
+    rig.start_daemon().unwrap();
+    let l = listed_for(&rig, &ws_id);
+    for id in ["kept", "lost"] {
+        let x = l
+            .iter()
+            .find(|x| x.id == id)
+            .unwrap_or_else(|| panic!("`{id}` is listed: {l:?}"));
+        assert_eq!(x.message.as_deref(), Some("agent step"), "{id}");
+        assert_eq!(x.metadata.as_ref(), Some(&meta), "{id}");
+        assert!(x.pinned, "{id} stays pinned");
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || ws_ckpt_xattrs(&snap_dir)
+            .is_empty()),
+        "no record is left on {}: {:?}",
+        snap_dir.display(),
+        ws_ckpt_xattrs(&snap_dir)
+    );
+    // A clean stop right after a checkpoint settles it before the daemon exits.
+    checkpoint(&rig, &a, "last", &[]).ok();
+    rig.stop_daemon().unwrap();
+    assert!(
+        ws_ckpt_xattrs(&snap_dir).is_empty(),
+        "the stop settled `last`: {:?}",
+        ws_ckpt_xattrs(&snap_dir)
+    );
     assert_converged(&rig);
 }
 

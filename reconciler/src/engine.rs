@@ -89,6 +89,11 @@ pub struct Engine {
     /// The last step of operations answered already, by workspace: run under the
     /// workspace's lock before anything else runs on it.
     owed: Mutex<std::collections::BTreeMap<String, OwedFinish>>,
+    /// Checkpoints answered before their journal line was durable, their records still on
+    /// their snapshot directories (the daemon; see [`crate::settle`]).
+    pub(crate) unsettled: Arc<crate::settle::Unsettled>,
+    /// Answer checkpoints before their journal line is durable ([`Engine::set_settle_later`]).
+    settle_later: std::sync::atomic::AtomicBool,
     /// The host observation operations resolve their storage from (reused by the daemon).
     host_cache: crate::host_cache::HostCache,
 }
@@ -136,6 +141,8 @@ impl Engine {
             host: ReentrantLock::default(),
             defer_finishing: Default::default(),
             owed: Default::default(),
+            unsettled: Default::default(),
+            settle_later: Default::default(),
             host_cache: Default::default(),
             lock: Mutex::new(Some(lock)),
         };
@@ -181,14 +188,20 @@ impl Engine {
             host: ReentrantLock::default(),
             defer_finishing: Default::default(),
             owed: Default::default(),
+            unsettled: Default::default(),
+            settle_later: Default::default(),
             host_cache: Default::default(),
             lock: Mutex::new(None),
         }))
     }
 
-    /// Clean stop: remove the lock file. (Index journals compact themselves when they grow,
+    /// Clean stop: settle the answered checkpoints ([`crate::settle`]), remove the lock
+    /// file. (Index journals compact themselves when they grow,
     /// so a stop costs nothing per snapshot.) Further calls do nothing.
     pub fn close(&self) {
+        // Checkpoints answered before their line was durable: settled while this process
+        // still holds the state directory.
+        self.settle_records();
         let lock = self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(lock) = lock {
             lock.release();
@@ -220,6 +233,19 @@ impl Engine {
     pub fn set_defer_finishing(&self, on: bool) {
         self.defer_finishing
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answer a checkpoint once its snapshot and record are committed, leaving its journal
+    /// line's `fdatasync` and the record's removal to the daemon's settle thread (set once
+    /// that thread runs; see [`crate::settle`]). A command that owns its engine does both
+    /// before it answers.
+    pub fn set_settle_later(&self, on: bool) {
+        self.settle_later
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn settles_later(&self) -> bool {
+        self.settle_later.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Reuse the host observation between requests while the mount table and the config are

@@ -43,6 +43,7 @@ pub mod plan;
 pub mod policy;
 pub mod procs;
 pub mod resolve;
+pub mod settle;
 pub mod state;
 pub mod status;
 pub mod store;

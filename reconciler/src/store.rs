@@ -667,6 +667,15 @@ impl Store {
         Ok(pending)
     }
 
+    /// Make the index journal of `ws_id` durable as it is now (every line appended so far),
+    /// outside the store's lock: the lines of checkpoints answered before their `fdatasync`
+    /// ([`crate::settle`]).
+    pub fn sync_index_journal(&self, ws_id: &str) -> Result<()> {
+        let path = self.lock().indexes.journal_path(ws_id)?;
+        crate::state::index::sync_journal(&path)?;
+        Ok(())
+    }
+
     /// The snapshot of a recorded checkpoint exists: it is listed from now on, and a
     /// `confirm` line is appended without `fdatasync` (a later process must not withdraw an
     /// acknowledged checkpoint whose snapshot was deleted behind our back; when the line is

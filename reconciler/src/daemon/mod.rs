@@ -163,6 +163,7 @@ fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32,
     if let Some(engine) = shared.engine() {
         engine.sweep_checkpoint_records();
     }
+    spawn_settler(&shared);
     let (listener, socket) = match server::bind_at(&socket_path) {
         Ok(x) => x,
         Err(e) => {
@@ -215,6 +216,48 @@ fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32,
         next = next_deadline(interval);
     }
     Ok(stop(&shared, &socket, accept))
+}
+
+/// How long the settle thread waits for work before it looks at `stopping` again (it holds
+/// no engine meanwhile).
+const SETTLE_IDLE: Duration = Duration::from_secs(2);
+
+/// Start the thread that settles answered checkpoints ([`crate::settle`]); only once it runs
+/// are checkpoints answered before their journal line is durable. It ends when the daemon
+/// stops (the engine's close settles what is left).
+fn spawn_settler(shared: &Arc<Shared>) {
+    let Some(engine) = shared.engine() else {
+        return;
+    };
+    let queue = engine.unsettled_queue();
+    let s = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("ws-ckpt-settle".into())
+        .spawn(move || {
+            while !s.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                if !queue.wait(SETTLE_IDLE) {
+                    continue;
+                }
+                queue.gather(crate::settle::SETTLE_DELAY);
+                match s.engine() {
+                    // Nothing settled (busy workspaces, a journal that cannot be synced):
+                    // no faster than one round per delay.
+                    Some(engine) if engine.settle_due() == 0 => {
+                        drop(engine);
+                        std::thread::sleep(crate::settle::SETTLE_DELAY);
+                    }
+                    Some(_) => {}
+                    // Stopping: the engine's close settles what waits.
+                    None => std::thread::sleep(SETTLE_IDLE),
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => engine.set_settle_later(true),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the settle thread; each checkpoint makes its journal line durable before it is answered")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -158,7 +158,17 @@ impl Engine {
                         return Err(unrecorded(e));
                     }
                 };
-            let (snapshot, synced) = if carried {
+            // The daemon answers as soon as the ioctl has committed the record with the
+            // snapshot; the line is made durable, and the record removed, by its settle thread
+            // (crate::settle), unless too many of this workspace's wait already.
+            let settle_later = carried
+                && self.settles_later()
+                && self.unsettled.count(&prepared.ws_id) < crate::settle::MAX_UNSETTLED;
+            let (snapshot, synced) = if settle_later {
+                drop(line);
+                fault::point("checkpoint:after-record");
+                (take_checkpoint_snapshot(self.sys(), &prepared), Ok(()))
+            } else if carried {
                 std::thread::scope(|s| {
                     let sync = s.spawn(|| line.sync());
                     fault::point("checkpoint:after-record");
@@ -186,7 +196,15 @@ impl Engine {
                 return self.checkpoint_unsynced(prepared, entry, e.into());
             }
             fault::point("checkpoint:after-snapshot");
-            if carried {
+            if settle_later {
+                self.unsettled.push(
+                    &prepared.ws_id,
+                    crate::settle::Waiting {
+                        dir: prepared.snap_dir().to_path_buf(),
+                        id: prepared.id.clone(),
+                    },
+                );
+            } else if carried {
                 // The journal line is durable: it is the record from now on.
                 self.drop_record(&prepared);
             }
@@ -230,10 +248,79 @@ impl Engine {
         }
     }
 
+    /// Settle the checkpoints answered before their journal line was durable
+    /// ([`crate::settle`]): for each workspace, under its lock, one `fdatasync` of its index
+    /// journal, then the removal of their records. The lock keeps a later checkpoint that
+    /// reuses a snapshot ID from having its record (same name) removed before its own line
+    /// is durable. A workspace whose journal cannot be made durable keeps its records (they
+    /// are the checkpoints' durable copy) and is retried later. Returns how many records were
+    /// removed.
+    pub fn settle_records(&self) -> usize {
+        self.settle(true)
+    }
+
+    /// [`Engine::settle_records`]; unless `wait_for_busy`, a workspace whose lock is held
+    /// (an init, a release, a cleanup on it) is left for a later round while it has fewer
+    /// than [`crate::settle::SETTLE_AT_ONCE`] checkpoints waiting.
+    fn settle(&self, wait_for_busy: bool) -> usize {
+        let mut removed = 0;
+        for (ws_id, waiting) in self.unsettled.take() {
+            if !wait_for_busy
+                && waiting.len() < crate::settle::SETTLE_AT_ONCE
+                && self.workspace_busy(&ws_id)
+            {
+                self.unsettled.put_back(&ws_id, waiting);
+                continue;
+            }
+            fault::point("settle:before-sync");
+            removed += self.in_workspace(&ws_id, || self.settle_workspace(&ws_id, waiting));
+        }
+        removed
+    }
+
+    fn settle_workspace(&self, ws_id: &str, waiting: Vec<crate::settle::Waiting>) -> usize {
+        if let Err(e) = self.store.sync_index_journal(ws_id) {
+            tracing::warn!(ws_id, checkpoints = waiting.len(), error = %e.message, "cannot make the index journal durable; the checkpoints keep their records and are settled later");
+            self.unsettled.put_back(ws_id, waiting);
+            return 0;
+        }
+        let mut removed = 0;
+        for w in waiting {
+            match self.sys().remove_checkpoint_record(&w.dir, &w.id) {
+                Ok(()) => removed += 1,
+                // The workspace was released meanwhile: nothing is left to remove.
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    tracing::warn!(ws_id, snapshot = %w.id, error = %e, "cannot remove a checkpoint's record from its snapshot directory; it is harmless")
+                }
+            }
+        }
+        removed
+    }
+
+    /// True when checkpoints answered before their journal line was durable wait to be
+    /// settled.
+    pub fn has_unsettled_records(&self) -> bool {
+        !self.unsettled.is_empty()
+    }
+
+    /// The queue of answered checkpoints, for the daemon's settle thread to wait on without
+    /// holding the engine (a stop waits until nothing else holds it).
+    pub(crate) fn unsettled_queue(&self) -> std::sync::Arc<crate::settle::Unsettled> {
+        std::sync::Arc::clone(&self.unsettled)
+    }
+
+    /// One round of the daemon's settle thread: [`Engine::settle_records`], leaving busy
+    /// workspaces with few checkpoints waiting for a later round.
+    pub(crate) fn settle_due(&self) -> usize {
+        self.settle(false)
+    }
+
     /// Remove the checkpoint records nothing needs any more: those of snapshots the index
-    /// lists, and those of snapshots that do not exist (their checkpoint was not taken). One is
-    /// left behind when its process dies between the journal line's `fdatasync` and the
-    /// record's removal. The record of a snapshot found without an index entry is kept: the
+    /// lists, and those of snapshots that do not exist (their checkpoint was not taken), once
+    /// the index journal is durable. One is left behind when its process dies between the
+    /// journal line's `fdatasync` and the record's removal, or a daemon before it settled its
+    /// answered checkpoints. The record of a snapshot found without an index entry is kept: the
     /// next pass adopts that snapshot with it. The daemon runs this once, after its start-up
     /// pass (no checkpoint is in flight then: an in-process command holds the daemon lock).
     /// Nothing is done while the storage is not available. Returns how many were removed.
@@ -264,6 +351,16 @@ impl Engine {
                 return 0;
             }
         };
+        if records.is_empty() {
+            return 0;
+        }
+        // The lines of listed snapshots may not be durable yet (a daemon killed before it
+        // settled them, and restarted without a reboot): they are made so before any
+        // record goes.
+        if let Err(e) = self.store.sync_index_journal(&ws.ws_id) {
+            tracing::warn!(ws_id = %ws.ws_id, error = %e.message, "cannot make the index journal durable; the checkpoint records stay");
+            return 0;
+        }
         let index = self.store.read().indexes.get(&ws.ws_id).cloned();
         let mut removed = 0;
         for bytes in records {

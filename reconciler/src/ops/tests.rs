@@ -1472,6 +1472,84 @@ fn the_sweep_removes_the_records_nothing_needs_and_keeps_the_rest() {
     assert!(!env.sys.records_now().contains(&dir.join("lost")));
 }
 
+/// The daemon answers a checkpoint once its snapshot and record are committed: the record
+/// stays on the snapshot directory until the settle step made the journal durable, and a
+/// daemon killed before that step leaves records the next start sweeps (after making the
+/// journal durable). A command that owns its engine removes its record before it answers.
+#[test]
+fn a_daemon_checkpoint_keeps_its_record_until_it_is_settled() {
+    let mut env = setup(&["a"]);
+    let id = env.ws_id("a");
+    let dir = env.res().snap_dir(&id);
+    env.checkpoint("a", Some("own")).unwrap();
+    assert!(
+        env.sys.records_now().is_empty(),
+        "a command settles its own"
+    );
+    assert!(!env.engine.has_unsettled_records());
+
+    env.engine.set_settle_later(true);
+    env.pin("a", "c1");
+    env.checkpoint("a", Some("c2")).unwrap();
+    assert_eq!(env.sys.records_now(), [dir.join("c1"), dir.join("c2")]);
+    assert!(env.engine.has_unsettled_records());
+    assert_eq!(env.ids("a"), ["own", "c1", "c2"], "listed at once");
+    assert_eq!(env.engine.settle_records(), 2);
+    assert!(env.sys.records_now().is_empty());
+    assert!(!env.engine.has_unsettled_records());
+    assert_eq!(env.engine.settle_records(), 0, "nothing left to settle");
+
+    // Killed before settling: the records stay, the lines were written; the next start
+    // lists the checkpoints (with their pin and message) and its sweep removes the records.
+    env.checkpoint("a", Some("c3")).unwrap();
+    env.pin("a", "c4");
+    assert_eq!(env.sys.records_now().len(), 2);
+    let env = env.reopen();
+    assert_eq!(env.ids("a"), ["own", "c1", "c2", "c3", "c4"]);
+    let index = env.engine.store.read().indexes[&id].clone();
+    assert!(index.snapshots["c4"].pinned);
+    assert_eq!(index.snapshots["c4"].message(), Some("keep me"));
+    assert_eq!(env.engine.sweep_checkpoint_records(), 2);
+    assert!(env.sys.records_now().is_empty());
+}
+
+/// Closing the engine (the daemon's stop) settles what waits; and a workspace with
+/// MAX_UNSETTLED checkpoints waiting (its settling failing) makes the next one settle its own.
+#[test]
+fn waiting_checkpoints_are_settled_at_close_and_never_pile_up() {
+    let mut env = setup(&["a", "b"]);
+    env.engine.set_settle_later(true);
+    env.checkpoint("a", Some("x1")).unwrap();
+    env.checkpoint("b", Some("y1")).unwrap();
+    assert_eq!(env.sys.records_now().len(), 2);
+    env.engine.close();
+    assert!(env.sys.records_now().is_empty(), "close settled both");
+
+    let mut env = env.reopen();
+    env.engine.set_settle_later(true);
+    let id = env.ws_id("a");
+    let dir = env.res().snap_dir(&id);
+    for i in 0..crate::settle::MAX_UNSETTLED {
+        env.engine.unsettled.push(
+            &id,
+            crate::settle::Waiting {
+                dir: dir.clone(),
+                id: format!("w{i}"),
+            },
+        );
+    }
+    env.checkpoint("a", Some("full")).unwrap();
+    assert!(
+        env.sys.records_now().is_empty(),
+        "settled before it was answered: {:?}",
+        env.sys.records_now()
+    );
+    assert_eq!(
+        env.engine.unsettled.count(&id),
+        crate::settle::MAX_UNSETTLED
+    );
+}
+
 /// The daemon answers a rollback before its last commit: the record stays open until that
 /// step runs, and it runs before anything else on the workspace, before a plan or a status
 /// (which must not report an answered rollback as interrupted), and at shutdown.

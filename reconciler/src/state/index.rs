@@ -355,6 +355,11 @@ impl IndexStore {
         files.append_line_synced(&line, false)
     }
 
+    /// The journal of workspace `ws_id` (it may not exist).
+    pub fn journal_path(&self, ws_id: &str) -> Result<PathBuf, StateError> {
+        Ok(self.files(ws_id)?.journal)
+    }
+
     /// Write `index.json` atomically from `index` and remove the journal (creating directories
     /// as needed). Crash-safe: the result is either the old or the new index.
     pub fn write_full(&self, ws_id: &str, index: &WorkspaceIndex) -> Result<(), StateError> {
@@ -402,6 +407,17 @@ impl IndexStore {
         }
         ids.sort();
         Ok(ids)
+    }
+}
+
+/// Make every line appended so far to the journal at `path` durable (`fdatasync`). A missing
+/// journal has nothing to make durable: the compaction that removed it wrote its lines into
+/// `index.json`, durably, first.
+pub fn sync_journal(path: &Path) -> Result<(), StateError> {
+    match fs::File::open(path) {
+        Ok(f) => f.sync_data().map_err(|e| StateError::io(path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StateError::io(path, e)),
     }
 }
 
