@@ -239,23 +239,7 @@ fn regression_7b_index_line_lost_snapshot_adopted_with_its_record() {
     );
     // The journal as a power cut right after the snapshot's commit could leave it: without
     // the line of `lost`.
-    let journal = rig
-        .layout
-        .state_dir
-        .join("indexes")
-        .join(&ws_id)
-        .join("journal.jsonl");
-    let text = fs::read_to_string(&journal).unwrap();
-    let kept: String = text
-        .lines()
-        .filter(|l| !l.contains("\"lost\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_ne!(
-        kept, text,
-        "the journal of {ws_id} has no line for `lost`:\n{text}"
-    );
-    fs::write(&journal, kept).unwrap();
+    cut_journal_lines(&rig, &ws_id, "lost");
     // A snapshot made by hand afterwards has no record of its own.
     let by_hand = snap_dir.join("by-hand");
     let out = std::process::Command::new("btrfs")
@@ -420,20 +404,7 @@ fn regression_7d_a_daemon_checkpoint_answered_before_its_line_is_durable() {
         snap_dir.display()
     );
     rig.kill_daemon();
-    let journal = rig
-        .layout
-        .state_dir
-        .join("indexes")
-        .join(&ws_id)
-        .join("journal.jsonl");
-    let text = fs::read_to_string(&journal).unwrap();
-    let cut: String = text
-        .lines()
-        .filter(|l| !l.contains("\"lost\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_ne!(cut, text, "the journal of {ws_id} has a line for `lost`");
-    fs::write(&journal, cut).unwrap();
+    cut_journal_lines(&rig, &ws_id, "lost");
 
     rig.start_daemon().unwrap();
     let l = listed_for(&rig, &ws_id);
@@ -462,6 +433,29 @@ fn regression_7d_a_daemon_checkpoint_answered_before_its_line_is_durable() {
         ws_ckpt_xattrs(&snap_dir)
     );
     assert_converged(&rig);
+}
+
+/// Remove the lines naming snapshot `id` from the index journal of `ws_id`: what a power cut
+/// before the line's `fdatasync` could leave.
+fn cut_journal_lines(rig: &Rig, ws_id: &str, id: &str) {
+    let journal = rig
+        .layout
+        .state_dir
+        .join("indexes")
+        .join(ws_id)
+        .join("journal.jsonl");
+    let text = fs::read_to_string(&journal).unwrap();
+    let needle = format!("\"{id}\"");
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains(&needle))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(
+        kept, text,
+        "the journal of {ws_id} has no line for `{id}`:\n{text}"
+    );
+    fs::write(&journal, kept).unwrap();
 }
 
 /// `ws-ckpt checkpoint <args…>`, killed at `checkpoint:after-snapshot` (the snapshot taken and
