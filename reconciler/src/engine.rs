@@ -196,8 +196,8 @@ impl Engine {
     }
 
     /// Clean stop: settle the answered checkpoints ([`crate::settle`]), remove the lock
-    /// file. (Index journals compact themselves when they grow,
-    /// so a stop costs nothing per snapshot.) Further calls do nothing.
+    /// file. (Index journals compact themselves when they grow, so a stop costs nothing per
+    /// snapshot.) Further calls do nothing.
     pub fn close(&self) {
         // Checkpoints answered before their line was durable: settled while this process
         // still holds the state directory.
