@@ -3,6 +3,7 @@
 
 mod args;
 mod cmd;
+mod fast;
 mod gen;
 mod json;
 mod output;
@@ -12,7 +13,9 @@ use clap::Parser;
 fn main() {
     // A tree worker started by the daemon (hidden argument) runs its job and exits here.
     ws_ckpt::tree::worker::main_if_worker();
-    let cli = args::Cli::parse();
+    // The agents' plain `checkpoint` skips building clap's command tree (see `fast`).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = fast::parse(&argv).unwrap_or_else(|| args::Cli::parse_from(argv));
     // WS_CKPT_LOG wins; the daemon otherwise logs at its config's log_level, commands at warn.
     let default_level = match &cli.command {
         args::Command::Daemon {
