@@ -282,18 +282,16 @@ impl Engine {
         workspace: Option<&Addressed>,
         page: &ListPage,
     ) -> Result<String> {
-        let encode = |e: serde_json::Error| {
-            Error::new(ErrorCode::Io, format!("cannot encode the list: {e}"))
-        };
         if page.is_paged() {
-            return serde_json::to_string(&self.list(caller, workspace, page)?).map_err(encode);
+            return serde_json::to_string(&self.list(caller, workspace, page)?)
+                .map_err(encode_error);
         }
         let (sources, _, _) = self.list_sources(caller, workspace, page)?;
         let count: usize = sources.iter().map(|s| s.order.len()).sum();
         // About what an entry without message or metadata takes, so that the buffer rarely
         // grows (each growth copies everything written so far).
         let mut out = Vec::with_capacity(256 + count * 320);
-        write_list(&sources, &mut out).map_err(encode)?;
+        write_list(&sources, &mut out).map_err(encode_error)?;
         // Only UTF-8 was written (strings, and serde_json's output).
         String::from_utf8(out).map_err(|e| Error::new(ErrorCode::Io, e.to_string()))
     }
@@ -309,19 +307,16 @@ impl Engine {
         workspace: Option<&Addressed>,
         page: &ListPage,
     ) -> Result<Vec<u8>> {
-        let encode = |e: serde_json::Error| {
-            Error::new(ErrorCode::Io, format!("cannot encode the list: {e}"))
-        };
         let mut out = Vec::new();
         if page.is_paged() {
             let listed = self.list(caller, workspace, page)?;
-            serde_json::to_writer_pretty(&mut out, &listed.page_items()).map_err(encode)?;
+            serde_json::to_writer_pretty(&mut out, &listed.page_items()).map_err(encode_error)?;
         } else {
             let (sources, _, _) = self.list_sources(caller, workspace, page)?;
             let count: usize = sources.iter().map(|s| s.order.len()).sum();
             // About what an item without message or metadata takes.
             out.reserve(64 + count * 560);
-            write_items_pretty(&sources, &mut out).map_err(encode)?;
+            write_items_pretty(&sources, &mut out).map_err(encode_error)?;
         }
         out.push(b'\n');
         Ok(out)
@@ -529,6 +524,11 @@ fn write_list(sources: &[Source], out: &mut Vec<u8>) -> serde_json::Result<()> {
     }
     out.extend_from_slice(b"]}");
     Ok(())
+}
+
+/// The error of a list that cannot be written as JSON.
+fn encode_error(e: serde_json::Error) -> Error {
+    Error::new(ErrorCode::Io, format!("cannot encode the list: {e}"))
 }
 
 /// The pretty JSON of the [`ListResult::items`] of the unpaged list of `sources`, written
