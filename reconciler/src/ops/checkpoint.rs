@@ -243,8 +243,21 @@ impl Engine {
     /// checkpoint was not taken. Left behind (this fails, or the process dies first), it is
     /// only ever read for a snapshot of its own ID found without an index entry.
     fn drop_record(&self, p: &PreparedCheckpoint) {
-        if let Err(e) = self.sys().remove_checkpoint_record(p.snap_dir(), &p.id) {
-            tracing::warn!(ws_id = %p.ws_id, snapshot = %p.id, error = %e, "cannot remove a checkpoint's record from its snapshot directory; it is harmless");
+        self.remove_record(&p.ws_id, p.snap_dir(), &p.id);
+    }
+
+    /// Remove the record of snapshot `id` from snapshot directory `dir`; true when one was
+    /// removed or none was there. A missing directory (the workspace was released
+    /// meanwhile) leaves nothing to remove; any other failure is logged: a record left
+    /// behind is harmless.
+    fn remove_record(&self, ws_id: &str, dir: &Path, id: &str) -> bool {
+        match self.sys().remove_checkpoint_record(dir, id) {
+            Ok(()) => true,
+            Err(e) if e.errno() == Some(libc::ENOENT) => false,
+            Err(e) => {
+                tracing::warn!(ws_id, snapshot = id, error = %e, "cannot remove a checkpoint's record from its snapshot directory; it is harmless");
+                false
+            }
         }
     }
 
@@ -284,18 +297,10 @@ impl Engine {
             self.unsettled.put_back(ws_id, waiting);
             return 0;
         }
-        let mut removed = 0;
-        for w in waiting {
-            match self.sys().remove_checkpoint_record(&w.dir, &w.id) {
-                Ok(()) => removed += 1,
-                // The workspace was released meanwhile: nothing is left to remove.
-                Err(e) if e.errno() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    tracing::warn!(ws_id, snapshot = %w.id, error = %e, "cannot remove a checkpoint's record from its snapshot directory; it is harmless")
-                }
-            }
-        }
-        removed
+        waiting
+            .iter()
+            .filter(|w| self.remove_record(ws_id, &w.dir, &w.id))
+            .count()
     }
 
     /// True when checkpoints answered before their journal line was durable wait to be
@@ -383,11 +388,8 @@ impl Engine {
             if !listed && exists() {
                 continue;
             }
-            match self.sys().remove_checkpoint_record(&dir, &note.id) {
-                Ok(()) => removed += 1,
-                Err(e) => {
-                    tracing::warn!(ws_id = %ws.ws_id, snapshot = %note.id, error = %e, "cannot remove a checkpoint record nothing needs; it is harmless")
-                }
+            if self.remove_record(&ws.ws_id, &dir, &note.id) {
+                removed += 1;
             }
         }
         if removed > 0 {
