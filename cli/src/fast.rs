@@ -1,54 +1,132 @@
 //! The argument lists agents send around every risky tool call — `ws-ckpt [--config P]
-//! [--format F] checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]` — read without
-//! building clap's command tree: 32 page faults fewer per command (202 → 170), and 0.08 /
-//! 0.10 ms of a 3.4–4.1 ms CLI checkpoint in two interleaved runs of 300 on a VM.
+//! [--format F] checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]` — and their
+//! `list [-w WS]`, read without clap: by the front binary ([`crate::front`]), which links no
+//! clap at all, and by `ws-ckpt-full`, which then skips building clap's command tree (32 page
+//! faults fewer per command, 202 → 170, and 0.08 / 0.10 ms of a 3.4–4.1 ms CLI checkpoint in
+//! two interleaved runs of 300 on a VM).
 //!
-//! [`parse`] accepts only forms clap reads the same way, and returns `None` for anything else
-//! (then clap parses as always, with its errors and help): each option once, in its separate
-//! form (`-w WS`, never `-wWS` or `--workspace=WS`), values that are UTF-8, not empty and do
-//! not start with `-`. The tests compare its result with clap's on every form it accepts.
+//! [`parse_fast`] accepts only forms clap reads the same way, and returns `None` for anything
+//! else (then clap parses as always, with its errors and help): each option once, in its
+//! separate form (`-w WS`, never `-wWS` or `--workspace=WS`), values that are UTF-8, not empty
+//! and do not start with `-`. The tests compare its result with clap's on every form it
+//! accepts.
 
 use crate::args::{Cli, Command, Format};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// The [`Cli`] of `args` (program name first) when it is a plain `checkpoint`, else `None`.
+/// A command line read without clap, as clap would read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fast {
+    /// `--config`, else `WS_CKPT_CONFIG`, else the default path.
+    pub(crate) config: PathBuf,
+    /// `--format json`.
+    pub(crate) json: bool,
+    /// The subcommand.
+    pub(crate) command: FastCommand,
+}
+
+/// The subcommands read without clap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FastCommand {
+    /// `checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]`.
+    Checkpoint {
+        /// `-w`.
+        workspace: String,
+        /// `-s` (`-i`).
+        snapshot: Option<String>,
+        /// `-m`.
+        message: Option<String>,
+        /// `--metadata`, as given (not parsed yet).
+        metadata: Option<String>,
+        /// `--pin`.
+        pin: bool,
+    },
+    /// `list [-w WS]` (no page).
+    List {
+        /// `-w`.
+        workspace: Option<String>,
+    },
+}
+
+impl Fast {
+    /// The [`Cli`] clap parses from the same words.
+    pub(crate) fn into_cli(self) -> Cli {
+        let command = match self.command {
+            FastCommand::Checkpoint {
+                workspace,
+                snapshot,
+                message,
+                metadata,
+                pin,
+            } => Command::Checkpoint {
+                workspace,
+                snapshot,
+                message,
+                metadata,
+                pin,
+            },
+            FastCommand::List { workspace } => Command::List {
+                workspace,
+                limit: None,
+                cursor: None,
+            },
+        };
+        Cli {
+            config: self.config,
+            format: if self.json {
+                Format::Json
+            } else {
+                Format::Table
+            },
+            command,
+        }
+    }
+}
+
+/// The [`Cli`] of `args` (program name first) when [`parse_fast`] reads them, else `None`.
 pub(crate) fn parse(args: &[OsString]) -> Option<Cli> {
+    parse_fast(args).map(Fast::into_cli)
+}
+
+/// `args` (program name first) when they are a plain `checkpoint` or `list`, else `None`.
+pub(crate) fn parse_fast(args: &[OsString]) -> Option<Fast> {
     let mut words = Vec::with_capacity(args.len());
     for a in args.iter().skip(1) {
         words.push(a.to_str()?);
     }
     let mut config: Option<&str> = None;
-    let mut format: Option<Format> = None;
-    let mut subcommand = false;
+    let mut json: Option<bool> = None;
+    let mut subcommand: Option<&str> = None;
     let (mut workspace, mut snapshot, mut message, mut metadata) = (None, None, None, None);
     let mut pin = false;
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         // An option's value: present, not empty, not another option.
         let mut value = || it.next().filter(|v| !v.is_empty() && !v.starts_with('-'));
+        let checkpoint = subcommand == Some("checkpoint");
         let slot = match w {
-            "checkpoint" if !subcommand => {
-                subcommand = true;
+            "checkpoint" | "list" if subcommand.is_none() => {
+                subcommand = Some(w);
                 continue;
             }
             "--config" => &mut config,
             "--format" => {
                 let f = match value()? {
-                    "json" => Format::Json,
-                    "table" | "text" => Format::Table,
+                    "json" => true,
+                    "table" | "text" => false,
                     _ => return None,
                 };
-                if format.replace(f).is_some() {
+                if json.replace(f).is_some() {
                     return None;
                 }
                 continue;
             }
-            "-w" | "--workspace" if subcommand => &mut workspace,
-            "-s" | "--snapshot" | "-i" | "--id" if subcommand => &mut snapshot,
-            "-m" | "--message" if subcommand => &mut message,
-            "--metadata" if subcommand => &mut metadata,
-            "--pin" if subcommand && !pin => {
+            "-w" | "--workspace" if subcommand.is_some() => &mut workspace,
+            "-s" | "--snapshot" | "-i" | "--id" if checkpoint => &mut snapshot,
+            "-m" | "--message" if checkpoint => &mut message,
+            "--metadata" if checkpoint => &mut metadata,
+            "--pin" if checkpoint && !pin => {
                 pin = true;
                 continue;
             }
@@ -58,9 +136,18 @@ pub(crate) fn parse(args: &[OsString]) -> Option<Cli> {
             return None;
         }
     }
-    if !subcommand {
-        return None;
-    }
+    let command = match subcommand? {
+        "checkpoint" => FastCommand::Checkpoint {
+            workspace: workspace?.to_string(),
+            snapshot: snapshot.map(str::to_string),
+            message: message.map(str::to_string),
+            metadata: metadata.map(str::to_string),
+            pin,
+        },
+        _ => FastCommand::List {
+            workspace: workspace.map(str::to_string),
+        },
+    };
     let config = match config {
         Some(c) => PathBuf::from(c),
         // As clap: the environment, else the default. An empty or non-UTF-8 value is left
@@ -70,16 +157,10 @@ pub(crate) fn parse(args: &[OsString]) -> Option<Cli> {
             None => PathBuf::from(ws_ckpt::config::DEFAULT_CONFIG_PATH),
         },
     };
-    Some(Cli {
+    Some(Fast {
         config,
-        format: format.unwrap_or(Format::Table),
-        command: Command::Checkpoint {
-            workspace: workspace?.to_string(),
-            snapshot: snapshot.map(str::to_string),
-            message: message.map(str::to_string),
-            metadata: metadata.map(str::to_string),
-            pin,
-        },
+        json: json.unwrap_or(false),
+        command,
     })
 }
 
@@ -164,6 +245,35 @@ mod tests {
     }
 
     #[test]
+    fn plain_lists_parse_as_clap_parses_them() {
+        let mut accepted = 0;
+        for g in [
+            &[][..],
+            &["--format", "json"],
+            &["--config", "/etc/x.toml", "--format", "json"],
+            &["--format", "table"],
+        ] {
+            for w in [
+                &[][..],
+                &["-w", "/srv/agent"],
+                &["--workspace", "ws-1a2b3c"],
+            ] {
+                let mut before: Vec<&str> = g.to_vec();
+                before.push("list");
+                before.extend(w);
+                let mut after = vec!["list"];
+                after.extend(w);
+                after.extend(g);
+                for words in [before, after] {
+                    assert!(same_as_clap(&words), "not taken: {words:?}");
+                    accepted += 1;
+                }
+            }
+        }
+        assert_eq!(accepted, 24);
+    }
+
+    #[test]
     fn anything_else_is_left_to_clap() {
         for words in [
             &[][..],
@@ -195,7 +305,16 @@ mod tests {
             &["checkpoint", "checkpoint", "-w", "a"],
             &["-w", "a", "checkpoint"],
             &["rollback", "-w", "a", "-s", "x"],
-            &["list", "-w", "a"],
+            &["list", "-w", "a", "--limit", "3"],
+            &["list", "--cursor", "c"],
+            &["list", "-w", "a", "-s", "x"],
+            &["list", "-w", "a", "--pin"],
+            &["list", "-w", "a", "-w", "b"],
+            &["list", "-w"],
+            &["list", "list"],
+            &["list", "checkpoint", "-w", "a"],
+            &["checkpoint", "list", "-w", "a"],
+            &["list", "--help"],
             &["help", "checkpoint"],
         ] {
             assert!(parse(&argv(words)).is_none(), "{words:?}");

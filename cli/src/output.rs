@@ -84,6 +84,12 @@ pub(crate) fn write_stdout_with(
     }
 }
 
+/// Upstream's timing line, the last stdout line after a successful change in table mode
+/// (its OpenClaw plugin appends it to its replies): `Completed in <secs>s` since `started`.
+pub(crate) fn completed(started: std::time::Instant) {
+    println!("Completed in {:.3}s", started.elapsed().as_secs_f64());
+}
+
 /// Print an error: two lines on stderr (what failed, how to fix it), and in JSON mode the
 /// error document on stdout as well. stdout stays empty in table mode, and the message is on
 /// stderr in both modes, because upstream's agent plugins read the phrase from there.

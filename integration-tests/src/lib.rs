@@ -89,6 +89,23 @@ pub fn bin_path() -> PathBuf {
     path
 }
 
+/// Path of `ws-ckpt-full`, which the `ws-ckpt` front runs for every command but a plain
+/// checkpoint: next to [`bin_path`].
+///
+/// # Panics
+/// When it does not exist there.
+pub fn full_bin_path() -> PathBuf {
+    let front = bin_path();
+    let path = front.with_file_name("ws-ckpt-full");
+    if !path.is_file() {
+        panic!(
+            "ws-ckpt-full not found next to {}; run `cargo build --workspace` first",
+            front.display()
+        );
+    }
+    path
+}
+
 /// `<profile dir>/ws-ckpt` for a test executable living in `<profile dir>/deps/` (or directly
 /// in the profile dir).
 fn bin_path_from_exe(exe: &Path) -> PathBuf {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use ws_ckpt_integration_tests::bin_path;
+use ws_ckpt_integration_tests::{bin_path, full_bin_path};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -151,6 +151,7 @@ fn deb_package(test: &str) -> Option<&'static Path> {
 /// Files every package must ship (paths differing by format are checked separately).
 const COMMON_FILES: &[&str] = &[
     "/usr/bin/ws-ckpt",
+    "/usr/bin/ws-ckpt-full",
     "/usr/share/bash-completion/completions/ws-ckpt",
     "/usr/share/fish/vendor_completions.d/ws-ckpt.fish",
     "/etc/ws-ckpt/config.toml",
@@ -435,7 +436,8 @@ fn deb_ships_files_conffiles_and_control() {
         "no preinst: nothing may block an install"
     );
     let md5sums = fs::read_to_string(ctrl.path().join("md5sums")).unwrap();
-    assert!(md5sums.contains("usr/bin/ws-ckpt"), "{md5sums}");
+    assert!(md5sums.contains("usr/bin/ws-ckpt\n"), "{md5sums}");
+    assert!(md5sums.contains("usr/bin/ws-ckpt-full\n"), "{md5sums}");
     let postinst = fs::read_to_string(ctrl.path().join("postinst")).unwrap();
     assert!(postinst.contains("deb-systemd-helper update-state 'ws-ckpt.service'"));
     assert!(postinst.contains("deb-systemd-invoke try-restart"));
@@ -795,6 +797,7 @@ fn rpm_erase_honours_paths_remembered_before_the_config_is_removed() {
     let root = sb.root();
     fs::create_dir_all(root.join("usr/bin")).unwrap();
     fs::copy(bin_path(), root.join("usr/bin/ws-ckpt")).unwrap();
+    fs::copy(full_bin_path(), root.join("usr/bin/ws-ckpt-full")).unwrap();
     fs::write(
         root.join("etc/ws-ckpt/config.toml"),
         "[daemon]\nstate_dir = \"/srv/ws/state\"\n",
@@ -948,6 +951,7 @@ fn deb_installs_into_a_throwaway_root_and_purge_honours_config_and_dropin_paths(
     );
     for f in [
         "/usr/bin/ws-ckpt",
+        "/usr/bin/ws-ckpt-full",
         "/etc/ws-ckpt/config.toml",
         "/usr/share/man/man5/ws-ckpt.toml.5.gz",
         "/lib/systemd/system/ws-ckpt.service",

@@ -321,6 +321,13 @@ impl Client {
     }
 }
 
+/// The daemon's socket the config at `config_path` names, found without loading the config
+/// (see [`quick_runtime_dir`]); `None` when only loading it can tell. For a client that
+/// links no config loader (the CLI's front binary).
+pub fn socket_without_loading(config_path: &Path) -> Option<PathBuf> {
+    quick_runtime_dir(config_path).map(|dir| dir.join(ipc::SOCKET_NAME))
+}
+
 /// The runtime directory the full config would give, found without loading it: `[daemon]
 /// runtime_dir` of the main file (the default when absent or when the file is missing), as
 /// long as it is a valid absolute path and no drop-in in `config.d` mentions `runtime_dir`

@@ -14,6 +14,8 @@ mod plan;
 mod recover;
 mod snapshot;
 mod status;
+
+pub(crate) use snapshot::{print_checkpoint, print_list_result, refuses_output_field};
 mod workspace;
 
 use crate::args::{Cli, Command, ConfigCommand, Format};
@@ -30,8 +32,8 @@ use ws_ckpt::paths::absolute_user_path;
 use ws_ckpt::tree::Progress;
 
 /// Socket timeout for quick requests and for ones that may copy whole trees.
-const QUICK: Duration = Duration::from_secs(300);
-const SLOW: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const QUICK: Duration = Duration::from_secs(300);
+pub(crate) const SLOW: Duration = Duration::from_secs(6 * 3600);
 
 /// Run the parsed command; returns the process exit code.
 pub(crate) fn run(cli: Cli) -> i32 {
@@ -40,7 +42,7 @@ pub(crate) fn run(cli: Cli) -> i32 {
     match dispatch(&cli) {
         Ok(code) => {
             if code == 0 && !json && prints_timing(&cli.command) {
-                println!("Completed in {:.3}s", started.elapsed().as_secs_f64());
+                output::completed(started);
             }
             code
         }
@@ -218,10 +220,14 @@ fn call_as<T: serde::de::DeserializeOwned>(
 
 /// The client of this command: `WS_CKPT_SOCKET`, when set, is the only daemon it may use.
 fn client(cli: &Cli) -> Client {
-    let socket = std::env::var_os("WS_CKPT_SOCKET")
+    Client::new(&cli.config).with_socket(explicit_socket())
+}
+
+/// The socket `WS_CKPT_SOCKET` names, when it is set and not empty.
+pub(crate) fn explicit_socket() -> Option<PathBuf> {
+    std::env::var_os("WS_CKPT_SOCKET")
         .filter(|s| !s.is_empty())
-        .map(PathBuf::from);
-    Client::new(&cli.config).with_socket(socket)
+        .map(PathBuf::from)
 }
 
 /// Ask `question` on stderr and read one answer line from stdin: true for `y`/`Y`/`yes`.
@@ -264,7 +270,7 @@ fn progress_printer() -> impl FnMut(&str, &Progress) {
 
 /// A workspace argument: an existing path is made absolute (the daemon has another cwd);
 /// anything else (a ws_id) is passed as is.
-fn ws_spec(s: &str) -> Result<String, Error> {
+pub(crate) fn ws_spec(s: &str) -> Result<String, Error> {
     if std::fs::symlink_metadata(s).is_ok() || s.contains('/') {
         Ok(absolute_user_path(Path::new(s))?.display().to_string())
     } else {
@@ -277,8 +283,12 @@ fn abs(p: &Path) -> Result<PathBuf, Error> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Error> {
-    serde_json::from_value(v.clone())
-        .map_err(|e| Error::new(ErrorCode::Io, format!("unexpected reply from ws-ckpt: {e}")))
+    serde_json::from_value(v.clone()).map_err(|e| unexpected_reply(&e))
+}
+
+/// The error of a result that does not decode as its command expects.
+pub(crate) fn unexpected_reply(e: &serde_json::Error) -> Error {
+    Error::new(ErrorCode::Io, format!("unexpected reply from ws-ckpt: {e}"))
 }
 
 /// A JSON value as text for a terminal (control characters escaped: [`output::esc`]).

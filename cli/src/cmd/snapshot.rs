@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use std::time::SystemTime;
 use ws_ckpt::api::{ListOutput, Request};
 use ws_ckpt::error::{Error, ErrorCode};
-use ws_ckpt::ipc::Printed;
+use ws_ckpt::ipc::{Printed, RawResult};
 use ws_ckpt::ops::ListResult;
 
 /// `checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]`: prints the snapshot ID.
@@ -42,19 +42,25 @@ pub(super) fn checkpoint(
         pin,
     };
     if let Some(v) = call_or_print(cli, req, SLOW)? {
-        if v["initialized"] == true {
-            eprintln!(
-                "initialized {} as workspace {}",
-                str_of(&v["workspace"]),
-                str_of(&v["ws_id"])
-            );
-        }
-        if v["empty"] == true {
-            eprintln!("note: the workspace is empty; the snapshot is empty too");
-        }
-        println!("{}", str_of(&v["snapshot"]));
+        print_checkpoint(&v);
     }
     Ok(0)
+}
+
+/// The table output of a checkpoint's result `v` (before the timing line): the snapshot ID
+/// on stdout, notes on stderr. Shared with the front binary ([`crate::front`]).
+pub(crate) fn print_checkpoint(v: &Value) {
+    if v["initialized"] == true {
+        eprintln!(
+            "initialized {} as workspace {}",
+            str_of(&v["workspace"]),
+            str_of(&v["ws_id"])
+        );
+    }
+    if v["empty"] == true {
+        eprintln!("note: the workspace is empty; the snapshot is empty too");
+    }
+    println!("{}", str_of(&v["snapshot"]));
 }
 
 /// `rollback -w WS (-s ID | -n N) [--preview] [--force]`.
@@ -122,17 +128,23 @@ pub(super) fn list(
         Err(e) if refuses_output_field(&e) => call_raw(cli, request(None), QUICK)?,
         Err(e) => return Err(e),
     };
-    // Straight from the reply's text; a reply of another shape is decoded (and refused
-    // with a message when it is no list at all).
+    print_list_result(&raw, paged)?;
+    Ok(0)
+}
+
+/// `list --format json` printed from a list result's text (a daemon that does not write
+/// the output itself): straight from the text; a reply of another shape is decoded (and
+/// refused with a message when it is no list at all). Shared with the front binary.
+pub(crate) fn print_list_result(raw: &RawResult, paged: bool) -> Result<(), Error> {
     match crate::json::list_output(raw.bytes(), paged) {
         Some(listed) => output::write_stdout_with(|w| listed.write_to(w)),
         None => print_list_json(&parse_list(raw.bytes())?, paged),
     }
-    Ok(0)
+    Ok(())
 }
 
 /// True for a daemon's refusal of a list request's `output` field (it predates it).
-fn refuses_output_field(e: &Error) -> bool {
+pub(crate) fn refuses_output_field(e: &Error) -> bool {
     e.code == ErrorCode::InvalidArgument && e.message.contains("unknown field `output`")
 }
 

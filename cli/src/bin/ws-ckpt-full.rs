@@ -1,0 +1,6 @@
+//! `ws-ckpt-full`: every `ws-ckpt` command, the daemon and in-process work (see
+//! `ws_ckpt_cli::full_main`). `ws-ckpt` runs it for everything but a plain checkpoint.
+
+fn main() {
+    ws_ckpt_cli::full_main()
+}

@@ -1,0 +1,242 @@
+//! The `ws-ckpt` front binary (issue 9, `cli/src/front.rs`): a plain checkpoint is served
+//! through the daemon's socket by the front itself, printed exactly as `ws-ckpt-full` prints
+//! it (table, JSON, errors, notes, exit codes); every other command line, and a checkpoint
+//! no daemon takes, runs in `ws-ckpt-full` unchanged.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use ws_ckpt_integration_tests::compat_support::Compat;
+use ws_ckpt_integration_tests::{bin_path, full_bin_path, Run, RUN_TIMEOUT};
+
+/// `program args…` with the environment [`Compat::command`] gives the front.
+fn run_program(c: &Compat, program: &Path, args: &[&str]) -> Run {
+    let template = c.command(args);
+    let mut cmd = Command::new(program);
+    for (k, v) in template.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.args(args).stdin(std::process::Stdio::null());
+    c.env.run_command(cmd, RUN_TIMEOUT)
+}
+
+/// stdout with the timing line's seconds and the given snapshot IDs replaced.
+fn normalized(text: &str, ids: &[&str]) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = if line.starts_with("Completed in ") {
+            "Completed in Ns".to_string()
+        } else {
+            ids.iter()
+                .fold(line.to_string(), |l, id| l.replace(id, "ID"))
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A JSON checkpoint result without the fields that differ between two checkpoints.
+fn comparable(stdout: &str) -> Value {
+    let mut v: Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{stdout}"));
+    let text = v.to_string();
+    for k in ["snapshot", "created_at"] {
+        v.as_object_mut()
+            .unwrap_or_else(|| panic!("not an object: {text}"))
+            .remove(k)
+            .unwrap_or_else(|| panic!("no {k} in {text}"));
+    }
+    v
+}
+
+#[test]
+fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
+    let Some(c) = Compat::native("front-same-output") else {
+        return;
+    };
+    let w = c.workspace("same");
+    let full = full_bin_path();
+    let front = bin_path();
+
+    // Table mode, every option.
+    let args = |id: &'static str| {
+        vec![
+            "checkpoint",
+            "-w",
+            w.as_str(),
+            "-s",
+            id,
+            "-m",
+            "before edit",
+            "--metadata",
+            r#"{"tool":"edit"}"#,
+            "--pin",
+        ]
+    };
+    let a = run_program(&c, &front, &args("front-1"));
+    let b = run_program(&c, &full, &args("full-1"));
+    assert_eq!(a.status, Some(0), "{a:?}");
+    assert_eq!(b.status, Some(0), "{b:?}");
+    assert_eq!(
+        normalized(&a.stdout, &["front-1"]),
+        normalized(&b.stdout, &["full-1"])
+    );
+    assert_eq!(normalized(&a.stdout, &["front-1"]), "ID\nCompleted in Ns\n");
+    assert_eq!(a.stderr, b.stderr);
+
+    // JSON mode, generated IDs.
+    let json = [
+        "--format",
+        "json",
+        "checkpoint",
+        "-w",
+        w.as_str(),
+        "-m",
+        "j",
+    ];
+    let a = run_program(&c, &front, &json);
+    let b = run_program(&c, &full, &json);
+    assert_eq!((a.status, b.status), (Some(0), Some(0)), "{a:?}\n{b:?}");
+    assert_eq!(comparable(&a.stdout), comparable(&b.stdout));
+    assert_eq!(a.stderr, b.stderr);
+
+    // Errors: the same two lines, the same JSON document, the same exit code.
+    for format in ["table", "json"] {
+        let dup = [
+            "--format",
+            format,
+            "checkpoint",
+            "-w",
+            w.as_str(),
+            "-s",
+            "front-1",
+        ];
+        let a = run_program(&c, &front, &dup);
+        let b = run_program(&c, &full, &dup);
+        assert_eq!(a.status, Some(1), "{a:?}");
+        assert_eq!(
+            (a.status, &a.stdout, &a.stderr),
+            (b.status, &b.stdout, &b.stderr)
+        );
+        assert!(a.stderr.contains("already exists"), "{a:?}");
+    }
+    let unknown = ["checkpoint", "-w", "ws-000000"];
+    let a = run_program(&c, &front, &unknown);
+    let b = run_program(&c, &full, &unknown);
+    assert_eq!(a.status, Some(1), "{a:?}");
+    assert_eq!(
+        (a.status, &a.stdout, &a.stderr),
+        (b.status, &b.stdout, &b.stderr)
+    );
+
+    // `list --format json`: the bytes the daemon wrote, the same from both; an unknown
+    // workspace, the same error.
+    for args in [
+        &["--format", "json", "list", "-w", w.as_str()][..],
+        &["list", "--format", "json"],
+        &["--format", "json", "list", "-w", "ws-000000"],
+    ] {
+        let a = run_program(&c, &front, args);
+        let b = run_program(&c, &full, args);
+        assert_eq!(
+            (a.status, &a.stdout, &a.stderr),
+            (b.status, &b.stdout, &b.stderr)
+        );
+        let shape = if a.status == Some(0) {
+            "["
+        } else {
+            "{\n  \"error\""
+        };
+        assert!(a.stdout.starts_with(shape), "{args:?}: {a:?}");
+    }
+
+    // A plain directory is initialized first: the same note on stderr.
+    let p1 = c.plain_dir("plain-front");
+    let p2 = c.plain_dir("plain-full");
+    let a = run_program(&c, &front, &["checkpoint", "-w", &p1, "-s", "s1"]);
+    let b = run_program(&c, &full, &["checkpoint", "-w", &p2, "-s", "s1"]);
+    assert_eq!((a.status, b.status), (Some(0), Some(0)), "{a:?}\n{b:?}");
+    assert!(a.stderr.starts_with("initialized "), "{a:?}");
+    assert_eq!(
+        a.stderr.replace(&p1, "P").split(" as workspace ").next(),
+        b.stderr.replace(&p2, "P").split(" as workspace ").next()
+    );
+    assert_eq!(normalized(&a.stdout, &[]), normalized(&b.stdout, &[]));
+}
+
+#[test]
+fn the_front_serves_a_checkpoint_without_ws_ckpt_full_and_names_it_for_anything_else() {
+    let Some(c) = Compat::native("front-alone") else {
+        return;
+    };
+    let w = c.workspace("alone");
+    // The front alone, in a directory without ws-ckpt-full.
+    let dir = c.env.root.join("front-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lone = dir.join("ws-ckpt");
+    std::fs::copy(bin_path(), &lone).unwrap();
+
+    let r = run_program(&c, &lone, &["checkpoint", "-w", &w, "-s", "lone-1"]);
+    assert_eq!(
+        r.status,
+        Some(0),
+        "the front must serve a checkpoint itself: {r:?}"
+    );
+    assert_eq!(normalized(&r.stdout, &["lone-1"]), "ID\nCompleted in Ns\n");
+    let listed = run_program(&c, &lone, &["--format", "json", "list", "-w", &w]);
+    assert_eq!(
+        listed.status,
+        Some(0),
+        "the front must serve a JSON list itself: {listed:?}"
+    );
+    assert!(listed.stdout.contains("\"lone-1\""), "{listed:?}");
+
+    // Anything else needs ws-ckpt-full: the error names the missing file and the fix.
+    for args in [
+        &["--version"][..],
+        &["list", "-w", &w],
+        &["checkpoint", "-w", &w, "--help"],
+    ] {
+        let r = run_program(&c, &lone, args);
+        assert_eq!(r.status, Some(1), "{args:?}: {r:?}");
+        let missing = dir.join("ws-ckpt-full");
+        assert!(
+            r.stderr
+                .contains(&format!("error: cannot run {}", missing.display())),
+            "{args:?}: {r:?}"
+        );
+        assert!(r.stderr.contains("reinstall ws-ckpt"), "{r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+}
+
+#[test]
+fn a_checkpoint_no_daemon_takes_runs_in_ws_ckpt_full() {
+    let Some(c) = Compat::native("front-no-daemon") else {
+        return;
+    };
+    let w = c.workspace("nodaemon");
+    c.stop_daemon();
+    // No daemon: the front passes the command on, and ws-ckpt-full runs it in-process (root).
+    let r = c.cli(&["checkpoint", "-w", &w, "-s", "in-process-1"]);
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert_eq!(
+        normalized(&r.stdout, &["in-process-1"]),
+        "ID\nCompleted in Ns\n"
+    );
+    let listed = c.cli(&["--format", "json", "list", "-w", &w]);
+    assert!(listed.stdout.contains("\"in-process-1\""), "{listed:?}");
+    // `--metadata` that is not JSON: ws-ckpt-full's error, not the front's.
+    let r = c.cli(&["checkpoint", "-w", &w, "--metadata", "{oops"]);
+    assert_eq!(r.status, Some(1), "{r:?}");
+    assert!(r.stderr.contains("--metadata is not valid JSON"), "{r:?}");
+    // Other commands and the argument forms the front does not read go to ws-ckpt-full too.
+    let r = c.cli(&["checkpoint", "-w", &w, "--bogus"]);
+    assert_eq!(r.status, Some(2), "clap's usage error: {r:?}");
+    assert!(r.stderr.contains("Usage: ws-ckpt checkpoint"), "{r:?}");
+}
