@@ -178,8 +178,11 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Connection threads kept waiting for the next connection at most (each for [`IDLE_FOR`]).
-const IDLE_WORKERS: usize = 4;
+/// Connection threads kept waiting for the next connection at most (each for [`IDLE_FOR`]):
+/// one caller's share of the slots, so that a burst of concurrent clients (agents
+/// checkpointing side by side) starts no thread once it has started as many as it has
+/// clients.
+const IDLE_WORKERS: usize = MAX_PER_UID;
 /// How long a connection thread waits for the next connection before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(30);
 
@@ -192,35 +195,79 @@ struct Job {
 
 /// The connection threads. A thread that served its connection waits a while for the next
 /// (at most [`IDLE_WORKERS`] wait, each for [`IDLE_FOR`]), so that a request usually starts
-/// no thread: the accept thread hands the connection to a waiting one (a rendezvous: only
-/// a thread blocked in `recv` takes it) and starts a thread only when none waits.
+/// no thread: the accept thread queues the connection for a waiting thread, and starts a
+/// thread only when every waiting one already has a connection queued for it.
 struct Workers {
-    handoff: std::sync::mpsc::SyncSender<Job>,
-    waiting: Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
-    idle: Arc<std::sync::atomic::AtomicUsize>,
+    pool: Arc<Pool>,
     handler: Arc<Handler>,
+}
+
+/// What the accept thread and the waiting connection threads share.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Connections queued for waiting threads (never more than `waiting`).
+    queue: std::collections::VecDeque<Job>,
+    /// Threads waiting for a connection.
+    waiting: usize,
+    /// The accept loop ended: waiting threads end.
+    closed: bool,
+}
+
+impl Pool {
+    /// Wait for the next connection (at most [`IDLE_FOR`]); `None` when this thread should
+    /// end: enough threads wait already, the accept loop ended, or none came.
+    fn next(&self) -> Option<Job> {
+        let mut g = relock(&self.state);
+        if g.waiting >= IDLE_WORKERS || g.closed {
+            return None;
+        }
+        g.waiting += 1;
+        let deadline = std::time::Instant::now() + IDLE_FOR;
+        let job = loop {
+            if let Some(job) = g.queue.pop_front() {
+                break Some(job);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if g.closed || left.is_zero() {
+                break None;
+            }
+            g = self
+                .wake
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        g.waiting -= 1;
+        job
+    }
 }
 
 impl Workers {
     fn new(handler: Arc<Handler>) -> Workers {
-        let (handoff, waiting) = std::sync::mpsc::sync_channel(0);
         Workers {
-            handoff,
-            waiting: Arc::new(Mutex::new(waiting)),
-            idle: Arc::default(),
+            pool: Arc::default(),
             handler,
         }
     }
 
     /// Serve `job` on a waiting thread, else on a new one.
     fn run(&self, job: Job) {
-        use std::sync::mpsc::TrySendError;
-        let job = match self.handoff.try_send(job) {
-            Ok(()) => return,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
-        };
-        let waiting = Arc::clone(&self.waiting);
-        let idle = Arc::clone(&self.idle);
+        {
+            let mut g = relock(&self.pool.state);
+            if g.waiting > g.queue.len() {
+                g.queue.push_back(job);
+                drop(g);
+                self.pool.wake.notify_one();
+                return;
+            }
+        }
+        let pool = Arc::clone(&self.pool);
         let handler = Arc::clone(&self.handler);
         let spawned = std::thread::Builder::new()
             .name("ws-ckpt-conn".into())
@@ -229,16 +276,9 @@ impl Workers {
                 loop {
                     serve(job.stream, job.caller, handler.as_ref());
                     drop(job.guard);
-                    if idle.fetch_add(1, Ordering::SeqCst) >= IDLE_WORKERS {
-                        idle.fetch_sub(1, Ordering::SeqCst);
-                        return;
-                    }
-                    // Ends when the accept loop is gone (the sender dropped) or after a while.
-                    let next = relock(&waiting).recv_timeout(IDLE_FOR);
-                    idle.fetch_sub(1, Ordering::SeqCst);
-                    match next {
-                        Ok(j) => job = j,
-                        Err(_) => return,
+                    match pool.next() {
+                        Some(j) => job = j,
+                        None => return,
                     }
                 }
             });
@@ -246,6 +286,15 @@ impl Workers {
             // The connection is closed (its slot given back) with the job.
             tracing::warn!(error = %e, "cannot start a connection thread");
         }
+    }
+}
+
+impl Drop for Workers {
+    /// The accept loop ended: waiting threads end (they hold the handler). A connection
+    /// still queued is served first.
+    fn drop(&mut self) {
+        relock(&self.pool.state).closed = true;
+        self.pool.wake.notify_all();
     }
 }
 
@@ -469,6 +518,48 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(Arc::strong_count(&threads), 1, "the waiting thread ended");
+    }
+
+    #[test]
+    fn concurrent_clients_are_served_by_as_many_waiting_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, path) = bind(dir.path()).unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let seen = Arc::clone(&threads);
+        let handler: Arc<Handler> = Arc::new(move |_: &Caller, _: Request| {
+            seen.lock().unwrap().insert(std::thread::current().id());
+            Ok(serde_json::Value::Null.into())
+        });
+        let s2 = Arc::clone(&stopping);
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        // Rounds of four clients connecting at once; between rounds the threads that served
+        // them are back waiting.
+        const CLIENTS: usize = 4;
+        let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let (start, path) = (Arc::clone(&start), path.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        start.wait();
+                        status_via(&path);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let served_by = threads.lock().unwrap().len();
+        assert!(
+            served_by <= CLIENTS + 1,
+            "40 connections of {CLIENTS} concurrent clients were served by {served_by} threads"
+        );
+        stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&path);
+        t.join().unwrap();
     }
 
     #[test]
