@@ -24,6 +24,19 @@ fn run_program(c: &Compat, program: &Path, args: &[&str]) -> Run {
     c.env.run_command(cmd, RUN_TIMEOUT)
 }
 
+/// The same command line run by the front, then by `ws-ckpt-full`.
+fn both(c: &Compat, args: &[&str]) -> (Run, Run) {
+    (
+        run_program(c, &bin_path(), args),
+        run_program(c, &full_bin_path(), args),
+    )
+}
+
+/// The outcome of a run: exit code, stdout, stderr.
+fn outcome(r: &Run) -> (Option<i32>, &str, &str) {
+    (r.status, &r.stdout, &r.stderr)
+}
+
 /// stdout with the timing line's seconds and the given snapshot IDs replaced.
 fn normalized(text: &str, ids: &[&str]) -> String {
     let mut out = String::new();
@@ -60,8 +73,8 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
         return;
     };
     let w = c.workspace("same");
-    let full = full_bin_path();
     let front = bin_path();
+    let full = full_bin_path();
 
     // Table mode, every option.
     let args = |id: &'static str| {
@@ -99,8 +112,7 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
         "-m",
         "j",
     ];
-    let a = run_program(&c, &front, &json);
-    let b = run_program(&c, &full, &json);
+    let (a, b) = both(&c, &json);
     assert_eq!((a.status, b.status), (Some(0), Some(0)), "{a:?}\n{b:?}");
     assert_eq!(comparable(&a.stdout), comparable(&b.stdout));
     assert_eq!(a.stderr, b.stderr);
@@ -116,23 +128,15 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
             "-s",
             "front-1",
         ];
-        let a = run_program(&c, &front, &dup);
-        let b = run_program(&c, &full, &dup);
+        let (a, b) = both(&c, &dup);
         assert_eq!(a.status, Some(1), "{a:?}");
-        assert_eq!(
-            (a.status, &a.stdout, &a.stderr),
-            (b.status, &b.stdout, &b.stderr)
-        );
+        assert_eq!(outcome(&a), outcome(&b));
         assert!(a.stderr.contains("already exists"), "{a:?}");
     }
     let unknown = ["checkpoint", "-w", "ws-000000"];
-    let a = run_program(&c, &front, &unknown);
-    let b = run_program(&c, &full, &unknown);
+    let (a, b) = both(&c, &unknown);
     assert_eq!(a.status, Some(1), "{a:?}");
-    assert_eq!(
-        (a.status, &a.stdout, &a.stderr),
-        (b.status, &b.stdout, &b.stderr)
-    );
+    assert_eq!(outcome(&a), outcome(&b));
 
     // `list --format json`: the bytes the daemon wrote, the same from both; an unknown
     // workspace, the same error.
@@ -141,12 +145,8 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
         &["list", "--format", "json"],
         &["--format", "json", "list", "-w", "ws-000000"],
     ] {
-        let a = run_program(&c, &front, args);
-        let b = run_program(&c, &full, args);
-        assert_eq!(
-            (a.status, &a.stdout, &a.stderr),
-            (b.status, &b.stdout, &b.stderr)
-        );
+        let (a, b) = both(&c, args);
+        assert_eq!(outcome(&a), outcome(&b));
         let shape = if a.status == Some(0) {
             "["
         } else {
