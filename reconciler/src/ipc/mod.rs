@@ -786,14 +786,14 @@ fn exchange_with<T>(
     {
         return answered(Err(io("cannot configure", e)));
     }
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(e) => return answered(Err(io("cannot use", e))),
-    };
-    if let Err(e) = write_line(&mut writer, &encode_request(req)) {
+    if let Err(e) = write_line(&mut &stream, &encode_request(req)) {
         let err = io("cannot send the request to", e);
         return Exchange::NotTaken(err);
     }
+    // One request per connection: the daemon's thread then finds the end of the connection
+    // as soon as it has answered, instead of sleeping until we close it (a wake-up less per
+    // request; the answer still comes back on the open read side).
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     match read_reply(stream.take(MAX_RESPONSE_BYTES as u64 + 1), MAX_RESPONSE_BYTES) {
         Ok(answer @ (Answer::Line(Line::Data(_)) | Answer::Printed(_))) => match decode(answer) {
             Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
@@ -1211,6 +1211,33 @@ mod tests {
         let (n, seen) = t.join().unwrap();
         assert_eq!(n, 2);
         assert_eq!(seen, vec![status_req(), Request::Reload]);
+    }
+
+    #[test]
+    fn a_client_ends_its_side_once_its_request_is_sent() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let answering = std::thread::spawn(move || {
+            server
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut r = BufReader::new(&server);
+            let Line::Data(line) = read_line_bounded(&mut r, MAX_REQUEST_BYTES).unwrap() else {
+                panic!("no request");
+            };
+            // Before any answer: the client has said it sends nothing more.
+            let end = read_line_bounded(&mut r, MAX_REQUEST_BYTES);
+            assert!(matches!(end, Ok(Line::Eof)), "{end:?}");
+            (&server)
+                .write_all(&response_line(&Ok(serde_json::json!("ok").into())))
+                .unwrap();
+            decode_request(&line).unwrap()
+        });
+        let socket = Path::new("/test.sock");
+        match exchange(client, socket, &status_req(), Duration::from_secs(10)) {
+            Exchange::Answered(Ok(v)) => assert_eq!(v, "ok"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(answering.join().unwrap(), status_req());
     }
 
     #[test]
