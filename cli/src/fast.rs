@@ -42,6 +42,17 @@ pub(crate) enum FastCommand {
         /// `--pin`.
         pin: bool,
     },
+    /// `rollback -w WS (-s ID | -n N) [--force]` (no preview).
+    Rollback {
+        /// `-w`.
+        workspace: String,
+        /// `-s` (`-i`).
+        snapshot: Option<String>,
+        /// `-n`.
+        ancestors: Option<u32>,
+        /// `--force`.
+        force: bool,
+    },
     /// `list [-w WS]` (no page).
     List {
         /// `-w`.
@@ -66,6 +77,18 @@ impl Fast {
                 metadata,
                 pin,
             },
+            FastCommand::Rollback {
+                workspace,
+                snapshot,
+                ancestors,
+                force,
+            } => Command::Rollback {
+                workspace,
+                snapshot,
+                num_ancestors: ancestors,
+                preview: false,
+                force,
+            },
             FastCommand::List { workspace } => Command::List {
                 workspace,
                 limit: None,
@@ -89,7 +112,8 @@ pub(crate) fn parse(args: &[OsString]) -> Option<Cli> {
     parse_fast(args).map(Fast::into_cli)
 }
 
-/// `args` (program name first) when they are a plain `checkpoint` or `list`, else `None`.
+/// `args` (program name first) when they are a plain `checkpoint`, `rollback` or `list`,
+/// else `None`.
 pub(crate) fn parse_fast(args: &[OsString]) -> Option<Fast> {
     let mut words = Vec::with_capacity(args.len());
     for a in args.iter().skip(1) {
@@ -99,14 +123,16 @@ pub(crate) fn parse_fast(args: &[OsString]) -> Option<Fast> {
     let mut json: Option<bool> = None;
     let mut subcommand: Option<&str> = None;
     let (mut workspace, mut snapshot, mut message, mut metadata) = (None, None, None, None);
-    let mut pin = false;
+    let mut ancestors: Option<&str> = None;
+    let (mut pin, mut force) = (false, false);
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         // An option's value: present, not empty, not another option.
         let mut value = || it.next().filter(|v| !v.is_empty() && !v.starts_with('-'));
         let checkpoint = subcommand == Some("checkpoint");
+        let rollback = subcommand == Some("rollback");
         let slot = match w {
-            "checkpoint" | "list" if subcommand.is_none() => {
+            "checkpoint" | "rollback" | "list" if subcommand.is_none() => {
                 subcommand = Some(w);
                 continue;
             }
@@ -123,7 +149,12 @@ pub(crate) fn parse_fast(args: &[OsString]) -> Option<Fast> {
                 continue;
             }
             "-w" | "--workspace" if subcommand.is_some() => &mut workspace,
-            "-s" | "--snapshot" | "-i" | "--id" if checkpoint => &mut snapshot,
+            "-s" | "--snapshot" | "-i" | "--id" if checkpoint || rollback => &mut snapshot,
+            "-n" | "--num-ancestors" if rollback => &mut ancestors,
+            "--force" if rollback && !force => {
+                force = true;
+                continue;
+            }
             "-m" | "--message" if checkpoint => &mut message,
             "--metadata" if checkpoint => &mut metadata,
             "--pin" if checkpoint && !pin => {
@@ -144,6 +175,25 @@ pub(crate) fn parse_fast(args: &[OsString]) -> Option<Fast> {
             metadata: metadata.map(str::to_string),
             pin,
         },
+        "rollback" => {
+            // As clap: exactly one target; N a number from 1 (digits only here).
+            let ancestors = match ancestors {
+                Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(n.parse::<u32>().ok().filter(|n| *n >= 1)?)
+                }
+                Some(_) => return None,
+                None => None,
+            };
+            if snapshot.is_some() == ancestors.is_some() {
+                return None;
+            }
+            FastCommand::Rollback {
+                workspace: workspace?.to_string(),
+                snapshot: snapshot.map(str::to_string),
+                ancestors,
+                force,
+            }
+        }
         _ => FastCommand::List {
             workspace: workspace.map(str::to_string),
         },
@@ -245,6 +295,41 @@ mod tests {
     }
 
     #[test]
+    fn plain_rollbacks_parse_as_clap_parses_them() {
+        let mut accepted = 0;
+        for g in [&[][..], &["--format", "json"], &["--config", "/etc/x.toml"]] {
+            for w in [["-w", "/srv/agent"], ["--workspace", "ws-1a2b3c"]] {
+                for target in [
+                    &["-s", "c1"][..],
+                    &["--snapshot", "2026"],
+                    &["-i", "x"],
+                    &["--id", "y"],
+                    &["-n", "1"],
+                    &["--num-ancestors", "12"],
+                    &["-n", "007"],
+                ] {
+                    for force in [&[][..], &["--force"]] {
+                        let mut before: Vec<&str> = g.to_vec();
+                        before.push("rollback");
+                        let mut after = vec!["rollback"];
+                        for words in [&mut before, &mut after] {
+                            words.extend(force);
+                            words.extend(w);
+                            words.extend(target);
+                        }
+                        after.extend(g);
+                        for words in [before, after] {
+                            assert!(same_as_clap(&words), "not taken: {words:?}");
+                            accepted += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(accepted, 168);
+    }
+
+    #[test]
     fn plain_lists_parse_as_clap_parses_them() {
         let mut accepted = 0;
         for g in [
@@ -304,7 +389,19 @@ mod tests {
             &["checkpoint", "-w", "a", "--config"],
             &["checkpoint", "checkpoint", "-w", "a"],
             &["-w", "a", "checkpoint"],
-            &["rollback", "-w", "a", "-s", "x"],
+            &["rollback", "-w", "a"],
+            &["rollback", "-s", "x"],
+            &["rollback", "-w", "a", "-s", "x", "-n", "1"],
+            &["rollback", "-w", "a", "-n", "0"],
+            &["rollback", "-w", "a", "-n", "+1"],
+            &["rollback", "-w", "a", "-n", "x"],
+            &["rollback", "-w", "a", "-n", "99999999999"],
+            &["rollback", "-w", "a", "-s", "x", "--preview"],
+            &["rollback", "-w", "a", "-s", "x", "--force", "--force"],
+            &["rollback", "-w", "a", "-s", "x", "-m", "m"],
+            &["rollback", "-w", "a", "-s", "x", "--pin"],
+            &["checkpoint", "-w", "a", "-n", "1"],
+            &["checkpoint", "-w", "a", "--force"],
             &["list", "-w", "a", "--limit", "3"],
             &["list", "--cursor", "c"],
             &["list", "-w", "a", "-s", "x"],

@@ -1,7 +1,7 @@
 //! The `ws-ckpt` binary: a front that serves the plain `checkpoint` agents send around every
 //! risky tool call (`ws-ckpt [--config P] [--format F] checkpoint -w WS [-s ID] [-m MSG]
-//! [--metadata JSON] [--pin]`) and their `ws-ckpt --format json list [-w WS]` (both read by
-//! [`crate::fast`]) over the daemon's socket, and runs `ws-ckpt-full` — installed next to it —
+//! [--metadata JSON] [--pin]`), their `rollback -w WS (-s ID | -n N) [--force]` and their
+//! `ws-ckpt --format json list [-w WS]` (all read by [`crate::fast`]) over the daemon's socket, and runs `ws-ckpt-full` — installed next to it —
 //! for everything else, with `execve`: same process, same arguments (the first one too), same
 //! environment and descriptors.
 //!
@@ -15,13 +15,14 @@
 //! the command line on unchanged before anything was sent, and `ws-ckpt-full` does what it
 //! always does (the hand-off with a starting daemon, in-process work as root, clap's errors
 //! and help):
-//! - the words are not a plain checkpoint or JSON list, or `--metadata` is not JSON;
+//! - the words are not a plain checkpoint, rollback or JSON list, or `--metadata` is not
+//!   JSON;
 //! - the socket cannot be known without loading the whole config (a drop-in sets
 //!   `runtime_dir`, or the main file does not parse);
 //! - nothing answers on the socket, or the daemon did not take the request (it is stopping).
 //!
 //! A daemon's answer is printed exactly as `ws-ckpt-full` prints it: the JSON result, or the
-//! snapshot ID and upstream's timing line, or the list the daemon wrote; an error on stderr
+//! table lines and upstream's timing line, or the list the daemon wrote; an error on stderr
 //! (and as JSON on stdout in JSON mode), exit code 1.
 
 use crate::cmd::QUICK;
@@ -37,7 +38,7 @@ use ws_ckpt::ipc::{self, Exchange, Printed};
 /// The name of the binary every other command runs in.
 pub const FULL_BINARY: &str = "ws-ckpt-full";
 
-/// `ws-ckpt`: serve a plain checkpoint or JSON list through the daemon, else run
+/// `ws-ckpt`: serve a plain checkpoint, rollback or JSON list through the daemon, else run
 /// `ws-ckpt-full`.
 pub fn main() -> ! {
     let started = Instant::now();
@@ -74,7 +75,22 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 metadata,
                 pin: *pin,
             };
-            checkpoint(&socket, &req, f.json, started)
+            change(&socket, &req, f.json, started, crate::cmd::SLOW)
+        }
+        FastCommand::Rollback {
+            workspace,
+            snapshot,
+            ancestors,
+            force,
+        } => {
+            let req = Request::Rollback {
+                workspace: crate::cmd::ws_spec(workspace).ok()?,
+                snapshot: snapshot.clone(),
+                ancestors: *ancestors,
+                force: *force,
+                preview: false,
+            };
+            change(&socket, &req, f.json, started, QUICK)
         }
         // The table is printed from the decoded result: that stays in ws-ckpt-full.
         FastCommand::List { .. } if !f.json => None,
@@ -88,10 +104,18 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
     }
 }
 
-/// A checkpoint request on `socket`, printed as `ws-ckpt-full` prints it.
-fn checkpoint(socket: &Path, req: &Request, json: bool, started: Instant) -> Option<i32> {
+/// A checkpoint or rollback request on `socket` (each read and write bounded by `timeout`),
+/// printed as `ws-ckpt-full` prints it: the JSON result, or the table lines and upstream's
+/// timing line.
+fn change(
+    socket: &Path,
+    req: &Request,
+    json: bool,
+    started: Instant,
+    timeout: std::time::Duration,
+) -> Option<i32> {
     let stream = ipc::connect(socket).ok()??;
-    let raw = match ipc::exchange_raw(stream, socket, req, crate::cmd::SLOW) {
+    let raw = match ipc::exchange_raw(stream, socket, req, timeout) {
         Exchange::Answered(Ok(raw)) => raw,
         Exchange::Answered(Err(e)) => {
             output::error(&e, json);
@@ -103,7 +127,10 @@ fn checkpoint(socket: &Path, req: &Request, json: bool, started: Instant) -> Opt
         output::json_text(raw.bytes())
     } else {
         serde_json::from_slice(raw.bytes())
-            .map(|v| crate::cmd::print_checkpoint(&v))
+            .map(|v| match req {
+                Request::Rollback { .. } => crate::cmd::print_rollback(&v),
+                _ => crate::cmd::print_checkpoint(&v),
+            })
             .map_err(|e| crate::cmd::unexpected_reply(&e))
     };
     match printed {
@@ -167,7 +194,7 @@ fn exec_full(argv: &[OsString]) -> ! {
     let e = cmd.exec();
     eprintln!("error: cannot run {}: {e}", full.display());
     eprintln!(
-        "hint: ws-ckpt runs every command but a plain checkpoint or JSON list through {FULL_BINARY}, installed in the same directory; reinstall ws-ckpt"
+        "hint: ws-ckpt runs every command but a plain checkpoint, rollback or JSON list through {FULL_BINARY}, installed in the same directory; reinstall ws-ckpt"
     );
     std::process::exit(1)
 }

@@ -1,7 +1,7 @@
-//! The `ws-ckpt` front binary (issue 9, `cli/src/front.rs`): a plain checkpoint is served
-//! through the daemon's socket by the front itself, printed exactly as `ws-ckpt-full` prints
-//! it (table, JSON, errors, notes, exit codes); every other command line, and a checkpoint
-//! no daemon takes, runs in `ws-ckpt-full` unchanged.
+//! The `ws-ckpt` front binary (issue 9, `cli/src/front.rs`): a plain checkpoint, rollback or
+//! JSON list is served through the daemon's socket by the front itself, printed exactly as
+//! `ws-ckpt-full` prints it (table, JSON, errors, notes, exit codes); every other command
+//! line, and one no daemon takes, runs in `ws-ckpt-full` unchanged.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,7 +68,7 @@ fn comparable(stdout: &str) -> Value {
 }
 
 #[test]
-fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
+fn the_front_prints_what_ws_ckpt_full_prints() {
     let Some(c) = Compat::native("front-same-output") else {
         return;
     };
@@ -155,6 +155,50 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
         assert!(a.stdout.starts_with(shape), "{args:?}: {a:?}");
     }
 
+    // Rollback: the same line (or JSON) and timing line; the same errors.
+    for args in [
+        &["rollback", "-w", w.as_str(), "-s", "front-1"][..],
+        &["rollback", "-w", w.as_str(), "-n", "1", "--force"],
+        &[
+            "--format",
+            "json",
+            "rollback",
+            "-w",
+            w.as_str(),
+            "-s",
+            "full-1",
+        ],
+        &["rollback", "-w", w.as_str(), "-s", "no-such-snapshot"],
+        &[
+            "--format",
+            "json",
+            "rollback",
+            "-w",
+            w.as_str(),
+            "-n",
+            "99999",
+        ],
+    ] {
+        let (a, b) = both(&c, args);
+        assert_eq!(
+            (a.status, normalized(&a.stdout, &[]), &a.stderr),
+            (b.status, normalized(&b.stdout, &[]), &b.stderr),
+            "{args:?}"
+        );
+    }
+    let (a, _) = both(&c, &["rollback", "-w", w.as_str(), "-s", "front-1"]);
+    assert_eq!(
+        normalized(&a.stdout, &[]),
+        format!("{w} rolled back to front-1\nCompleted in Ns\n"),
+        "{a:?}"
+    );
+    // A process inside the workspace: the same refusal.
+    let occupant = c.occupant(&w);
+    let (a, b) = both(&c, &["rollback", "-w", w.as_str(), "-s", "front-1"]);
+    assert_eq!(a.status, Some(1), "{a:?}");
+    assert_eq!(outcome(&a), outcome(&b));
+    drop(occupant);
+
     // A plain directory is initialized first: the same note on stderr.
     let p1 = c.plain_dir("plain-front");
     let p2 = c.plain_dir("plain-full");
@@ -170,7 +214,7 @@ fn the_front_prints_a_checkpoint_as_ws_ckpt_full_does() {
 }
 
 #[test]
-fn the_front_serves_a_checkpoint_without_ws_ckpt_full_and_names_it_for_anything_else() {
+fn the_front_serves_its_commands_without_ws_ckpt_full_and_names_it_for_anything_else() {
     let Some(c) = Compat::native("front-alone") else {
         return;
     };
@@ -188,6 +232,17 @@ fn the_front_serves_a_checkpoint_without_ws_ckpt_full_and_names_it_for_anything_
         "the front must serve a checkpoint itself: {r:?}"
     );
     assert_eq!(normalized(&r.stdout, &["lone-1"]), "ID\nCompleted in Ns\n");
+    let r = run_program(&c, &lone, &["rollback", "-w", &w, "-s", "lone-1"]);
+    assert_eq!(
+        r.status,
+        Some(0),
+        "the front must serve a rollback itself: {r:?}"
+    );
+    assert!(
+        r.stdout
+            .starts_with(&format!("{w} rolled back to lone-1\n")),
+        "{r:?}"
+    );
     let listed = run_program(&c, &lone, &["--format", "json", "list", "-w", &w]);
     assert_eq!(
         listed.status,

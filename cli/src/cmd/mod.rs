@@ -15,7 +15,9 @@ mod recover;
 mod snapshot;
 mod status;
 
-pub(crate) use snapshot::{print_checkpoint, print_list_result, refuses_output_field};
+pub(crate) use snapshot::{
+    print_checkpoint, print_list_result, print_rollback, refuses_output_field,
+};
 mod workspace;
 
 use crate::args::{Cli, Command, ConfigCommand, Format};

@@ -89,13 +89,19 @@ pub(super) fn rollback(
         println!("Changes since target snapshot (rollback will revert these):");
         print_diff(&v);
     } else {
-        println!(
-            "{} rolled back to {}",
-            str_of(&v["workspace"]),
-            str_of(&v["snapshot"])
-        );
+        print_rollback(&v);
     }
     Ok(0)
+}
+
+/// The table output of a rollback's result `v` (before the timing line). Shared with the
+/// front binary ([`crate::front`]).
+pub(crate) fn print_rollback(v: &Value) {
+    println!(
+        "{} rolled back to {}",
+        str_of(&v["workspace"]),
+        str_of(&v["snapshot"])
+    );
 }
 
 /// `list [-w WS] [--limit N] [--cursor T]`: in JSON upstream's array of items, or one page.
