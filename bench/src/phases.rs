@@ -59,6 +59,9 @@ pub(crate) struct Params {
     pub fleet_gib: u64,
     /// Checkpoints per CLI client per round (spawned processes).
     pub cli_per_client: usize,
+    /// Rounds of the CLI clients' measurement (each: our CLI clients, then the raw spawned
+    /// loops); more than the socket rows' because a round of processes is short and noisy.
+    pub cli_rounds: usize,
     /// Idle checkpoints whose p99 is the interference baseline.
     pub idle_reps: usize,
     /// Bytes of the tree another workspace is initialized from during the interference row.
@@ -97,6 +100,7 @@ impl Params {
                 main_gib: 4,
                 fleet_gib: 4,
                 cli_per_client: 3,
+                cli_rounds: 3,
                 idle_reps: 60,
                 big_tree_bytes: 256 << 20,
                 cleanup_snapshots: 200,
@@ -123,7 +127,8 @@ impl Params {
                 fleet_bulk_threads: 4,
                 main_gib: 8,
                 fleet_gib: 16,
-                cli_per_client: 6,
+                cli_per_client: 12,
+                cli_rounds: 7,
                 idle_reps: 150,
                 big_tree_bytes: 1 << 30,
                 cleanup_snapshots: 500,
@@ -151,6 +156,7 @@ impl Params {
             "fleet_snapshots_per_workspace": self.fleet_snapshots,
             "fleet_reps": self.fleet_reps,
             "cli_checkpoints_per_client": self.cli_per_client,
+            "cli_rounds": self.cli_rounds,
             "idle_reps": self.idle_reps,
             "big_tree_bytes": self.big_tree_bytes,
             "cleanup_snapshots": self.cleanup_snapshots,
@@ -405,10 +411,10 @@ fn concurrent(
     ));
     progress(&format!(
         "{} CLI clients × {} checkpoints, {} rounds (processes vs raw spawned loops)",
-        p.clients, p.cli_per_client, p.conc_rounds
+        p.clients, p.cli_per_client, p.cli_rounds
     ));
     let (mut cli_rate, mut spawned_rate) = (Vec::new(), Vec::new());
-    for _ in 0..p.conc_rounds {
+    for _ in 0..p.cli_rounds {
         check_interrupted()?;
         let (wall, _) = in_threads(pairs, p.cli_per_client, |pair| {
             inst.cli(&["checkpoint", "-w", &path_str(&pair.ws)])

@@ -1,15 +1,15 @@
-//! The `ws-ckpt` binary: a front that serves the plain `checkpoint` agents send around every
-//! risky tool call (`ws-ckpt [--config P] [--format F] checkpoint -w WS [-s ID] [-m MSG]
-//! [--metadata JSON] [--pin]`), their `rollback -w WS (-s ID | -n N) [--force]` and their
-//! `ws-ckpt --format json list [-w WS]` (all read by [`crate::fast`]) over the daemon's socket, and runs `ws-ckpt-full` — installed next to it —
-//! for everything else, with `execve`: same process, same arguments (the first one too), same
-//! environment and descriptors.
+//! The `ws-ckpt` binary: a front that serves, over the daemon's socket, the commands agents
+//! send around risky tool calls — `ws-ckpt [--config P] [--format F] checkpoint -w WS [-s ID]
+//! [-m MSG] [--metadata JSON] [--pin]`, `rollback -w WS (-s ID | -n N) [--force]` and
+//! `--format json list [-w WS]` (all read by [`crate::fast`]) — and runs `ws-ckpt-full`,
+//! installed next to it, for everything else, with `execve`: same process, same arguments
+//! (the first one too), same environment and descriptors.
 //!
 //! Why two binaries: starting the full binary (9 MB, 8 300 relocations, clap, the engine)
 //! costs about 0.45 ms more than starting a program that only talks to the socket, a sixth of
 //! a whole checkpoint on a VM (issue 9: end to end within 1.2 × a spawned raw snapshot). This
 //! front (1.1 MB, 1 200 relocations) links the request types, the socket exchange and the
-//! output of these two commands, and nothing of clap or the engine.
+//! output of these three commands, and nothing of clap or the engine.
 //!
 //! The front serves a command only when the daemon answers it; in every other case it passes
 //! the command line on unchanged before anything was sent, and `ws-ckpt-full` does what it

@@ -1,11 +1,11 @@
 //! The command line: it parses arguments, calls the engine in `ws_ckpt` (the reconciler
 //! library) and prints tables or JSON. No behaviour lives here.
 //!
-//! Two binaries run it. `ws-ckpt` ([`front`]) serves the plain `checkpoint` agents send around
-//! every tool call straight through the daemon's socket, and hands every other command line
-//! to `ws-ckpt-full` ([`full_main`]: clap, every command, the daemon, in-process work) with
-//! `execve`. The front links none of the engine, so starting it costs what starting a small
-//! program costs (see [`front`]).
+//! Two binaries run it. `ws-ckpt` ([`front`]) serves the plain `checkpoint`, `rollback` and
+//! JSON `list` agents send around tool calls straight through the daemon's socket, and hands
+//! every other command line to `ws-ckpt-full` ([`full_main`]: clap, every command, the daemon,
+//! in-process work) with `execve`. The front links none of the engine, so starting it costs
+//! what starting a small program costs (see [`front`]).
 
 mod args;
 mod cmd;
@@ -17,12 +17,12 @@ mod output;
 
 use clap::Parser;
 
-/// `ws-ckpt-full`: every command, parsed by clap (a plain `checkpoint` without building its
-/// command tree, see `fast`), then run; exits with the command's code.
+/// `ws-ckpt-full`: every command, parsed by clap (the front's plain forms without building
+/// its command tree, see `fast`), then run; exits with the command's code.
 pub fn full_main() -> ! {
     // A tree worker started by the daemon (hidden argument) runs its job and exits here.
     ws_ckpt::tree::worker::main_if_worker();
-    // The agents' plain `checkpoint` skips building clap's command tree (see `fast`).
+    // The agents' plain forms skip building clap's command tree (see `fast`).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = fast::parse(&argv).unwrap_or_else(|| args::Cli::parse_from(argv));
     // WS_CKPT_LOG wins; the daemon otherwise logs at its config's log_level, commands at warn.
