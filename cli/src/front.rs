@@ -17,9 +17,12 @@
 //! and help):
 //! - the words are not a plain checkpoint, rollback or JSON list, or `--metadata` is not
 //!   JSON;
-//! - the socket cannot be known without loading the whole config (a drop-in sets
-//!   `runtime_dir`, or the main file does not parse);
-//! - nothing answers on the socket, or the daemon did not take the request (it is stopping).
+//! - the main config file does not parse (or names no plain absolute `runtime_dir`) and a
+//!   drop-in mentions `runtime_dir`;
+//! - nothing answers on the socket the main file names, or the daemon did not take the
+//!   request: it is stopping, it serves another config file (the request names the main
+//!   file's identity, so a drop-in that moved `runtime_dir` is never missed, and the
+//!   drop-ins are not read: one per workspace), or it predates that check.
 //!
 //! A daemon's answer is printed exactly as `ws-ckpt-full` prints it: the JSON result, or the
 //! table lines and upstream's timing line, or the list the daemon wrote; an error on stderr
@@ -52,10 +55,7 @@ pub fn main() -> ! {
 /// The command `f` through the daemon: its exit code once the daemon answered, `None`
 /// (nothing sent, or not taken) to leave the command to `ws-ckpt-full`.
 fn serve(f: &Fast, started: Instant) -> Option<i32> {
-    let socket = match crate::cmd::explicit_socket() {
-        Some(s) => s,
-        None => ws_ckpt::client::socket_without_loading(&f.config)?,
-    };
+    let to = daemon_for(&f.config)?;
     match &f.command {
         FastCommand::Checkpoint {
             workspace,
@@ -75,7 +75,7 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 metadata,
                 pin: *pin,
             };
-            change(&socket, &req, f.json, started, crate::cmd::SLOW)
+            change(&to, &req, f.json, started, crate::cmd::SLOW)
         }
         FastCommand::Rollback {
             workspace,
@@ -90,7 +90,7 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 force: *force,
                 preview: false,
             };
-            change(&socket, &req, f.json, started, QUICK)
+            change(&to, &req, f.json, started, QUICK)
         }
         // The table is printed from the decoded result: that stays in ws-ckpt-full.
         FastCommand::List { .. } if !f.json => None,
@@ -99,24 +99,61 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 Some(w) => Some(crate::cmd::ws_spec(w).ok()?),
                 None => None,
             };
-            list_json(&socket, workspace)
+            list_json(&to, workspace)
         }
     }
 }
 
-/// A checkpoint or rollback request on `socket` (each read and write bounded by `timeout`),
+/// Where the front sends a request: the socket, and the identity of the config file it
+/// found it in without reading the drop-ins (`None`: named by `WS_CKPT_SOCKET`, or found
+/// with them).
+struct Daemon {
+    socket: PathBuf,
+    config: Option<String>,
+}
+
+/// The daemon of the config at `config`: `WS_CKPT_SOCKET`; else the socket the main file
+/// names, sent with the file's identity (a daemon serving another config there does not take
+/// the request, see `ws_ckpt::client::main_file_socket`), which spares reading one drop-in
+/// per workspace; else the one the main file and the drop-ins name.
+fn daemon_for(config: &Path) -> Option<Daemon> {
+    if let Some(socket) = crate::cmd::explicit_socket() {
+        return Some(Daemon {
+            socket,
+            config: None,
+        });
+    }
+    if let Some((socket, id)) = ws_ckpt::client::main_file_socket(config) {
+        return Some(Daemon {
+            socket,
+            config: Some(id),
+        });
+    }
+    Some(Daemon {
+        socket: ws_ckpt::client::socket_without_loading(config)?,
+        config: None,
+    })
+}
+
+/// True when the daemon did not take a request: it predates the config identity.
+fn refuses_identity(e: &ws_ckpt::error::Error) -> bool {
+    crate::cmd::refuses_field(e, "config")
+}
+
+/// A checkpoint or rollback request to `to` (each read and write bounded by `timeout`),
 /// printed as `ws-ckpt-full` prints it: the JSON result, or the table lines and upstream's
 /// timing line.
 fn change(
-    socket: &Path,
+    to: &Daemon,
     req: &Request,
     json: bool,
     started: Instant,
     timeout: std::time::Duration,
 ) -> Option<i32> {
-    let stream = ipc::connect(socket).ok()??;
-    let raw = match ipc::exchange_raw(stream, socket, req, timeout) {
+    let stream = ipc::connect(&to.socket).ok()??;
+    let raw = match ipc::exchange_raw_for(stream, &to.socket, req, to.config.as_deref(), timeout) {
         Exchange::Answered(Ok(raw)) => raw,
+        Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
         Exchange::Answered(Err(e)) => {
             output::error(&e, json);
             return Some(1);
@@ -150,7 +187,8 @@ fn change(
 /// `list --format json` on `socket`: the daemon writes the output, the front copies it. A
 /// daemon of an earlier version, which refuses the request's `output` field, is asked again
 /// for the result, printed as `ws-ckpt-full` prints it.
-fn list_json(socket: &Path, workspace: Option<String>) -> Option<i32> {
+fn list_json(to: &Daemon, workspace: Option<String>) -> Option<i32> {
+    let (socket, config) = (to.socket.as_path(), to.config.as_deref());
     let request = |output| Request::List {
         workspace: workspace.clone(),
         limit: None,
@@ -158,23 +196,25 @@ fn list_json(socket: &Path, workspace: Option<String>) -> Option<i32> {
         output,
     };
     let stream = ipc::connect(socket).ok()??;
-    let answer =
-        match ipc::exchange_printed(stream, socket, &request(Some(ListOutput::Json)), QUICK) {
-            Exchange::Answered(Ok(Printed::Text(text))) => {
-                output::write_stdout(&text);
-                return Some(0);
+    let printed = request(Some(ListOutput::Json));
+    let answer = match ipc::exchange_printed_for(stream, socket, &printed, config, QUICK) {
+        Exchange::Answered(Ok(Printed::Text(text))) => {
+            output::write_stdout(&text);
+            return Some(0);
+        }
+        Exchange::Answered(Ok(Printed::Result(raw))) => Ok(raw),
+        Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
+        Exchange::Answered(Err(e)) if crate::cmd::refuses_output_field(&e) => {
+            let stream = ipc::connect(socket).ok()??;
+            match ipc::exchange_raw_for(stream, socket, &request(None), config, QUICK) {
+                Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
+                Exchange::Answered(answer) => answer,
+                Exchange::NotTaken(_) => return None,
             }
-            Exchange::Answered(Ok(Printed::Result(raw))) => Ok(raw),
-            Exchange::Answered(Err(e)) if crate::cmd::refuses_output_field(&e) => {
-                let stream = ipc::connect(socket).ok()??;
-                match ipc::exchange_raw(stream, socket, &request(None), QUICK) {
-                    Exchange::Answered(answer) => answer,
-                    Exchange::NotTaken(_) => return None,
-                }
-            }
-            Exchange::Answered(Err(e)) => Err(e),
-            Exchange::NotTaken(_) => return None,
-        };
+        }
+        Exchange::Answered(Err(e)) => Err(e),
+        Exchange::NotTaken(_) => return None,
+    };
     match answer.and_then(|raw| crate::cmd::print_list_result(&raw, false)) {
         Ok(()) => Some(0),
         Err(e) => {

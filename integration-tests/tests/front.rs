@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use ws_ckpt_integration_tests::compat_support::Compat;
-use ws_ckpt_integration_tests::{bin_path, full_bin_path, Run, RUN_TIMEOUT};
+use ws_ckpt_integration_tests::compat_support::{Compat, DAEMON_START};
+use ws_ckpt_integration_tests::{bin_path, full_bin_path, wait_until, Run, TestEnv, RUN_TIMEOUT};
 
 /// `program args…` with the environment [`Compat::command`] gives the front.
 fn run_program(c: &Compat, program: &Path, args: &[&str]) -> Run {
@@ -294,4 +294,74 @@ fn a_checkpoint_no_daemon_takes_runs_in_ws_ckpt_full() {
     let r = c.cli(&["checkpoint", "-w", &w, "--bogus"]);
     assert_eq!(r.status, Some(2), "clap's usage error: {r:?}");
     assert!(r.stderr.contains("Usage: ws-ckpt checkpoint"), "{r:?}");
+}
+
+#[test]
+fn the_front_never_uses_a_daemon_of_another_config_at_its_main_files_socket() {
+    // Daemon A serves its own config on its runtime directory.
+    let Some(a) = Compat::native("front-foreign-a") else {
+        return;
+    };
+    // B's main file names A's runtime directory; a drop-in moves B's socket elsewhere.
+    let Some(b) = TestEnv::new("front-foreign-b") else {
+        return;
+    };
+    let moved = b.root.join("run-moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let a_run = serde_json::to_string(&a.env.runtime_dir.display().to_string()).unwrap();
+    let main: String = b
+        .base_config()
+        .lines()
+        .map(|l| match l.starts_with("runtime_dir = ") {
+            true => format!("runtime_dir = {a_run}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&b.config, main).unwrap();
+    let moved_toml = serde_json::to_string(&moved.display().to_string()).unwrap();
+    std::fs::write(
+        b.dropin_dir.join("10-runtime.toml"),
+        format!("[daemon]\nruntime_dir = {moved_toml}\n"),
+    )
+    .unwrap();
+    let daemon_b = b.spawn(&["daemon"], &[]);
+    let socket_b = moved.join(ws_ckpt::ipc::SOCKET_NAME);
+    assert!(
+        wait_until(DAEMON_START, || std::os::unix::net::UnixStream::connect(
+            &socket_b
+        )
+        .is_ok()),
+        "daemon B does not serve on {}: {}",
+        socket_b.display(),
+        daemon_b.stderr()
+    );
+    let ws = b.home.join("ws-b");
+    TestEnv::make_sample_tree(&ws);
+    let ws = ws.display().to_string();
+    let init = b.run(&["init", &ws]);
+    assert_eq!(init.status, Some(0), "{init:?}");
+
+    // The front reaches A on its main file's socket; A does not take a request for B's
+    // config, and the command runs through B's whole config in ws-ckpt-full: in B.
+    let front = |args: &[&str]| {
+        let mut cmd = Command::new(bin_path());
+        cmd.env_remove("WS_CKPT_SOCKET")
+            .env("WS_CKPT_CONFIG", &b.config)
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        b.run_command(cmd, RUN_TIMEOUT)
+    };
+    let r = front(&["checkpoint", "-w", &ws, "-s", "b-1"]);
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert_eq!(normalized(&r.stdout, &["b-1"]), "ID\nCompleted in Ns\n");
+    let r = front(&["--format", "json", "list", "-w", &ws]);
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert!(r.stdout.contains("\"b-1\""), "{r:?}");
+    let in_a = a.cli(&["--format", "json", "list"]);
+    assert!(
+        !in_a.stdout.contains("b-1") && !in_a.stdout.contains(&ws),
+        "{in_a:?}"
+    );
+    let in_b = b.run(&["--format", "json", "list", "-w", &ws]);
+    assert!(in_b.stdout.contains("\"b-1\""), "{in_b:?}");
 }

@@ -328,19 +328,39 @@ pub fn socket_without_loading(config_path: &Path) -> Option<PathBuf> {
     quick_runtime_dir(config_path).map(|dir| dir.join(ipc::SOCKET_NAME))
 }
 
+/// The socket the main config file at `config_path` names (its `[daemon] runtime_dir`, else
+/// the default), without reading the drop-ins, and the file's [`ipc::config_identity`]: a
+/// request sent with it ([`ipc::exchange_raw_for`]) is run only by a daemon serving this very
+/// file, wherever a drop-in may have moved its socket; another daemon there does not take
+/// it. `None` when the file cannot be read or its `runtime_dir` is not a plain absolute
+/// path (then [`socket_without_loading`] or the whole config decides).
+pub fn main_file_socket(config_path: &Path) -> Option<(PathBuf, String)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(config_path).ok()?;
+    let identity = ipc::config_identity(&file.metadata().ok()?);
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    let dir = main_file_runtime_dir(&text)?;
+    Some((dir.join(ipc::SOCKET_NAME), identity))
+}
+
+/// `[daemon] runtime_dir` of a main config file's text, else the default; `None` when the
+/// text does not parse or the value is not a plain absolute path.
+fn main_file_runtime_dir(text: &str) -> Option<PathBuf> {
+    let table = text.parse::<toml::Table>().ok()?;
+    match table.get("daemon").and_then(|d| d.get("runtime_dir")) {
+        None => Some(PathBuf::from(DEFAULT_RUNTIME_DIR)),
+        Some(v) => normalized_abs(v.as_str()?),
+    }
+}
+
 /// The runtime directory the full config would give, found without loading it: `[daemon]
 /// runtime_dir` of the main file (the default when absent or when the file is missing), as
 /// long as it is a valid absolute path and no drop-in in `config.d` mentions `runtime_dir`
 /// (then only the full load knows). `None`: load the config.
 fn quick_runtime_dir(config_path: &Path) -> Option<PathBuf> {
     let dir = match std::fs::read_to_string(config_path) {
-        Ok(text) => {
-            let table = text.parse::<toml::Table>().ok()?;
-            match table.get("daemon").and_then(|d| d.get("runtime_dir")) {
-                None => PathBuf::from(DEFAULT_RUNTIME_DIR),
-                Some(v) => normalized_abs(v.as_str()?)?,
-            }
-        }
+        Ok(text) => main_file_runtime_dir(&text)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => PathBuf::from(DEFAULT_RUNTIME_DIR),
         Err(_) => return None,
     };

@@ -288,6 +288,11 @@ fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Error> {
     serde_json::from_value(v.clone()).map_err(|e| unexpected_reply(&e))
 }
 
+/// True for a daemon's refusal of a request field it does not know (it predates it).
+pub(crate) fn refuses_field(e: &Error, field: &str) -> bool {
+    e.code == ErrorCode::InvalidArgument && e.message.contains(&format!("unknown field `{field}`"))
+}
+
 /// The error of a result that does not decode as its command expects.
 pub(crate) fn unexpected_reply(e: &serde_json::Error) -> Error {
     Error::new(ErrorCode::Io, format!("unexpected reply from ws-ckpt: {e}"))

@@ -171,13 +171,16 @@ fn serve(config_path: &Path, overrides: crate::config::Overrides) -> Result<i32,
             return Err(e.into());
         }
     };
+    // Absolute: requests compare it with the file their client read (see accept_loop).
+    let config_file =
+        std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let handler_shared = Arc::clone(&shared);
     let handler: Arc<server::Handler> =
         Arc::new(move |caller: &Caller, req: Request| handler_shared.handle(caller, req));
     let stopping = Arc::clone(&shared.stopping);
     let accept = std::thread::Builder::new()
         .name("ws-ckpt-accept".into())
-        .spawn(move || server::accept_loop(listener, stopping, handler));
+        .spawn(move || server::accept_loop(listener, stopping, handler, Some(config_file)));
     let accept = match accept {
         Ok(h) => h,
         Err(source) => {

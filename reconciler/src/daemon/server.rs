@@ -200,6 +200,8 @@ struct Job {
 struct Workers {
     pool: Arc<Pool>,
     handler: Arc<Handler>,
+    /// The daemon's config file (see [`serve`]).
+    config: Arc<Option<PathBuf>>,
 }
 
 /// What the accept thread and the waiting connection threads share.
@@ -249,10 +251,11 @@ impl Pool {
 }
 
 impl Workers {
-    fn new(handler: Arc<Handler>) -> Workers {
+    fn new(handler: Arc<Handler>, config: Option<PathBuf>) -> Workers {
         Workers {
             pool: Arc::default(),
             handler,
+            config: Arc::new(config),
         }
     }
 
@@ -269,12 +272,13 @@ impl Workers {
         }
         let pool = Arc::clone(&self.pool);
         let handler = Arc::clone(&self.handler);
+        let config = Arc::clone(&self.config);
         let spawned = std::thread::Builder::new()
             .name("ws-ckpt-conn".into())
             .spawn(move || {
                 let mut job = job;
                 loop {
-                    serve(job.stream, job.caller, handler.as_ref());
+                    serve(job.stream, job.caller, handler.as_ref(), config.as_deref());
                     drop(job.guard);
                     match pool.next() {
                         Some(j) => job = j,
@@ -302,9 +306,18 @@ impl Drop for Workers {
 /// setting it). Each connection is served on a thread of its own (see [`Workers`]); beyond the slots its caller may take
 /// (see [`MAX_CONNECTIONS`], [`MAX_PER_UID`], [`ROOT_RESERVE`]) a connection gets a `Busy`
 /// error and is closed.
-pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: Arc<Handler>) {
+///
+/// `config`: the daemon's config file. A request whose client found this socket in a config
+/// file without reading its drop-ins names that file ([`ipc::encode_request_for`]); it is
+/// run only when that is this file.
+pub fn accept_loop(
+    listener: UnixListener,
+    stopping: Arc<AtomicBool>,
+    handler: Arc<Handler>,
+    config: Option<PathBuf>,
+) {
     let slots = Arc::new(Mutex::new(Slots::default()));
-    let workers = Workers::new(handler);
+    let workers = Workers::new(handler, config);
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -347,10 +360,15 @@ pub fn accept_loop(listener: UnixListener, stopping: Arc<AtomicBool>, handler: A
     tracing::debug!("no longer accepting connections");
 }
 
-fn serve(stream: UnixStream, caller: Caller, handler: &Handler) {
+fn serve(stream: UnixStream, caller: Caller, handler: &Handler, config: Option<&Path>) {
     tracing::debug!(uid = caller.uid, pid = caller.pid, "connection");
+    // Looked at per request: an edited config (a new file) is still ours.
+    let serves = |id: &str| {
+        config.is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| ipc::config_identity(&m) == id))
+    };
+    let serves: &dyn Fn(&str) -> bool = &serves;
     let mut heavy = false;
-    ipc::serve_connection(stream, ipc::Timeouts::DAEMON, &mut |req| {
+    ipc::serve_connection(stream, ipc::Timeouts::DAEMON, serves, &mut |req| {
         let op = req.op();
         heavy |= super::heap::is_heavy(op);
         let r = handler(&caller, req);
@@ -457,7 +475,7 @@ mod tests {
             Ok(serde_json::json!({"uid": caller.uid, "pid": caller.pid, "op": req.op()}).into())
         });
         let s2 = Arc::clone(&stopping);
-        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler, None));
         let v = status_via(&path);
         assert_eq!(v["uid"], Caller::this_process().uid);
         assert_eq!(v["pid"], std::process::id());
@@ -496,7 +514,7 @@ mod tests {
             Ok(serde_json::json!({"thread": me.name()}).into())
         });
         let s2 = Arc::clone(&stopping);
-        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler, None));
         for _ in 0..5 {
             assert_eq!(status_via(&path)["thread"], "ws-ckpt-conn");
             // The thread that answered is back waiting once its slot is free.
@@ -532,7 +550,7 @@ mod tests {
             Ok(serde_json::Value::Null.into())
         });
         let s2 = Arc::clone(&stopping);
-        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler, None));
         // Rounds of four clients connecting at once; between rounds the threads that served
         // them are back waiting.
         const CLIENTS: usize = 4;
@@ -570,7 +588,7 @@ mod tests {
         let handler: Arc<Handler> =
             Arc::new(|_: &Caller, _: Request| Ok(serde_json::Value::Null.into()));
         let s2 = Arc::clone(&stopping);
-        let t = std::thread::spawn(move || accept_loop(l, s2, handler));
+        let t = std::thread::spawn(move || accept_loop(l, s2, handler, None));
         // Idle connections occupy every slot this uid may take (the server waits for their
         // first line).
         let mine = if nix::unistd::geteuid().is_root() {

@@ -133,7 +133,7 @@ fn stop_releases_the_lock_and_refuses_later_requests() {
     let (listener, socket) = server::bind(&dir.path().join("run")).unwrap();
     let stopping = Arc::clone(&shared.stopping);
     let h: Arc<server::Handler> = Arc::new(|_: &Caller, _: Request| Ok(Value::Null.into()));
-    let accept = std::thread::spawn(move || server::accept_loop(listener, stopping, h));
+    let accept = std::thread::spawn(move || server::accept_loop(listener, stopping, h, None));
     assert_eq!(stop(&shared, &socket, accept), 0);
     assert!(!lock_file.exists(), "clean stop removes the lock file");
     assert!(!socket.exists(), "clean stop removes the socket");

@@ -2,7 +2,12 @@
 //! socket, one request per line (`{"v":1,"op":"checkpoint",...}`), one response line per
 //! request (`{"ok":true,"result":…}` or `{"ok":false,"error":{"code","message","hint"}}`).
 //! A request that asks for its printed form (`list` with `"output":"json"`) is answered by a
-//! header line `{"ok":true,"printed":N}` followed by the N bytes the command prints.
+//! header line `{"ok":true,"printed":N}` followed by the N bytes the command prints. A
+//! client that found the socket in its main config file without reading the drop-ins names
+//! that file (`"config":"DEV:INO"`, [`encode_request_for`]): a daemon serving another file
+//! answers [`OTHER_CONFIG`] without running the request, and the client finds its daemon
+//! through the whole config. A client sends one request per connection and then ends its
+//! write side.
 //!
 //! This module holds the wire codec, the bounded line reader, the server side of one
 //! connection ([`serve_connection`], generic over the request handler) and the client
@@ -142,8 +147,18 @@ pub fn parse_code(name: &str) -> ErrorCode {
 
 /// One request line (without the newline): `{"v":1,"op":…,…}`.
 pub fn encode_request(req: &Request) -> String {
+    encode_request_for(req, None)
+}
+
+/// [`encode_request`] for a client that found the socket in the config file whose
+/// [`config_identity`] is `config` without reading its drop-ins: `{"v":1,"config":ID,…}`. A
+/// daemon serving another config does not run it ([`OTHER_CONFIG`]).
+pub fn encode_request_for(req: &Request, config: Option<&str>) -> String {
     let mut obj = Map::new();
     obj.insert("v".into(), Value::from(PROTOCOL_VERSION));
+    if let Some(c) = config {
+        obj.insert("config".into(), Value::from(c));
+    }
     // A Request always serializes to an object tagged by "op".
     if let Ok(Value::Object(fields)) = serde_json::to_value(req) {
         obj.extend(fields);
@@ -152,8 +167,15 @@ pub fn encode_request(req: &Request) -> String {
 }
 
 /// Decode one request line (without the newline). Checks UTF-8, JSON, the version, then the
-/// request itself; unknown ops and fields are refused.
+/// request itself; unknown ops and fields are refused. The `config` of
+/// [`encode_request_for`] is dropped: see [`decode_request_for`].
 pub fn decode_request(line: &[u8]) -> Result<Request, IpcError> {
+    decode_request_for(line).map(|(req, _)| req)
+}
+
+/// [`decode_request`], with the identity of the config the client expects the daemon to
+/// serve, when it says one.
+pub fn decode_request_for(line: &[u8]) -> Result<(Request, Option<String>), IpcError> {
     let text = std::str::from_utf8(line).map_err(|_| IpcError::NotUtf8)?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| IpcError::Malformed(e.to_string()))?;
@@ -173,7 +195,21 @@ pub fn decode_request(line: &[u8]) -> Result<Request, IpcError> {
             })
         }
     }
-    serde_json::from_value(Value::Object(obj)).map_err(|e| IpcError::Invalid(e.to_string()))
+    let config = match obj.remove("config") {
+        None => None,
+        Some(Value::String(c)) => Some(c),
+        Some(_) => return Err(IpcError::Invalid("`config` is not a string".into())),
+    };
+    let req =
+        serde_json::from_value(Value::Object(obj)).map_err(|e| IpcError::Invalid(e.to_string()))?;
+    Ok((req, config))
+}
+
+/// The identity of a config file as [`encode_request_for`] sends it: its device and inode
+/// (`DEV:INO`), the same whatever path names it.
+pub fn config_identity(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{}:{}", meta.dev(), meta.ino())
 }
 
 /// One response line (without the newline).
@@ -608,6 +644,7 @@ fn read_request_line(reader: &mut BufReader<UnixStream>, t: Timeouts) -> Result<
 pub fn serve_connection(
     stream: UnixStream,
     t: Timeouts,
+    serves: &dyn Fn(&str) -> bool,
     handler: &mut dyn FnMut(Request) -> Result<Reply, Error>,
 ) -> usize {
     let Ok(()) = stream.set_write_timeout(Some(t.write).filter(|d| !d.is_zero())) else {
@@ -635,8 +672,15 @@ pub fn serve_connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match decode_request(&line) {
-            Ok(req) => {
+        match decode_request_for(&line) {
+            Ok((_, Some(config))) if !serves(&config) => {
+                // Not run: the client finds its daemon through its whole config.
+                let e = Error::new(ErrorCode::Busy, OTHER_CONFIG)
+                    .hint("the client reads its whole config to find its daemon");
+                let _ = write_bytes(&mut writer, &response_line(&Err(e)));
+                break;
+            }
+            Ok((req, _)) => {
                 let result = handler(req);
                 handled += 1;
                 if let Err(e) = write_response(&mut writer, &result) {
@@ -667,6 +711,10 @@ pub fn not_running(socket: &Path) -> Error {
 /// The message of the refusal a stopping daemon sends instead of running a request (the
 /// request was not run: a client may send it elsewhere).
 pub const SHUTTING_DOWN: &str = "the ws-ckpt daemon is shutting down";
+
+/// The message of the refusal of a request whose client expects a daemon serving another
+/// config file ([`encode_request_for`]); the request was not run.
+pub const OTHER_CONFIG: &str = "this ws-ckpt daemon serves another config file";
 
 /// Client: connect to the daemon's socket. `Ok(None)` when no daemon answers (no socket, or
 /// connection refused); other failures (permission) are errors.
@@ -706,7 +754,7 @@ pub fn exchange_as<T: DeserializeOwned>(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<T> {
-    exchange_with(stream, socket, req, timeout, |answer| {
+    exchange_with(stream, socket, (req, None), timeout, |answer| {
         decode_response_as(&answer_line(answer, socket)?, socket)
     })
 }
@@ -718,7 +766,20 @@ pub fn exchange_raw(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<RawResult> {
-    exchange_with(stream, socket, req, timeout, |answer| {
+    exchange_raw_for(stream, socket, req, None, timeout)
+}
+
+/// [`exchange_raw`] of a request sent with the identity of the config file the client read
+/// the socket from ([`encode_request_for`]); a daemon serving another config does not take
+/// it.
+pub fn exchange_raw_for(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    config: Option<&str>,
+    timeout: Duration,
+) -> Exchange<RawResult> {
+    exchange_with(stream, socket, (req, config), timeout, |answer| {
         decode_response_raw(answer_line(answer, socket)?, socket)
     })
 }
@@ -731,12 +792,30 @@ pub fn exchange_printed(
     req: &Request,
     timeout: Duration,
 ) -> Exchange<Printed> {
-    exchange_with(stream, socket, req, timeout, |answer| match answer {
-        Answer::Printed(text) => Ok(Printed::Text(text)),
-        Answer::Line(_) => {
-            decode_response_raw(answer_line(answer, socket)?, socket).map(Printed::Result)
-        }
-    })
+    exchange_printed_for(stream, socket, req, None, timeout)
+}
+
+/// [`exchange_printed`] with the identity of the client's config file (see
+/// [`exchange_raw_for`]).
+pub fn exchange_printed_for(
+    stream: UnixStream,
+    socket: &Path,
+    req: &Request,
+    config: Option<&str>,
+    timeout: Duration,
+) -> Exchange<Printed> {
+    exchange_with(
+        stream,
+        socket,
+        (req, config),
+        timeout,
+        |answer| match answer {
+            Answer::Printed(text) => Ok(Printed::Text(text)),
+            Answer::Line(_) => {
+                decode_response_raw(answer_line(answer, socket)?, socket).map(Printed::Result)
+            }
+        },
+    )
 }
 
 /// The response line of an answer that must be one (a printed answer to a request that
@@ -757,11 +836,11 @@ fn answer_line(answer: Answer, socket: &Path) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// [`exchange`] with the response line decoded by `decode`.
+/// [`exchange`] of `(request, config identity)` with the response line decoded by `decode`.
 fn exchange_with<T>(
     stream: UnixStream,
     socket: &Path,
-    req: &Request,
+    (req, config): (&Request, Option<&str>),
     timeout: Duration,
     decode: impl FnOnce(Answer) -> Result<T, Error>,
 ) -> Exchange<T> {
@@ -786,7 +865,7 @@ fn exchange_with<T>(
     {
         return answered(Err(io("cannot configure", e)));
     }
-    if let Err(e) = write_line(&mut &stream, &encode_request(req)) {
+    if let Err(e) = write_line(&mut &stream, &encode_request_for(req, config)) {
         let err = io("cannot send the request to", e);
         return Exchange::NotTaken(err);
     }
@@ -796,7 +875,9 @@ fn exchange_with<T>(
     let _ = stream.shutdown(std::net::Shutdown::Write);
     match read_reply(stream.take(MAX_RESPONSE_BYTES as u64 + 1), MAX_RESPONSE_BYTES) {
         Ok(answer @ (Answer::Line(Line::Data(_)) | Answer::Printed(_))) => match decode(answer) {
-            Err(e) if e.message == SHUTTING_DOWN => Exchange::NotTaken(e),
+            Err(e) if e.message == SHUTTING_DOWN || e.message == OTHER_CONFIG => {
+                Exchange::NotTaken(e)
+            }
             r => answered(r),
         },
         Ok(Answer::Line(Line::Eof)) => answered(Err(Error::new(
@@ -1164,6 +1245,7 @@ mod tests {
                     request: Duration::from_secs(5),
                     write: Duration::from_secs(5),
                 },
+                &|_: &str| true,
                 &mut |req| {
                     seen.push(req.clone());
                     Ok(Value::from(req.op()).into())
@@ -1211,6 +1293,70 @@ mod tests {
         let (n, seen) = t.join().unwrap();
         assert_eq!(n, 2);
         assert_eq!(seen, vec![status_req(), Request::Reload]);
+    }
+
+    #[test]
+    fn a_request_for_another_config_file_is_not_run_and_not_taken() {
+        let ours = "2049:77";
+        let serve = |server: UnixStream| {
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                serve_connection(
+                    server,
+                    Timeouts::DAEMON,
+                    &|id: &str| id == ours,
+                    &mut |req| {
+                        seen.push(req.clone());
+                        Ok(Value::from(req.op()).into())
+                    },
+                );
+                seen
+            })
+        };
+        let socket = Path::new("/test.sock");
+        // The line names the file; a plain decode drops it, the daemon's decode returns it.
+        let line = encode_request_for(&status_req(), Some(ours));
+        assert!(
+            line.starts_with(r#"{"v":1,"config":"2049:77","op":"status""#),
+            "{line}"
+        );
+        assert_eq!(decode_request(line.as_bytes()).unwrap(), status_req());
+        assert_eq!(
+            decode_request_for(line.as_bytes()).unwrap(),
+            (status_req(), Some(ours.to_string()))
+        );
+        assert!(decode_request_for(br#"{"v":1,"config":7,"op":"status"}"#).is_err());
+        // Another file: refused before the handler, and the client may send it elsewhere.
+        let (client, server) = UnixStream::pair().unwrap();
+        let t = serve(server);
+        let r = exchange_raw_for(
+            client,
+            socket,
+            &status_req(),
+            Some("2049:78"),
+            Duration::from_secs(10),
+        );
+        match r {
+            Exchange::NotTaken(e) => assert_eq!(e.message, OTHER_CONFIG),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.join().unwrap().is_empty(), "the request must not run");
+        // Its own file, or none named: run.
+        for config in [Some(ours), None] {
+            let (client, server) = UnixStream::pair().unwrap();
+            let t = serve(server);
+            match exchange_raw_for(
+                client,
+                socket,
+                &status_req(),
+                config,
+                Duration::from_secs(10),
+            ) {
+                Exchange::Answered(Ok(raw)) => assert_eq!(raw.bytes(), br#""status""#),
+                other => panic!("{config:?}: {other:?}"),
+            }
+            assert_eq!(t.join().unwrap(), vec![status_req()]);
+        }
     }
 
     #[test]
@@ -1279,6 +1425,7 @@ mod tests {
                     request: Duration::from_secs(5),
                     write: Duration::from_secs(1),
                 },
+                &|_: &str| true,
                 &mut |_| Ok(Value::Null.into()),
             )
         });
@@ -1298,6 +1445,7 @@ mod tests {
                     request: Duration::from_millis(300),
                     write: Duration::from_secs(1),
                 },
+                &|_: &str| true,
                 &mut |_| Ok(Value::Null.into()),
             )
         });
@@ -1351,7 +1499,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             for _ in 0..3 {
                 let (s, _) = listener.accept().unwrap();
-                serve_connection(s, Timeouts::DAEMON, &mut |req| match req {
+                serve_connection(s, Timeouts::DAEMON, &|_: &str| true, &mut |req| match req {
                     Request::Status { .. } => Ok(serde_json::json!({"health": "healthy"}).into()),
                     _ => Err(Error::new(ErrorCode::PermissionDenied, "no").hint("ask root")),
                 });
