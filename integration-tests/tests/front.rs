@@ -365,3 +365,53 @@ fn the_front_never_uses_a_daemon_of_another_config_at_its_main_files_socket() {
     let in_b = b.run(&["--format", "json", "list", "-w", &ws]);
     assert!(in_b.stdout.contains("\"b-1\""), "{in_b:?}");
 }
+
+/// A daemon of an earlier version refuses the config identity as an unknown field: the
+/// front passes the command on, and `ws-ckpt-full` sends it as before.
+#[test]
+fn a_daemon_that_predates_the_config_identity_still_serves_the_front() {
+    let Some(env) = TestEnv::new("front-old-daemon") else {
+        return;
+    };
+    let listener = std::os::unix::net::UnixListener::bind(env.socket_path()).expect("bind");
+    let result = r#"{"ws_id":"ws-0a0b0c","workspace":"/w/a","snapshot":"s1","created_at":"2026-01-01T00:00:00Z","pinned":false,"empty":false,"initialized":false}"#;
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        // At most two connections, each awaited 30 s (a front that gives up makes one).
+        for _ in 0..2 {
+            let mut accepted = None;
+            wait_until(std::time::Duration::from_secs(30), || {
+                accepted = listener.accept().ok();
+                accepted.is_some()
+            });
+            let Some((stream, _)) = accepted else {
+                break;
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line)
+                .expect("request");
+            let answer = if line.contains("\"config\"") {
+                r#"{"ok":false,"error":{"code":"InvalidArgument","message":"invalid request: unknown field `config`, expected one of `workspace`, `snapshot`, `message`, `metadata`, `pin`"}}"#.to_string()
+            } else {
+                format!(r#"{{"ok":true,"result":{result}}}"#)
+            };
+            std::io::Write::write_all(&mut &stream, format!("{answer}\n").as_bytes())
+                .expect("answer");
+            requests.push(line);
+        }
+        requests
+    });
+    let mut cmd = Command::new(bin_path());
+    cmd.env_remove("WS_CKPT_SOCKET")
+        .env("WS_CKPT_CONFIG", &env.config)
+        .args(["checkpoint", "-w", "ws-0a0b0c", "-s", "s1"])
+        .stdin(std::process::Stdio::null());
+    let r = env.run_command(cmd, RUN_TIMEOUT);
+    let requests = server.join().expect("server");
+    assert_eq!(r.status, Some(0), "{r:?}");
+    assert_eq!(normalized(&r.stdout, &[]), "s1\nCompleted in Ns\n");
+    assert!(requests[0].contains("\"config\""), "{requests:?}");
+    assert!(!requests[1].contains("\"config\""), "{requests:?}");
+}
