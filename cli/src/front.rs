@@ -75,7 +75,8 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 metadata,
                 pin: *pin,
             };
-            change(&to, &req, f.json, started, crate::cmd::SLOW)
+            let print = crate::cmd::print_checkpoint;
+            change(&to, &req, print, f.json, started, crate::cmd::SLOW)
         }
         FastCommand::Rollback {
             workspace,
@@ -90,7 +91,14 @@ fn serve(f: &Fast, started: Instant) -> Option<i32> {
                 force: *force,
                 preview: false,
             };
-            change(&to, &req, f.json, started, QUICK)
+            change(
+                &to,
+                &req,
+                crate::cmd::print_rollback,
+                f.json,
+                started,
+                QUICK,
+            )
         }
         // The table is printed from the decoded result: that stays in ws-ckpt-full.
         FastCommand::List { .. } if !f.json => None,
@@ -135,17 +143,13 @@ fn daemon_for(config: &Path) -> Option<Daemon> {
     })
 }
 
-/// True when the daemon did not take a request: it predates the config identity.
-fn refuses_identity(e: &ws_ckpt::error::Error) -> bool {
-    crate::cmd::refuses_field(e, "config")
-}
-
 /// A checkpoint or rollback request to `to` (each read and write bounded by `timeout`),
-/// printed as `ws-ckpt-full` prints it: the JSON result, or the table lines and upstream's
-/// timing line.
+/// printed as `ws-ckpt-full` prints it: the JSON result, or the table lines (`print`) and
+/// upstream's timing line.
 fn change(
     to: &Daemon,
     req: &Request,
+    print: fn(&serde_json::Value),
     json: bool,
     started: Instant,
     timeout: std::time::Duration,
@@ -153,7 +157,6 @@ fn change(
     let stream = ipc::connect(&to.socket).ok()??;
     let raw = match ipc::exchange_raw_for(stream, &to.socket, req, to.config.as_deref(), timeout) {
         Exchange::Answered(Ok(raw)) => raw,
-        Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
         Exchange::Answered(Err(e)) => {
             output::error(&e, json);
             return Some(1);
@@ -164,10 +167,7 @@ fn change(
         output::json_text(raw.bytes())
     } else {
         serde_json::from_slice(raw.bytes())
-            .map(|v| match req {
-                Request::Rollback { .. } => crate::cmd::print_rollback(&v),
-                _ => crate::cmd::print_checkpoint(&v),
-            })
+            .map(|v| print(&v))
             .map_err(|e| crate::cmd::unexpected_reply(&e))
     };
     match printed {
@@ -203,11 +203,9 @@ fn list_json(to: &Daemon, workspace: Option<String>) -> Option<i32> {
             return Some(0);
         }
         Exchange::Answered(Ok(Printed::Result(raw))) => Ok(raw),
-        Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
         Exchange::Answered(Err(e)) if crate::cmd::refuses_output_field(&e) => {
             let stream = ipc::connect(socket).ok()??;
             match ipc::exchange_raw_for(stream, socket, &request(None), config, QUICK) {
-                Exchange::Answered(Err(e)) if refuses_identity(&e) => return None,
                 Exchange::Answered(answer) => answer,
                 Exchange::NotTaken(_) => return None,
             }

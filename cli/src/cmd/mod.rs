@@ -14,11 +14,11 @@ mod plan;
 mod recover;
 mod snapshot;
 mod status;
+mod workspace;
 
 pub(crate) use snapshot::{
     print_checkpoint, print_list_result, print_rollback, refuses_output_field,
 };
-mod workspace;
 
 use crate::args::{Cli, Command, ConfigCommand, Format};
 use crate::output;
@@ -286,11 +286,6 @@ fn abs(p: &Path) -> Result<PathBuf, Error> {
 
 fn parse<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Error> {
     serde_json::from_value(v.clone()).map_err(|e| unexpected_reply(&e))
-}
-
-/// True for a daemon's refusal of a request field it does not know (it predates it).
-pub(crate) fn refuses_field(e: &Error, field: &str) -> bool {
-    e.code == ErrorCode::InvalidArgument && e.message.contains(&format!("unknown field `{field}`"))
 }
 
 /// The error of a result that does not decode as its command expects.

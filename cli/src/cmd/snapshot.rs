@@ -151,7 +151,7 @@ pub(crate) fn print_list_result(raw: &RawResult, paged: bool) -> Result<(), Erro
 
 /// True for a daemon's refusal of a list request's `output` field (it predates it).
 pub(crate) fn refuses_output_field(e: &Error) -> bool {
-    super::refuses_field(e, "output")
+    e.code == ErrorCode::InvalidArgument && e.message.contains("unknown field `output`")
 }
 
 /// A list reply decoded.

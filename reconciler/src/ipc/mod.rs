@@ -771,7 +771,7 @@ pub fn exchange_raw(
 
 /// [`exchange_raw`] of a request sent with the identity of the config file the client read
 /// the socket from ([`encode_request_for`]); a daemon serving another config does not take
-/// it.
+/// it, nor does one that predates the field (it refuses it as unknown).
 pub fn exchange_raw_for(
     stream: UnixStream,
     socket: &Path,
@@ -876,6 +876,14 @@ fn exchange_with<T>(
     match read_reply(stream.take(MAX_RESPONSE_BYTES as u64 + 1), MAX_RESPONSE_BYTES) {
         Ok(answer @ (Answer::Line(Line::Data(_)) | Answer::Printed(_))) => match decode(answer) {
             Err(e) if e.message == SHUTTING_DOWN || e.message == OTHER_CONFIG => {
+                Exchange::NotTaken(e)
+            }
+            // A daemon that predates the config identity refuses the whole request.
+            Err(e)
+                if config.is_some()
+                    && e.code == ErrorCode::InvalidArgument
+                    && e.message.contains("unknown field `config`") =>
+            {
                 Exchange::NotTaken(e)
             }
             r => answered(r),
@@ -1341,6 +1349,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.join().unwrap().is_empty(), "the request must not run");
+        // A daemon that predates the field refuses it as unknown: not taken either.
+        let (client, server) = UnixStream::pair().unwrap();
+        let old = std::thread::spawn(move || {
+            let mut r = BufReader::new(&server);
+            read_line_bounded(&mut r, MAX_REQUEST_BYTES).unwrap();
+            let e = Error::new(
+                ErrorCode::InvalidArgument,
+                "invalid request: unknown field `config`, expected one of `workspace`",
+            );
+            (&server).write_all(&response_line(&Err(e))).unwrap();
+        });
+        let r = exchange_raw_for(
+            client,
+            socket,
+            &status_req(),
+            Some(ours),
+            Duration::from_secs(10),
+        );
+        assert!(matches!(r, Exchange::NotTaken(_)), "{r:?}");
+        old.join().unwrap();
+
         // Its own file, or none named: run.
         for config in [Some(ours), None] {
             let (client, server) = UnixStream::pair().unwrap();
