@@ -1,6 +1,6 @@
 //! The argument lists agents send around every risky tool call — `ws-ckpt [--config P]
 //! [--format F] checkpoint -w WS [-s ID] [-m MSG] [--metadata JSON] [--pin]` — and their
-//! `list [-w WS]`, read without clap: by the front binary ([`crate::front`]), which links no
+//! `rollback -w WS (-s ID | -n N) [--force]` and `list [-w WS]`, read without clap: by the front binary ([`crate::front`]), which links no
 //! clap at all, and by `ws-ckpt-full`, which then skips building clap's command tree (32 page
 //! faults fewer per command, 202 → 170, and 0.08 / 0.10 ms of a 3.4–4.1 ms CLI checkpoint in
 //! two interleaved runs of 300 on a VM).
